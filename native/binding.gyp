@@ -1,0 +1,1 @@
+{ "targets": [ { "target_name": "berth_sha256", "sources": [ "sha256.c" ] } ] }

@@ -1,0 +1,75 @@
+/**
+ * Blobs: content-addressed data per namespace, served through per-repository links. A repository may serve a
+ * blob only once it was pushed or mounted there; deleting a blob from a repository removes just the link (the
+ * data goes when prune finds nothing that references it).
+ */
+import type { Readable } from 'node:stream';
+import type { ByteRange, StorageDriver } from '../storage/driver.js';
+import { blobUnknown } from './errors.js';
+import { checkDigest, paths } from './paths.js';
+
+export interface BlobInfo {
+  digest: string;
+  size: number;
+}
+
+export class BlobLinks {
+  constructor(private readonly driver: StorageDriver) {}
+
+  async link(ns: string, repo: string, digest: string): Promise<void> {
+    await this.driver.put(paths.blobLink(ns, repo, digest), Buffer.alloc(0));
+  }
+  async linked(ns: string, repo: string, digest: string): Promise<boolean> {
+    return (await this.driver.stat(paths.blobLink(ns, repo, digest))) !== null;
+  }
+}
+
+export class Blobs {
+  constructor(
+    private readonly driver: StorageDriver,
+    readonly links: BlobLinks,
+  ) {}
+
+  /** The blob as `repo` sees it; BLOB_UNKNOWN unless linked there and stored. */
+  async stat(ns: string, repo: string, digest: string): Promise<BlobInfo> {
+    checkDigest(digest);
+    const [linked, data] = await Promise.all([this.links.linked(ns, repo, digest), this.driver.stat(paths.blobData(ns, digest))]);
+    if (!linked || !data) throw blobUnknown(digest);
+    return { digest, size: data.size };
+  }
+
+  async open(ns: string, repo: string, digest: string, range?: ByteRange): Promise<{ body: Readable; size: number }> {
+    await this.stat(ns, repo, digest);
+    return this.driver.get(paths.blobData(ns, digest), range);
+  }
+
+  /** Remove the blob from one repository. */
+  async unlink(ns: string, repo: string, digest: string): Promise<void> {
+    await this.stat(ns, repo, digest);
+    await this.driver.delete(paths.blobLink(ns, repo, digest));
+  }
+
+  /**
+   * Cross-repository mount inside one namespace: link an existing blob into `repo`. With `from`, the blob must be
+   * linked in that repository; without it (OCI 1.1 lets a registry choose), any stored blob of the namespace will do.
+   * Returns false when there is nothing to mount, so the caller starts an ordinary upload instead.
+   */
+  async mount(ns: string, repo: string, digest: string, from?: string): Promise<boolean> {
+    checkDigest(digest);
+    if (from !== undefined && !(await this.links.linked(ns, from, digest))) return false;
+    if (!(await this.driver.stat(paths.blobData(ns, digest)))) return false;
+    await this.links.link(ns, repo, digest);
+    return true;
+  }
+
+  /** Store a small blob (a manifest) whole, content-addressed: the same bytes always land at the same path. */
+  async putSmall(ns: string, digest: string, data: Buffer): Promise<void> {
+    const existing = await this.driver.stat(paths.blobData(ns, digest));
+    if (existing?.size === data.length) return;
+    await this.driver.put(paths.blobData(ns, digest), data);
+  }
+
+  async readSmall(ns: string, digest: string): Promise<Buffer> {
+    return this.driver.read(paths.blobData(ns, digest));
+  }
+}

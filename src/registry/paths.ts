@@ -1,0 +1,136 @@
+/**
+ * Every storage path Berth uses, and the validation that guards them. Nothing else builds a path.
+ *
+ *   <ns>/
+ *     uploads/<uuid>/metadata                    the UploadRecord (JSON)
+ *     uploads/<uuid>/<n>.<nonce>                 chunk objects, in record order (the nonce keeps two racing
+ *                                                writers of chunk n from overwriting each other)
+ *     blobs/<alg>:<hex>/data                     the blob (content-addressed; manifests are blobs too)
+ *     blobs/<alg>:<hex>/parts/<uuid>/<n>         its parts: chunks moved here at commit (Swift SLO segments)
+ *     repos/<name>/_blobs/<alg>:<hex>            link: this repository may serve the blob
+ *     repos/<name>/_manifests/revisions/<alg>:<hex>   link: the manifest belongs to the repository (JSON meta)
+ *     repos/<name>/_manifests/tags/<tag>         the tag, holding the manifest digest
+ *     repos/<name>/_referrers/<subject>/<digest> a manifest whose subject is <subject> (its descriptor, JSON)
+ *
+ * <ns> is the tenant's namespace; <name> is an OCI repository name, whose components never start with '_', so
+ * the '_' directories cannot collide with a repository called, say, "app/manifests".
+ */
+import { RegistryError } from './errors.js';
+
+/** OCI distribution-spec grammar. */
+const NAME_COMPONENT = '[a-z0-9]+(?:(?:\\.|_|__|-+)[a-z0-9]+)*';
+const NAME_RE = new RegExp(`^${NAME_COMPONENT}(?:/${NAME_COMPONENT})*$`);
+const TAG_RE = /^[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}$/;
+const DIGEST_GRAMMAR_RE = /^[a-z0-9]+(?:[+._-][a-z0-9]+)*:[a-zA-Z0-9=_-]+$/;
+const DIGEST_RE: Record<string, RegExp> = { sha256: /^[a-f0-9]{64}$/, sha512: /^[a-f0-9]{128}$/ };
+const UUID_RE = /^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/;
+const NAMESPACE_RE = /^[a-z0-9_][a-z0-9_-]{0,63}$/;
+export const CHUNK_OBJECT_RE = /^(?:0|[1-9][0-9]{0,8})\.[0-9a-f]{8}$/;
+
+export const DEFAULT_NAMESPACE = '_local';
+/** Distribution's limit; keeps every path well inside any backend's key length. */
+export const MAX_NAME_LENGTH = 255;
+
+export type Algorithm = 'sha256' | 'sha512';
+
+export function validName(name: string): boolean {
+  return name.length <= MAX_NAME_LENGTH && NAME_RE.test(name);
+}
+export function checkName(name: string): string {
+  if (!validName(name)) throw new RegistryError('NAME_INVALID', 'invalid repository name', { name });
+  return name;
+}
+export function validTag(tag: string): boolean {
+  return TAG_RE.test(tag);
+}
+export function checkTag(tag: string): string {
+  if (!validTag(tag)) throw new RegistryError('MANIFEST_INVALID', 'invalid tag', { tag });
+  return tag;
+}
+export function validDigest(digest: string): boolean {
+  const colon = digest.indexOf(':');
+  const re = DIGEST_RE[digest.slice(0, colon)];
+  return colon > 0 && re !== undefined && re.test(digest.slice(colon + 1));
+}
+/** A digest Berth can verify; anything else is DIGEST_INVALID (malformed) or UNSUPPORTED (unknown algorithm). */
+export function checkDigest(digest: string): string {
+  if (validDigest(digest)) return digest;
+  if (DIGEST_GRAMMAR_RE.test(digest) && !(digest.split(':')[0] in DIGEST_RE)) {
+    throw new RegistryError('UNSUPPORTED', 'unsupported digest algorithm', { digest });
+  }
+  throw new RegistryError('DIGEST_INVALID', 'invalid digest', { digest });
+}
+export function digestAlgorithm(digest: string): Algorithm {
+  return digest.slice(0, digest.indexOf(':')) as Algorithm;
+}
+export function validUploadId(id: string): boolean {
+  return UUID_RE.test(id);
+}
+export function validNamespace(ns: string): boolean {
+  return NAMESPACE_RE.test(ns);
+}
+
+function ns(namespace: string): string {
+  if (!validNamespace(namespace)) throw new Error(`invalid namespace: ${JSON.stringify(namespace)}`);
+  return namespace;
+}
+function name(n: string): string {
+  if (!validName(n)) throw new Error(`invalid repository name: ${JSON.stringify(n)}`);
+  return n;
+}
+function digest(d: string): string {
+  if (!validDigest(d)) throw new Error(`invalid digest: ${JSON.stringify(d)}`);
+  return d;
+}
+function uuid(id: string): string {
+  if (!validUploadId(id)) throw new Error(`invalid upload id: ${JSON.stringify(id)}`);
+  return id;
+}
+function tag(t: string): string {
+  if (!validTag(t)) throw new Error(`invalid tag: ${JSON.stringify(t)}`);
+  return t;
+}
+function index(n: number): string {
+  if (!Number.isSafeInteger(n) || n < 0) throw new Error(`invalid index: ${n}`);
+  return String(n);
+}
+
+export const paths = {
+  namespace: (n: string) => ns(n),
+
+  uploads: (n: string) => `${ns(n)}/uploads`,
+  upload: (n: string, id: string) => `${ns(n)}/uploads/${uuid(id)}`,
+  uploadRecord: (n: string, id: string) => `${ns(n)}/uploads/${uuid(id)}/metadata`,
+  /** A chunk object; `object` is its name as the record holds it, "<n>.<nonce>". */
+  uploadChunk: (n: string, id: string, object: string) => {
+    if (!CHUNK_OBJECT_RE.test(object)) throw new Error(`invalid chunk object: ${JSON.stringify(object)}`);
+    return `${ns(n)}/uploads/${uuid(id)}/${object}`;
+  },
+
+  blobs: (n: string) => `${ns(n)}/blobs`,
+  blob: (n: string, d: string) => `${ns(n)}/blobs/${digest(d)}`,
+  blobData: (n: string, d: string) => `${ns(n)}/blobs/${digest(d)}/data`,
+  blobPart: (n: string, d: string, id: string, i: number) => `${ns(n)}/blobs/${digest(d)}/parts/${uuid(id)}/${index(i)}`,
+
+  repos: (n: string) => `${ns(n)}/repos`,
+  repo: (n: string, r: string) => `${ns(n)}/repos/${name(r)}`,
+  blobLink: (n: string, r: string, d: string) => `${ns(n)}/repos/${name(r)}/_blobs/${digest(d)}`,
+  manifestRevisions: (n: string, r: string) => `${ns(n)}/repos/${name(r)}/_manifests/revisions`,
+  manifestRevision: (n: string, r: string, d: string) => `${ns(n)}/repos/${name(r)}/_manifests/revisions/${digest(d)}`,
+  tags: (n: string, r: string) => `${ns(n)}/repos/${name(r)}/_manifests/tags`,
+  tag: (n: string, r: string, t: string) => `${ns(n)}/repos/${name(r)}/_manifests/tags/${tag(t)}`,
+  referrers: (n: string, r: string, subject: string) => `${ns(n)}/repos/${name(r)}/_referrers/${digest(subject)}`,
+  referrer: (n: string, r: string, subject: string, d: string) =>
+    `${ns(n)}/repos/${name(r)}/_referrers/${digest(subject)}/${digest(d)}`,
+};
+
+/** Parse a path under `<ns>/repos/` back into repository name and the rest; null for anything else. */
+export function parseRepoPath(namespace: string, p: string): { repo: string; rest: string } | null {
+  const prefix = `${ns(namespace)}/repos/`;
+  if (!p.startsWith(prefix)) return null;
+  const tail = p.slice(prefix.length);
+  const at = tail.indexOf('/_');
+  if (at <= 0) return null;
+  const repo = tail.slice(0, at);
+  return validName(repo) ? { repo, rest: tail.slice(at + 1) } : null;
+}

@@ -1,0 +1,275 @@
+/**
+ * Uploads: the UploadRecord state machine.
+ *
+ * An upload is an UploadRecord at <ns>/uploads/<uuid>/metadata plus its chunk objects beside it. The record is
+ * the single source of truth and is written only after the chunk it describes is stored, so any server process
+ * can take the next chunk: it reads the record, resumes SHA-256 from the saved state, and appends.
+ *
+ *   start ──▶ [record: 0 chunks] ──append──▶ [record: n chunks, state after n] ──commit──▶ [committing] ──▶ blob
+ *                   └──────────────cancel / expiry (prune)──────────────┘
+ */
+import { createHash, randomBytes, randomUUID } from 'node:crypto';
+import { once } from 'node:events';
+import { PassThrough, type Readable } from 'node:stream';
+import { ChecksumMismatch, PathNotFound, SizeMismatch, type Part, type StorageDriver, type StoredObject } from '../storage/driver.js';
+import { RegistryError, uploadUnknown } from './errors.js';
+import { CHUNK_OBJECT_RE, checkDigest, digestAlgorithm, paths, validUploadId } from './paths.js';
+import { createSha256, parseSha256State, type Sha256State } from './sha256state.js';
+import type { BlobLinks } from './blobs.js';
+
+export const RECORD_VERSION = 1;
+
+export interface ChunkEntry {
+  /** Object name beside the record: "<n>.<nonce>". */
+  object: string;
+  size: number;
+  md5: string;
+}
+
+export interface UploadRecord {
+  v: typeof RECORD_VERSION;
+  repository: string;
+  /** ISO time the upload started, and of its last change (prune expires on `updated`). */
+  started: string;
+  updated: string;
+  chunks: ChunkEntry[];
+  /** SHA-256 state after the last chunk. */
+  sha256: Sha256State;
+  /** Set once a commit to this digest has begun moving chunks; the upload then only finishes that commit. */
+  committing?: string;
+}
+
+export interface AppendOptions {
+  /** Content-Range start: must equal the current size. */
+  offset?: number;
+  /** Declared body length (Content-Length or Content-Range); a body of another length fails. */
+  length?: number;
+  signal?: AbortSignal;
+}
+
+/** How many chunk moves run at once during commit. */
+const MOVE_PARALLELISM = 4;
+
+export const recordSize = (r: UploadRecord) => r.chunks.reduce((sum, c) => sum + c.size, 0);
+
+export class Uploads {
+  constructor(
+    private readonly driver: StorageDriver,
+    private readonly links: BlobLinks,
+  ) {}
+
+  async start(ns: string, repo: string): Promise<{ id: string }> {
+    const id = randomUUID();
+    const now = new Date().toISOString();
+    const record: UploadRecord = { v: RECORD_VERSION, repository: repo, started: now, updated: now, chunks: [], sha256: createSha256().state() };
+    await this.writeRecord(ns, id, record);
+    return { id };
+  }
+
+  async status(ns: string, repo: string, id: string): Promise<{ size: number }> {
+    const record = await this.readRecord(ns, repo, id);
+    return { size: recordSize(record) };
+  }
+
+  /**
+   * Stream `body` onto the end of the upload. The body is split into objects of at most the driver's
+   * maxObjectSize; after each object is stored and its md5 checked, the record is rewritten, so a client that
+   * disconnects keeps every complete object and loses only the one in flight.
+   */
+  async append(ns: string, repo: string, id: string, body: Readable, opts: AppendOptions = {}): Promise<{ size: number }> {
+    const record = await this.readRecord(ns, repo, id);
+    if (record.committing) throw new RegistryError('BLOB_UPLOAD_INVALID', 'upload is being committed', { uuid: id });
+    const size = recordSize(record);
+    if (opts.offset !== undefined && opts.offset !== size) {
+      throw new RegistryError('RANGE_INVALID', 'chunk does not start at the end of the upload', { uuid: id, offset: opts.offset, size });
+    }
+    const hash = createSha256(record.sha256);
+    const limit = this.driver.maxObjectSize;
+    let received = 0;
+    let current: { stream: PassThrough; stored: Promise<StoredObject>; md5: ReturnType<typeof createHash>; size: number; object: string } | null = null;
+    const abort = new AbortController();
+    const onAbort = () => abort.abort(opts.signal?.reason);
+    opts.signal?.addEventListener('abort', onAbort, { once: true });
+
+    const open = () => {
+      const object = `${record.chunks.length}.${randomBytes(4).toString('hex')}`;
+      const stream = new PassThrough({ highWaterMark: 1 << 20 });
+      const stored = this.driver.put(paths.uploadChunk(ns, id, object), stream, { signal: abort.signal });
+      stored.catch(() => {}); // observed when the object is closed; avoid an unhandled rejection meanwhile
+      return { stream, stored, md5: createHash('md5'), size: 0, object };
+    };
+    const close = async () => {
+      const c = current!;
+      current = null;
+      c.stream.end();
+      const stored = await c.stored;
+      const md5 = c.md5.digest('hex');
+      const path = paths.uploadChunk(ns, id, c.object);
+      if (stored.size !== c.size) {
+        await this.driver.delete(path);
+        throw new SizeMismatch(path, c.size, stored.size);
+      }
+      if (stored.md5 !== undefined && stored.md5 !== md5) {
+        await this.driver.delete(path);
+        throw new ChecksumMismatch(path, md5, stored.md5);
+      }
+      record.chunks.push({ object: c.object, size: c.size, md5 });
+      record.sha256 = hash.state();
+      record.updated = new Date().toISOString();
+      await this.writeRecord(ns, id, record);
+    };
+
+    try {
+      for await (const piece of body as AsyncIterable<Buffer>) {
+        received += piece.length;
+        if (opts.length !== undefined && received > opts.length) {
+          throw new RegistryError('SIZE_INVALID', 'body is longer than declared', { declared: opts.length });
+        }
+        let rest = piece;
+        while (rest.length > 0) {
+          current ??= open();
+          const take = Math.min(rest.length, limit - current.size);
+          const slice = take === rest.length ? rest : rest.subarray(0, take);
+          hash.update(slice);
+          current.md5.update(slice);
+          current.size += slice.length;
+          if (!current.stream.write(slice)) await Promise.race([once(current.stream, 'drain'), current.stored]);
+          rest = rest.subarray(take);
+          if (current.size === limit) await close();
+        }
+      }
+      if (opts.length !== undefined && received < opts.length) {
+        throw new RegistryError('SIZE_INVALID', 'body is shorter than declared', { declared: opts.length, received });
+      }
+      if (opts.signal?.aborted) throw new RegistryError('BLOB_UPLOAD_INVALID', 'client disconnected');
+      if (current) await close();
+    } catch (err) {
+      if (current) {
+        abort.abort(err);
+        (current as { stream: PassThrough }).stream.destroy(err as Error);
+      }
+      throw err;
+    } finally {
+      opts.signal?.removeEventListener('abort', onAbort);
+    }
+    return { size: recordSize(record) };
+  }
+
+  /**
+   * Finish the upload as blob `digest`. The digest comes from the saved SHA-256 state, never from re-reading the
+   * data (sha512 uploads are the exception: they are verified by reading the chunks back before anything moves).
+   */
+  async commit(ns: string, repo: string, id: string, digest: string, finalBody?: Readable, opts: AppendOptions = {}): Promise<{ size: number }> {
+    checkDigest(digest);
+    if (finalBody) await this.append(ns, repo, id, finalBody, opts);
+    const record = await this.readRecord(ns, repo, id);
+    if (record.committing && record.committing !== digest) {
+      throw new RegistryError('BLOB_UPLOAD_INVALID', 'upload is being committed under another digest', { uuid: id });
+    }
+    const size = recordSize(record);
+    if (!record.committing) {
+      const actual = await this.digestOf(ns, id, record, digestAlgorithm(digest));
+      if (actual !== digest) {
+        throw new RegistryError('DIGEST_INVALID', 'provided digest did not match uploaded content', { expected: digest, actual });
+      }
+    }
+    const existing = await this.driver.stat(paths.blobData(ns, digest));
+    if (existing) {
+      if (existing.size !== size) throw new RegistryError('SIZE_INVALID', 'a blob with this digest exists with another size', { digest });
+    } else {
+      record.committing = digest;
+      await this.writeRecord(ns, id, record);
+      await this.moveIntoBlob(ns, id, digest, record);
+    }
+    await this.links.link(ns, repo, digest);
+    await this.remove(ns, id);
+    return { size };
+  }
+
+  async cancel(ns: string, repo: string, id: string): Promise<void> {
+    await this.readRecord(ns, repo, id);
+    await this.remove(ns, id);
+  }
+
+  async readRecord(ns: string, repo: string, id: string): Promise<UploadRecord> {
+    if (!validUploadId(id)) throw uploadUnknown(id);
+    let raw: Buffer;
+    try {
+      raw = await this.driver.read(paths.uploadRecord(ns, id));
+    } catch (err) {
+      if (err instanceof PathNotFound) throw uploadUnknown(id);
+      throw err;
+    }
+    const record = parseRecord(raw);
+    if (record.repository !== repo) throw uploadUnknown(id);
+    return record;
+  }
+
+  private async writeRecord(ns: string, id: string, record: UploadRecord): Promise<void> {
+    await this.driver.put(paths.uploadRecord(ns, id), Buffer.from(JSON.stringify(record)), { contentType: 'application/json' });
+  }
+
+  private async digestOf(ns: string, id: string, record: UploadRecord, algorithm: 'sha256' | 'sha512'): Promise<string> {
+    if (algorithm === 'sha256') return `sha256:${createSha256(record.sha256).digestHex()}`;
+    const hash = createHash('sha512');
+    for (const chunk of record.chunks) {
+      const { body } = await this.driver.get(paths.uploadChunk(ns, id, chunk.object));
+      for await (const piece of body) hash.update(piece as Buffer);
+    }
+    return `sha512:${hash.digest('hex')}`;
+  }
+
+  /**
+   * Move every chunk into the blob's directory, checking each moved object against the recorded md5, then join
+   * them. A retried commit finds already-moved chunks at their destination and goes on from there.
+   */
+  private async moveIntoBlob(ns: string, id: string, digest: string, record: UploadRecord): Promise<void> {
+    const parts: Part[] = record.chunks.map((c, i) => ({ path: paths.blobPart(ns, digest, id, i), size: c.size, md5: c.md5 }));
+    let next = 0;
+    const worker = async () => {
+      while (next < record.chunks.length) {
+        const i = next++;
+        const chunk = record.chunks[i];
+        const part = parts[i];
+        let moved: StoredObject;
+        try {
+          moved = await this.driver.move(paths.uploadChunk(ns, id, chunk.object), part.path);
+        } catch (err) {
+          const there = err instanceof PathNotFound ? await this.driver.stat(part.path) : null;
+          if (!there) throw err;
+          moved = { size: there.size };
+        }
+        if (moved.size !== chunk.size) throw new SizeMismatch(part.path, chunk.size, moved.size);
+        if (moved.md5 !== undefined && moved.md5 !== chunk.md5) throw new ChecksumMismatch(part.path, chunk.md5, moved.md5);
+      }
+    };
+    await Promise.all(Array.from({ length: Math.min(MOVE_PARALLELISM, parts.length) }, worker));
+    await this.driver.concat(paths.blobData(ns, digest), parts);
+  }
+
+  /** Delete the record first: a record must never point at a chunk that is gone. Leftover chunks are prune's. */
+  private async remove(ns: string, id: string): Promise<void> {
+    await this.driver.delete(paths.uploadRecord(ns, id));
+    for await (const o of this.driver.list(paths.upload(ns, id))) await this.driver.delete(o.path);
+  }
+}
+
+export function parseRecord(raw: Buffer): UploadRecord {
+  let r: unknown;
+  try {
+    r = JSON.parse(raw.toString('utf8'));
+  } catch {
+    throw new Error('upload record is not JSON');
+  }
+  const rec = r as UploadRecord;
+  if (!rec || rec.v !== RECORD_VERSION || typeof rec.repository !== 'string' || !Array.isArray(rec.chunks)) {
+    throw new Error('upload record has an unknown format');
+  }
+  for (const c of rec.chunks) {
+    if (typeof c.object !== 'string' || !CHUNK_OBJECT_RE.test(c.object) || !Number.isSafeInteger(c.size) || c.size < 0 || !/^[0-9a-f]{32}$/.test(c.md5)) {
+      throw new Error('upload record has a malformed chunk');
+    }
+  }
+  rec.sha256 = parseSha256State(rec.sha256);
+  return rec;
+}

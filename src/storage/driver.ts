@@ -1,0 +1,123 @@
+/**
+ * The storage driver interface: objects in, objects out, streamed.
+ *
+ * Drivers know nothing of OCI. Paths are '/'-separated keys without a leading slash, built only by
+ * registry/paths.ts. Every method is async; no driver holds a whole object in memory.
+ */
+import type { Readable } from 'node:stream';
+
+/** One stored object as a listing or stat reports it. */
+export interface ObjectInfo {
+  path: string;
+  size: number;
+  /** Last write time (for expiry decisions in prune). */
+  modified: Date;
+}
+
+/** What the backend stored, as the backend itself reports it. */
+export interface StoredObject {
+  size: number;
+  /** md5 hex of the stored bytes as reported by the backend (Swift's ETag), or undefined if the backend has none. */
+  md5?: string;
+}
+
+/** A part of a concatenated object, as recorded when it was written. */
+export interface Part {
+  path: string;
+  size: number;
+  md5: string;
+}
+
+export interface ByteRange {
+  /** First byte, inclusive. */
+  start: number;
+  /** Last byte, inclusive. */
+  end: number;
+}
+
+export interface PutOptions {
+  /** Abort the write (e.g. the client went away); nothing is left visible at the path. */
+  signal?: AbortSignal;
+  /** Exact byte count if known; a body of another length fails the write. */
+  size?: number;
+  /** Expected md5 hex; the backend refuses a body that does not match (ChecksumMismatch). */
+  md5?: string;
+  contentType?: string;
+}
+
+export interface StorageDriver {
+  readonly name: string;
+  /**
+   * Largest object this backend accepts in one put. The registry splits longer chunks into several
+   * objects so that a single huge PATCH still works.
+   */
+  readonly maxObjectSize: number;
+
+  /** Write body to path atomically: readers see the old object or the whole new one, never a part. */
+  put(path: string, body: Readable | Buffer, opts?: PutOptions): Promise<StoredObject>;
+  /** Open path for reading, optionally a byte range (already validated against the size). Throws PathNotFound. */
+  get(path: string, range?: ByteRange): Promise<{ body: Readable; size: number }>;
+  /** Read a small object whole (records, manifests, links). Throws PathNotFound. */
+  read(path: string): Promise<Buffer>;
+  /** Size and time of path, or null if absent. */
+  stat(path: string): Promise<ObjectInfo | null>;
+  /** Every object whose path starts with `prefix` + '/', recursively, in lexical path order. */
+  list(prefix: string): AsyncIterable<ObjectInfo>;
+  /** Delete one object. Deleting an absent object is not an error. */
+  delete(path: string): Promise<void>;
+  /** Move src to dst (replacing dst) and report what dst now holds. Throws PathNotFound if src is absent. */
+  move(src: string, dst: string): Promise<StoredObject>;
+  /**
+   * Make dst read as the parts joined in order. The parts must be at paths under dst's directory; they become
+   * owned by dst (a backend may keep them as segments, or consume them). Before dst becomes visible each part is
+   * checked against what is stored, as far as the backend can without re-reading data: Swift compares every
+   * part's ETag with its md5 (ChecksumMismatch), the filesystem compares sizes (SizeMismatch).
+   */
+  concat(dst: string, parts: Part[]): Promise<StoredObject>;
+  /** Free connections and timers. */
+  close(): Promise<void>;
+}
+
+/** The object does not exist. */
+export class PathNotFound extends Error {
+  constructor(public readonly path: string) {
+    super(`no such object: ${path}`);
+    this.name = 'PathNotFound';
+  }
+}
+
+/** Stored bytes do not match the checksum they were written or recorded with. */
+export class ChecksumMismatch extends Error {
+  constructor(
+    public readonly path: string,
+    public readonly expected: string,
+    public readonly actual: string,
+  ) {
+    super(`checksum mismatch at ${path}: expected md5 ${expected}, storage reports ${actual}`);
+    this.name = 'ChecksumMismatch';
+  }
+}
+
+/** The body ended before or ran past the size it was declared with. */
+export class SizeMismatch extends Error {
+  constructor(
+    public readonly path: string,
+    public readonly expected: number,
+    public readonly actual: number,
+  ) {
+    super(`size mismatch at ${path}: expected ${expected} bytes, got ${actual}`);
+    this.name = 'SizeMismatch';
+  }
+}
+
+/** The backend failed (network, permissions, 5xx). `retryable` says whether trying again may help. */
+export class DriverError extends Error {
+  constructor(
+    message: string,
+    public readonly retryable = false,
+    options?: { cause?: unknown },
+  ) {
+    super(message, options);
+    this.name = 'DriverError';
+  }
+}

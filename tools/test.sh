@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# The project's one test command (`npm test`): brings up what the tests need, runs every suite, and ends with
+# "N passed, M failed". Real parts only: Swift from Debian's packages (tools/swift-aio.sh), skopeo for e2e tests.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+need_apt=()
+command -v skopeo >/dev/null || need_apt+=(skopeo)
+if [ -x tools/swift-aio.sh ]; then
+  command -v swift-proxy-server >/dev/null || need_apt+=(swift swift-proxy swift-object swift-container swift-account python3-swift memcached)
+fi
+if [ ${#need_apt[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ]; then
+    echo "test: installing ${need_apt[*]}" >&2
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need_apt[@]}") >/tmp/berth-apt.log 2>&1 \
+      || { echo "test: apt-get install failed, see /tmp/berth-apt.log" >&2; tail -20 /tmp/berth-apt.log >&2; }
+  else
+    echo "test: missing ${need_apt[*]} (run as root to install)" >&2
+  fi
+fi
+
+[ -d dist ] || npm run build >/dev/null
+
+if [ -x tools/swift-aio.sh ]; then
+  tools/swift-aio.sh start >&2 || echo "test: Swift did not start; the Swift suites will fail" >&2
+  export BERTH_TEST_SWIFT=1
+fi
+
+report=$(mktemp /tmp/berth-vitest.XXXXXX.json)
+npx vitest run --reporter=default --reporter=json --outputFile.json="$report" "$@"
+status=$?
+node -e '
+  const r = JSON.parse(require("fs").readFileSync(process.argv[1], "utf8"));
+  const failed = r.numFailedTests + (r.numFailedTestSuites && !r.numFailedTests ? r.numFailedTestSuites : 0);
+  console.log(`${r.numPassedTests} passed, ${failed} failed`);
+' "$report" 2>/dev/null || { echo "0 passed, 1 failed"; status=1; }
+rm -f "$report"
+exit $status

@@ -19,7 +19,7 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   fi
 fi
 
-[ -d dist ] || npm run build >/dev/null
+npm run build >/dev/null || { echo "test: build failed" >&2; echo "0 passed, 1 failed"; exit 1; }
 
 if [ -x tools/swift-aio.sh ]; then
   tools/swift-aio.sh start >&2 || echo "test: Swift did not start; the Swift suites will fail" >&2

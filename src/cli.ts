@@ -1,0 +1,116 @@
+#!/usr/bin/env node
+/**
+ * berth [-c FILE] [-d] serve|prune|fsck
+ *
+ * Exit codes: 0 done, 1 the command failed, 2 bad usage or configuration.
+ */
+import { readFileSync } from 'node:fs';
+import http from 'node:http';
+import https from 'node:https';
+import { parseArgs } from 'node:util';
+import { pino, type Logger } from 'pino';
+import { ConfigError, loadConfig, type Config } from './config/config.js';
+import { createApp } from './http/app.js';
+import { Registry } from './registry/registry.js';
+import { openStorage } from './storage/factory.js';
+
+const USAGE = `usage: berth [-c FILE] [-d] <command>
+
+commands:
+  serve     run the registry
+  prune     delete expired uploads and manifests, then unreferenced blobs (for cron)
+  fsck      verify stored blobs and manifests
+
+options:
+  -c, --config FILE   configuration file (default: etc/registry.yaml)
+  -d, --debug         debug logging
+  -h, --help          this help`;
+
+async function main(argv: string[]): Promise<number> {
+  let parsed;
+  try {
+    parsed = parseArgs({
+      args: argv,
+      allowPositionals: true,
+      options: { config: { type: 'string', short: 'c' }, debug: { type: 'boolean', short: 'd' }, help: { type: 'boolean', short: 'h' } },
+    });
+  } catch (err) {
+    process.stderr.write(`berth: ${(err as Error).message}\n${USAGE}\n`);
+    return 2;
+  }
+  const { values, positionals } = parsed;
+  if (values.help) {
+    process.stdout.write(USAGE + '\n');
+    return 0;
+  }
+  const [command, ...rest] = positionals;
+  const log = pino({ level: values.debug ? 'debug' : 'info', base: { pid: process.pid } });
+  if (!command || !['serve', 'prune', 'fsck'].includes(command) || rest.length > 0) {
+    process.stderr.write(`berth: ${command ? `unknown command or arguments: ${positionals.join(' ')}` : 'no command given'}\n${USAGE}\n`);
+    return 2;
+  }
+  let config: Config;
+  try {
+    config = loadConfig(values.config ?? 'etc/registry.yaml');
+  } catch (err) {
+    if (err instanceof ConfigError) {
+      process.stderr.write(`berth: configuration error: ${err.message}\n`);
+      return 2;
+    }
+    throw err;
+  }
+  if (command === 'serve') return serve(config, log);
+  process.stderr.write(`berth: ${command} is not implemented yet\n`);
+  return 1;
+}
+
+async function serve(config: Config, log: Logger): Promise<number> {
+  let tls: { cert: Buffer; key: Buffer } | undefined;
+  if (config.tlsCert && config.tlsKey) {
+    try {
+      tls = { cert: readFileSync(config.tlsCert), key: readFileSync(config.tlsKey) };
+    } catch (err) {
+      process.stderr.write(`berth: cannot read TLS certificate or key: ${(err as Error).message}\n`);
+      return 2;
+    }
+  }
+  const driver = await openStorage(config.storage);
+  const registry = new Registry(driver);
+  const app = createApp(registry, { log });
+  const server = tls ? https.createServer(tls, app) : http.createServer(app);
+  // Long uploads: no request timeout; idle keep-alive sockets are still reaped.
+  server.requestTimeout = 0;
+  server.keepAliveTimeout = 65_000;
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(config.port, config.address, () => resolve());
+  });
+  const address = server.address();
+  const port = typeof address === 'object' && address ? address.port : config.port;
+  log.info({ address: config.address, port, storage: config.storage.driver, tls: Boolean(tls) }, 'berth listening');
+  // Test harnesses read the port from this line when the config asks for port 0.
+  process.stdout.write(`berth listening on port ${port}\n`);
+
+  await new Promise<void>((resolve) => {
+    const stop = (signal: string) => {
+      log.info({ signal }, 'shutting down');
+      server.close(() => resolve());
+      server.closeIdleConnections();
+      setTimeout(() => server.closeAllConnections(), 10_000).unref();
+    };
+    process.once('SIGTERM', () => stop('SIGTERM'));
+    process.once('SIGINT', () => stop('SIGINT'));
+  });
+  await registry.close();
+  return 0;
+}
+
+main(process.argv.slice(2)).then(
+  (code) => {
+    process.exitCode = code;
+  },
+  (err) => {
+    process.stderr.write(`berth: ${(err as Error).message}\n`);
+    process.exitCode = 1;
+  },
+);

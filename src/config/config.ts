@@ -1,0 +1,159 @@
+/**
+ * Configuration: YAML under a top-level `registry:` key, accepting zuul-registry's keys unchanged. Validated once
+ * at start-up; any unknown key or bad value stops the process with the key's path in the message.
+ */
+import { readFileSync } from 'node:fs';
+import { dirname, resolve } from 'node:path';
+import yaml from 'js-yaml';
+
+export interface UserConfig {
+  name: string;
+  pass: string;
+  access: 'read' | 'write';
+  namespace?: string;
+}
+
+export type StorageConfig =
+  | { driver: 'filesystem'; root: string }
+  | { driver: 'swift'; cloud: string; container: string; segmentSize?: number; cloudsFile?: string };
+
+export interface Config {
+  address: string;
+  port: number;
+  publicUrl?: string;
+  tlsCert?: string;
+  tlsKey?: string;
+  secret?: string;
+  users: UserConfig[];
+  storage: StorageConfig;
+  /** Manifests older than this many seconds are expired by prune; undefined keeps them forever. */
+  expiration?: number;
+  /** Uploads idle for longer than this many seconds are abandoned (prune deletes them). */
+  uploadExpiry: number;
+}
+
+export class ConfigError extends Error {
+  constructor(
+    public readonly key: string,
+    message: string,
+  ) {
+    super(`${key}: ${message}`);
+    this.name = 'ConfigError';
+  }
+}
+
+export const DEFAULTS = { address: '0.0.0.0', port: 9000, uploadExpiry: 3600 };
+
+/** Load and validate a config file; relative storage paths resolve against the file's directory. */
+export function loadConfig(file: string): Config {
+  let text: string;
+  try {
+    text = readFileSync(file, 'utf8');
+  } catch (err) {
+    throw new ConfigError(file, `cannot read config file (${(err as NodeJS.ErrnoException).code ?? String(err)})`);
+  }
+  let doc: unknown;
+  try {
+    doc = yaml.load(text, { filename: file });
+  } catch (err) {
+    throw new ConfigError(file, `not valid YAML: ${(err as Error).message.split('\n')[0]}`);
+  }
+  return parseConfig(doc, dirname(resolve(file)));
+}
+
+type Obj = Record<string, unknown>;
+
+export function parseConfig(doc: unknown, baseDir = process.cwd()): Config {
+  const top = object(doc, '(top level)');
+  keys(top, '(top level)', ['registry']);
+  const r = object(top.registry, 'registry');
+  keys(r, 'registry', ['address', 'port', 'public-url', 'tls-cert', 'tls-key', 'secret', 'users', 'storage', 'expiration', 'upload-expiry']);
+
+  const port = r.port === undefined ? DEFAULTS.port : integer(r.port, 'registry.port', 0, 65535);
+  const publicUrl = optionalString(r['public-url'], 'registry.public-url');
+  if (publicUrl !== undefined && !/^https?:\/\/[^/\s]+(\/.*)?$/.test(publicUrl)) {
+    throw new ConfigError('registry.public-url', 'must be an http:// or https:// URL');
+  }
+  const tlsCert = optionalString(r['tls-cert'], 'registry.tls-cert');
+  const tlsKey = optionalString(r['tls-key'], 'registry.tls-key');
+  if ((tlsCert === undefined) !== (tlsKey === undefined)) {
+    throw new ConfigError(tlsCert ? 'registry.tls-key' : 'registry.tls-cert', 'tls-cert and tls-key must be given together');
+  }
+  const config: Config = {
+    address: optionalString(r.address, 'registry.address') ?? DEFAULTS.address,
+    port,
+    publicUrl: publicUrl?.replace(/\/+$/, ''),
+    tlsCert: tlsCert && resolve(baseDir, tlsCert),
+    tlsKey: tlsKey && resolve(baseDir, tlsKey),
+    secret: optionalString(r.secret, 'registry.secret'),
+    users: users(r.users),
+    storage: storage(r.storage, baseDir),
+    expiration: r.expiration === undefined || r.expiration === null ? undefined : integer(r.expiration, 'registry.expiration', 1),
+    uploadExpiry: r['upload-expiry'] === undefined ? DEFAULTS.uploadExpiry : integer(r['upload-expiry'], 'registry.upload-expiry', 1),
+  };
+  return config;
+}
+
+function users(value: unknown): UserConfig[] {
+  if (value === undefined || value === null) return [];
+  if (!Array.isArray(value)) throw new ConfigError('registry.users', 'must be a list');
+  return value.map((u, i) => {
+    const where = `registry.users[${i}]`;
+    const o = object(u, where);
+    keys(o, where, ['name', 'pass', 'access', 'namespace']);
+    const access = o.access ?? 'read';
+    if (access !== 'read' && access !== 'write') throw new ConfigError(`${where}.access`, 'must be "read" or "write"');
+    const user: UserConfig = { name: string(o.name, `${where}.name`), pass: string(o.pass, `${where}.pass`), access };
+    const namespace = optionalString(o.namespace, `${where}.namespace`);
+    if (namespace !== undefined) {
+      if (!/^[a-z0-9_][a-z0-9_-]{0,63}$/.test(namespace)) throw new ConfigError(`${where}.namespace`, 'must match [a-z0-9_][a-z0-9_-]{0,63}');
+      user.namespace = namespace;
+    }
+    return user;
+  });
+}
+
+function storage(value: unknown, baseDir: string): StorageConfig {
+  if (value === undefined) throw new ConfigError('registry.storage', 'is required');
+  const o = object(value, 'registry.storage');
+  const driver = string(o.driver, 'registry.storage.driver');
+  if (driver === 'filesystem') {
+    keys(o, 'registry.storage', ['driver', 'root']);
+    return { driver, root: resolve(baseDir, string(o.root, 'registry.storage.root')) };
+  }
+  if (driver === 'swift') {
+    keys(o, 'registry.storage', ['driver', 'cloud', 'container', 'segment-size', 'clouds-file']);
+    const s: StorageConfig = { driver, cloud: string(o.cloud, 'registry.storage.cloud'), container: string(o.container, 'registry.storage.container') };
+    if (o['segment-size'] !== undefined) {
+      // Swift refuses objects over 5 GiB; SLO segments under 1 MiB are throttled.
+      s.segmentSize = integer(o['segment-size'], 'registry.storage.segment-size', 1 << 20, 5 * 1024 ** 3);
+    }
+    const cloudsFile = optionalString(o['clouds-file'], 'registry.storage.clouds-file');
+    if (cloudsFile !== undefined) s.cloudsFile = resolve(baseDir, cloudsFile);
+    return s;
+  }
+  throw new ConfigError('registry.storage.driver', `unknown driver ${JSON.stringify(driver)} (filesystem or swift)`);
+}
+
+function object(value: unknown, key: string): Obj {
+  if (!value || typeof value !== 'object' || Array.isArray(value)) throw new ConfigError(key, 'must be a mapping');
+  return value as Obj;
+}
+function keys(o: Obj, where: string, allowed: string[]) {
+  for (const k of Object.keys(o)) {
+    if (!allowed.includes(k)) throw new ConfigError(`${where === '(top level)' ? '' : where + '.'}${k}`, `unknown key (expected one of: ${allowed.join(', ')})`);
+  }
+}
+function string(value: unknown, key: string): string {
+  if (typeof value !== 'string' || value === '') throw new ConfigError(key, 'must be a non-empty string');
+  return value;
+}
+function optionalString(value: unknown, key: string): string | undefined {
+  return value === undefined || value === null ? undefined : string(value, key);
+}
+function integer(value: unknown, key: string, min: number, max = Number.MAX_SAFE_INTEGER): number {
+  if (typeof value !== 'number' || !Number.isInteger(value) || value < min || value > max) {
+    throw new ConfigError(key, `must be an integer from ${min} to ${max}`);
+  }
+  return value;
+}

@@ -1,0 +1,303 @@
+/**
+ * The HTTP API: OCI Distribution Spec v1.1 over the registry core. Handlers only translate between HTTP and core
+ * calls; every decision about data lives in registry/.
+ */
+import { randomUUID } from 'node:crypto';
+import { pipeline } from 'node:stream/promises';
+import express, { type Request, type Response } from 'express';
+import type { Logger } from 'pino';
+import { RegistryError } from '../registry/errors.js';
+import { MAX_MANIFEST_SIZE, MEDIA_TYPES } from '../registry/manifests.js';
+import { DEFAULT_NAMESPACE, checkDigest, validName } from '../registry/paths.js';
+import type { Registry } from '../registry/registry.js';
+import { sendError, toErrorBody } from './errors.js';
+import { byteRange, chunkRange, contentLength, uploadRange } from './headers.js';
+import { parseRoute, queryValue, type Route } from './routes.js';
+
+export interface AppOptions {
+  log: Logger;
+  /** Which namespace a request works in; issue #4 derives it from the authenticated tenant. */
+  namespaceOf?: (req: Request) => string;
+}
+
+/** Context of one API request. */
+interface Call {
+  req: Request;
+  res: Response;
+  ns: string;
+  signal: AbortSignal;
+  query: Record<string, unknown>;
+}
+
+export function createApp(registry: Registry, opts: AppOptions): express.Express {
+  const app = express();
+  app.disable('x-powered-by');
+  app.set('etag', false);
+  const namespaceOf = opts.namespaceOf ?? (() => DEFAULT_NAMESPACE);
+
+  app.use((req, res, next) => {
+    const id = randomUUID();
+    const started = process.hrtime.bigint();
+    res.locals.requestId = id;
+    res.setHeader('X-Request-Id', id);
+    res.on('finish', () => {
+      const ms = Number(process.hrtime.bigint() - started) / 1e6;
+      opts.log.info({ req: id, method: req.method, path: req.path, status: res.statusCode, ms: Math.round(ms * 10) / 10 }, 'request');
+    });
+    next();
+  });
+
+  app.use('/v2', (req, res) => {
+    res.setHeader('Docker-Distribution-API-Version', 'registry/2.0');
+    const rawPath = req.url.split('?')[0];
+    const head = req.method === 'HEAD';
+    let route: Route | null;
+    try {
+      route = parseRoute(rawPath);
+    } catch (err) {
+      return sendError(res, toErrorBody(err), head);
+    }
+    if (!route) return sendError(res, { status: 404, code: 'NAME_UNKNOWN', message: 'no such endpoint' }, head);
+    const abort = new AbortController();
+    res.on('close', () => {
+      if (!res.writableFinished) abort.abort(new Error('client disconnected'));
+    });
+    const call: Call = { req, res, ns: namespaceOf(req), signal: abort.signal, query: req.query as Record<string, unknown> };
+    dispatch(registry, route, call).catch((err) => {
+      const body = toErrorBody(err);
+      if (body.status >= 500) opts.log.error({ req: res.locals.requestId, err }, 'request failed');
+      else opts.log.debug({ req: res.locals.requestId, code: body.code, msg: body.message }, 'request refused');
+      sendError(res, body, head);
+    });
+  });
+
+  return app;
+}
+
+const notAllowed = () => new RegistryError('UNSUPPORTED', 'method not allowed on this endpoint');
+
+async function dispatch(registry: Registry, route: Route, c: Call): Promise<void> {
+  const method = c.req.method;
+  switch (route.kind) {
+    case 'base':
+      if (method !== 'GET' && method !== 'HEAD') throw notAllowed();
+      return sendJson(c, 200, {});
+    case 'catalog': {
+      if (method !== 'GET') throw notAllowed();
+      const page = pagination(c);
+      const { repositories, more } = await registry.catalog(c.ns, page);
+      if (more) c.res.setHeader('Link', nextLink('/v2/_catalog', page.n!, repositories[repositories.length - 1]));
+      return sendJson(c, 200, { repositories });
+    }
+    case 'blob':
+      if (method === 'GET' || method === 'HEAD') return getBlob(registry, c, route.name, route.digest);
+      if (method === 'DELETE') {
+        await registry.blobs.unlink(c.ns, route.name, route.digest);
+        return empty(c, 202);
+      }
+      throw notAllowed();
+    case 'uploads':
+      if (method !== 'POST') throw notAllowed();
+      return startUpload(registry, c, route.name);
+    case 'upload':
+      return upload(registry, c, route.name, route.id);
+    case 'manifest':
+      return manifest(registry, c, route.name, route.reference);
+    case 'tags': {
+      if (method !== 'GET') throw notAllowed();
+      const page = pagination(c);
+      const { tags, more } = await registry.manifests.tags(c.ns, route.name, page);
+      if (more) c.res.setHeader('Link', nextLink(`/v2/${route.name}/tags/list`, page.n!, tags[tags.length - 1]));
+      return sendJson(c, 200, { name: route.name, tags });
+    }
+    case 'referrers': {
+      if (method !== 'GET') throw notAllowed();
+      const artifactType = queryValue(c.query, 'artifactType');
+      const manifests = await registry.manifests.referrers(c.ns, route.name, route.digest, artifactType);
+      if (artifactType !== undefined) c.res.setHeader('OCI-Filters-Applied', 'artifactType');
+      return sendJson(c, 200, { schemaVersion: 2, mediaType: MEDIA_TYPES.ociIndex, manifests }, MEDIA_TYPES.ociIndex);
+    }
+  }
+}
+
+async function getBlob(registry: Registry, c: Call, name: string, digest: string): Promise<void> {
+  const { res } = c;
+  const info = await registry.blobs.stat(c.ns, name, digest);
+  res.setHeader('Docker-Content-Digest', digest);
+  res.setHeader('ETag', `"${digest}"`);
+  res.setHeader('Accept-Ranges', 'bytes');
+  res.setHeader('Content-Type', 'application/octet-stream');
+  const range = byteRange(c.req.headers.range, info.size);
+  if (range === 'unsatisfiable') {
+    res.setHeader('Content-Range', `bytes */${info.size}`);
+    throw new RegistryError('RANGE_INVALID', 'requested range not satisfiable', { size: info.size });
+  }
+  if (range) {
+    res.status(206);
+    res.setHeader('Content-Range', `bytes ${range.start}-${range.end}/${info.size}`);
+    res.setHeader('Content-Length', range.end - range.start + 1);
+  } else {
+    res.status(200);
+    res.setHeader('Content-Length', info.size);
+  }
+  if (c.req.method === 'HEAD') return void res.end();
+  const { body } = await registry.blobs.open(c.ns, name, digest, range);
+  try {
+    await pipeline(body, res);
+  } catch {
+    // The client went away or storage failed mid-stream; the response is already cut short, nothing to add.
+    res.destroy();
+  }
+}
+
+async function startUpload(registry: Registry, c: Call, name: string): Promise<void> {
+  const mount = queryValue(c.query, 'mount');
+  const from = queryValue(c.query, 'from');
+  const digest = queryValue(c.query, 'digest');
+  if (mount !== undefined) {
+    checkDigest(mount);
+    // A mount from a repository that cannot exist is just a miss: the client falls back to an upload.
+    const source = from !== undefined && validName(from) ? from : from === undefined ? undefined : null;
+    if (source !== null && (await registry.blobs.mount(c.ns, name, mount, source))) return blobCreated(c, name, mount);
+  }
+  const { id } = await registry.uploads.start(c.ns, name);
+  if (digest !== undefined) {
+    checkDigest(digest);
+    try {
+      await registry.uploads.commit(c.ns, name, id, digest, c.req, { length: contentLength(c.req.headers['content-length']), signal: c.signal });
+    } catch (err) {
+      await registry.uploads.cancel(c.ns, name, id).catch(() => {});
+      throw err;
+    }
+    return blobCreated(c, name, digest);
+  }
+  c.res.setHeader('Location', uploadLocation(name, id));
+  c.res.setHeader('Range', '0-0');
+  c.res.setHeader('Docker-Upload-UUID', id);
+  return empty(c, 202);
+}
+
+async function upload(registry: Registry, c: Call, name: string, id: string): Promise<void> {
+  const { req, res } = c;
+  switch (req.method) {
+    case 'GET': {
+      const { size } = await registry.uploads.status(c.ns, name, id);
+      return uploadAccepted(c, name, id, size, 204);
+    }
+    case 'PATCH': {
+      const opts = chunkOptions(c);
+      const { size } = await registry.uploads.append(c.ns, name, id, req, opts);
+      return uploadAccepted(c, name, id, size, 202);
+    }
+    case 'PUT': {
+      const digest = queryValue(c.query, 'digest');
+      if (digest === undefined) throw new RegistryError('DIGEST_INVALID', 'the digest query parameter is required');
+      checkDigest(digest);
+      const opts = chunkOptions(c);
+      const hasBody = (opts.length ?? 0) > 0 || (opts.length === undefined && req.headers['transfer-encoding'] !== undefined);
+      await registry.uploads.commit(c.ns, name, id, digest, hasBody ? req : undefined, opts);
+      return blobCreated(c, name, digest);
+    }
+    case 'DELETE':
+      await registry.uploads.cancel(c.ns, name, id);
+      return empty(c, 204);
+    default:
+      throw notAllowed();
+  }
+}
+
+/** Offset and length a chunk declares through Content-Range and Content-Length (which must agree). */
+function chunkOptions(c: Call): { offset?: number; length?: number; signal: AbortSignal } {
+  const length = contentLength(c.req.headers['content-length']);
+  const range = chunkRange(c.req.headers['content-range']);
+  if (range && length !== undefined && range.length !== length) {
+    throw new RegistryError('SIZE_INVALID', 'Content-Range and Content-Length disagree', { range: c.req.headers['content-range'], length });
+  }
+  return { offset: range?.offset, length: length ?? range?.length, signal: c.signal };
+}
+
+async function manifest(registry: Registry, c: Call, name: string, reference: string): Promise<void> {
+  const { req, res } = c;
+  switch (req.method) {
+    case 'GET':
+    case 'HEAD': {
+      const m = req.method === 'HEAD' ? await registry.manifests.stat(c.ns, name, reference) : await registry.manifests.get(c.ns, name, reference);
+      res.status(200);
+      res.setHeader('Content-Type', m.mediaType);
+      res.setHeader('Content-Length', m.size);
+      res.setHeader('Docker-Content-Digest', m.digest);
+      res.setHeader('ETag', `"${m.digest}"`);
+      return void res.end('body' in m ? m.body : undefined);
+    }
+    case 'PUT': {
+      const body = await readLimited(req, MAX_MANIFEST_SIZE);
+      const m = await registry.manifests.put(c.ns, name, reference, body, req.headers['content-type']);
+      res.setHeader('Location', `/v2/${name}/manifests/${m.digest}`);
+      res.setHeader('Docker-Content-Digest', m.digest);
+      if (m.subject) res.setHeader('OCI-Subject', m.subject);
+      return empty(c, 201);
+    }
+    case 'DELETE':
+      await registry.manifests.delete(c.ns, name, reference);
+      return empty(c, 202);
+    default:
+      throw notAllowed();
+  }
+}
+
+/** Read a small request body whole, refusing (413) anything over `limit` without reading it all. */
+async function readLimited(req: Request, limit: number): Promise<Buffer> {
+  const tooLarge = () => new RegistryError('PAYLOAD_TOO_LARGE', 'manifest is larger than the registry accepts', { limit });
+  if ((contentLength(req.headers['content-length']) ?? 0) > limit) throw tooLarge();
+  const pieces: Buffer[] = [];
+  let size = 0;
+  for await (const piece of req as AsyncIterable<Buffer>) {
+    size += piece.length;
+    if (size > limit) throw tooLarge();
+    pieces.push(piece);
+  }
+  return Buffer.concat(pieces);
+}
+
+function pagination(c: Call): { n?: number; last?: string } {
+  const nText = queryValue(c.query, 'n');
+  let n: number | undefined;
+  if (nText !== undefined) {
+    if (!/^[0-9]{1,6}$/.test(nText)) throw new RegistryError('PAGINATION_NUMBER_INVALID', 'n must be a non-negative integer', { n: nText });
+    n = Number(nText);
+  }
+  return { n, last: queryValue(c.query, 'last') };
+}
+
+function nextLink(path: string, n: number, last: string | undefined): string {
+  return `<${path}?n=${n}&last=${encodeURIComponent(last ?? '')}>; rel="next"`;
+}
+
+const uploadLocation = (name: string, id: string) => `/v2/${name}/blobs/uploads/${id}`;
+
+function uploadAccepted(c: Call, name: string, id: string, size: number, status: number): void {
+  c.res.setHeader('Location', uploadLocation(name, id));
+  c.res.setHeader('Range', uploadRange(size));
+  c.res.setHeader('Docker-Upload-UUID', id);
+  empty(c, status);
+}
+
+function blobCreated(c: Call, name: string, digest: string): void {
+  c.res.setHeader('Location', `/v2/${name}/blobs/${digest}`);
+  c.res.setHeader('Docker-Content-Digest', digest);
+  empty(c, 201);
+}
+
+function empty(c: Call, status: number): void {
+  c.res.status(status);
+  c.res.setHeader('Content-Length', 0);
+  c.res.end();
+}
+
+function sendJson(c: Call, status: number, value: unknown, contentType = 'application/json'): void {
+  const body = Buffer.from(JSON.stringify(value));
+  c.res.status(status);
+  c.res.setHeader('Content-Type', contentType);
+  c.res.setHeader('Content-Length', body.length);
+  c.res.end(c.req.method === 'HEAD' ? undefined : body);
+}

@@ -1,0 +1,39 @@
+/**
+ * The registry core as one object: what the HTTP layer, prune and fsck work with. It knows the storage driver
+ * interface and nothing of HTTP.
+ */
+import type { StorageDriver } from '../storage/driver.js';
+import { BlobLinks, Blobs } from './blobs.js';
+import { Manifests } from './manifests.js';
+import { parseRepoPath, paths } from './paths.js';
+import { Uploads } from './uploads.js';
+
+export class Registry {
+  readonly blobs: Blobs;
+  readonly uploads: Uploads;
+  readonly manifests: Manifests;
+
+  constructor(readonly driver: StorageDriver) {
+    const links = new BlobLinks(driver);
+    this.blobs = new Blobs(driver, links);
+    this.uploads = new Uploads(driver, links);
+    this.manifests = new Manifests(driver, this.blobs);
+  }
+
+  /** Repository names of a namespace that hold at least one manifest, sorted, after `last`, at most `n`. */
+  async catalog(ns: string, opts: { n?: number; last?: string } = {}): Promise<{ repositories: string[]; more: boolean }> {
+    // Listing order is by full path, in which "a-b/..." sorts before "a/_x", so collect, then sort.
+    const names = new Set<string>();
+    for await (const o of this.driver.list(paths.repos(ns))) {
+      const parsed = parseRepoPath(ns, o.path);
+      if (parsed && parsed.rest.startsWith('_manifests/')) names.add(parsed.repo);
+    }
+    const after = [...names].sort().filter((r) => opts.last === undefined || r > opts.last);
+    const n = opts.n ?? after.length;
+    return { repositories: after.slice(0, n), more: after.length > n };
+  }
+
+  close(): Promise<void> {
+    return this.driver.close();
+  }
+}

@@ -1,0 +1,123 @@
+/** Test servers: the app in-process over a fresh filesystem root, or `berth serve` as a child process. */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import type { AddressInfo } from 'node:net';
+import http from 'node:http';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { pino } from 'pino';
+import { createApp } from '../../src/http/app.js';
+import { Registry } from '../../src/registry/registry.js';
+import type { StorageDriver } from '../../src/storage/driver.js';
+import { FilesystemDriver } from '../../src/storage/filesystem.js';
+
+export interface TestServer {
+  url: string;
+  root: string;
+  registry: Registry;
+  close(): Promise<void>;
+}
+
+export async function startServer(driver?: StorageDriver): Promise<TestServer> {
+  const root = await mkdtemp(join(tmpdir(), 'berth-http-'));
+  const registry = new Registry(driver ?? (await FilesystemDriver.open(root)));
+  const app = createApp(registry, { log: pino({ level: 'silent' }) });
+  const server = http.createServer(app);
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const { port } = server.address() as AddressInfo;
+  return {
+    url: `http://127.0.0.1:${port}`,
+    root,
+    registry,
+    async close() {
+      server.closeAllConnections();
+      await new Promise((resolve) => server.close(resolve));
+      await registry.close();
+      await rm(root, { recursive: true, force: true });
+    },
+  };
+}
+
+export interface ServeProcess {
+  url: string;
+  port: number;
+  child: ChildProcess;
+  stop(signal?: NodeJS.Signals): Promise<number | null>;
+}
+
+/** Run the built CLI (`dist/cli.js serve`) with the given `registry:` YAML body. */
+export async function spawnServe(configYaml: string, dir: string): Promise<ServeProcess> {
+  const file = join(dir, `registry-${Math.random().toString(36).slice(2)}.yaml`);
+  await writeFile(file, configYaml);
+  const child = spawn(process.execPath, ['dist/cli.js', '-c', file, 'serve'], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let stderr = '';
+  child.stderr!.on('data', (d) => (stderr += d));
+  const port = await new Promise<number>((resolve, reject) => {
+    let out = '';
+    child.stdout!.on('data', (d: Buffer) => {
+      out += d;
+      const m = /berth listening on port (\d+)/.exec(out);
+      if (m) resolve(Number(m[1]));
+    });
+    child.once('exit', (code) => reject(new Error(`berth serve exited with ${code}: ${stderr}`)));
+  });
+  return {
+    url: `http://127.0.0.1:${port}`,
+    port,
+    child,
+    stop: (signal = 'SIGTERM') =>
+      new Promise((resolve) => {
+        if (child.exitCode !== null) return resolve(child.exitCode);
+        child.once('exit', (code) => resolve(code));
+        child.kill(signal);
+      }),
+  };
+}
+
+export const sha256 = (data: Buffer | string) => `sha256:${createHash('sha256').update(data).digest('hex')}`;
+export const md5 = (data: Buffer) => createHash('md5').update(data).digest('hex');
+
+/** Push a blob monolithically; returns its digest. */
+export async function pushBlob(url: string, repo: string, data: Buffer): Promise<string> {
+  const digest = sha256(data);
+  const res = await fetch(`${url}/v2/${repo}/blobs/uploads/?digest=${digest}`, { method: 'POST', body: data as Buffer<ArrayBuffer> });
+  if (res.status !== 201) throw new Error(`push blob: ${res.status} ${await res.text()}`);
+  return digest;
+}
+
+/** Push a minimal OCI image (config + layers); returns the manifest, its bytes and digest. */
+export async function pushImage(url: string, repo: string, tag: string, layers: Buffer[], extra: Record<string, unknown> = {}) {
+  const config = Buffer.from(JSON.stringify({ architecture: 'amd64', os: 'linux', rootfs: { type: 'layers', diff_ids: [] } }));
+  const configDigest = await pushBlob(url, repo, config);
+  const layerDescs = [];
+  for (const l of layers) layerDescs.push({ mediaType: 'application/vnd.oci.image.layer.v1.tar', digest: await pushBlob(url, repo, l), size: l.length });
+  const manifest = {
+    schemaVersion: 2,
+    mediaType: 'application/vnd.oci.image.manifest.v1+json',
+    config: { mediaType: 'application/vnd.oci.image.config.v1+json', digest: configDigest, size: config.length },
+    layers: layerDescs,
+    ...extra,
+  };
+  const body = Buffer.from(JSON.stringify(manifest));
+  const res = await fetch(`${url}/v2/${repo}/manifests/${tag}`, {
+    method: 'PUT',
+    headers: { 'Content-Type': 'application/vnd.oci.image.manifest.v1+json' },
+    body,
+  });
+  if (res.status !== 201) throw new Error(`push manifest: ${res.status} ${await res.text()}`);
+  return { manifest, body, digest: sha256(body) };
+}
+
+/** GET a path exactly as written (fetch would normalize "..", which is what an attacker's client would not do). */
+export function rawGet(url: string, path: string): Promise<{ status: number; body: string }> {
+  return new Promise((resolve, reject) => {
+    const req = http.request(url, { path, method: 'GET' }, (res) => {
+      let body = '';
+      res.on('data', (d) => (body += d));
+      res.on('end', () => resolve({ status: res.statusCode!, body }));
+    });
+    req.on('error', reject);
+    req.end();
+  });
+}

@@ -1,0 +1,156 @@
+import { randomBytes } from 'node:crypto';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { pushBlob, pushImage, sha256, startServer, type TestServer } from '../helpers/server.js';
+
+let s: TestServer;
+beforeAll(async () => {
+  s = await startServer();
+});
+afterAll(async () => s.close());
+
+const errorCode = async (res: Response) => ((await res.json()) as { errors: { code: string }[] }).errors[0].code;
+const OCI_MANIFEST = 'application/vnd.oci.image.manifest.v1+json';
+const OCI_INDEX = 'application/vnd.oci.image.index.v1+json';
+
+function putManifest(repo: string, ref: string, doc: unknown, contentType = OCI_MANIFEST) {
+  return fetch(`${s.url}/v2/${repo}/manifests/${ref}`, { method: 'PUT', headers: { 'Content-Type': contentType }, body: JSON.stringify(doc) });
+}
+
+describe('manifest API', () => {
+  it('a manifest put by tag is served by tag and by digest with its media type and digest', async () => {
+    const { body, digest } = await pushImage(s.url, 'img/app', 'v1', [randomBytes(100)]);
+    for (const ref of ['v1', digest]) {
+      const res = await fetch(`${s.url}/v2/img/app/manifests/${ref}`);
+      expect(res.status).toBe(200);
+      expect(res.headers.get('content-type')).toBe(OCI_MANIFEST);
+      expect(res.headers.get('docker-content-digest')).toBe(digest);
+      expect(Buffer.from(await res.arrayBuffer()).equals(body)).toBe(true);
+      const head = await fetch(`${s.url}/v2/img/app/manifests/${ref}`, { method: 'HEAD' });
+      expect(head.status).toBe(200);
+      expect(head.headers.get('content-length')).toBe(String(body.length));
+    }
+  });
+
+  it('a manifest that references a blob the repository lacks is refused with MANIFEST_BLOB_UNKNOWN', async () => {
+    const configDigest = await pushBlob(s.url, 'elsewhere', Buffer.from('{}'));
+    const res = await putManifest('lacking', 'v1', {
+      schemaVersion: 2,
+      mediaType: OCI_MANIFEST,
+      config: { mediaType: 'application/vnd.oci.image.config.v1+json', digest: configDigest, size: 2 },
+      layers: [],
+    });
+    expect(res.status).toBe(400);
+    expect(await errorCode(res)).toBe('MANIFEST_BLOB_UNKNOWN');
+    expect((await fetch(`${s.url}/v2/lacking/manifests/v1`)).status).toBe(404);
+  });
+
+  it('malformed manifests are refused with MANIFEST_INVALID', async () => {
+    const bad = await fetch(`${s.url}/v2/bad/manifests/v1`, { method: 'PUT', headers: { 'Content-Type': OCI_MANIFEST }, body: '{not json' });
+    expect(bad.status).toBe(400);
+    expect(await errorCode(bad)).toBe('MANIFEST_INVALID');
+    const noConfig = await putManifest('bad', 'v1', { schemaVersion: 2, mediaType: OCI_MANIFEST, layers: [] });
+    expect(await errorCode(noConfig)).toBe('MANIFEST_INVALID');
+    const schema1 = await putManifest('bad', 'v1', { schemaVersion: 1, name: 'bad', tag: 'v1', fsLayers: [] }, 'application/vnd.docker.distribution.manifest.v1+prettyjws');
+    expect(await errorCode(schema1)).toBe('MANIFEST_INVALID');
+  });
+
+  it('a manifest larger than 4 MiB gets 413', async () => {
+    const res = await fetch(`${s.url}/v2/big/manifests/v1`, { method: 'PUT', headers: { 'Content-Type': OCI_MANIFEST }, body: Buffer.alloc(4 * 1024 * 1024 + 1, 32) });
+    expect(res.status).toBe(413);
+  });
+
+  it('a put by digest must match the content', async () => {
+    const { manifest } = await pushImage(s.url, 'bydigest', 'seed', [randomBytes(10)]);
+    const res = await putManifest('bydigest', sha256('something else'), manifest);
+    expect(res.status).toBe(400);
+    expect(await errorCode(res)).toBe('DIGEST_INVALID');
+    const body = JSON.stringify(manifest);
+    const ok = await putManifest('bydigest', sha256(body), manifest);
+    expect(ok.status).toBe(201);
+  });
+
+  it('tags list is sorted and paginates with n, last and a Link header', async () => {
+    const { manifest } = await pushImage(s.url, 'tagged', 'c', [randomBytes(10)]);
+    for (const t of ['a', 'b', 'd']) expect((await putManifest('tagged', t, manifest)).status).toBe(201);
+    const all = await (await fetch(`${s.url}/v2/tagged/tags/list`)).json();
+    expect(all).toEqual({ name: 'tagged', tags: ['a', 'b', 'c', 'd'] });
+    const page = await fetch(`${s.url}/v2/tagged/tags/list?n=2`);
+    expect(await page.json()).toEqual({ name: 'tagged', tags: ['a', 'b'] });
+    expect(page.headers.get('link')).toBe('</v2/tagged/tags/list?n=2&last=b>; rel="next"');
+    const next = await fetch(`${s.url}/v2/tagged/tags/list?n=2&last=b`);
+    expect(await next.json()).toEqual({ name: 'tagged', tags: ['c', 'd'] });
+    expect(next.headers.get('link')).toBeNull();
+    expect((await fetch(`${s.url}/v2/tagged/tags/list?n=-1`)).status).toBe(400);
+    const unknown = await fetch(`${s.url}/v2/never/pushed/tags/list`);
+    expect(unknown.status).toBe(404);
+    expect(await errorCode(unknown)).toBe('NAME_UNKNOWN');
+  });
+
+  it('delete by tag removes only the tag; delete by digest removes the manifest and every tag naming it', async () => {
+    const { manifest, digest } = await pushImage(s.url, 'del', 'one', [randomBytes(10)]);
+    await putManifest('del', 'two', manifest);
+    expect((await fetch(`${s.url}/v2/del/manifests/one`, { method: 'DELETE' })).status).toBe(202);
+    expect((await fetch(`${s.url}/v2/del/manifests/one`)).status).toBe(404);
+    expect((await fetch(`${s.url}/v2/del/manifests/${digest}`)).status).toBe(200);
+    expect((await fetch(`${s.url}/v2/del/manifests/${digest}`, { method: 'DELETE' })).status).toBe(202);
+    const gone = await fetch(`${s.url}/v2/del/manifests/two`);
+    expect(gone.status).toBe(404);
+    expect(await errorCode(gone)).toBe('MANIFEST_UNKNOWN');
+    expect((await fetch(`${s.url}/v2/del/manifests/${digest}`, { method: 'DELETE' })).status).toBe(404);
+  });
+
+  it('an index is accepted only when its child manifests are in the repository', async () => {
+    const a = await pushImage(s.url, 'multi', 'amd64', [randomBytes(10)]);
+    const index = {
+      schemaVersion: 2,
+      mediaType: OCI_INDEX,
+      manifests: [{ mediaType: OCI_MANIFEST, digest: a.digest, size: a.body.length, platform: { architecture: 'amd64', os: 'linux' } }],
+    };
+    expect((await putManifest('multi', 'latest', index, OCI_INDEX)).status).toBe(201);
+    const res = await fetch(`${s.url}/v2/multi/manifests/latest`);
+    expect(res.headers.get('content-type')).toBe(OCI_INDEX);
+    const orphan = await putManifest('multi2', 'latest', index, OCI_INDEX);
+    expect(orphan.status).toBe(400);
+    expect(await errorCode(orphan)).toBe('MANIFEST_BLOB_UNKNOWN');
+  });
+
+  it('referrers list the artifacts whose subject is a manifest, filtered by artifactType', async () => {
+    const subject = await pushImage(s.url, 'refs', 'v1', [randomBytes(10)]);
+    const emptyDigest = await pushBlob(s.url, 'refs', Buffer.from('{}'));
+    const artifact = (type: string, note: string) => ({
+      schemaVersion: 2,
+      mediaType: OCI_MANIFEST,
+      artifactType: type,
+      config: { mediaType: 'application/vnd.oci.empty.v1+json', digest: emptyDigest, size: 2 },
+      layers: [],
+      subject: { mediaType: OCI_MANIFEST, digest: subject.digest, size: subject.body.length },
+      annotations: { note },
+    });
+    const sig = artifact('application/example.signature', 'sig');
+    const put = await putManifest('refs', sha256(JSON.stringify(sig)), sig);
+    expect(put.status).toBe(201);
+    expect(put.headers.get('oci-subject')).toBe(subject.digest);
+    const sbom = artifact('application/example.sbom', 'sbom');
+    await putManifest('refs', sha256(JSON.stringify(sbom)), sbom);
+
+    const all = await fetch(`${s.url}/v2/refs/referrers/${subject.digest}`);
+    expect(all.headers.get('content-type')).toBe(OCI_INDEX);
+    const index = (await all.json()) as { manifests: { artifactType: string; annotations: Record<string, string> }[] };
+    expect(index.manifests.map((m) => m.artifactType).sort()).toEqual(['application/example.sbom', 'application/example.signature']);
+    const filtered = await fetch(`${s.url}/v2/refs/referrers/${subject.digest}?artifactType=application/example.sbom`);
+    expect(filtered.headers.get('oci-filters-applied')).toBe('artifactType');
+    expect(((await filtered.json()) as { manifests: unknown[] }).manifests).toHaveLength(1);
+    const none = await (await fetch(`${s.url}/v2/refs/referrers/${sha256('nothing')}`)).json();
+    expect(none).toEqual({ schemaVersion: 2, mediaType: OCI_INDEX, manifests: [] });
+  });
+
+  it('the catalog lists repositories that hold manifests, paginated', async () => {
+    const res = await (await fetch(`${s.url}/v2/_catalog`)).json();
+    expect(res.repositories).toContain('img/app');
+    expect(res.repositories).toEqual([...res.repositories].sort());
+    expect(res.repositories).not.toContain('lacking');
+    const page = await fetch(`${s.url}/v2/_catalog?n=1`);
+    expect(((await page.json()) as { repositories: string[] }).repositories).toHaveLength(1);
+    expect(page.headers.get('link')).toMatch(/rel="next"/);
+  });
+});

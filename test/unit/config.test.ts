@@ -1,0 +1,53 @@
+import { describe, expect, it } from 'vitest';
+import yaml from 'js-yaml';
+import { loadConfig, parseConfig } from '../../src/config/config.js';
+
+const parse = (text: string) => parseConfig(yaml.load(text), '/srv/berth');
+
+describe('config', () => {
+  it('the shipped etc/registry.yaml loads: filesystem under ./data, port 9000', () => {
+    const c = loadConfig('etc/registry.yaml');
+    expect(c.port).toBe(9000);
+    expect(c.storage).toEqual({ driver: 'filesystem', root: `${process.cwd()}/data` });
+    expect(c.uploadExpiry).toBe(3600);
+  });
+
+  it("accepts zuul-registry's keys unchanged", () => {
+    const c = parse(`registry:
+  address: 127.0.0.1
+  port: 5000
+  public-url: https://reg.example.org/
+  tls-cert: tls/cert.pem
+  tls-key: tls/key.pem
+  secret: s3cret
+  users:
+    - {name: ci, pass: pw, access: write}
+    - {name: r, pass: pw, access: read}
+  storage: {driver: swift, cloud: prod, container: images}
+  expiration: 86400
+`);
+    expect(c).toMatchObject({
+      address: '127.0.0.1',
+      port: 5000,
+      publicUrl: 'https://reg.example.org',
+      tlsCert: '/srv/berth/tls/cert.pem',
+      storage: { driver: 'swift', cloud: 'prod', container: 'images' },
+      expiration: 86400,
+    });
+    expect(c.users.map((u) => u.access)).toEqual(['write', 'read']);
+  });
+
+  it.each([
+    ['registry:\n  prot: 1\n  storage: {driver: filesystem, root: d}', 'registry.prot'],
+    ['registry:\n  port: 70000\n  storage: {driver: filesystem, root: d}', 'registry.port'],
+    ['registry:\n  port: 1', 'registry.storage'],
+    ['registry:\n  storage: {driver: s3}', 'registry.storage.driver'],
+    ['registry:\n  storage: {driver: filesystem, root: d, rot: x}', 'registry.storage.rot'],
+    ['registry:\n  storage: {driver: swift, cloud: c}', 'registry.storage.container'],
+    ['registry:\n  users: [{name: a, pass: b, access: admin}]\n  storage: {driver: filesystem, root: d}', 'registry.users[0].access'],
+    ['registry:\n  tls-cert: a\n  storage: {driver: filesystem, root: d}', 'registry.tls-key'],
+    ['other: 1', 'other'],
+  ])('refuses %j naming the key %s', (text, key) => {
+    expect(() => parse(text)).toThrow(new RegExp(`^${key.replace(/[[\].]/g, '\\$&')}: `));
+  });
+});

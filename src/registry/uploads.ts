@@ -94,6 +94,8 @@ export class Uploads {
     const open = () => {
       const object = `${record.chunks.length}.${randomBytes(4).toString('hex')}`;
       const stream = new PassThrough({ highWaterMark: 1 << 20 });
+      // Failures surface through `stored` (the driver's put); an error event here must not go unhandled.
+      stream.on('error', () => {});
       const stored = this.driver.put(paths.uploadChunk(ns, id, object), stream, { signal: abort.signal });
       stored.catch(() => {}); // observed when the object is closed; avoid an unhandled rejection meanwhile
       return { stream, stored, md5: createHash('md5'), size: 0, object };

@@ -10,6 +10,7 @@ import https from 'node:https';
 import { parseArgs } from 'node:util';
 import { pino, type Logger } from 'pino';
 import { ConfigError, loadConfig, type Config } from './config/config.js';
+import { runPrune } from './commands/prune.js';
 import { createApp } from './http/app.js';
 import { Registry } from './registry/registry.js';
 import { openStorage } from './storage/factory.js';
@@ -18,7 +19,8 @@ const USAGE = `usage: berth [-c FILE] [-d] <command>
 
 commands:
   serve     run the registry
-  prune     delete expired uploads and manifests, then unreferenced blobs (for cron)
+  prune [--dry-run] [--namespace NS]...
+            delete expired uploads and manifests, then unreferenced blobs (for cron)
   fsck      verify stored blobs and manifests
 
 options:
@@ -27,26 +29,27 @@ options:
   -h, --help          this help`;
 
 async function main(argv: string[]): Promise<number> {
+  // Global options come before the command; what follows the command is the command's own.
+  const at = argv.findIndex((a, i) => !a.startsWith('-') && !(i > 0 && ['-c', '--config'].includes(argv[i - 1])));
+  const [command, ...rest] = at < 0 ? [] : argv.slice(at);
   let parsed;
   try {
     parsed = parseArgs({
-      args: argv,
-      allowPositionals: true,
+      args: at < 0 ? argv : argv.slice(0, at),
       options: { config: { type: 'string', short: 'c' }, debug: { type: 'boolean', short: 'd' }, help: { type: 'boolean', short: 'h' } },
     });
   } catch (err) {
     process.stderr.write(`berth: ${(err as Error).message}\n${USAGE}\n`);
     return 2;
   }
-  const { values, positionals } = parsed;
+  const { values } = parsed;
   if (values.help) {
     process.stdout.write(USAGE + '\n');
     return 0;
   }
-  const [command, ...rest] = positionals;
   const log = pino({ level: values.debug ? 'debug' : 'info', base: { pid: process.pid } });
-  if (!command || !['serve', 'prune', 'fsck'].includes(command) || rest.length > 0) {
-    process.stderr.write(`berth: ${command ? `unknown command or arguments: ${positionals.join(' ')}` : 'no command given'}\n${USAGE}\n`);
+  if (!command || !['serve', 'prune', 'fsck'].includes(command) || (command !== 'prune' && rest.length > 0)) {
+    process.stderr.write(`berth: ${command ? `unknown command or arguments: ${[command, ...rest].join(' ')}` : 'no command given'}\n${USAGE}\n`);
     return 2;
   }
   let config: Config;
@@ -60,6 +63,7 @@ async function main(argv: string[]): Promise<number> {
     throw err;
   }
   if (command === 'serve') return serve(config, log);
+  if (command === 'prune') return runPrune(config, rest, log);
   process.stderr.write(`berth: ${command} is not implemented yet\n`);
   return 1;
 }

@@ -30,6 +30,13 @@ export interface Config {
   expiration?: number;
   /** Uploads idle for longer than this many seconds are abandoned (prune deletes them). */
   uploadExpiry: number;
+  /** Per-namespace settings: an `expiration` override, and whether anonymous clients may read it. */
+  namespaces: Record<string, NamespaceConfig>;
+}
+
+export interface NamespaceConfig {
+  expiration?: number;
+  public?: boolean;
 }
 
 export class ConfigError extends Error {
@@ -41,6 +48,8 @@ export class ConfigError extends Error {
     this.name = 'ConfigError';
   }
 }
+
+const NAMESPACE_RE = /^[a-z0-9_][a-z0-9_-]{0,63}$/;
 
 export const DEFAULTS = { address: '0.0.0.0', port: 9000, uploadExpiry: 3600 };
 
@@ -67,7 +76,7 @@ export function parseConfig(doc: unknown, baseDir = process.cwd()): Config {
   const top = object(doc, '(top level)');
   keys(top, '(top level)', ['registry']);
   const r = object(top.registry, 'registry');
-  keys(r, 'registry', ['address', 'port', 'public-url', 'tls-cert', 'tls-key', 'secret', 'users', 'storage', 'expiration', 'upload-expiry']);
+  keys(r, 'registry', ['address', 'port', 'public-url', 'tls-cert', 'tls-key', 'secret', 'users', 'storage', 'expiration', 'upload-expiry', 'namespaces']);
 
   const port = r.port === undefined ? DEFAULTS.port : integer(r.port, 'registry.port', 0, 65535);
   const publicUrl = optionalString(r['public-url'], 'registry.public-url');
@@ -90,6 +99,7 @@ export function parseConfig(doc: unknown, baseDir = process.cwd()): Config {
     storage: storage(r.storage, baseDir),
     expiration: r.expiration === undefined || r.expiration === null ? undefined : integer(r.expiration, 'registry.expiration', 1),
     uploadExpiry: r['upload-expiry'] === undefined ? DEFAULTS.uploadExpiry : integer(r['upload-expiry'], 'registry.upload-expiry', 1),
+    namespaces: namespaces(r.namespaces),
   };
   return config;
 }
@@ -106,11 +116,31 @@ function users(value: unknown): UserConfig[] {
     const user: UserConfig = { name: string(o.name, `${where}.name`), pass: string(o.pass, `${where}.pass`), access };
     const namespace = optionalString(o.namespace, `${where}.namespace`);
     if (namespace !== undefined) {
-      if (!/^[a-z0-9_][a-z0-9_-]{0,63}$/.test(namespace)) throw new ConfigError(`${where}.namespace`, 'must match [a-z0-9_][a-z0-9_-]{0,63}');
+      if (!NAMESPACE_RE.test(namespace)) throw new ConfigError(`${where}.namespace`, 'must match [a-z0-9_][a-z0-9_-]{0,63}');
       user.namespace = namespace;
     }
     return user;
   });
+}
+
+function namespaces(value: unknown): Record<string, NamespaceConfig> {
+  if (value === undefined || value === null) return {};
+  const o = object(value, 'registry.namespaces');
+  const result: Record<string, NamespaceConfig> = {};
+  for (const [name, v] of Object.entries(o)) {
+    const where = `registry.namespaces.${name}`;
+    if (!NAMESPACE_RE.test(name)) throw new ConfigError(where, 'a namespace must match [a-z0-9_][a-z0-9_-]{0,63}');
+    const n = object(v ?? {}, where);
+    keys(n, where, ['expiration', 'public']);
+    const entry: NamespaceConfig = {};
+    if (n.expiration !== undefined && n.expiration !== null) entry.expiration = integer(n.expiration, `${where}.expiration`, 1);
+    if (n.public !== undefined) {
+      if (typeof n.public !== 'boolean') throw new ConfigError(`${where}.public`, 'must be true or false');
+      entry.public = n.public;
+    }
+    result[name] = entry;
+  }
+  return result;
 }
 
 function storage(value: unknown, baseDir: string): StorageConfig {

@@ -11,7 +11,11 @@ import { parseArgs } from 'node:util';
 import { pino, type Logger } from 'pino';
 import { ConfigError, loadConfig, type Config } from './config/config.js';
 import { runPrune } from './commands/prune.js';
+import { TokenIssuer } from './auth/tokens.js';
+import { Users } from './auth/users.js';
+import { Access } from './http/auth.js';
 import { createApp } from './http/app.js';
+import { DEFAULT_NAMESPACE } from './registry/paths.js';
 import { Registry } from './registry/registry.js';
 import { openStorage } from './storage/factory.js';
 
@@ -78,9 +82,10 @@ async function serve(config: Config, log: Logger): Promise<number> {
       return 2;
     }
   }
+  const access = buildAccess(config, log);
   const driver = await openStorage(config.storage);
   const registry = new Registry(driver);
-  const app = createApp(registry, { log });
+  const app = createApp(registry, { log, access });
   const server = tls ? https.createServer(tls, app) : http.createServer(app);
   // Long uploads: no request timeout; idle keep-alive sockets are still reaped.
   server.requestTimeout = 0;
@@ -107,6 +112,21 @@ async function serve(config: Config, log: Logger): Promise<number> {
   });
   await registry.close();
   return 0;
+}
+
+function buildAccess(config: Config, log: Logger): Access {
+  const users = new Users(config.users, DEFAULT_NAMESPACE, config.htpasswd, log);
+  if (!users.enabled) log.warn('no users configured: anyone may push and pull');
+  const service = config.publicUrl ? new URL(config.publicUrl).host : 'berth';
+  const publicNamespace = Object.entries(config.namespaces).find(([, n]) => n.public)?.[0];
+  return new Access({
+    users,
+    tokens: config.secret ? new TokenIssuer(config.secret, service) : null,
+    defaultNamespace: DEFAULT_NAMESPACE,
+    publicNamespace,
+    publicUrl: config.publicUrl,
+    log,
+  });
 }
 
 main(process.argv.slice(2)).then(

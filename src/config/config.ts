@@ -8,7 +8,8 @@ import yaml from 'js-yaml';
 
 export interface UserConfig {
   name: string;
-  pass: string;
+  /** Plain or bcrypt ("$2..."); absent when the htpasswd file holds it. */
+  pass?: string;
   access: 'read' | 'write';
   namespace?: string;
 }
@@ -25,6 +26,7 @@ export interface Config {
   tlsKey?: string;
   secret?: string;
   users: UserConfig[];
+  htpasswd?: string;
   storage: StorageConfig;
   /** Manifests older than this many seconds are expired by prune; undefined keeps them forever. */
   expiration?: number;
@@ -76,7 +78,7 @@ export function parseConfig(doc: unknown, baseDir = process.cwd()): Config {
   const top = object(doc, '(top level)');
   keys(top, '(top level)', ['registry']);
   const r = object(top.registry, 'registry');
-  keys(r, 'registry', ['address', 'port', 'public-url', 'tls-cert', 'tls-key', 'secret', 'users', 'storage', 'expiration', 'upload-expiry', 'namespaces']);
+  keys(r, 'registry', ['address', 'port', 'public-url', 'tls-cert', 'tls-key', 'secret', 'users', 'storage', 'expiration', 'upload-expiry', 'namespaces', 'htpasswd']);
 
   const port = r.port === undefined ? DEFAULTS.port : integer(r.port, 'registry.port', 0, 65535);
   const publicUrl = optionalString(r['public-url'], 'registry.public-url');
@@ -95,16 +97,23 @@ export function parseConfig(doc: unknown, baseDir = process.cwd()): Config {
     tlsCert: tlsCert && resolve(baseDir, tlsCert),
     tlsKey: tlsKey && resolve(baseDir, tlsKey),
     secret: optionalString(r.secret, 'registry.secret'),
-    users: users(r.users),
+    users: users(r.users, r.htpasswd !== undefined),
+    htpasswd: r.htpasswd === undefined ? undefined : resolve(baseDir, string(r.htpasswd, 'registry.htpasswd')),
     storage: storage(r.storage, baseDir),
     expiration: r.expiration === undefined || r.expiration === null ? undefined : integer(r.expiration, 'registry.expiration', 1),
     uploadExpiry: r['upload-expiry'] === undefined ? DEFAULTS.uploadExpiry : integer(r['upload-expiry'], 'registry.upload-expiry', 1),
     namespaces: namespaces(r.namespaces),
   };
+  if (config.users.length > 0 && !config.secret) throw new ConfigError('registry.secret', 'is required when users are configured (it signs tokens)');
+  const names = config.users.map((u) => u.name);
+  const dup = names.find((n, i) => names.indexOf(n) !== i);
+  if (dup !== undefined) throw new ConfigError('registry.users', `user ${JSON.stringify(dup)} is listed twice`);
+  const publics = Object.entries(config.namespaces).filter(([, n]) => n.public).map(([name]) => name);
+  if (publics.length > 1) throw new ConfigError('registry.namespaces', `only one namespace can be public (anonymous clients read it); found ${publics.join(', ')}`);
   return config;
 }
 
-function users(value: unknown): UserConfig[] {
+function users(value: unknown, haveHtpasswd: boolean): UserConfig[] {
   if (value === undefined || value === null) return [];
   if (!Array.isArray(value)) throw new ConfigError('registry.users', 'must be a list');
   return value.map((u, i) => {
@@ -113,7 +122,8 @@ function users(value: unknown): UserConfig[] {
     keys(o, where, ['name', 'pass', 'access', 'namespace']);
     const access = o.access ?? 'read';
     if (access !== 'read' && access !== 'write') throw new ConfigError(`${where}.access`, 'must be "read" or "write"');
-    const user: UserConfig = { name: string(o.name, `${where}.name`), pass: string(o.pass, `${where}.pass`), access };
+    const user: UserConfig = { name: string(o.name, `${where}.name`), access };
+    if (o.pass !== undefined || !haveHtpasswd) user.pass = string(o.pass, `${where}.pass`);
     const namespace = optionalString(o.namespace, `${where}.namespace`);
     if (namespace !== undefined) {
       if (!NAMESPACE_RE.test(namespace)) throw new ConfigError(`${where}.namespace`, 'must match [a-z0-9_][a-z0-9_-]{0,63}');

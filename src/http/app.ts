@@ -10,14 +10,16 @@ import { RegistryError } from '../registry/errors.js';
 import { MAX_MANIFEST_SIZE, MEDIA_TYPES } from '../registry/manifests.js';
 import { DEFAULT_NAMESPACE, checkDigest, validName } from '../registry/paths.js';
 import type { Registry } from '../registry/registry.js';
+import { Users } from '../auth/users.js';
+import { Access, AuthFailure } from './auth.js';
 import { sendError, toErrorBody } from './errors.js';
 import { byteRange, chunkRange, contentLength, uploadRange } from './headers.js';
 import { parseRoute, queryValue, type Route } from './routes.js';
 
 export interface AppOptions {
   log: Logger;
-  /** Which namespace a request works in; issue #4 derives it from the authenticated tenant. */
-  namespaceOf?: (req: Request) => string;
+  /** Authentication and access rules; without it the registry is open and works in the default namespace. */
+  access?: Access;
 }
 
 /** Context of one API request. */
@@ -27,13 +29,15 @@ interface Call {
   ns: string;
   signal: AbortSignal;
   query: Record<string, unknown>;
+  /** May the caller pull from another repository of its namespace (for mounts)? */
+  canPull: (name: string) => boolean;
 }
 
 export function createApp(registry: Registry, opts: AppOptions): express.Express {
   const app = express();
   app.disable('x-powered-by');
   app.set('etag', false);
-  const namespaceOf = opts.namespaceOf ?? (() => DEFAULT_NAMESPACE);
+  const access = opts.access ?? new Access({ users: new Users([], DEFAULT_NAMESPACE, undefined, opts.log), tokens: null, defaultNamespace: DEFAULT_NAMESPACE, log: opts.log });
 
   app.use((req, res, next) => {
     const id = randomUUID();
@@ -45,6 +49,13 @@ export function createApp(registry: Registry, opts: AppOptions): express.Express
       opts.log.info({ req: id, method: req.method, path: req.path, status: res.statusCode, ms: Math.round(ms * 10) / 10 }, 'request');
     });
     next();
+  });
+
+  app.get('/auth/token', (req, res) => {
+    access.tokenEndpoint(req, res).catch((err) => {
+      opts.log.error({ req: res.locals.requestId, err }, 'token request failed');
+      sendError(res, toErrorBody(err));
+    });
   });
 
   app.use('/v2', (req, res) => {
@@ -62,8 +73,21 @@ export function createApp(registry: Registry, opts: AppOptions): express.Express
     res.on('close', () => {
       if (!res.writableFinished) abort.abort(new Error('client disconnected'));
     });
-    const call: Call = { req, res, ns: namespaceOf(req), signal: abort.signal, query: req.query as Record<string, unknown> };
-    dispatch(registry, route, call).catch((err) => {
+    const found = route;
+    (async () => {
+      const principal = await access.authenticate(req);
+      access.authorize(principal, found, req.method);
+      const call: Call = {
+        req,
+        res,
+        ns: access.namespaceOf(principal),
+        signal: abort.signal,
+        query: req.query as Record<string, unknown>,
+        canPull: (name) => access.can(principal, 'pull', name),
+      };
+      await dispatch(registry, found, call);
+    })().catch((err) => {
+      if (err instanceof AuthFailure) return access.sendFailure(req, res, err, head);
       const body = toErrorBody(err);
       if (body.status >= 500) opts.log.error({ req: res.locals.requestId, err }, 'request failed');
       else opts.log.debug({ req: res.locals.requestId, code: body.code, msg: body.message }, 'request refused');
@@ -157,7 +181,7 @@ async function startUpload(registry: Registry, c: Call, name: string): Promise<v
   if (mount !== undefined) {
     checkDigest(mount);
     // A mount from a repository that cannot exist is just a miss: the client falls back to an upload.
-    const source = from !== undefined && validName(from) ? from : from === undefined ? undefined : null;
+    const source = from !== undefined && validName(from) && c.canPull(from) ? from : from === undefined ? undefined : null;
     if (source !== null && (await registry.blobs.mount(c.ns, name, mount, source))) return blobCreated(c, name, mount);
   }
   const { id } = await registry.uploads.start(c.ns, name);

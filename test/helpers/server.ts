@@ -7,7 +7,12 @@ import http from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pino } from 'pino';
+import { TokenIssuer } from '../../src/auth/tokens.js';
+import { Users } from '../../src/auth/users.js';
+import type { UserConfig } from '../../src/config/config.js';
 import { createApp } from '../../src/http/app.js';
+import { Access } from '../../src/http/auth.js';
+import { DEFAULT_NAMESPACE } from '../../src/registry/paths.js';
 import { Registry } from '../../src/registry/registry.js';
 import type { StorageDriver } from '../../src/storage/driver.js';
 import { FilesystemDriver } from '../../src/storage/filesystem.js';
@@ -19,10 +24,27 @@ export interface TestServer {
   close(): Promise<void>;
 }
 
-export async function startServer(driver?: StorageDriver): Promise<TestServer> {
+export interface AuthSetup {
+  users: UserConfig[];
+  secret?: string;
+  publicNamespace?: string;
+  service?: string;
+}
+
+export async function startServer(driver?: StorageDriver, auth?: AuthSetup): Promise<TestServer> {
   const root = await mkdtemp(join(tmpdir(), 'berth-http-'));
   const registry = new Registry(driver ?? (await FilesystemDriver.open(root)));
-  const app = createApp(registry, { log: pino({ level: 'silent' }) });
+  const log = pino({ level: 'silent' });
+  const access = auth
+    ? new Access({
+        users: new Users(auth.users, DEFAULT_NAMESPACE, undefined, log),
+        tokens: auth.secret ? new TokenIssuer(auth.secret, auth.service ?? 'berth') : null,
+        defaultNamespace: DEFAULT_NAMESPACE,
+        publicNamespace: auth.publicNamespace,
+        log,
+      })
+    : undefined;
+  const app = createApp(registry, { log, access });
   const server = http.createServer(app);
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
   const { port } = server.address() as AddressInfo;
@@ -79,19 +101,19 @@ export const sha256 = (data: Buffer | string) => `sha256:${createHash('sha256').
 export const md5 = (data: Buffer) => createHash('md5').update(data).digest('hex');
 
 /** Push a blob monolithically; returns its digest. */
-export async function pushBlob(url: string, repo: string, data: Buffer): Promise<string> {
+export async function pushBlob(url: string, repo: string, data: Buffer, headers: Record<string, string> = {}): Promise<string> {
   const digest = sha256(data);
-  const res = await fetch(`${url}/v2/${repo}/blobs/uploads/?digest=${digest}`, { method: 'POST', body: data as Buffer<ArrayBuffer> });
+  const res = await fetch(`${url}/v2/${repo}/blobs/uploads/?digest=${digest}`, { method: 'POST', body: data as Buffer<ArrayBuffer>, headers });
   if (res.status !== 201) throw new Error(`push blob: ${res.status} ${await res.text()}`);
   return digest;
 }
 
 /** Push a minimal OCI image (config + layers); returns the manifest, its bytes and digest. */
-export async function pushImage(url: string, repo: string, tag: string, layers: Buffer[], extra: Record<string, unknown> = {}) {
+export async function pushImage(url: string, repo: string, tag: string, layers: Buffer[], extra: Record<string, unknown> = {}, headers: Record<string, string> = {}) {
   const config = Buffer.from(JSON.stringify({ architecture: 'amd64', os: 'linux', rootfs: { type: 'layers', diff_ids: [] } }));
-  const configDigest = await pushBlob(url, repo, config);
+  const configDigest = await pushBlob(url, repo, config, headers);
   const layerDescs = [];
-  for (const l of layers) layerDescs.push({ mediaType: 'application/vnd.oci.image.layer.v1.tar', digest: await pushBlob(url, repo, l), size: l.length });
+  for (const l of layers) layerDescs.push({ mediaType: 'application/vnd.oci.image.layer.v1.tar', digest: await pushBlob(url, repo, l, headers), size: l.length });
   const manifest = {
     schemaVersion: 2,
     mediaType: 'application/vnd.oci.image.manifest.v1+json',
@@ -102,7 +124,7 @@ export async function pushImage(url: string, repo: string, tag: string, layers: 
   const body = Buffer.from(JSON.stringify(manifest));
   const res = await fetch(`${url}/v2/${repo}/manifests/${tag}`, {
     method: 'PUT',
-    headers: { 'Content-Type': 'application/vnd.oci.image.manifest.v1+json' },
+    headers: { 'Content-Type': 'application/vnd.oci.image.manifest.v1+json', ...headers },
     body,
   });
   if (res.status !== 201) throw new Error(`push manifest: ${res.status} ${await res.text()}`);
@@ -121,3 +143,5 @@ export function rawGet(url: string, path: string): Promise<{ status: number; bod
     req.end();
   });
 }
+
+export const basic = (user: string, pass: string) => ({ Authorization: `Basic ${Buffer.from(`${user}:${pass}`).toString('base64')}` });

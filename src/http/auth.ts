@@ -1,0 +1,217 @@
+/**
+ * Who is calling, which namespace they work in, and whether they may do what they ask.
+ *
+ * - No users configured: an open registry; everyone reads and writes the default namespace.
+ * - Users configured: Basic credentials or a Bearer token from GET /auth/token are required. A user works in their
+ *   own namespace only (one namespace per credential). Anonymous clients may read the public namespace, if one is
+ *   configured and no read-only user exists (zuul-registry's rule).
+ */
+import type { Request, Response } from 'express';
+import type { Logger } from 'pino';
+import { grants, type AccessEntry, type TokenClaims, type TokenIssuer } from '../auth/tokens.js';
+import type { Identity, Users } from '../auth/users.js';
+import { validName } from '../registry/paths.js';
+import { sendError } from './errors.js';
+import type { Route } from './routes.js';
+
+export type Principal =
+  | { kind: 'open' }
+  | { kind: 'anonymous' }
+  | { kind: 'user'; identity: Identity }
+  | { kind: 'token'; claims: TokenClaims };
+
+type Action = 'pull' | 'push' | 'delete';
+const WRITE_ACTIONS: Action[] = ['pull', 'push', 'delete'];
+
+export interface AccessOptions {
+  users: Users;
+  tokens: TokenIssuer | null;
+  defaultNamespace: string;
+  publicNamespace?: string;
+  publicUrl?: string;
+  log: Logger;
+}
+
+/** A refused request: 401 with a challenge so clients fetch a token, or 403 when credentials cannot help. */
+export class AuthFailure extends Error {
+  constructor(
+    readonly status: 401 | 403,
+    message: string,
+    readonly scope?: string,
+    readonly insufficientScope = false,
+  ) {
+    super(message);
+  }
+}
+
+export class Access {
+  constructor(private readonly o: AccessOptions) {}
+
+  get open(): boolean {
+    return !this.o.users.enabled;
+  }
+
+  private get anonymousNamespace(): string | undefined {
+    return this.o.users.hasReadOnlyUser ? undefined : this.o.publicNamespace;
+  }
+
+  async authenticate(req: Request): Promise<Principal> {
+    if (this.open) return { kind: 'open' };
+    const header = req.headers.authorization;
+    if (header === undefined) return { kind: 'anonymous' };
+    const basic = parseBasic(header);
+    if (basic) {
+      const identity = await this.o.users.check(basic.user, basic.password);
+      if (!identity) throw new AuthFailure(401, 'invalid username or password');
+      return { kind: 'user', identity };
+    }
+    const bearer = /^Bearer ([A-Za-z0-9._~+/=-]{1,8192})$/.exec(header);
+    if (bearer && this.o.tokens) {
+      const claims = await this.o.tokens.verify(bearer[1]);
+      if (!claims) {
+        this.o.log.warn('invalid bearer token');
+        throw new AuthFailure(401, 'invalid or expired token');
+      }
+      return { kind: 'token', claims };
+    }
+    throw new AuthFailure(401, 'unsupported Authorization header');
+  }
+
+  namespaceOf(p: Principal): string {
+    switch (p.kind) {
+      case 'open':
+        return this.o.defaultNamespace;
+      case 'user':
+        return p.identity.namespace;
+      case 'token':
+        return p.claims.ns;
+      case 'anonymous':
+        return this.anonymousNamespace ?? this.o.defaultNamespace;
+    }
+  }
+
+  /** May `p` do `action` on repository `name` (in its namespace)? */
+  can(p: Principal, action: Action, name: string): boolean {
+    switch (p.kind) {
+      case 'open':
+        return true;
+      case 'user':
+        return p.identity.access === 'write' || action === 'pull';
+      case 'token':
+        return grants(p.claims, 'repository', name, action);
+      case 'anonymous':
+        return action === 'pull' && this.anonymousNamespace !== undefined;
+    }
+  }
+
+  /** Throw AuthFailure unless `p` may make this request. */
+  authorize(p: Principal, route: Route, method: string): void {
+    if (p.kind === 'open') return;
+    if (route.kind === 'base') {
+      // `docker login` and friends probe /v2/: credentials must be checked, so anonymous gets the challenge.
+      if (p.kind === 'anonymous') throw new AuthFailure(401, 'authentication required');
+      return;
+    }
+    if (route.kind === 'catalog') {
+      const ok = p.kind === 'token' ? grants(p.claims, 'registry', 'catalog', '*') : this.can(p, 'pull', '');
+      if (!ok) throw this.refuse(p, 'registry:catalog:*');
+      return;
+    }
+    const action = requiredAction(route, method);
+    if (!this.can(p, action, route.name)) {
+      throw this.refuse(p, `repository:${route.name}:${action === 'pull' ? 'pull' : `pull,${action}`}`);
+    }
+  }
+
+  private refuse(p: Principal, scope: string): AuthFailure {
+    if (p.kind === 'user') return new AuthFailure(403, 'requested access to the resource is denied');
+    return new AuthFailure(401, 'authentication required', scope, p.kind === 'token');
+  }
+
+  /** What a token request may be granted: the asked-for scopes, cut down to what the principal may do. */
+  grant(p: Principal, scopes: string[]): AccessEntry[] {
+    const result: AccessEntry[] = [];
+    for (const scope of scopes) {
+      const m = /^repository:([^:]+):([a-z*,]+)$/.exec(scope);
+      if (m && validName(m[1])) {
+        const asked = m[2].split(',').flatMap((a) => (a === '*' ? WRITE_ACTIONS : [a]));
+        const actions = [...new Set(asked)].filter((a): a is Action => (WRITE_ACTIONS as string[]).includes(a) && this.can(p, a as Action, m[1]));
+        if (actions.length) result.push({ type: 'repository', name: m[1], actions });
+      } else if (scope === 'registry:catalog:*' && p.kind !== 'anonymous') {
+        result.push({ type: 'registry', name: 'catalog', actions: ['*'] });
+      }
+    }
+    return result;
+  }
+
+  /** GET /auth/token: Basic credentials (or none, for anonymous pull) in, a signed token out. */
+  async tokenEndpoint(req: Request, res: Response): Promise<void> {
+    const tokens = this.o.tokens;
+    if (!tokens || this.open) return sendError(res, { status: 404, code: 'UNSUPPORTED', message: 'this registry does not use token authentication' });
+    let p: Principal;
+    try {
+      p = await this.authenticate(req);
+    } catch (err) {
+      if (!(err instanceof AuthFailure)) throw err;
+      res.setHeader('WWW-Authenticate', 'Basic realm="berth"');
+      return sendError(res, { status: 401, code: 'UNAUTHORIZED', message: err.message });
+    }
+    if (p.kind === 'token') return sendError(res, { status: 400, code: 'UNSUPPORTED', message: 'use Basic credentials to get a token' });
+    if (p.kind === 'anonymous' && this.anonymousNamespace === undefined) {
+      res.setHeader('WWW-Authenticate', 'Basic realm="berth"');
+      return sendError(res, { status: 401, code: 'UNAUTHORIZED', message: 'authentication required' });
+    }
+    const service = req.query.service;
+    if (service !== undefined && service !== tokens.service) {
+      return sendError(res, { status: 400, code: 'UNSUPPORTED', message: 'unknown service', detail: { service: tokens.service } });
+    }
+    const raw = req.query.scope;
+    const scopes = (Array.isArray(raw) ? raw : raw === undefined ? [] : [raw]).filter((s): s is string => typeof s === 'string').flatMap((s) => s.split(' '));
+    const issued = await tokens.issue({ sub: p.kind === 'user' ? p.identity.name : '', ns: this.namespaceOf(p), access: this.grant(p, scopes) });
+    res.setHeader('Cache-Control', 'no-store');
+    res.json({ token: issued.token, access_token: issued.token, expires_in: issued.expiresIn, issued_at: issued.issuedAt });
+  }
+
+  /** Send a refusal with the OCI body and, for 401, the Bearer challenge. */
+  sendFailure(req: Request, res: Response, failure: AuthFailure, head: boolean): void {
+    if (failure.status === 401) {
+      const service = this.o.tokens?.service ?? 'berth';
+      let challenge = `Bearer realm="${this.realm(req)}",service="${service}"`;
+      if (failure.scope) challenge += `,scope="${failure.scope}"`;
+      if (failure.insufficientScope) challenge += ',error="insufficient_scope"';
+      res.setHeader('WWW-Authenticate', challenge);
+    }
+    const code = failure.status === 401 ? 'UNAUTHORIZED' : 'DENIED';
+    sendError(res, { status: failure.status, code, message: failure.message }, head);
+  }
+
+  private realm(req: Request): string {
+    if (this.o.publicUrl) return `${this.o.publicUrl}/auth/token`;
+    // Without a configured public URL, send clients back to the host they used (sanitized: it is client input).
+    const host = /^[A-Za-z0-9.\-:[\]]{1,255}$/.test(req.headers.host ?? '') ? req.headers.host : 'localhost';
+    return `${req.protocol}://${host}/auth/token`;
+  }
+}
+
+function requiredAction(route: Exclude<Route, { kind: 'base' } | { kind: 'catalog' }>, method: string): Action {
+  switch (route.kind) {
+    case 'uploads':
+    case 'upload':
+      return 'push';
+    case 'blob':
+    case 'manifest':
+      if (method === 'DELETE') return 'delete';
+      return method === 'PUT' ? 'push' : 'pull';
+    default:
+      return 'pull';
+  }
+}
+
+function parseBasic(header: string): { user: string; password: string } | null {
+  const m = /^Basic ([A-Za-z0-9+/=]{1,4096})$/i.exec(header);
+  if (!m) return null;
+  const decoded = Buffer.from(m[1], 'base64').toString('utf8');
+  const colon = decoded.indexOf(':');
+  if (colon < 0) throw new AuthFailure(401, 'malformed Basic credentials');
+  return { user: decoded.slice(0, colon), password: decoded.slice(colon + 1) };
+}

@@ -6,9 +6,8 @@ cd "$(dirname "$0")/.."
 
 need_apt=()
 command -v skopeo >/dev/null || need_apt+=(skopeo)
-if [ -x tools/swift-aio.sh ]; then
-  command -v swift-proxy-server >/dev/null || need_apt+=(swift swift-proxy swift-object swift-container swift-account python3-swift memcached)
-fi
+command -v curl >/dev/null || need_apt+=(curl)
+command -v swift-proxy-server >/dev/null || need_apt+=(swift swift-proxy swift-object swift-container swift-account python3-swift memcached)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     echo "test: installing ${need_apt[*]}" >&2
@@ -21,10 +20,8 @@ fi
 
 npm run build >/dev/null || { echo "test: build failed" >&2; echo "0 passed, 1 failed"; exit 1; }
 
-if [ -x tools/swift-aio.sh ]; then
-  tools/swift-aio.sh start >&2 || echo "test: Swift did not start; the Swift suites will fail" >&2
-  export BERTH_TEST_SWIFT=1
-fi
+# The Swift suites start it themselves too (idempotent); starting it here keeps that out of test timings.
+tools/swift-aio.sh start >/dev/null || echo "test: Swift did not start; the Swift suites will fail" >&2
 
 report=$(mktemp /tmp/berth-vitest.XXXXXX.json)
 npx vitest run --reporter=default --reporter=json --outputFile.json="$report" "$@"

@@ -6,20 +6,25 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { md5, sha256, spawnServe, type ServeProcess } from '../helpers/server.js';
+import { BACKENDS, storageYaml } from '../helpers/swift.js';
 
 let dir: string;
 let servers: ServeProcess[];
-beforeAll(async () => {
-  dir = await mkdtemp(join(tmpdir(), 'berth-procs-'));
-  const config = `registry:\n  address: 127.0.0.1\n  port: 0\n  storage:\n    driver: filesystem\n    root: ${dir}/data\n`;
-  servers = await Promise.all([0, 1, 2].map(() => spawnServe(config, dir)));
-});
-afterAll(async () => {
-  for (const s of servers) expect(await s.stop()).toBe(0);
-  await rm(dir, { recursive: true, force: true });
-});
 
-describe('several server processes on one storage', () => {
+describe.each(BACKENDS)('several server processes on one storage (%s)', (backend) => {
+  let storage: { yaml: string; cleanup(): Promise<void> };
+  beforeAll(async () => {
+    dir = await mkdtemp(join(tmpdir(), 'berth-procs-'));
+    storage = await storageYaml(backend, dir);
+    const config = `registry:\n  address: 127.0.0.1\n  port: 0\n${storage.yaml}`;
+    servers = await Promise.all([0, 1, 2].map(() => spawnServe(config, dir)));
+  });
+  afterAll(async () => {
+    for (const s of servers) expect(await s.stop()).toBe(0);
+    await storage.cleanup();
+    await rm(dir, { recursive: true, force: true });
+  });
+
   it('chunk 1 through one process, chunk 2 through another, commit through a third', async () => {
     const [a, b, c] = servers;
     const data = randomBytes(3 * 1024 * 1024 + 17);

@@ -1,4 +1,4 @@
-/** skopeo, a real client, against `berth serve` (the built CLI) on the filesystem backend. */
+/** skopeo, a real client, against `berth serve` (the built CLI) on each backend. */
 import { execFile } from 'node:child_process';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -7,22 +7,27 @@ import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { blobDigest, writeLayout } from '../helpers/oci-layout.js';
 import { spawnServe, type ServeProcess } from '../helpers/server.js';
+import { BACKENDS, storageYaml } from '../helpers/swift.js';
 
 const run = promisify(execFile);
 const skopeo = (...args: string[]) => run('skopeo', ['--insecure-policy', ...args], { maxBuffer: 1 << 24 });
 
 let dir: string;
 let server: ServeProcess;
-beforeAll(async () => {
-  dir = await mkdtemp(join(tmpdir(), 'berth-e2e-'));
-  server = await spawnServe(`registry:\n  address: 127.0.0.1\n  port: 0\n  storage:\n    driver: filesystem\n    root: ${dir}/data\n`, dir);
-});
-afterAll(async () => {
-  expect(await server.stop()).toBe(0);
-  await rm(dir, { recursive: true, force: true });
-});
 
-describe('skopeo against berth serve (filesystem)', () => {
+describe.each(BACKENDS)('skopeo against berth serve (%s)', (backend) => {
+  let storage: { yaml: string; cleanup(): Promise<void> };
+  beforeAll(async () => {
+    dir = await mkdtemp(join(tmpdir(), 'berth-e2e-'));
+    storage = await storageYaml(backend, dir);
+    server = await spawnServe(`registry:\n  address: 127.0.0.1\n  port: 0\n${storage.yaml}`, dir);
+  });
+  afterAll(async () => {
+    expect(await server.stop()).toBe(0);
+    await storage.cleanup();
+    await rm(dir, { recursive: true, force: true });
+  });
+
   it('copies a multi-layer image (one layer 64 MiB) in and out byte for byte', async () => {
     const image = await writeLayout(join(dir, 'src'), 'v1', [64 * 1024 * 1024, 1000, 300_000]);
     const ref = `docker://127.0.0.1:${server.port}/e2e/app:v1`;

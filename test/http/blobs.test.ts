@@ -1,12 +1,9 @@
 import { randomBytes } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { md5, pushBlob, rawGet, sha256, startServer, type TestServer } from '../helpers/server.js';
+import { md5, pushBlob, rawGet, sha256, type TestServer } from '../helpers/server.js';
+import { BACKENDS, startServerOn } from '../helpers/swift.js';
 
 let s: TestServer;
-beforeAll(async () => {
-  s = await startServer();
-});
-afterAll(async () => s.close());
 
 const errorCode = async (res: Response) => ((await res.json()) as { errors: { code: string }[] }).errors[0].code;
 
@@ -19,7 +16,12 @@ async function startUpload(repo: string) {
   return `${s.url}${res.headers.get('location')}`;
 }
 
-describe('blob API', () => {
+describe.each(BACKENDS)('blob API on %s', (backend) => {
+  beforeAll(async () => {
+    s = await startServerOn(backend);
+  });
+  afterAll(async () => s.close());
+
   it('GET /v2/ answers 200 with the API version header', async () => {
     const res = await fetch(`${s.url}/v2/`);
     expect(res.status).toBe(200);

@@ -1,12 +1,9 @@
 import { randomBytes } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { pushBlob, pushImage, sha256, startServer, type TestServer } from '../helpers/server.js';
+import { pushBlob, pushImage, sha256, type TestServer } from '../helpers/server.js';
+import { BACKENDS, startServerOn } from '../helpers/swift.js';
 
 let s: TestServer;
-beforeAll(async () => {
-  s = await startServer();
-});
-afterAll(async () => s.close());
 
 const errorCode = async (res: Response) => ((await res.json()) as { errors: { code: string }[] }).errors[0].code;
 const OCI_MANIFEST = 'application/vnd.oci.image.manifest.v1+json';
@@ -16,7 +13,12 @@ function putManifest(repo: string, ref: string, doc: unknown, contentType = OCI_
   return fetch(`${s.url}/v2/${repo}/manifests/${ref}`, { method: 'PUT', headers: { 'Content-Type': contentType }, body: JSON.stringify(doc) });
 }
 
-describe('manifest API', () => {
+describe.each(BACKENDS)('manifest API on %s', (backend) => {
+  beforeAll(async () => {
+    s = await startServerOn(backend);
+  });
+  afterAll(async () => s.close());
+
   it('a manifest put by tag is served by tag and by digest with its media type and digest', async () => {
     const { body, digest } = await pushImage(s.url, 'img/app', 'v1', [randomBytes(100)]);
     for (const ref of ['v1', digest]) {

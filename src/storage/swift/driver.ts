@@ -1,0 +1,499 @@
+/**
+ * OpenStack Swift driver. Objects live in one container; keys are object names. Bodies stream both ways
+ * (node-fetch over keep-alive agents). Integrity is Swift's ETag (the md5 of the stored bytes): a put with a known
+ * md5 sends it so Swift refuses other bytes, a move is a server-side copy whose ETag is checked, and a join is a
+ * static large object (SLO) manifest whose segments Swift checks against the md5s recorded when they were written.
+ */
+import { createHash } from 'node:crypto';
+import http from 'node:http';
+import https from 'node:https';
+import { Readable, Transform } from 'node:stream';
+import fetch, { type RequestInit, type Response } from 'node-fetch';
+import {
+  ChecksumMismatch,
+  DriverError,
+  PathNotFound,
+  SizeMismatch,
+  type ByteRange,
+  type ObjectInfo,
+  type Part,
+  type PutOptions,
+  type StorageDriver,
+  type StoredObject,
+} from '../driver.js';
+import { AuthError, login, type Session } from './auth.js';
+import type { CloudAuth } from './clouds.js';
+import { planManifests, planMerges, sloEtag, type Segment } from './slo.js';
+
+export interface SwiftOptions {
+  auth: CloudAuth;
+  container: string;
+  /** Largest chunk object; SLO segments are these objects. Swift's own limit is 5 GiB. */
+  segmentSize?: number;
+  /** Segments per SLO manifest before nesting; Swift's limit (1000) unless a test wants nesting sooner. */
+  maxManifestSegments?: number;
+}
+
+export const DEFAULT_SEGMENT_SIZE = 512 * 1024 * 1024;
+/** Swift's object-name limit (max_object_name_length), in bytes. */
+const MAX_KEY_BYTES = 1024;
+const LIST_PAGE = 10_000;
+/** Timeouts for requests without a streamed body; copies rewrite whole objects, so they get longer. */
+const META_TIMEOUT_MS = 120_000;
+const COPY_TIMEOUT_MS = 30 * 60_000;
+/** Refresh a token this long before Swift would refuse it, so a long streamed PUT does not start on a dying one. */
+const TOKEN_MARGIN_MS = 5 * 60_000;
+const RETRY_DELAYS_MS = [100, 500, 2000];
+const RETRYABLE_STATUS = new Set([408, 429, 500, 502, 503, 504]);
+
+type Body = Buffer | Readable | undefined;
+
+interface Call {
+  method: string;
+  key?: string;
+  query?: Record<string, string>;
+  headers?: Record<string, string>;
+  body?: Body;
+  signal?: AbortSignal;
+  timeoutMs?: number;
+}
+
+export class SwiftDriver implements StorageDriver {
+  readonly name = 'swift';
+  readonly maxObjectSize: number;
+  private session: Session | undefined;
+  private loggingIn: Promise<Session> | undefined;
+  private readonly httpAgent = new http.Agent({ keepAlive: true, maxSockets: 64 });
+  private readonly httpsAgent = new https.Agent({ keepAlive: true, maxSockets: 64 });
+
+  private constructor(private readonly opts: SwiftOptions) {
+    this.maxObjectSize = opts.segmentSize ?? DEFAULT_SEGMENT_SIZE;
+  }
+
+  /** Log in and make sure the container exists (creating it if needed). */
+  static async connect(opts: SwiftOptions): Promise<SwiftDriver> {
+    const driver = new SwiftDriver(opts);
+    try {
+      await driver.ensureContainer();
+    } catch (err) {
+      await driver.close();
+      throw err;
+    }
+    return driver;
+  }
+
+  private async ensureContainer(): Promise<void> {
+    const head = await this.call({ method: 'HEAD' });
+    await drain(head);
+    if (head.status === 204 || head.status === 200) return;
+    if (head.status === 404) {
+      const put = await this.call({ method: 'PUT', headers: { 'Content-Length': '0' } });
+      await drain(put);
+      if (put.status === 201 || put.status === 202) return;
+      throw new DriverError(`cannot create Swift container ${this.opts.container}: ${put.status} ${put.statusText}`);
+    }
+    throw new DriverError(`cannot read Swift container ${this.opts.container}: ${head.status} ${head.statusText}`);
+  }
+
+  async put(key: string, body: Readable | Buffer, opts: PutOptions = {}): Promise<StoredObject> {
+    checkKey(key);
+    const headers: Record<string, string> = { 'Content-Type': opts.contentType ?? 'application/octet-stream' };
+    let sent: () => number;
+    let payload: Body;
+    let md5 = opts.md5;
+    if (Buffer.isBuffer(body)) {
+      if (opts.size !== undefined && body.length !== opts.size) throw new SizeMismatch(key, opts.size, body.length);
+      // Small objects (records, manifests, links): hash here, so Swift refuses bytes that changed on the way.
+      md5 ??= createHash('md5').update(body).digest('hex');
+      headers['Content-Length'] = String(body.length);
+      payload = body;
+      sent = () => body.length;
+    } else {
+      const counter = countBytes(key, opts.size);
+      if (opts.size !== undefined) headers['Content-Length'] = String(opts.size);
+      body.on('error', (err) => counter.destroy(err));
+      payload = body.pipe(counter);
+      sent = () => counter.bytes;
+    }
+    if (md5) headers.ETag = md5;
+    const res = await this.call({ method: 'PUT', key, headers, body: payload, signal: opts.signal });
+    await drain(res);
+    if (res.status === 422) throw new ChecksumMismatch(key, md5 ?? '', 'refused by Swift (422)');
+    if (res.status !== 201) throw failure(res, `PUT ${key}`);
+    const etag = unquote(res.headers.get('etag'));
+    if (md5 && etag !== md5) {
+      await this.delete(key);
+      throw new ChecksumMismatch(key, md5, etag ?? '');
+    }
+    return { size: sent(), md5: etag };
+  }
+
+  async get(key: string, range?: ByteRange): Promise<{ body: Readable; size: number }> {
+    checkKey(key);
+    const headers: Record<string, string> = range ? { Range: `bytes=${range.start}-${range.end}` } : {};
+    const res = await this.call({ method: 'GET', key, headers });
+    if (res.status === 404) {
+      await drain(res);
+      throw new PathNotFound(key);
+    }
+    if (res.status !== 200 && res.status !== 206) {
+      await drain(res);
+      throw failure(res, `GET ${key}`);
+    }
+    if (range && res.status !== 206) {
+      res.body?.resume();
+      throw new DriverError(`GET ${key}: Swift ignored the range`);
+    }
+    const size = range ? range.end - range.start + 1 : Number(res.headers.get('content-length'));
+    return { body: res.body as unknown as Readable, size };
+  }
+
+  async read(key: string): Promise<Buffer> {
+    checkKey(key);
+    const res = await this.call({ method: 'GET', key, timeoutMs: META_TIMEOUT_MS });
+    if (res.status === 404) {
+      await drain(res);
+      throw new PathNotFound(key);
+    }
+    if (res.status !== 200) {
+      await drain(res);
+      throw failure(res, `GET ${key}`);
+    }
+    return Buffer.from(await res.arrayBuffer());
+  }
+
+  async stat(key: string): Promise<ObjectInfo | null> {
+    checkKey(key);
+    const res = await this.call({ method: 'HEAD', key });
+    await drain(res);
+    if (res.status === 404) return null;
+    if (res.status !== 200) throw failure(res, `HEAD ${key}`);
+    return { path: key, size: Number(res.headers.get('content-length')), modified: modifiedOf(res) };
+  }
+
+  async *list(prefix: string): AsyncIterable<ObjectInfo> {
+    checkKey(prefix);
+    let marker = '';
+    for (;;) {
+      const query: Record<string, string> = { format: 'json', prefix: `${prefix}/`, limit: String(LIST_PAGE) };
+      if (marker) query.marker = marker;
+      const res = await this.call({ method: 'GET', query, timeoutMs: META_TIMEOUT_MS });
+      if (res.status === 204 || res.status === 404) {
+        await drain(res);
+        return;
+      }
+      if (res.status !== 200) {
+        await drain(res);
+        throw failure(res, `list ${prefix}`);
+      }
+      const page = (await res.json()) as { name: string; bytes: number; last_modified: string }[];
+      for (const o of page) yield { path: o.name, size: o.bytes, modified: new Date(`${o.last_modified}Z`) };
+      if (page.length < LIST_PAGE) return;
+      marker = page[page.length - 1].name;
+    }
+  }
+
+  /** Deletes an SLO with its segments (Swift's multipart delete), or a plain object. */
+  async delete(key: string): Promise<void> {
+    checkKey(key);
+    const res = await this.call({
+      method: 'DELETE',
+      key,
+      query: { 'multipart-manifest': 'delete' },
+      headers: { Accept: 'application/json' },
+    });
+    if (res.status === 404) return void (await drain(res));
+    if (res.status !== 200) {
+      await drain(res);
+      if (res.status === 204) return; // a Swift without SLO deleted it as a plain object
+      throw failure(res, `DELETE ${key}`);
+    }
+    // Multipart delete always answers 200; the outcome is in the body.
+    const outcome = (await res.json()) as { 'Response Status'?: string; Errors?: [string, string][] };
+    const status = outcome['Response Status'] ?? '';
+    if (status.startsWith('400') && outcome.Errors?.some(([, why]) => /not an slo manifest/i.test(why))) {
+      const plain = await this.call({ method: 'DELETE', key });
+      await drain(plain);
+      if (plain.status !== 204 && plain.status !== 404) throw failure(plain, `DELETE ${key}`);
+      return;
+    }
+    if (!status.startsWith('200') || (outcome.Errors?.length ?? 0) > 0) {
+      throw new DriverError(`DELETE ${key}: ${status} ${JSON.stringify(outcome.Errors ?? [])}`, true);
+    }
+  }
+
+  /** Swift has no rename: a server-side copy (its ETag checked against the source's), then a delete. */
+  async move(src: string, dst: string): Promise<StoredObject> {
+    checkKey(src);
+    checkKey(dst);
+    const source = await this.stat(src);
+    if (!source) throw new PathNotFound(src);
+    const copy = await this.call({
+      method: 'PUT',
+      key: dst,
+      headers: { 'X-Copy-From': `/${encodeURIComponent(this.opts.container)}/${encodeKey(src)}`, 'Content-Length': '0' },
+      timeoutMs: COPY_TIMEOUT_MS,
+    });
+    await drain(copy);
+    if (copy.status === 404) throw new PathNotFound(src);
+    if (copy.status !== 201) throw failure(copy, `copy ${src} to ${dst}`);
+    const copied = await this.stat(dst);
+    if (!copied) throw new DriverError(`copy ${src} to ${dst}: destination missing after a 201`, true);
+    const etag = unquote(copy.headers.get('etag'));
+    await this.delete(src);
+    return { size: copied.size, md5: etag };
+  }
+
+  /**
+   * Join parts with an SLO manifest. Swift itself checks, atomically with the manifest write, that each segment
+   * exists with the recorded size and md5 (a mismatch is a 400 naming the segment); the manifest's ETag is then
+   * checked against the md5 of the segment md5s. Runs of small parts are merged first (Swift throttles GETs of
+   * SLOs with more than 10 segments under 1 MiB) and more than 1000 segments are nested.
+   */
+  async concat(dst: string, parts: Part[]): Promise<StoredObject> {
+    checkKey(dst);
+    for (const p of parts) checkKey(p.path);
+    const empty = parts.filter((p) => p.size === 0);
+    const data = parts.filter((p) => p.size > 0);
+    for (const p of empty) {
+      const st = await this.stat(p.path);
+      if (!st) throw new PathNotFound(p.path);
+      if (st.size !== 0) throw new SizeMismatch(p.path, 0, st.size);
+    }
+    if (data.length === 0) {
+      const stored = await this.put(dst, Buffer.alloc(0));
+      for (const p of empty) await this.delete(p.path);
+      return stored;
+    }
+    const mergePlan = planMerges(dst, data);
+    const merged: Part[] = [];
+    let plan: ReturnType<typeof planManifests> | undefined;
+    try {
+      for (const m of mergePlan.merges) merged.push(await this.merge(m.path, m.parts));
+      const segments = mergePlan.segments.map((s) =>
+        'merge' in s ? { path: merged[s.merge].path, etag: merged[s.merge].md5, size: merged[s.merge].size } : s,
+      );
+      plan = planManifests(dst, segments, this.opts.maxManifestSegments);
+      for (const sub of plan.subManifests) await this.putManifest(sub.path, sub.segments);
+      const size = await this.putManifest(dst, plan.top);
+      // The merged originals are no longer referenced by anything.
+      for (const m of mergePlan.merges) for (const p of m.parts) await this.delete(p.path);
+      for (const p of empty) await this.delete(p.path);
+      return { size };
+    } catch (err) {
+      for (const m of merged) await this.deleteQuietly(m.path);
+      for (const sub of plan?.subManifests ?? []) await this.deleteQuietly(sub.path, false);
+      throw err;
+    }
+  }
+
+  private async deleteQuietly(key: string, withSegments = true): Promise<void> {
+    try {
+      if (withSegments) await this.delete(key);
+      else await drain(await this.call({ method: 'DELETE', key }));
+    } catch {
+      // best effort: prune removes what is left under the blob's directory
+    }
+  }
+
+  /** Copy small parts into one object through this process, checking each part's md5 on the way. */
+  private async merge(path: string, parts: Part[]): Promise<Part> {
+    const total = parts.reduce((n, p) => n + p.size, 0);
+    const driver = this;
+    async function* bytes() {
+      for (const part of parts) {
+        const { body } = await driver.get(part.path).catch((err) => {
+          throw err instanceof PathNotFound ? new PathNotFound(part.path) : err;
+        });
+        const hash = createHash('md5');
+        let size = 0;
+        for await (const piece of body as AsyncIterable<Buffer>) {
+          hash.update(piece);
+          size += piece.length;
+          yield piece;
+        }
+        if (size !== part.size) throw new SizeMismatch(part.path, part.size, size);
+        const md5 = hash.digest('hex');
+        if (md5 !== part.md5) throw new ChecksumMismatch(part.path, part.md5, md5);
+      }
+    }
+    const md5 = createHash('md5');
+    const source = Readable.from(bytes()).pipe(new Transform({ transform(c: Buffer, _e, done) { md5.update(c); done(null, c); } }));
+    const stored = await this.put(path, source, { size: total });
+    const expected = md5.digest('hex');
+    if (stored.md5 !== expected) {
+      await this.deleteQuietly(path);
+      throw new ChecksumMismatch(path, expected, stored.md5 ?? '');
+    }
+    return { path, size: total, md5: expected };
+  }
+
+  private async putManifest(key: string, segments: Segment[]): Promise<number> {
+    const manifest = segments.map((s) => ({ path: `/${this.opts.container}/${s.path}`, etag: s.etag, size_bytes: s.size }));
+    const expected = sloEtag(segments);
+    const res = await this.call({
+      method: 'PUT',
+      key,
+      query: { 'multipart-manifest': 'put' },
+      headers: { 'Content-Type': 'application/octet-stream', ETag: expected },
+      body: Buffer.from(JSON.stringify(manifest)),
+      timeoutMs: COPY_TIMEOUT_MS,
+    });
+    const text = await res.text();
+    if (res.status === 400) throw manifestError(text, segments, this.opts.container);
+    if (res.status === 422) throw new ChecksumMismatch(key, expected, 'SLO etag refused by Swift (422)');
+    if (res.status !== 201) throw failure(res, `SLO manifest ${key}`);
+    const etag = unquote(res.headers.get('etag'));
+    if (etag !== expected) {
+      await this.deleteQuietly(key, false);
+      throw new ChecksumMismatch(key, expected, etag ?? '');
+    }
+    return segments.reduce((n, s) => n + s.size, 0);
+  }
+
+  async close(): Promise<void> {
+    this.httpAgent.destroy();
+    this.httpsAgent.destroy();
+  }
+
+  // --- HTTP ---
+
+  private async token(force = false): Promise<Session> {
+    if (!force && this.session && this.session.expiresAt - TOKEN_MARGIN_MS > Date.now()) return this.session;
+    this.loggingIn ??= login(this.opts.auth, this.agent)
+      .then((s) => (this.session = s))
+      .finally(() => (this.loggingIn = undefined));
+    try {
+      return await this.loggingIn;
+    } catch (err) {
+      if (err instanceof AuthError) throw new DriverError(`Swift login failed: ${err.message}`, err.retryable);
+      throw err;
+    }
+  }
+
+  private readonly agent = (url: URL) => (url.protocol === 'https:' ? this.httpsAgent : this.httpAgent);
+
+  private url(session: Session, call: Call): string {
+    let url = `${session.storageUrl}/${encodeURIComponent(this.opts.container)}`;
+    if (call.key !== undefined) url += `/${encodeKey(call.key)}`;
+    if (call.query) url += `?${new URLSearchParams(call.query).toString()}`;
+    return url;
+  }
+
+  /**
+   * One request with the current token. Requests whose body can be sent again are retried on network errors and
+   * 5xx, and once after a 401 with a fresh login. A streamed body cannot be replayed: its failures are final.
+   */
+  private async call(call: Call): Promise<Response> {
+    const replayable = !(call.body instanceof Readable);
+    let reauthenticated = false;
+    for (let attempt = 0; ; attempt++) {
+      const session = await this.token();
+      const signals = [call.signal, call.timeoutMs ? AbortSignal.timeout(call.timeoutMs) : undefined].filter((s): s is AbortSignal => !!s);
+      const init: RequestInit = {
+        method: call.method,
+        headers: { ...call.headers, 'X-Auth-Token': session.token },
+        body: call.body as RequestInit['body'],
+        agent: this.agent,
+        signal: signals.length ? (AbortSignal.any(signals) as RequestInit['signal']) : undefined,
+        compress: false,
+      };
+      let res: Response;
+      try {
+        res = await fetch(this.url(session, call), init);
+      } catch (err) {
+        if (call.signal?.aborted || !replayable || attempt >= RETRY_DELAYS_MS.length) {
+          throw new DriverError(`Swift ${call.method} ${call.key ?? ''} failed: ${(err as Error).message}`, true, { cause: err });
+        }
+        await sleep(RETRY_DELAYS_MS[attempt]);
+        continue;
+      }
+      if (res.status === 401) {
+        await drain(res);
+        this.session = undefined;
+        if (!replayable || reauthenticated) throw new DriverError(`Swift refused the token for ${call.method} ${call.key ?? ''}`, true);
+        reauthenticated = true;
+        await this.token(true);
+        attempt--;
+        continue;
+      }
+      if (RETRYABLE_STATUS.has(res.status) && replayable && attempt < RETRY_DELAYS_MS.length) {
+        await drain(res);
+        await sleep(RETRY_DELAYS_MS[attempt]);
+        continue;
+      }
+      return res;
+    }
+  }
+}
+
+/** Keys as the filesystem driver accepts them, so both backends refuse the same things. */
+function checkKey(key: string): void {
+  const bad =
+    !key ||
+    key.startsWith('/') ||
+    key.endsWith('/') ||
+    key.includes('\0') ||
+    Buffer.byteLength(key) > MAX_KEY_BYTES ||
+    key.split('/').some((p) => p === '' || p === '.' || p === '..');
+  if (bad) throw new DriverError(`bad key: ${JSON.stringify(key)}`);
+}
+
+function encodeKey(key: string): string {
+  return key.split('/').map(encodeURIComponent).join('/');
+}
+
+function unquote(etag: string | null): string | undefined {
+  return etag?.replace(/^"|"$/g, '').toLowerCase();
+}
+
+function modifiedOf(res: Response): Date {
+  const ts = Number(res.headers.get('x-timestamp'));
+  if (Number.isFinite(ts) && ts > 0) return new Date(ts * 1000);
+  return new Date(res.headers.get('last-modified') ?? 0);
+}
+
+async function drain(res: Response): Promise<void> {
+  try {
+    await res.arrayBuffer();
+  } catch {
+    // the connection is discarded either way
+  }
+}
+
+function failure(res: Response, what: string): DriverError {
+  return new DriverError(`Swift ${what}: ${res.status} ${res.statusText}`, res.status >= 500 || res.status === 429 || res.status === 408);
+}
+
+/** Counts bytes on their way to Swift and fails the request if the body is not the declared size. */
+function countBytes(key: string, size: number | undefined): Transform & { bytes: number } {
+  const t = new Transform({
+    transform(chunk: Buffer, _enc, done) {
+      t.bytes += chunk.length;
+      if (size !== undefined && t.bytes > size) return done(new SizeMismatch(key, size, t.bytes));
+      done(null, chunk);
+    },
+    flush(done) {
+      if (size !== undefined && t.bytes !== size) return done(new SizeMismatch(key, size, t.bytes));
+      done();
+    },
+  }) as Transform & { bytes: number };
+  t.bytes = 0;
+  return t;
+}
+
+/** Swift's SLO validation errors ("<path>, Etag Mismatch") as driver errors naming the part. */
+function manifestError(text: string, segments: Segment[], container: string): Error {
+  const line = text.split('\n').find((l) => l.includes(', '));
+  const [where, why = text.trim()] = line ? [line.slice(0, line.lastIndexOf(', ')), line.slice(line.lastIndexOf(', ') + 2)] : ['', text.trim()];
+  const path = where.replace(new RegExp(`^/?${container.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}/`), '');
+  const seg = segments.find((s) => s.path === path);
+  if (/etag mismatch/i.test(why)) return new ChecksumMismatch(path, seg?.etag ?? '', 'a different md5 (Swift refused the SLO)');
+  if (/size mismatch/i.test(why)) return new SizeMismatch(path, seg?.size ?? -1, -1);
+  if (/404/.test(why)) return new PathNotFound(path);
+  return new DriverError(`Swift refused the SLO manifest: ${why.slice(0, 200)}`);
+}
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((r) => setTimeout(r, ms));
+}

@@ -1,0 +1,140 @@
+/** The shared driver suite and Swift-specific behaviour (SLOs, auth, container), against a real Swift. */
+import { createHash, randomBytes } from 'node:crypto';
+import { afterAll, describe, expect, test } from 'vitest';
+import { ChecksumMismatch, DriverError } from '../../src/storage/driver.js';
+import { SwiftDriver } from '../../src/storage/swift/driver.js';
+import { dropContainer, ensureSwift, freshContainer, swiftDriver, swiftRaw } from '../helpers/swift.js';
+import { runDriverSuite } from './suite.js';
+
+const containers: string[] = [];
+afterAll(async () => {
+  for (const c of containers) await dropContainer(c);
+});
+async function driverOnFreshContainer(opts = {}) {
+  const c = freshContainer();
+  containers.push(c);
+  return { container: c, driver: await swiftDriver(c, opts) };
+}
+
+runDriverSuite('swift', async () => (await driverOnFreshContainer()).driver);
+
+const md5 = (b: Buffer) => createHash('md5').update(b).digest('hex');
+
+async function putParts(driver: SwiftDriver, dir: string, sizes: number[]) {
+  const data = sizes.map((n) => randomBytes(n));
+  const parts = [];
+  for (const [i, d] of data.entries()) {
+    await driver.put(`${dir}/p${i}`, d);
+    parts.push({ path: `${dir}/p${i}`, size: d.length, md5: md5(d) });
+  }
+  return { data: Buffer.concat(data), parts };
+}
+
+async function keysUnder(driver: SwiftDriver, prefix: string): Promise<string[]> {
+  const keys = [];
+  for await (const o of driver.list(prefix)) keys.push(o.path);
+  return keys;
+}
+
+async function rawManifest(container: string, key: string): Promise<{ path: string; size_bytes: number }[]> {
+  const res = await swiftRaw(`${container}/${key}?multipart-manifest=get&format=raw`);
+  expect(res.headers.get('x-static-large-object')).toBe('True');
+  return (await res.json()) as { path: string; size_bytes: number }[];
+}
+
+describe('swift driver specifics', () => {
+  test('concat writes an SLO over the parts; deleting it removes the segments too', async () => {
+    const { container, driver } = await driverOnFreshContainer();
+    const { data, parts } = await putParts(driver, 'b/parts', [1 << 20, 1 << 20, 500]);
+    const joined = await driver.concat('b/data', parts);
+    expect(joined.size).toBe(data.length);
+    expect((await rawManifest(container, 'b/data')).map((s) => s.path)).toEqual(parts.map((p) => `/${container}/${p.path}`));
+    expect(md5(await driver.read('b/data'))).toBe(md5(data));
+    await driver.delete('b/data');
+    expect(await keysUnder(driver, 'b')).toEqual([]);
+    await driver.close();
+  });
+
+  test('many small parts are merged, so the SLO keeps fewer than 10 segments under 1 MiB', async () => {
+    const { container, driver } = await driverOnFreshContainer();
+    const { data, parts } = await putParts(driver, 's/parts', Array.from({ length: 30 }, (_, i) => 100_000 + i));
+    await driver.concat('s/data', parts);
+    const segments = await rawManifest(container, 's/data');
+    expect(segments.slice(0, -1).filter((s) => s.size_bytes < 1 << 20).length).toBeLessThan(10);
+    expect(md5(await driver.read('s/data'))).toBe(md5(data));
+    expect((await keysUnder(driver, 's')).every((p) => p === 's/data' || p.startsWith('s/data.seg/'))).toBe(true);
+    await driver.delete('s/data');
+    expect(await keysUnder(driver, 's')).toEqual([]);
+    await driver.close();
+  });
+
+  test('more parts than a manifest may hold are nested in sub-manifests', async () => {
+    const { container, driver } = await driverOnFreshContainer({ maxManifestSegments: 2 });
+    const { data, parts } = await putParts(driver, 'n/parts', [1 << 20, 1 << 20, 1 << 20, 7]);
+    const joined = await driver.concat('n/data', parts);
+    expect(joined.size).toBe(data.length);
+    expect((await rawManifest(container, 'n/data')).length).toBe(2);
+    expect(md5(await driver.read('n/data'))).toBe(md5(data));
+    const range = await driver.get('n/data', { start: (2 << 20) - 3, end: (2 << 20) + 2 });
+    const chunks: Buffer[] = [];
+    for await (const c of range.body) chunks.push(c as Buffer);
+    expect(Buffer.concat(chunks).equals(data.subarray((2 << 20) - 3, (2 << 20) + 3))).toBe(true);
+    await driver.delete('n/data');
+    expect(await keysUnder(driver, 'n')).toEqual([]);
+    await driver.close();
+  });
+
+  test('a part changed after it was recorded (same size, other bytes) stops the SLO', async () => {
+    const { driver } = await driverOnFreshContainer();
+    const { parts } = await putParts(driver, 'c/parts', [1 << 20, 1000]);
+    await driver.put(parts[1].path, randomBytes(1000));
+    await expect(driver.concat('c/data', parts)).rejects.toBeInstanceOf(ChecksumMismatch);
+    expect(await driver.stat('c/data')).toBeNull();
+    for (const p of parts) await driver.delete(p.path);
+    await driver.close();
+  });
+
+  test('move checks the copy and removes the source', async () => {
+    const { driver } = await driverOnFreshContainer();
+    const d = randomBytes(3 << 20);
+    await driver.put('m/src', d);
+    const moved = await driver.move('m/src', 'm/dst');
+    expect(moved).toEqual({ size: d.length, md5: md5(d) });
+    expect(await driver.stat('m/src')).toBeNull();
+    await driver.delete('m/dst');
+    await driver.close();
+  });
+
+  test('an expired or revoked token is replaced by a fresh login, once', async () => {
+    const { driver } = await driverOnFreshContainer();
+    await driver.put('t/x', Buffer.from('x'));
+    (driver as unknown as { session: { token: string } }).session.token = 'AUTH_tk00000000000000000000000000000000';
+    expect((await driver.read('t/x')).toString()).toBe('x');
+    await driver.delete('t/x');
+    await driver.close();
+  });
+
+  test('the container is created at connect; bad credentials fail with a message that holds no secret', async () => {
+    const { container, driver } = await driverOnFreshContainer();
+    expect((await swiftRaw(container, { method: 'HEAD' })).status).toBe(204);
+    await driver.close();
+    const err = await SwiftDriver.connect({
+      auth: { type: 'v1password', authUrl: 'http://127.0.0.1:8080/auth/v1.0', username: 'test:tester', password: 'not-the-password' },
+      container: freshContainer(),
+    }).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(DriverError);
+    expect((err as Error).message).toMatch(/refused user test:tester/);
+    expect((err as Error).message).not.toContain('not-the-password');
+  });
+
+  test('a user who may not read or create the container gets a clear error', async () => {
+    await ensureSwift();
+    // test:reader has no .admin role and no ACL: Swift answers 403 for the container.
+    const err = await SwiftDriver.connect({
+      auth: { type: 'v1password', authUrl: 'http://127.0.0.1:8080/auth/v1.0', username: 'test:reader', password: 'reading' },
+      container: freshContainer(),
+    }).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(DriverError);
+    expect((err as Error).message).toMatch(/cannot (read|create) Swift container berth-test-\w+: 403/);
+  });
+});

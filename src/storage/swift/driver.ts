@@ -44,6 +44,8 @@ const COPY_TIMEOUT_MS = 30 * 60_000;
 /** Refresh a token this long before Swift would refuse it, so a long streamed PUT does not start on a dying one. */
 const TOKEN_MARGIN_MS = 5 * 60_000;
 const RETRY_DELAYS_MS = [100, 500, 2000];
+/** Small requests run this many at a time (deletes, reads ahead of a merge). */
+const PARALLEL_REQUESTS = 8;
 const RETRYABLE_STATUS = new Set([408, 429, 500, 502, 503, 504]);
 
 type Body = Buffer | Readable | undefined;
@@ -211,12 +213,7 @@ export class SwiftDriver implements StorageDriver {
     // Multipart delete always answers 200; the outcome is in the body.
     const outcome = (await res.json()) as { 'Response Status'?: string; Errors?: [string, string][] };
     const status = outcome['Response Status'] ?? '';
-    if (status.startsWith('400') && outcome.Errors?.some(([, why]) => /not an slo manifest/i.test(why))) {
-      const plain = await this.call({ method: 'DELETE', key });
-      await drain(plain);
-      if (plain.status !== 204 && plain.status !== 404) throw failure(plain, `DELETE ${key}`);
-      return;
-    }
+    if (status.startsWith('400') && outcome.Errors?.some(([, why]) => /not an slo manifest/i.test(why))) return this.deletePlain(key);
     if (!status.startsWith('200') || (outcome.Errors?.length ?? 0) > 0) {
       throw new DriverError(`DELETE ${key}: ${status} ${JSON.stringify(outcome.Errors ?? [])}`, true);
     }
@@ -226,22 +223,36 @@ export class SwiftDriver implements StorageDriver {
   async move(src: string, dst: string): Promise<StoredObject> {
     checkKey(src);
     checkKey(dst);
-    const source = await this.stat(src);
-    if (!source) throw new PathNotFound(src);
+    const head = await this.call({ method: 'HEAD', key: src });
+    await drain(head);
+    if (head.status === 404) throw new PathNotFound(src);
+    if (head.status !== 200) throw failure(head, `HEAD ${src}`);
+    const isSlo = head.headers.get('x-static-large-object') === 'True';
     const copy = await this.call({
       method: 'PUT',
       key: dst,
+      // An SLO moves as its manifest; its segments stay where they are.
+      query: isSlo ? { 'multipart-manifest': 'get' } : undefined,
       headers: { 'X-Copy-From': `/${encodeURIComponent(this.opts.container)}/${encodeKey(src)}`, 'Content-Length': '0' },
       timeoutMs: COPY_TIMEOUT_MS,
     });
     await drain(copy);
     if (copy.status === 404) throw new PathNotFound(src);
     if (copy.status !== 201) throw failure(copy, `copy ${src} to ${dst}`);
-    const copied = await this.stat(dst);
-    if (!copied) throw new DriverError(`copy ${src} to ${dst}: destination missing after a 201`, true);
     const etag = unquote(copy.headers.get('etag'));
-    await this.delete(src);
-    return { size: copied.size, md5: etag };
+    const sourceEtag = unquote(head.headers.get('etag'));
+    if (etag !== sourceEtag) {
+      await this.deleteQuietly(dst, false);
+      throw new ChecksumMismatch(dst, sourceEtag ?? '', etag ?? '');
+    }
+    await this.deletePlain(src);
+    return { size: Number(head.headers.get('content-length')), md5: isSlo ? undefined : etag };
+  }
+
+  private async deletePlain(key: string): Promise<void> {
+    const res = await this.call({ method: 'DELETE', key });
+    await drain(res);
+    if (res.status !== 204 && res.status !== 404) throw failure(res, `DELETE ${key}`);
   }
 
   /**
@@ -276,9 +287,8 @@ export class SwiftDriver implements StorageDriver {
       plan = planManifests(dst, segments, this.opts.maxManifestSegments);
       for (const sub of plan.subManifests) await this.putManifest(sub.path, sub.segments);
       const size = await this.putManifest(dst, plan.top);
-      // The merged originals are no longer referenced by anything.
-      for (const m of mergePlan.merges) for (const p of m.parts) await this.delete(p.path);
-      for (const p of empty) await this.delete(p.path);
+      // The merged originals (plain objects) are no longer referenced by anything.
+      await inParallel([...mergePlan.merges.flatMap((m) => m.parts), ...empty], PARALLEL_REQUESTS, (p) => this.deletePlain(p.path));
       return { size };
     } catch (err) {
       for (const m of merged) await this.deleteQuietly(m.path);
@@ -290,7 +300,7 @@ export class SwiftDriver implements StorageDriver {
   private async deleteQuietly(key: string, withSegments = true): Promise<void> {
     try {
       if (withSegments) await this.delete(key);
-      else await drain(await this.call({ method: 'DELETE', key }));
+      else await this.deletePlain(key);
     } catch {
       // best effort: prune removes what is left under the blob's directory
     }
@@ -299,22 +309,28 @@ export class SwiftDriver implements StorageDriver {
   /** Copy small parts into one object through this process, checking each part's md5 on the way. */
   private async merge(path: string, parts: Part[]): Promise<Part> {
     const total = parts.reduce((n, p) => n + p.size, 0);
-    const driver = this;
-    async function* bytes() {
-      for (const part of parts) {
-        const { body } = await driver.get(part.path).catch((err) => {
-          throw err instanceof PathNotFound ? new PathNotFound(part.path) : err;
-        });
-        const hash = createHash('md5');
-        let size = 0;
-        for await (const piece of body as AsyncIterable<Buffer>) {
-          hash.update(piece);
-          size += piece.length;
-          yield piece;
-        }
-        if (size !== part.size) throw new SizeMismatch(part.path, part.size, size);
-        const md5 = hash.digest('hex');
+    // Parts are under 1 MiB each: read a few ahead, in order, to hide the per-request latency.
+    const reads = new Map<number, Promise<Buffer>>();
+    const readPart = (i: number) =>
+      this.read(parts[i].path).then((data) => {
+        const part = parts[i];
+        if (data.length !== part.size) throw new SizeMismatch(part.path, part.size, data.length);
+        const md5 = createHash('md5').update(data).digest('hex');
         if (md5 !== part.md5) throw new ChecksumMismatch(part.path, part.md5, md5);
+        return data;
+      });
+    const ahead = (i: number) => {
+      if (i < parts.length && !reads.has(i)) {
+        const p = readPart(i);
+        p.catch(() => {}); // observed in order below
+        reads.set(i, p);
+      }
+    };
+    async function* bytes() {
+      for (let i = 0; i < parts.length; i++) {
+        for (let j = i; j < i + PARALLEL_REQUESTS; j++) ahead(j);
+        yield await reads.get(i)!;
+        reads.delete(i);
       }
     }
     const md5 = createHash('md5');
@@ -492,6 +508,14 @@ function manifestError(text: string, segments: Segment[], container: string): Er
   if (/size mismatch/i.test(why)) return new SizeMismatch(path, seg?.size ?? -1, -1);
   if (/404/.test(why)) return new PathNotFound(path);
   return new DriverError(`Swift refused the SLO manifest: ${why.slice(0, 200)}`);
+}
+
+async function inParallel<T>(items: T[], limit: number, fn: (item: T) => Promise<void>): Promise<void> {
+  let next = 0;
+  const worker = async () => {
+    while (next < items.length) await fn(items[next++]);
+  };
+  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
 }
 
 function sleep(ms: number): Promise<void> {

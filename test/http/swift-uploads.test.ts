@@ -1,0 +1,93 @@
+/** Uploads on a real Swift as the design describes them: chunk objects, moves, an SLO under the blob's path. */
+import { randomBytes } from 'node:crypto';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { md5, sha256, startServer, type TestServer } from '../helpers/server.js';
+import { dropContainer, freshContainer, swiftDriver, swiftRaw } from '../helpers/swift.js';
+
+const SEGMENT = 2 * 1024 * 1024;
+let s: TestServer;
+let container: string;
+beforeAll(async () => {
+  container = freshContainer();
+  s = await startServer(await swiftDriver(container, { segmentSize: SEGMENT }));
+});
+afterAll(async () => {
+  await s.close();
+  await dropContainer(container);
+});
+
+async function objects(prefix: string): Promise<{ name: string; bytes: number; hash: string }[]> {
+  const res = await swiftRaw(`${container}?format=json&prefix=${encodeURIComponent(prefix)}`);
+  return res.status === 204 ? [] : ((await res.json()) as { name: string; bytes: number; hash: string }[]);
+}
+
+async function upload(repo: string, chunks: Buffer[]): Promise<string> {
+  const start = await fetch(`${s.url}/v2/${repo}/blobs/uploads/`, { method: 'POST' });
+  expect(start.status).toBe(202);
+  let location = start.headers.get('location')!;
+  let offset = 0;
+  for (const c of chunks) {
+    const res = await fetch(`${s.url}${location}`, {
+      method: 'PATCH',
+      headers: { 'Content-Range': `${offset}-${offset + c.length - 1}`, 'Content-Type': 'application/octet-stream' },
+      body: new Uint8Array(c),
+    });
+    expect(res.status).toBe(202);
+    offset += c.length;
+    location = res.headers.get('location')!;
+  }
+  return location;
+}
+
+describe('uploads on Swift', () => {
+  it('chunks of 3 MiB, 100 KiB and 5 MiB become an SLO under the blob path, and nothing stays under uploads/', async () => {
+    const chunks = [randomBytes(3 << 20), randomBytes(100 << 10), randomBytes(5 << 20)];
+    const data = Buffer.concat(chunks);
+    const digest = sha256(data);
+    const location = await upload('swift/slo', chunks);
+    // Chunks larger than the segment size were split: 3 MiB -> 2, 100 KiB -> 1, 5 MiB -> 3.
+    const chunkObjects = (await objects('_local/uploads/')).filter((o) => !o.name.endsWith('/metadata'));
+    expect(chunkObjects.map((o) => o.bytes)).toEqual([SEGMENT, (3 << 20) - SEGMENT, 100 << 10, SEGMENT, SEGMENT, (5 << 20) - 2 * SEGMENT]);
+    const put = await fetch(`${s.url}${location}?digest=${digest}`, { method: 'PUT' });
+    expect(put.status).toBe(201);
+    const head = await swiftRaw(`${container}/_local/blobs/${digest}/data`, { method: 'HEAD' });
+    expect(head.headers.get('x-static-large-object')).toBe('True');
+    expect(Number(head.headers.get('content-length'))).toBe(data.length);
+    const manifest = (await (await swiftRaw(`${container}/_local/blobs/${digest}/data?multipart-manifest=get&format=raw`)).json()) as { path: string }[];
+    expect(manifest).toHaveLength(6);
+    for (const seg of manifest) expect(seg.path.startsWith(`/${container}/_local/blobs/${digest}/parts/`)).toBe(true);
+    expect(await objects('_local/uploads/')).toEqual([]);
+    const got = Buffer.from(await (await fetch(`${s.url}/v2/swift/slo/blobs/${digest}`)).arrayBuffer());
+    expect(md5(got)).toBe(md5(data));
+    const range = await fetch(`${s.url}/v2/swift/slo/blobs/${digest}`, { headers: { Range: `bytes=${(3 << 20) - 2}-${(3 << 20) + 1}` } });
+    expect(range.status).toBe(206);
+    expect(Buffer.from(await range.arrayBuffer()).equals(data.subarray((3 << 20) - 2, (3 << 20) + 2))).toBe(true);
+  });
+
+  it('1200 small chunks commit to a blob that reads back whole, with at most 9 small segments', async () => {
+    const chunks = Array.from({ length: 1200 }, () => randomBytes(1000));
+    const data = Buffer.concat(chunks);
+    const digest = sha256(data);
+    const location = await upload('swift/many', chunks);
+    const put = await fetch(`${s.url}${location}?digest=${digest}`, { method: 'PUT' });
+    expect(put.status).toBe(201);
+    const manifest = (await (await swiftRaw(`${container}/_local/blobs/${digest}/data?multipart-manifest=get&format=raw`)).json()) as { size_bytes: number }[];
+    expect(manifest.slice(0, -1).filter((m) => m.size_bytes < 1 << 20).length).toBeLessThan(10);
+    const got = Buffer.from(await (await fetch(`${s.url}/v2/swift/many/blobs/${digest}`)).arrayBuffer());
+    expect(md5(got)).toBe(md5(data));
+  });
+
+  it('a chunk object altered in Swift between upload and commit is detected; the blob never appears', async () => {
+    const chunks = [randomBytes(1 << 20), randomBytes(4096)];
+    const data = Buffer.concat(chunks);
+    const digest = sha256(data);
+    const location = await upload('swift/tampered', chunks);
+    const chunk = (await objects('_local/uploads/')).find((o) => o.bytes === 4096)!;
+    const altered = await swiftRaw(`${container}/${chunk.name}`, { method: 'PUT', body: randomBytes(4096) });
+    expect(altered.status).toBe(201);
+    const put = await fetch(`${s.url}${location}?digest=${digest}`, { method: 'PUT' });
+    expect(put.status).toBeGreaterThanOrEqual(400);
+    expect((await fetch(`${s.url}/v2/swift/tampered/blobs/${digest}`, { method: 'HEAD' })).status).toBe(404);
+    expect((await swiftRaw(`${container}/_local/blobs/${digest}/data`, { method: 'HEAD' })).status).toBe(404);
+  });
+});

@@ -51,7 +51,8 @@ async function main(argv: string[]): Promise<number> {
     process.stdout.write(USAGE + '\n');
     return 0;
   }
-  const log = pino({ level: values.debug ? 'debug' : 'info', base: { pid: process.pid } });
+  // The server logs to stdout; one-shot commands keep stdout for their report and log to stderr.
+  const log = pino({ level: values.debug ? 'debug' : 'info', base: { pid: process.pid } }, pino.destination(command === 'serve' ? 1 : 2));
   if (!command || !['serve', 'prune', 'fsck'].includes(command) || (command !== 'prune' && rest.length > 0)) {
     process.stderr.write(`berth: ${command ? `unknown command or arguments: ${[command, ...rest].join(' ')}` : 'no command given'}\n${USAGE}\n`);
     return 2;

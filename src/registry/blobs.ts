@@ -22,6 +22,21 @@ export class BlobLinks {
   async linked(ns: string, repo: string, digest: string): Promise<boolean> {
     return (await this.driver.stat(paths.blobLink(ns, repo, digest))) !== null;
   }
+
+  /**
+   * Record that a push is using these blobs now. Prune never deletes a blob touched within the upload expiry, and
+   * it re-reads this marker after writing its tombstone (see prune.ts), so a push that touches a blob and then
+   * finds it intact can rely on it.
+   */
+  async touch(ns: string, digests: string[]): Promise<void> {
+    await Promise.all([...new Set(digests)].map((d) => this.driver.put(paths.blobTouched(ns, d), Buffer.alloc(0))));
+  }
+
+  /** The blob's data is stored and prune is not deleting it. */
+  async intact(ns: string, digest: string): Promise<boolean> {
+    const [data, tombstone] = await Promise.all([this.driver.stat(paths.blobData(ns, digest)), this.driver.stat(paths.blobTombstone(ns, digest))]);
+    return data !== null && tombstone === null;
+  }
 }
 
 export class Blobs {
@@ -57,7 +72,8 @@ export class Blobs {
   async mount(ns: string, repo: string, digest: string, from?: string): Promise<boolean> {
     checkDigest(digest);
     if (from !== undefined && !(await this.links.linked(ns, from, digest))) return false;
-    if (!(await this.driver.stat(paths.blobData(ns, digest)))) return false;
+    await this.links.touch(ns, [digest]);
+    if (!(await this.links.intact(ns, digest))) return false;
     await this.links.link(ns, repo, digest);
     return true;
   }

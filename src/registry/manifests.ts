@@ -4,7 +4,7 @@
  */
 import { createHash } from 'node:crypto';
 import { PathNotFound, type StorageDriver } from '../storage/driver.js';
-import type { Blobs } from './blobs.js';
+import type { BlobLinks, Blobs } from './blobs.js';
 import { RegistryError, manifestUnknown, nameUnknown } from './errors.js';
 import { checkDigest, checkTag, digestAlgorithm, paths, validDigest } from './paths.js';
 
@@ -47,10 +47,14 @@ export interface StoredManifest extends RevisionMeta {
 }
 
 export class Manifests {
+  private readonly links: BlobLinks;
+
   constructor(
     private readonly driver: StorageDriver,
     private readonly blobs: Blobs,
-  ) {}
+  ) {
+    this.links = blobs.links;
+  }
 
   /** Validate and store a manifest under `reference` (a tag or its own digest). */
   async put(ns: string, repo: string, reference: string, body: Buffer, contentType?: string): Promise<StoredManifest> {
@@ -70,15 +74,21 @@ export class Manifests {
     const doc = parseJson(body);
     const mediaType = resolveMediaType(doc, contentType);
     const meta: RevisionMeta = { mediaType, size: body.length };
+    // Every blob this manifest needs, its own included; touched before they are checked (prune's protocol).
+    const needed = [digest];
     if (IMAGE_TYPES.includes(mediaType)) {
       const config = descriptor(doc.config, 'config');
-      const layers = descriptors(doc.layers, 'layers');
-      await this.requireBlobs(ns, repo, [config, ...layers.filter((l) => !isForeignLayer(l))]);
+      const layers = descriptors(doc.layers, 'layers').filter((l) => !isForeignLayer(l));
+      needed.push(config.digest, ...layers.map((l) => l.digest));
+      await this.links.touch(ns, needed);
+      await this.requireBlobs(ns, repo, [config, ...layers]);
       if (mediaType === MEDIA_TYPES.ociManifest) {
         meta.artifactType = optionalString(doc.artifactType, 'artifactType') ?? (config.mediaType === EMPTY_CONFIG ? undefined : config.mediaType);
       }
     } else {
       const children = descriptors(doc.manifests, 'manifests');
+      needed.push(...children.map((c) => c.digest));
+      await this.links.touch(ns, needed);
       await this.requireManifests(ns, repo, children);
       meta.artifactType = optionalString(doc.artifactType, 'artifactType');
     }
@@ -93,7 +103,16 @@ export class Manifests {
 
     // Data first, then the revision link, then the referrer entry and tag: every name points at stored bytes.
     await this.blobs.putSmall(ns, digest, body);
-    await this.driver.put(paths.manifestRevision(ns, repo, digest), Buffer.from(JSON.stringify(meta)), { contentType: 'application/json' });
+    const revision = paths.manifestRevision(ns, repo, digest);
+    const existed = (await this.driver.stat(revision)) !== null;
+    await this.driver.put(revision, Buffer.from(JSON.stringify(meta)), { contentType: 'application/json' });
+    // A prune that began deleting one of these blobs before our touch is visible now: back out rather than name
+    // bytes that may be about to go. (A prune that starts later sees the touch and keeps them.)
+    const lost = (await Promise.all(needed.map(async (d) => ((await this.links.intact(ns, d)) ? null : d)))).filter((d) => d !== null);
+    if (lost.length > 0) {
+      if (!existed) await this.driver.delete(revision);
+      throw new RegistryError('MANIFEST_BLOB_UNKNOWN', 'a referenced blob is being deleted by prune; push it again', { digest: lost[0] });
+    }
     if (meta.subject) {
       const entry: Descriptor = { mediaType, digest, size: body.length };
       if (meta.artifactType) entry.artifactType = meta.artifactType;

@@ -7,10 +7,13 @@
  *                                                writers of chunk n from overwriting each other)
  *     blobs/<alg>:<hex>/data                     the blob (content-addressed; manifests are blobs too)
  *     blobs/<alg>:<hex>/parts/<uuid>/<n>         its parts: chunks moved here at commit (Swift SLO segments)
+ *     blobs/<alg>:<hex>/touched                  rewritten whenever a push commits, mounts or references the blob
+ *     blobs/<alg>:<hex>/tombstone                written by prune before it deletes the blob (see prune.ts)
  *     repos/<name>/_blobs/<alg>:<hex>            link: this repository may serve the blob
  *     repos/<name>/_manifests/revisions/<alg>:<hex>   link: the manifest belongs to the repository (JSON meta)
  *     repos/<name>/_manifests/tags/<tag>         the tag, holding the manifest digest
  *     repos/<name>/_referrers/<subject>/<digest> a manifest whose subject is <subject> (its descriptor, JSON)
+ *     prune.lock                                 held by a running prune of the namespace
  *
  * <ns> is the tenant's namespace; <name> is an OCI repository name, whose components never start with '_', so
  * the '_' directories cannot collide with a repository called, say, "app/manifests".
@@ -110,7 +113,11 @@ export const paths = {
   blobs: (n: string) => `${ns(n)}/blobs`,
   blob: (n: string, d: string) => `${ns(n)}/blobs/${digest(d)}`,
   blobData: (n: string, d: string) => `${ns(n)}/blobs/${digest(d)}/data`,
+  blobTouched: (n: string, d: string) => `${ns(n)}/blobs/${digest(d)}/touched`,
+  blobTombstone: (n: string, d: string) => `${ns(n)}/blobs/${digest(d)}/tombstone`,
   blobPart: (n: string, d: string, id: string, i: number) => `${ns(n)}/blobs/${digest(d)}/parts/${uuid(id)}/${index(i)}`,
+
+  pruneLock: (n: string) => `${ns(n)}/prune.lock`,
 
   repos: (n: string) => `${ns(n)}/repos`,
   repo: (n: string, r: string) => `${ns(n)}/repos/${name(r)}`,
@@ -123,6 +130,17 @@ export const paths = {
   referrer: (n: string, r: string, subject: string, d: string) =>
     `${ns(n)}/repos/${name(r)}/_referrers/${digest(subject)}/${digest(d)}`,
 };
+
+/** The digest and the rest of a path under `<ns>/blobs/`; null for anything else. */
+export function parseBlobPath(namespace: string, p: string): { digest: string; rest: string } | null {
+  const prefix = `${ns(namespace)}/blobs/`;
+  if (!p.startsWith(prefix)) return null;
+  const tail = p.slice(prefix.length);
+  const at = tail.indexOf('/');
+  if (at <= 0) return null;
+  const d = tail.slice(0, at);
+  return validDigest(d) ? { digest: d, rest: tail.slice(at + 1) } : null;
+}
 
 /** Parse a path under `<ns>/repos/` back into repository name and the rest; null for anything else. */
 export function parseRepoPath(namespace: string, p: string): { repo: string; rest: string } | null {

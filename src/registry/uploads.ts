@@ -175,6 +175,7 @@ export class Uploads {
         throw new RegistryError('DIGEST_INVALID', 'provided digest did not match uploaded content', { expected: digest, actual });
       }
     }
+    await this.links.touch(ns, [digest]);
     const existing = await this.driver.stat(paths.blobData(ns, digest));
     if (existing) {
       if (existing.size !== size) throw new RegistryError('SIZE_INVALID', 'a blob with this digest exists with another size', { digest });

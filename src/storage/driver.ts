@@ -43,6 +43,12 @@ export interface PutOptions {
   /** Expected md5 hex; the backend refuses a body that does not match (ChecksumMismatch). */
   md5?: string;
   contentType?: string;
+  /**
+   * Create only: if an object is already at the path, fail with AlreadyExists and change nothing. Atomic on the
+   * filesystem; on Swift (If-None-Match: *) two creates racing each other may both succeed, so callers that need
+   * a lock must read back what they wrote.
+   */
+  ifAbsent?: boolean;
 }
 
 export interface StorageDriver {
@@ -83,6 +89,14 @@ export class PathNotFound extends Error {
   constructor(public readonly path: string) {
     super(`no such object: ${path}`);
     this.name = 'PathNotFound';
+  }
+}
+
+/** A create-only put found an object already there. */
+export class AlreadyExists extends Error {
+  constructor(public readonly path: string) {
+    super(`object exists: ${path}`);
+    this.name = 'AlreadyExists';
   }
 }
 

@@ -9,6 +9,7 @@ import * as path from 'node:path';
 import { Readable, Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import {
+  AlreadyExists,
   ChecksumMismatch,
   DriverError,
   PathNotFound,
@@ -62,7 +63,15 @@ export class FilesystemDriver implements StorageDriver {
       if (opts.size !== undefined && size !== opts.size) throw new SizeMismatch(key, opts.size, size);
       const actual = md5?.digest('hex');
       if (opts.md5 && actual !== opts.md5) throw new ChecksumMismatch(key, opts.md5, actual ?? '');
-      await fs.rename(temp, target);
+      if (opts.ifAbsent) {
+        // link() refuses an existing target atomically, where rename() would replace it.
+        await fs.link(temp, target).catch((err: NodeJS.ErrnoException) => {
+          throw err.code === 'EEXIST' ? new AlreadyExists(key) : err;
+        });
+        await fs.rm(temp, { force: true });
+      } else {
+        await fs.rename(temp, target);
+      }
     } catch (err) {
       await fs.rm(temp, { force: true });
       throw err;

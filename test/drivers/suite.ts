@@ -5,7 +5,7 @@
 import { createHash, randomBytes } from 'node:crypto';
 import { Readable } from 'node:stream';
 import { afterAll, beforeAll, beforeEach, afterEach, describe, expect, test } from 'vitest';
-import { ChecksumMismatch, PathNotFound, SizeMismatch, type StorageDriver } from '../../src/storage/driver.js';
+import { AlreadyExists, ChecksumMismatch, PathNotFound, SizeMismatch, type StorageDriver } from '../../src/storage/driver.js';
 
 export type DriverFactory = () => Promise<StorageDriver>;
 
@@ -248,6 +248,15 @@ export function runDriverSuite(name: string, factory: DriverFactory): void {
       await Promise.all(writes);
       for (const r of await Promise.all(reads)) expect(r.equals(a) || r.equals(b)).toBe(true);
       await driver.delete(`${root}/swap`);
+    });
+
+    test('a create-only put succeeds once; a later one finds the first and changes nothing', async () => {
+      await driver.put(`${root}/lock`, Buffer.from('holder'), { ifAbsent: true });
+      const holder = (await driver.read(`${root}/lock`)).toString();
+      expect(holder).toBe('holder');
+      await expect(driver.put(`${root}/lock`, Buffer.from('late'), { ifAbsent: true })).rejects.toBeInstanceOf(AlreadyExists);
+      expect((await driver.read(`${root}/lock`)).toString()).toBe(holder);
+      await driver.delete(`${root}/lock`);
     });
 
     test('keys that could escape are refused', async () => {

@@ -34,7 +34,7 @@ export interface AuthSetup {
 export async function startServer(driver?: StorageDriver, auth?: AuthSetup): Promise<TestServer> {
   const root = await mkdtemp(join(tmpdir(), 'berth-http-'));
   const registry = new Registry(driver ?? (await FilesystemDriver.open(root)));
-  const log = pino({ level: 'silent' });
+  const log = pino({ level: process.env.BERTH_TEST_LOG ?? 'silent' }, pino.destination(2));
   const access = auth
     ? new Access({
         users: new Users(auth.users, DEFAULT_NAMESPACE, undefined, log),

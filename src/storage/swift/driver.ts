@@ -10,6 +10,7 @@ import https from 'node:https';
 import { Readable, Transform } from 'node:stream';
 import fetch, { type RequestInit, type Response } from 'node-fetch';
 import {
+  AlreadyExists,
   ChecksumMismatch,
   DriverError,
   PathNotFound,
@@ -118,9 +119,13 @@ export class SwiftDriver implements StorageDriver {
       sent = () => counter.bytes;
     }
     if (md5) headers.ETag = md5;
+    if (opts.ifAbsent) headers['If-None-Match'] = '*';
     const res = await this.call({ method: 'PUT', key, headers, body: payload, signal: opts.signal });
     await drain(res);
+    if (res.status === 412 && opts.ifAbsent) throw new AlreadyExists(key);
     if (res.status === 422) throw new ChecksumMismatch(key, md5 ?? '', 'refused by Swift (422)');
+    // 202: a concurrent write with a newer timestamp already replaced ours (last writer wins, as on a filesystem).
+    if (res.status === 202) return { size: sent() };
     if (res.status !== 201) throw failure(res, `PUT ${key}`);
     const etag = unquote(res.headers.get('etag'));
     if (md5 && etag !== md5) {

@@ -1,0 +1,408 @@
+/**
+ * Prune: expire uploads and manifests, then mark every blob a kept manifest reaches and sweep the rest.
+ *
+ * It runs beside live servers, so it must never delete a blob that a push is about to name. The protocol:
+ * - every push that commits, mounts or names a blob first rewrites `blobs/<d>/touched`;
+ * - prune never sweeps a blob whose data, parts or touched marker is younger than the upload expiry (a push in
+ *   progress: layers uploaded, manifest not yet put);
+ * - to sweep an older blob, prune writes `blobs/<d>/tombstone`, then re-reads `touched`: if a push touched it
+ *   meanwhile, prune removes the tombstone and keeps the blob; otherwise it deletes the blob, the tombstone last;
+ * - a manifest PUT touches its blobs, writes its revision, then checks each blob is stored and not tombstoned;
+ *   if one is, it backs out with MANIFEST_BLOB_UNKNOWN.
+ * Either the PUT's check comes after the tombstone (the PUT fails cleanly) or the tombstone comes after the
+ * check, and then prune's re-read comes after the touch (prune keeps the blob). It relies on reads seeing
+ * completed writes of single objects, which the filesystem and a healthy Swift give.
+ *
+ * Memory: the set of marked digests per namespace, plus one repository's tags and revisions at a time.
+ */
+import { hostname } from 'node:os';
+import { randomBytes } from 'node:crypto';
+import { AlreadyExists, PathNotFound, type ObjectInfo, type StorageDriver } from '../storage/driver.js';
+import { parseBlobPath, parseRepoPath, paths, validDigest, validTag } from './paths.js';
+
+export interface PruneLog {
+  debug(obj: object, msg: string): void;
+  info(obj: object, msg: string): void;
+  warn(obj: object, msg: string): void;
+}
+
+export interface PruneOptions {
+  /** Seconds after which tags and manifests expire; undefined: nothing expires by age. */
+  expiration?: number;
+  /** Seconds of inactivity after which an upload is abandoned; also the grace period of unreferenced blobs. */
+  uploadExpiry: number;
+  dryRun?: boolean;
+  /** The clock prune judges ages by (tests move it forward instead of waiting). */
+  now?: Date;
+  log: PruneLog;
+  /** Called every few seconds on long runs. */
+  progress?: (line: string) => void;
+  /** A lock older than this belongs to a prune that died; it is taken over. */
+  staleLockSeconds?: number;
+  /** Pause between writing the lock and reading it back (Swift's create-only put is not atomic under races). */
+  lockSettleMs?: number;
+}
+
+export interface Tally {
+  examined: number;
+  kept: number;
+  deleted: number;
+}
+
+export interface PruneReport {
+  namespace: string;
+  /** Another prune holds the namespace; nothing was done. */
+  refused?: string;
+  uploads: Tally;
+  manifests: Tally;
+  tags: Tally;
+  blobs: Tally;
+  bytes: Tally;
+  /** Deletions that failed (the run went on). */
+  failures: number;
+}
+
+const tally = (): Tally => ({ examined: 0, kept: 0, deleted: 0 });
+const PROGRESS_EVERY_MS = 5000;
+
+/** Consecutive listing entries that share a key (listings are in path order, so groups are contiguous). */
+async function* groups<K>(entries: AsyncIterable<ObjectInfo>, keyOf: (o: ObjectInfo) => K | null): AsyncIterable<{ key: K; objects: ObjectInfo[] }> {
+  let current: { key: K; objects: ObjectInfo[] } | null = null;
+  for await (const o of entries) {
+    const key = keyOf(o);
+    if (key === null) continue;
+    if (current && current.key !== key) {
+      yield current;
+      current = null;
+    }
+    current ??= { key, objects: [] };
+    current.objects.push(o);
+  }
+  if (current) yield current;
+}
+
+export class Pruner {
+  constructor(private readonly driver: StorageDriver) {}
+
+  async prune(ns: string, opts: PruneOptions): Promise<PruneReport> {
+    const report: PruneReport = { namespace: ns, uploads: tally(), manifests: tally(), tags: tally(), blobs: tally(), bytes: tally(), failures: 0 };
+    const run = new Run(this.driver, ns, opts, report);
+    if (!opts.dryRun) {
+      const refused = await run.lock();
+      if (refused) return { ...report, refused };
+    }
+    try {
+      await run.uploads();
+      const marked = await run.manifests();
+      await run.blobs(marked);
+      await run.links(marked);
+    } finally {
+      if (!opts.dryRun) await run.unlock();
+    }
+    return report;
+  }
+}
+
+/** One namespace's prune. */
+class Run {
+  private readonly now: number;
+  private readonly manifestCutoff: number;
+  private readonly graceCutoff: number;
+  private lockToken = '';
+  private lastProgress = Date.now();
+
+  constructor(
+    private readonly driver: StorageDriver,
+    private readonly ns: string,
+    private readonly opts: PruneOptions,
+    private readonly report: PruneReport,
+  ) {
+    this.now = (opts.now ?? new Date()).getTime();
+    this.manifestCutoff = opts.expiration === undefined ? -Infinity : this.now - opts.expiration * 1000;
+    this.graceCutoff = this.now - opts.uploadExpiry * 1000;
+  }
+
+  // --- lock ---
+
+  async lock(): Promise<string | undefined> {
+    const path = paths.pruneLock(this.ns);
+    const held = await this.driver.stat(path);
+    const staleMs = (this.opts.staleLockSeconds ?? 6 * 3600) * 1000;
+    if (held && held.modified.getTime() > Date.now() - staleMs) {
+      return `another prune holds ${path} since ${held.modified.toISOString()}`;
+    }
+    if (held) {
+      this.opts.log.warn({ namespace: this.ns, since: held.modified.toISOString() }, 'taking over a stale prune lock');
+      await this.driver.delete(path);
+    }
+    this.lockToken = randomBytes(12).toString('hex');
+    const body = Buffer.from(JSON.stringify({ token: this.lockToken, pid: process.pid, host: hostname(), started: new Date().toISOString() }));
+    try {
+      await this.driver.put(path, body, { ifAbsent: true, contentType: 'application/json' });
+    } catch (err) {
+      if (err instanceof AlreadyExists) return `another prune took ${path} first`;
+      throw err;
+    }
+    await new Promise((r) => setTimeout(r, this.opts.lockSettleMs ?? 1000));
+    const holder = await this.driver.read(path).then((b) => (JSON.parse(b.toString()) as { token?: string }).token, () => undefined);
+    if (holder !== this.lockToken) {
+      this.lockToken = '';
+      return `another prune took ${path} at the same moment`;
+    }
+    return undefined;
+  }
+
+  async unlock(): Promise<void> {
+    if (!this.lockToken) return;
+    const path = paths.pruneLock(this.ns);
+    const holder = await this.driver.read(path).then((b) => (JSON.parse(b.toString()) as { token?: string }).token, () => undefined);
+    if (holder === this.lockToken) await this.driver.delete(path);
+  }
+
+  // --- helpers ---
+
+  private async remove(path: string, what: object): Promise<boolean> {
+    if (this.opts.dryRun) {
+      this.opts.log.debug({ namespace: this.ns, path, ...what }, 'would delete');
+      return true;
+    }
+    try {
+      await this.driver.delete(path);
+      this.opts.log.debug({ namespace: this.ns, path, ...what }, 'deleted');
+      return true;
+    } catch (err) {
+      this.report.failures++;
+      this.opts.log.warn({ namespace: this.ns, path, err: (err as Error).message }, 'delete failed');
+      return false;
+    }
+  }
+
+  /** Delete unless a push rewrote the object since it was listed (a tag moved, a manifest pushed again). */
+  private async removeIfUnchanged(listed: ObjectInfo, what: object): Promise<boolean> {
+    if (!this.opts.dryRun) {
+      const now = await this.driver.stat(listed.path);
+      if (now && now.modified.getTime() > listed.modified.getTime()) return false;
+    }
+    return this.remove(listed.path, what);
+  }
+
+  private tick(stage: string): void {
+    if (!this.opts.progress || Date.now() - this.lastProgress < PROGRESS_EVERY_MS) return;
+    this.lastProgress = Date.now();
+    const r = this.report;
+    this.opts.progress(
+      `prune ${this.ns}: ${stage}: uploads ${r.uploads.examined}, manifests ${r.manifests.examined}, blobs ${r.blobs.examined} examined`,
+    );
+  }
+
+  private async readText(path: string): Promise<string | null> {
+    try {
+      return (await this.driver.read(path)).toString('utf8');
+    } catch (err) {
+      if (err instanceof PathNotFound) return null;
+      throw err;
+    }
+  }
+
+  // --- uploads ---
+
+  /** Uploads idle for longer than the upload expiry: the record first (it must never name a missing chunk). */
+  async uploads(): Promise<void> {
+    const prefix = `${paths.uploads(this.ns)}/`;
+    const t = this.report.uploads;
+    for await (const { key: id, objects } of groups(this.driver.list(paths.uploads(this.ns)), (o) => o.path.slice(prefix.length).split('/')[0] || null)) {
+      t.examined++;
+      const bytes = objects.reduce((n, o) => n + o.size, 0);
+      this.report.bytes.examined += bytes;
+      const lastActivity = Math.max(...objects.map((o) => o.modified.getTime()));
+      if (lastActivity >= this.graceCutoff) {
+        t.kept++;
+        this.report.bytes.kept += bytes;
+        continue;
+      }
+      const record = objects.find((o) => o.path.endsWith('/metadata'));
+      const ordered = record ? [record, ...objects.filter((o) => o !== record)] : objects;
+      let ok = true;
+      for (const o of ordered) ok = (await this.remove(o.path, { upload: id })) && ok;
+      if (ok) {
+        t.deleted++;
+        this.report.bytes.deleted += bytes;
+      }
+      this.tick('uploads');
+    }
+  }
+
+  // --- manifests ---
+
+  /** Expire tags and manifests repository by repository; return the digests of every blob a kept one needs. */
+  async manifests(): Promise<Set<string>> {
+    const marked = new Set<string>();
+    const entries = this.driver.list(paths.repos(this.ns));
+    for await (const { key: repo, objects } of groups(entries, (o) => parseRepoPath(this.ns, o.path)?.repo ?? null)) {
+      await this.repository(repo, objects, marked);
+      this.tick('manifests');
+    }
+    return marked;
+  }
+
+  private async repository(repo: string, objects: ObjectInfo[], marked: Set<string>): Promise<void> {
+    const tags = new Map<string, ObjectInfo>();
+    const revisions = new Map<string, ObjectInfo>();
+    const referrersOf = new Map<string, { digest: string; path: string }[]>();
+    const isReferrer = new Set<string>();
+    for (const o of objects) {
+      const rest = parseRepoPath(this.ns, o.path)!.rest.split('/');
+      if (rest[0] === '_manifests' && rest[1] === 'tags' && rest.length === 3 && validTag(rest[2])) tags.set(rest[2], o);
+      else if (rest[0] === '_manifests' && rest[1] === 'revisions' && rest.length === 3 && validDigest(rest[2])) revisions.set(rest[2], o);
+      else if (rest[0] === '_referrers' && rest.length === 3 && validDigest(rest[1]) && validDigest(rest[2])) {
+        const list = referrersOf.get(rest[1]) ?? [];
+        list.push({ digest: rest[2], path: o.path });
+        referrersOf.set(rest[1], list);
+        isReferrer.add(rest[2]);
+      }
+    }
+
+    // Roots: fresh tags, and fresh revisions that are not referrers (a referrer's fate follows its subject).
+    const keep = new Set<string>();
+    const queue: string[] = [];
+    const add = (d: string) => {
+      if (revisions.has(d) && !keep.has(d)) {
+        keep.add(d);
+        queue.push(d);
+      }
+    };
+    for (const [tag, o] of tags) {
+      this.report.tags.examined++;
+      if (o.modified.getTime() >= this.manifestCutoff) {
+        const target = (await this.readText(o.path))?.trim();
+        if (target && validDigest(target)) add(target);
+        this.report.tags.kept++;
+      } else if (await this.removeIfUnchanged(o, { repository: repo, tag })) {
+        this.report.tags.deleted++;
+      } else {
+        this.report.tags.kept++;
+      }
+    }
+    for (const [d, o] of revisions) {
+      const t = o.modified.getTime();
+      if ((!isReferrer.has(d) && t >= this.manifestCutoff) || t >= this.graceCutoff) add(d);
+    }
+    // Close over index children and referrers of kept manifests; mark the blobs each kept manifest needs.
+    while (queue.length > 0) {
+      const d = queue.pop()!;
+      marked.add(d);
+      for (const r of referrersOf.get(d) ?? []) add(r.digest);
+      const body = await this.readText(paths.blobData(this.ns, d));
+      if (body === null) continue;
+      for (const child of needs(body)) {
+        marked.add(child.digest);
+        if (child.manifest) add(child.digest);
+      }
+    }
+
+    for (const [d, o] of revisions) {
+      this.report.manifests.examined++;
+      if (keep.has(d)) {
+        this.report.manifests.kept++;
+      } else if (await this.removeIfUnchanged(o, { repository: repo, manifest: d })) {
+        this.report.manifests.deleted++;
+      } else {
+        this.report.manifests.kept++;
+      }
+    }
+    for (const [, list] of referrersOf) {
+      for (const r of list) if (!keep.has(r.digest)) await this.remove(r.path, { repository: repo, referrer: r.digest });
+    }
+  }
+
+  // --- blobs ---
+
+  async blobs(marked: Set<string>): Promise<void> {
+    const t = this.report.blobs;
+    for await (const { key: digest, objects } of groups(this.driver.list(paths.blobs(this.ns)), (o) => parseBlobPath(this.ns, o.path)?.digest ?? null)) {
+      const rest = (o: ObjectInfo) => parseBlobPath(this.ns, o.path)!.rest;
+      const data = objects.find((o) => rest(o) === 'data');
+      const tombstone = objects.find((o) => rest(o) === 'tombstone');
+      const size = data?.size ?? objects.reduce((n, o) => n + o.size, 0);
+      t.examined++;
+      this.report.bytes.examined += size;
+      const youngest = Math.max(...objects.filter((o) => o !== tombstone).map((o) => o.modified.getTime()));
+      if (marked.has(digest) || youngest >= this.graceCutoff) {
+        t.kept++;
+        this.report.bytes.kept += size;
+        // A tombstone left by a prune that died mid-sweep would hide a kept blob from pushes.
+        if (tombstone && !this.opts.dryRun) await this.remove(tombstone.path, { blob: digest, stale: 'tombstone' });
+        continue;
+      }
+      if (await this.sweep(digest, objects.filter((o) => o !== tombstone), data)) {
+        t.deleted++;
+        this.report.bytes.deleted += size;
+      } else {
+        t.kept++;
+        this.report.bytes.kept += size;
+      }
+      this.tick('blobs');
+    }
+  }
+
+  /** Tombstone, re-check the touch, delete. Returns false when a push claimed the blob meanwhile. */
+  private async sweep(digest: string, objects: ObjectInfo[], data: ObjectInfo | undefined): Promise<boolean> {
+    if (this.opts.dryRun) {
+      this.opts.log.debug({ namespace: this.ns, blob: digest }, 'would delete blob');
+      return true;
+    }
+    const tombstonePath = paths.blobTombstone(this.ns, digest);
+    try {
+      await this.driver.put(tombstonePath, Buffer.alloc(0));
+      const touched = await this.driver.stat(paths.blobTouched(this.ns, digest));
+      if (touched && touched.modified.getTime() >= this.graceCutoff) {
+        this.opts.log.info({ namespace: this.ns, blob: digest }, 'a push claimed the blob during prune; kept');
+        await this.driver.delete(tombstonePath);
+        return false;
+      }
+    } catch (err) {
+      this.report.failures++;
+      this.opts.log.warn({ namespace: this.ns, blob: digest, err: (err as Error).message }, 'could not tombstone blob');
+      return false;
+    }
+    // The data first (on Swift this removes the SLO's segments too), then what is left, the tombstone last.
+    let ok = true;
+    if (data) ok = await this.remove(data.path, { blob: digest });
+    for (const o of objects) {
+      if (o !== data && ok) ok = await this.remove(o.path, { blob: digest });
+    }
+    if (ok) ok = await this.remove(tombstonePath, { blob: digest });
+    return ok;
+  }
+
+  // --- links ---
+
+  /** Repository links to blobs that are gone. */
+  async links(marked: Set<string>): Promise<void> {
+    for await (const o of this.driver.list(paths.repos(this.ns))) {
+      const parsed = parseRepoPath(this.ns, o.path);
+      const rest = parsed?.rest.split('/');
+      if (!parsed || !rest || rest[0] !== '_blobs' || rest.length !== 2 || !validDigest(rest[1]) || marked.has(rest[1])) continue;
+      if (this.opts.dryRun || (await this.driver.stat(paths.blobData(this.ns, rest[1])))) continue;
+      await this.remove(o.path, { repository: parsed.repo, link: rest[1] });
+    }
+  }
+}
+
+/** The digests a manifest needs: config and layers, or the child manifests of an index. */
+export function needs(body: string): { digest: string; manifest: boolean }[] {
+  let doc: { config?: { digest?: unknown }; layers?: { digest?: unknown }[]; manifests?: { digest?: unknown }[] };
+  try {
+    doc = JSON.parse(body);
+  } catch {
+    return [];
+  }
+  const out: { digest: string; manifest: boolean }[] = [];
+  const push = (d: unknown, manifest: boolean) => {
+    if (typeof d === 'string' && validDigest(d)) out.push({ digest: d, manifest });
+  };
+  push(doc.config?.digest, false);
+  for (const l of Array.isArray(doc.layers) ? doc.layers : []) push(l?.digest, false);
+  for (const m of Array.isArray(doc.manifests) ? doc.manifests : []) push(m?.digest, true);
+  return out;
+}

@@ -28,8 +28,8 @@ describe.each(BACKENDS)('skopeo against berth serve (%s)', (backend) => {
     await rm(dir, { recursive: true, force: true });
   });
 
-  it('copies a multi-layer image (one layer 64 MiB) in and out byte for byte', async () => {
-    const image = await writeLayout(join(dir, 'src'), 'v1', [64 * 1024 * 1024, 1000, 300_000]);
+  it('copies a multi-layer image (one layer 256 MiB) in and out byte for byte', async () => {
+    const image = await writeLayout(join(dir, 'src'), 'v1', [256 * 1024 * 1024, 1000, 300_000]);
     const ref = `docker://127.0.0.1:${server.port}/e2e/app:v1`;
     await skopeo('copy', '--dest-tls-verify=false', `oci:${image.dir}:v1`, ref);
     const { stdout } = await skopeo('inspect', '--tls-verify=false', '--raw', ref);

@@ -77,6 +77,17 @@ describe('uploads on Swift', () => {
     expect(md5(got)).toBe(md5(data));
   });
 
+  it('two uploads of the same blob committing at once leave one intact blob', async () => {
+    const data = randomBytes(3 << 20);
+    const digest = sha256(data);
+    const locations = await Promise.all([0, 1].map(() => upload('swift/same', [data.subarray(0, 1 << 20), data.subarray(1 << 20)])));
+    const puts = await Promise.all(locations.map((l) => fetch(`${s.url}${l}?digest=${digest}`, { method: 'PUT' })));
+    expect(puts.map((p) => p.status)).toEqual([201, 201]);
+    const got = Buffer.from(await (await fetch(`${s.url}/v2/swift/same/blobs/${digest}`)).arrayBuffer());
+    expect(md5(got)).toBe(md5(data));
+    expect(await objects('_local/uploads/')).toEqual([]);
+  });
+
   it('a chunk object altered in Swift between upload and commit is detected; the blob never appears', async () => {
     const chunks = [randomBytes(1 << 20), randomBytes(4096)];
     const data = Buffer.concat(chunks);

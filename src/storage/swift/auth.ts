@@ -116,7 +116,7 @@ async function loginV3(auth: V3Auth, agent?: (url: URL) => Agent): Promise<Sessi
     signal: AbortSignal.timeout(30_000),
   });
   const text = await res.text();
-  if (res.status === 401 || res.status === 403) throw new AuthError(`Keystone refused the credentials of cloud entry (${res.status})`, false);
+  if (res.status === 401 || res.status === 403) throw new AuthError(`Keystone refused the credentials (${res.status})`, false);
   if (res.status !== 201 && res.status !== 200) throw new AuthError(`Keystone answered ${res.status} at ${url}`, res.status >= 500);
   const token = res.headers.get('x-subject-token');
   if (!token) throw new AuthError('Keystone answered without X-Subject-Token', false);

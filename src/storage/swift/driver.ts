@@ -7,7 +7,7 @@
 import { createHash } from 'node:crypto';
 import http from 'node:http';
 import https from 'node:https';
-import { Readable, Transform } from 'node:stream';
+import { Readable, Transform, pipeline } from 'node:stream';
 import fetch, { type RequestInit, type Response } from 'node-fetch';
 import {
   AlreadyExists,
@@ -42,6 +42,8 @@ const LIST_PAGE = 10_000;
 /** Timeouts for requests without a streamed body; copies rewrite whole objects, so they get longer. */
 const META_TIMEOUT_MS = 120_000;
 const COPY_TIMEOUT_MS = 30 * 60_000;
+/** A streamed body that moves no byte for this long is abandoned (Swift's own client_timeout is 60 s). */
+const IDLE_TIMEOUT_MS = 120_000;
 /** Refresh a token this long before Swift would refuse it, so a long streamed PUT does not start on a dying one. */
 const TOKEN_MARGIN_MS = 5 * 60_000;
 const RETRY_DELAYS_MS = [100, 500, 2000];
@@ -104,6 +106,7 @@ export class SwiftDriver implements StorageDriver {
     let sent: () => number;
     let payload: Body;
     let md5 = opts.md5;
+    let watch: IdleWatch | undefined;
     if (Buffer.isBuffer(body)) {
       if (opts.size !== undefined && body.length !== opts.size) throw new SizeMismatch(key, opts.size, body.length);
       // Small objects (records, manifests, links): hash here, so Swift refuses bytes that changed on the way.
@@ -112,7 +115,8 @@ export class SwiftDriver implements StorageDriver {
       payload = body;
       sent = () => body.length;
     } else {
-      const counter = countBytes(key, opts.size);
+      watch = new IdleWatch(`PUT ${key}`);
+      const counter = countBytes(key, opts.size, watch);
       if (opts.size !== undefined) headers['Content-Length'] = String(opts.size);
       body.on('error', (err) => counter.destroy(err));
       payload = body.pipe(counter);
@@ -120,8 +124,14 @@ export class SwiftDriver implements StorageDriver {
     }
     if (md5) headers.ETag = md5;
     if (opts.ifAbsent) headers['If-None-Match'] = '*';
-    const res = await this.call({ method: 'PUT', key, headers, body: payload, signal: opts.signal });
-    await drain(res);
+    const signal = watch ? AbortSignal.any([watch.signal, ...(opts.signal ? [opts.signal] : [])]) : opts.signal;
+    let res: Response;
+    try {
+      res = await this.call({ method: 'PUT', key, headers, body: payload, signal });
+      await drain(res);
+    } finally {
+      watch?.stop();
+    }
     if (res.status === 412 && opts.ifAbsent) throw new AlreadyExists(key);
     if (res.status === 422) throw new ChecksumMismatch(key, md5 ?? '', 'refused by Swift (422)');
     // 202: a concurrent write with a newer timestamp already replaced ours (last writer wins, as on a filesystem).
@@ -138,21 +148,35 @@ export class SwiftDriver implements StorageDriver {
   async get(key: string, range?: ByteRange): Promise<{ body: Readable; size: number }> {
     checkKey(key);
     const headers: Record<string, string> = range ? { Range: `bytes=${range.start}-${range.end}` } : {};
-    const res = await this.call({ method: 'GET', key, headers });
-    if (res.status === 404) {
-      await drain(res);
-      throw new PathNotFound(key);
+    // The body streams for as long as the reader wants; what is bounded is a stall.
+    const watch = new IdleWatch(`GET ${key}`);
+    let res: Response;
+    try {
+      res = await this.call({ method: 'GET', key, headers, signal: watch.signal });
+    } catch (err) {
+      watch.stop();
+      throw err;
     }
     if (res.status !== 200 && res.status !== 206) {
+      watch.stop();
       await drain(res);
+      if (res.status === 404) throw new PathNotFound(key);
       throw failure(res, `GET ${key}`);
     }
     if (range && res.status !== 206) {
+      watch.stop();
       res.body?.resume();
       throw new DriverError(`GET ${key}: Swift ignored the range`);
     }
     const size = range ? range.end - range.start + 1 : Number(res.headers.get('content-length'));
-    return { body: res.body as unknown as Readable, size };
+    const body = new Transform({
+      transform(chunk: Buffer, _enc, done) {
+        watch.touch();
+        done(null, chunk);
+      },
+    });
+    pipeline(res.body as unknown as Readable, body, () => watch.stop());
+    return { body, size };
   }
 
   async read(key: string): Promise<Buffer> {
@@ -410,7 +434,9 @@ export class SwiftDriver implements StorageDriver {
     let reauthenticated = false;
     for (let attempt = 0; ; attempt++) {
       const session = await this.token();
-      const signals = [call.signal, call.timeoutMs ? AbortSignal.timeout(call.timeoutMs) : undefined].filter((s): s is AbortSignal => !!s);
+      // Streamed calls bring their own stall watch in `signal`; every other call gets a deadline.
+      const timeout = call.timeoutMs ?? (call.signal ? undefined : META_TIMEOUT_MS);
+      const signals = [call.signal, timeout ? AbortSignal.timeout(timeout) : undefined].filter((s): s is AbortSignal => !!s);
       const init: RequestInit = {
         method: call.method,
         headers: { ...call.headers, 'X-Auth-Token': session.token },
@@ -487,9 +513,10 @@ function failure(res: Response, what: string): DriverError {
 }
 
 /** Counts bytes on their way to Swift and fails the request if the body is not the declared size. */
-function countBytes(key: string, size: number | undefined): Transform & { bytes: number } {
+function countBytes(key: string, size: number | undefined, watch: IdleWatch): Transform & { bytes: number } {
   const t = new Transform({
     transform(chunk: Buffer, _enc, done) {
+      watch.touch();
       t.bytes += chunk.length;
       if (size !== undefined && t.bytes > size) return done(new SizeMismatch(key, size, t.bytes));
       done(null, chunk);
@@ -521,6 +548,24 @@ async function inParallel<T>(items: T[], limit: number, fn: (item: T) => Promise
     while (next < items.length) await fn(items[next++]);
   };
   await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
+}
+
+/** Aborts a streamed request when no byte has moved for IDLE_TIMEOUT_MS. */
+class IdleWatch {
+  private readonly controller = new AbortController();
+  private readonly timer: NodeJS.Timeout;
+  readonly signal = this.controller.signal;
+
+  constructor(what: string, ms = IDLE_TIMEOUT_MS) {
+    this.timer = setTimeout(() => this.controller.abort(new DriverError(`Swift ${what}: no progress for ${ms / 1000} s`, true)), ms);
+    this.timer.unref();
+  }
+  touch(): void {
+    this.timer.refresh();
+  }
+  stop(): void {
+    clearTimeout(this.timer);
+  }
 }
 
 function sleep(ms: number): Promise<void> {

@@ -17,7 +17,7 @@ import { Access } from './http/auth.js';
 import { createApp } from './http/app.js';
 import { DEFAULT_NAMESPACE } from './registry/paths.js';
 import { Registry } from './registry/registry.js';
-import { openStorage } from './storage/factory.js';
+import { StorageOpenError, openStorage } from './storage/factory.js';
 
 const USAGE = `usage: berth [-c FILE] [-d] <command>
 
@@ -67,8 +67,16 @@ async function main(argv: string[]): Promise<number> {
     }
     throw err;
   }
-  if (command === 'serve') return serve(config, log);
-  if (command === 'prune') return runPrune(config, rest, log);
+  try {
+    if (command === 'serve') return await serve(config, log);
+    if (command === 'prune') return await runPrune(config, rest, log);
+  } catch (err) {
+    if (err instanceof StorageOpenError) {
+      process.stderr.write(`berth: ${err.message}\n`);
+      return err.configuration ? 2 : 1;
+    }
+    throw err;
+  }
   process.stderr.write(`berth: ${command} is not implemented yet\n`);
   return 1;
 }

@@ -1,6 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import yaml from 'js-yaml';
 import { loadConfig, parseConfig } from '../../src/config/config.js';
+import { loadCloud } from '../../src/storage/swift/clouds.js';
 
 const parse = (text: string) => parseConfig(yaml.load(text), '/srv/berth');
 
@@ -10,6 +11,15 @@ describe('config', () => {
     expect(c.port).toBe(9000);
     expect(c.storage).toEqual({ driver: 'filesystem', root: `${process.cwd()}/data` });
     expect(c.uploadExpiry).toBe(3600);
+  });
+
+  it('the shipped Swift example loads, and its clouds.yaml example entries parse', () => {
+    const c = loadConfig('etc/registry-swift.yaml');
+    expect(c.storage).toEqual({ driver: 'swift', cloud: 'berth', container: 'berth' });
+    expect(c.expiration).toBe(604800);
+    for (const cloud of ['berth-tempauth', 'berth', 'berth-appcred']) {
+      expect(loadCloud(cloud, 'etc/clouds.yaml.example').authUrl).toMatch(/^https?:\/\//);
+    }
   });
 
   it("accepts zuul-registry's keys unchanged", () => {

@@ -1,0 +1,417 @@
+#!/usr/bin/env node
+// Berth against raw Swift and CNCF Distribution, in one run, on a fresh single-node Swift (tools/swift-aio.sh).
+// usage: tools/bench [--size-mib 512] [--runs 3] [--out bench.json] [--concurrency 2,4] [--no-distribution]
+//                    [--small-seconds 5] [--only berth-swift,raw,...]
+// Medians of --runs runs per contender, contenders alternating. Prints one table (seconds, MiB/s, ratios) and
+// writes it as JSON. Not a test: figures drift ±30% between runs on shared machines, compare ratios of one run.
+import { execFile, spawn } from 'node:child_process';
+import { createHash, randomBytes } from 'node:crypto';
+import { createReadStream, createWriteStream, existsSync, readFileSync } from 'node:fs';
+import { mkdir, mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import http from 'node:http';
+import { join } from 'node:path';
+import { pipeline } from 'node:stream/promises';
+import { parseArgs, promisify } from 'node:util';
+import { createGzip } from 'node:zlib';
+
+const run = promisify(execFile);
+const repoRoot = new URL('..', import.meta.url).pathname;
+const { values: args } = parseArgs({
+  options: {
+    'size-mib': { type: 'string', default: '512' },
+    runs: { type: 'string', default: '3' },
+    out: { type: 'string', default: 'bench.json' },
+    concurrency: { type: 'string', default: '2,4' },
+    'no-distribution': { type: 'boolean', default: false },
+    'small-seconds': { type: 'string', default: '5' },
+    only: { type: 'string' },
+  },
+});
+const SIZE_MIB = Number(args['size-mib']);
+const RUNS = Number(args.runs);
+const CONCURRENCY = args.concurrency.split(',').filter(Boolean).map(Number);
+const only = args.only ? new Set(args.only.split(',')) : null;
+const wanted = (name) => !only || only.has(name);
+const log = (...a) => process.stderr.write(`bench: ${a.join(' ')}\n`);
+const median = (xs) => {
+  const s = [...xs].sort((a, b) => a - b);
+  return s.length === 0 ? NaN : s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
+};
+const seconds = async (fn) => {
+  const t = process.hrtime.bigint();
+  await fn();
+  return Number(process.hrtime.bigint() - t) / 1e9;
+};
+
+// ---------- set-up ----------
+const work = await mkdtemp(existsSync('/dev/shm') ? '/dev/shm/berth-bench-' : '/tmp/berth-bench-');
+process.on('exit', () => {
+  try {
+    execFile('rm', ['-rf', work]);
+  } catch {}
+});
+log(`work dir ${work}; layer ${SIZE_MIB} MiB; ${RUNS} runs`);
+if (!existsSync(join(repoRoot, 'dist/cli.js'))) await run('npm', ['run', 'build'], { cwd: repoRoot });
+const cloudsFile = (await run(join(repoRoot, 'tools/swift-aio.sh'), ['start'])).stdout.trim().split('\n').pop();
+const haveDistribution = !args['no-distribution'] && existsSync('/usr/bin/docker-registry');
+if (!args['no-distribution'] && !haveDistribution) log('docker-registry not installed (apt-get install docker-registry): Distribution rows skipped');
+
+/** A pre-gzipped layer of random bytes (skopeo sends it as is) in an OCI layout, and its digest. */
+async function makeImage(dir, tag, sizeMiB) {
+  await mkdir(join(dir, 'blobs/sha256'), { recursive: true });
+  const tmp = join(dir, 'layer.tmp');
+  let left = sizeMiB * 1024 * 1024;
+  async function* random() {
+    while (left > 0) {
+      const n = Math.min(left, 16 << 20);
+      left -= n;
+      yield randomBytes(n);
+    }
+  }
+  await pipeline(random, createGzip({ level: 1 }), createWriteStream(tmp));
+  const hash = createHash('sha256');
+  await pipeline(createReadStream(tmp), hash);
+  const layerHex = hash.digest('hex');
+  const layerSize = (await stat(tmp)).size;
+  await run('mv', [tmp, join(dir, 'blobs/sha256', layerHex)]);
+  const put = async (obj) => {
+    const data = Buffer.from(JSON.stringify(obj));
+    const hex = createHash('sha256').update(data).digest('hex');
+    await writeFile(join(dir, 'blobs/sha256', hex), data);
+    return { digest: `sha256:${hex}`, size: data.length };
+  };
+  const config = await put({ architecture: 'amd64', os: 'linux', rootfs: { type: 'layers', diff_ids: [`sha256:${randomBytes(32).toString('hex')}`] } });
+  const manifest = await put({
+    schemaVersion: 2,
+    mediaType: 'application/vnd.oci.image.manifest.v1+json',
+    config: { mediaType: 'application/vnd.oci.image.config.v1+json', ...config },
+    layers: [{ mediaType: 'application/vnd.oci.image.layer.v1.tar+gzip', digest: `sha256:${layerHex}`, size: layerSize }],
+  });
+  await writeFile(join(dir, 'oci-layout'), JSON.stringify({ imageLayoutVersion: '1.0.0' }));
+  await writeFile(
+    join(dir, 'index.json'),
+    JSON.stringify({ schemaVersion: 2, manifests: [{ mediaType: 'application/vnd.oci.image.manifest.v1+json', ...manifest, annotations: { 'org.opencontainers.image.ref.name': tag } }] }),
+  );
+  return { dir, tag, layerPath: join(dir, 'blobs/sha256', layerHex), layerSize };
+}
+
+log('writing images');
+const images = [];
+for (let i = 0; i < Math.max(1, ...CONCURRENCY); i++) images.push(await makeImage(join(work, `img${i}`), 'bench', SIZE_MIB));
+const MiB = images[0].layerSize / 2 ** 20;
+
+// ---------- raw Swift ----------
+const clouds = readFileSync(cloudsFile, 'utf8');
+const authUrl = /auth_url:\s*(\S+)/.exec(clouds)[1];
+async function swiftSession() {
+  const res = await fetch(authUrl, { headers: { 'X-Auth-User': 'test:tester', 'X-Auth-Key': 'testing' } });
+  return { token: res.headers.get('x-auth-token'), url: res.headers.get('x-storage-url') };
+}
+async function curl(...a) {
+  const { stdout } = await run('curl', ['-sS', '-o', '/dev/null', '-w', '%{http_code} %{time_total}', ...a], { maxBuffer: 1 << 20 });
+  const [code, time] = stdout.trim().split(' ');
+  if (!code.startsWith('2')) throw new Error(`curl ${a.join(' ')}: HTTP ${code}`);
+  return Number(time);
+}
+async function rawSwift() {
+  const s = await swiftSession();
+  const c = `bench-raw-${randomBytes(4).toString('hex')}`;
+  const H = ['-H', `X-Auth-Token: ${s.token}`];
+  await curl(...H, '-X', 'PUT', `${s.url}/${c}`);
+  const file = images[0].layerPath;
+  const put = await curl(...H, '-H', 'Content-Type: application/octet-stream', '-T', file, `${s.url}/${c}/obj`);
+  const get = await curl(...H, `${s.url}/${c}/obj`);
+  const copy = await curl(...H, '-X', 'COPY', '-H', `Destination: ${c}/obj-copy`, `${s.url}/${c}/obj`);
+  // Eight segments and an SLO over them, as a registry would store the blob.
+  const segDir = join(work, 'segs');
+  await mkdir(segDir, { recursive: true });
+  await run('split', ['-n', '8', '-d', file, join(segDir, 's')]);
+  let segPut = 0;
+  const manifest = [];
+  for (let i = 0; i < 8; i++) {
+    const f = join(segDir, `s0${i}`);
+    segPut += await curl(...H, '-H', 'Content-Type: application/octet-stream', '-T', f, `${s.url}/${c}/seg/${i}`);
+    manifest.push({ path: `/${c}/seg/${i}`, size_bytes: (await stat(f)).size });
+  }
+  await writeFile(join(segDir, 'manifest.json'), JSON.stringify(manifest));
+  segPut += await curl(...H, '-X', 'PUT', '-T', join(segDir, 'manifest.json'), `${s.url}/${c}/slo?multipart-manifest=put`);
+  const sloGet = await curl(...H, `${s.url}/${c}/slo`);
+  await rm(segDir, { recursive: true, force: true });
+  await dropContainer(s, c);
+  return { put, get, copy, segPut, sloGet };
+}
+async function dropContainer(s, c) {
+  for (;;) {
+    const res = await fetch(`${s.url}/${c}?format=json&limit=1000`, { headers: { 'X-Auth-Token': s.token } });
+    if (res.status === 404 || res.status === 204) break;
+    const names = (await res.json()).map((o) => o.name);
+    if (names.length === 0) break;
+    for (const n of names) await (await fetch(`${s.url}/${c}/${n.split("/").map(encodeURIComponent).join("/")}`, { method: "DELETE", headers: { "X-Auth-Token": s.token } })).arrayBuffer();
+  }
+  await (await fetch(`${s.url}/${c}`, { method: 'DELETE', headers: { 'X-Auth-Token': s.token } })).arrayBuffer();
+}
+
+// ---------- registries ----------
+function startProcess(cmd, argv, ready) {
+  return new Promise((resolve, reject) => {
+    const child = spawn(cmd, argv, { stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    const lines = [];
+    const onData = (d) => {
+      out += d;
+      let at;
+      while ((at = out.indexOf('\n')) >= 0) {
+        const line = out.slice(0, at);
+        out = out.slice(at + 1);
+        lines.push(line);
+        const port = ready(line);
+        if (port) resolve({ child, port, lines });
+      }
+    };
+    child.stdout.on('data', onData);
+    child.stderr.on('data', onData);
+    child.once('exit', (code) => reject(new Error(`${cmd} exited with ${code}: ${lines.slice(-5).join('\n')}`)));
+  });
+}
+async function waitHttp(url) {
+  for (let i = 0; i < 100; i++) {
+    try {
+      const res = await fetch(url);
+      await res.arrayBuffer();
+      if (res.status === 200 || res.status === 401) return;
+    } catch {}
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  throw new Error(`${url} did not answer`);
+}
+function peakRssMB(pid) {
+  try {
+    const m = /VmHWM:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
+    return m ? Number(m[1]) / 1024 : NaN;
+  } catch {
+    return NaN;
+  }
+}
+async function stop(child) {
+  const exited = new Promise((r) => child.once('exit', r));
+  child.kill('SIGTERM');
+  await Promise.race([exited, new Promise((r) => setTimeout(r, 10_000))]);
+  child.kill('SIGKILL');
+}
+
+let nextPort = 5100;
+async function startBerth(backend) {
+  const dir = await mkdtemp(join(work, 'berth-'));
+  const container = `bench-berth-${randomBytes(4).toString('hex')}`;
+  const storage =
+    backend === 'swift'
+      ? `  storage:\n    driver: swift\n    cloud: berth-test\n    container: ${container}\n    clouds-file: ${cloudsFile}\n`
+      : `  storage:\n    driver: filesystem\n    root: ${join(work, 'berth-data-' + randomBytes(4).toString('hex'))}\n`;
+  await writeFile(join(dir, 'registry.yaml'), `registry:\n  address: 127.0.0.1\n  port: 0\n${storage}`);
+  const p = await startProcess('node', [join(repoRoot, 'dist/cli.js'), '-c', join(dir, 'registry.yaml'), 'serve'], (line) => /berth listening on port (\d+)/.exec(line)?.[1]);
+  return {
+    ...p,
+    host: `127.0.0.1:${p.port}`,
+    commitSeconds: () => {
+      const puts = p.lines
+        .map((l) => {
+          try {
+            return JSON.parse(l);
+          } catch {
+            return null;
+          }
+        })
+        .filter((l) => l && l.msg === 'request' && l.method === 'PUT' && /\/blobs\/uploads\//.test(l.path));
+      return Math.max(0, ...puts.map((l) => l.ms / 1000));
+    },
+    async close() {
+      await stop(p.child);
+      if (backend === 'swift') await dropContainer(await swiftSession(), container).catch(() => {});
+    },
+  };
+}
+async function startDistribution(backend) {
+  const port = nextPort++;
+  const container = `bench-dist-${randomBytes(4).toString('hex')}`;
+  const storage =
+    backend === 'swift'
+      ? `  swift:\n    authurl: ${authUrl}\n    username: test:tester\n    password: testing\n    container: ${container}\n`
+      : `  filesystem:\n    rootdirectory: ${join(work, 'dist-data-' + randomBytes(4).toString('hex'))}\n`;
+  const file = join(work, `dist-${port}.yml`);
+  await writeFile(file, `version: 0.1\nlog:\n  level: error\nstorage:\n${storage}  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:${port}\n`);
+  const child = spawn('/usr/bin/docker-registry', ['serve', file], { stdio: ['ignore', 'ignore', 'ignore'] });
+  await waitHttp(`http://127.0.0.1:${port}/v2/`);
+  return {
+    child,
+    host: `127.0.0.1:${port}`,
+    commitSeconds: () => NaN,
+    async close() {
+      await stop(child);
+      if (backend === 'swift') await dropContainer(await swiftSession(), container).catch(() => {});
+    },
+  };
+}
+const skopeo = (...a) => run('skopeo', ['--insecure-policy', ...a], { maxBuffer: 1 << 24 });
+
+async function pushPull(start, image, label) {
+  const reg = await start();
+  try {
+    const ref = `docker://${reg.host}/bench/${label}:bench`;
+    const push = await seconds(() => skopeo('copy', '--dest-tls-verify=false', `oci:${image.dir}:bench`, ref));
+    const out = join(work, `pull-${randomBytes(4).toString('hex')}`);
+    const pull = await seconds(() => skopeo('copy', '--src-tls-verify=false', ref, `oci:${out}:bench`));
+    await rm(out, { recursive: true, force: true });
+    return { push, pull, commit: reg.commitSeconds(), rssMB: reg.child.pid ? peakRssMB(reg.child.pid) : NaN };
+  } finally {
+    await reg.close();
+  }
+}
+async function concurrentPushes(n) {
+  const reg = await startBerth('swift');
+  try {
+    const wall = await seconds(() =>
+      Promise.all(images.slice(0, n).map((img, i) => skopeo('copy', '--dest-tls-verify=false', `oci:${img.dir}:bench`, `docker://${reg.host}/bench/c${i}:bench`))),
+    );
+    return { wall, rssMB: peakRssMB(reg.child.pid) };
+  } finally {
+    await reg.close();
+  }
+}
+
+/** Requests per second for one small request, from `connections` keep-alive loops, over `secs` seconds. */
+async function loadTest(url, method, secs, connections = 32) {
+  const agent = new http.Agent({ keepAlive: true, maxSockets: connections });
+  const end = Date.now() + secs * 1000;
+  let done = 0;
+  let errors = 0;
+  const one = () =>
+    new Promise((resolve) => {
+      const req = http.request(url, { method, agent }, (res) => {
+        res.resume();
+        res.on('end', () => {
+          if (res.statusCode !== 200) errors++;
+          done++;
+          resolve();
+        });
+      });
+      req.on('error', () => {
+        errors++;
+        resolve();
+      });
+      req.end();
+    });
+  const t = Date.now();
+  await Promise.all(Array.from({ length: connections }, async () => {
+    while (Date.now() < end) await one();
+  }));
+  agent.destroy();
+  return { rps: done / ((Date.now() - t) / 1000), errors };
+}
+async function smallRequests() {
+  const reg = await startBerth('filesystem');
+  try {
+    const small = await makeImage(join(work, 'small'), 'bench', 1);
+    await skopeo('copy', '--dest-tls-verify=false', `oci:${small.dir}:bench`, `docker://${reg.host}/bench/small:bench`);
+    const manifest = JSON.parse(await readFile(join(small.dir, 'index.json'), 'utf8')).manifests[0];
+    const layer = JSON.parse(await readFile(join(small.dir, 'blobs/sha256', manifest.digest.slice(7)), 'utf8')).layers[0].digest;
+    const secs = Number(args['small-seconds']);
+    const head = await loadTest(`http://${reg.host}/v2/bench/small/blobs/${layer}`, 'HEAD', secs);
+    const get = await loadTest(`http://${reg.host}/v2/bench/small/manifests/bench`, 'GET', secs);
+    return { headBlobRps: head.rps, headErrors: head.errors, getManifestRps: get.rps, getErrors: get.errors };
+  } finally {
+    await reg.close();
+  }
+}
+
+// ---------- the run ----------
+const contenders = [
+  ['raw', () => rawSwift()],
+  ['berth-swift', () => pushPull(() => startBerth('swift'), images[0], 'berth-swift')],
+  ['berth-fs', () => pushPull(() => startBerth('filesystem'), images[0], 'berth-fs')],
+  ...(haveDistribution
+    ? [
+        ['dist-swift', () => pushPull(() => startDistribution('swift'), images[0], 'dist-swift')],
+        ['dist-fs', () => pushPull(() => startDistribution('filesystem'), images[0], 'dist-fs')],
+      ]
+    : []),
+  ...CONCURRENCY.map((n) => [`berth-swift-x${n}`, () => concurrentPushes(n)]),
+].filter(([name]) => wanted(name));
+const results = Object.fromEntries(contenders.map(([n]) => [n, []]));
+for (let r = 0; r < RUNS; r++) {
+  // Alternate the order so no contender always runs first (writeback from the previous one is noise).
+  const order = r % 2 ? [...contenders].reverse() : contenders;
+  for (const [name, fn] of order) {
+    log(`run ${r + 1}/${RUNS}: ${name}`);
+    results[name].push(await fn());
+  }
+}
+const small = wanted('small') ? await smallRequests() : null;
+
+// ---------- table ----------
+const med = (name, key) => median((results[name] ?? []).map((x) => x[key]));
+const maxOf = (name, key) => Math.max(...(results[name] ?? []).map((x) => x[key]));
+const raw = results.raw?.length ? { put: med('raw', 'put'), get: med('raw', 'get'), copy: med('raw', 'copy'), segPut: med('raw', 'segPut'), sloGet: med('raw', 'sloGet') } : null;
+const rows = [];
+const rate = (s) => MiB / s;
+if (raw) {
+  rows.push({ name: 'raw Swift PUT / GET', push: raw.put, pull: raw.get });
+  rows.push({ name: 'raw Swift server-side COPY', push: raw.copy });
+  rows.push({ name: 'raw Swift 8 segments + SLO / SLO GET', push: raw.segPut, pull: raw.sloGet });
+  rows.push({ name: 'raw bound for a registry push (PUT + COPY)', push: raw.put + raw.copy });
+}
+for (const [name, label] of [
+  ['berth-swift', 'Berth on Swift'],
+  ['dist-swift', 'Distribution on Swift'],
+  ['berth-fs', 'Berth on filesystem'],
+  ['dist-fs', 'Distribution on filesystem'],
+]) {
+  if (!results[name]?.length) continue;
+  rows.push({ name: label, key: name, push: med(name, 'push'), pull: med(name, 'pull'), commit: med(name, 'commit'), rssMB: maxOf(name, 'rssMB') });
+}
+for (const n of CONCURRENCY) {
+  const name = `berth-swift-x${n}`;
+  if (!results[name]?.length) continue;
+  const wall = med(name, 'wall');
+  rows.push({ name: `Berth on Swift, ${n} concurrent pushes`, push: wall, aggregateMiBps: (n * MiB) / wall, rssMB: maxOf(name, 'rssMB') });
+}
+const find = (key) => rows.find((r) => r.key === key);
+const ratios = {};
+if (raw && find('berth-swift')) {
+  ratios.berthSwiftPushVsRawBound = (raw.put + raw.copy) / find('berth-swift').push;
+  ratios.berthSwiftPullVsRawSloGet = raw.sloGet / find('berth-swift').pull;
+  ratios.berthSwiftPullVsRawGet = raw.get / find('berth-swift').pull;
+  ratios.berthSwiftCommitSecondsPerGiB = find('berth-swift').commit / (MiB / 1024);
+}
+if (find('dist-swift') && find('berth-swift')) {
+  ratios.berthSwiftPushVsDistribution = find('dist-swift').push / find('berth-swift').push;
+  ratios.berthSwiftPullVsDistribution = find('dist-swift').pull / find('berth-swift').pull;
+}
+if (find('dist-fs') && find('berth-fs')) {
+  ratios.berthFsPushVsDistribution = find('dist-fs').push / find('berth-fs').push;
+  ratios.berthFsPullVsDistribution = find('dist-fs').pull / find('berth-fs').pull;
+}
+
+const f = (x, d = 2) => (x === undefined || Number.isNaN(x) ? '' : x.toFixed(d));
+const lines = [];
+lines.push(`layer ${f(MiB, 1)} MiB (gzip of random bytes), medians of ${RUNS} runs, ${new Date().toISOString()}`);
+lines.push('');
+lines.push('| contender | push s | push MiB/s | pull s | pull MiB/s | commit s | peak RSS MB |');
+lines.push('|---|---|---|---|---|---|---|');
+for (const r of rows) {
+  lines.push(
+    `| ${r.name} | ${f(r.push)} | ${f(r.aggregateMiBps ?? (r.push ? rate(r.push) : undefined), 0)} | ${f(r.pull)} | ${f(r.pull ? rate(r.pull) : undefined, 0)} | ${f(r.commit)} | ${f(r.rssMB, 0)} |`,
+  );
+}
+lines.push('');
+lines.push('| ratio (higher is better for Berth) | value |');
+lines.push('|---|---|');
+for (const [k, v] of Object.entries(ratios)) lines.push(`| ${k} | ${f(v)} |`);
+if (small) {
+  lines.push('');
+  lines.push(`small requests (Berth, filesystem, one process, 32 keep-alive connections): HEAD blob ${f(small.headBlobRps, 0)} req/s (${small.headErrors} errors), GET manifest ${f(small.getManifestRps, 0)} req/s (${small.getErrors} errors)`);
+}
+const table = lines.join('\n');
+process.stdout.write(table + '\n');
+await writeFile(args.out, JSON.stringify({ sizeMiB: MiB, runs: RUNS, rows, ratios, small, raw: results }, null, 2));
+log(`wrote ${args.out}`);
+await rm(work, { recursive: true, force: true });

@@ -93,7 +93,9 @@ async function serve(config: Config, log: Logger): Promise<number> {
   }
   const access = buildAccess(config, log);
   const driver = await openStorage(config.storage);
-  const registry = new Registry(driver);
+  const registry = new Registry(driver, {
+    blobRedirectSeconds: config.storage.driver === 'swift' && config.storage.tempUrlKey ? (config.storage.tempUrlExpiry ?? 300) : undefined,
+  });
   const app = createApp(registry, { log, access });
   const server = tls ? https.createServer(tls, app) : http.createServer(app);
   // Long uploads: no request timeout; idle keep-alive sockets are still reaped.

@@ -16,7 +16,17 @@ export interface UserConfig {
 
 export type StorageConfig =
   | { driver: 'filesystem'; root: string }
-  | { driver: 'swift'; cloud: string; container: string; segmentSize?: number; cloudsFile?: string };
+  | {
+      driver: 'swift';
+      cloud: string;
+      container: string;
+      segmentSize?: number;
+      cloudsFile?: string;
+      /** When set, blob GETs are answered with a redirect to a Swift temp URL signed with this key. */
+      tempUrlKey?: string;
+      /** Seconds a redirect stays valid (default 300). */
+      tempUrlExpiry?: number;
+    };
 
 export interface Config {
   address: string;
@@ -162,7 +172,7 @@ function storage(value: unknown, baseDir: string): StorageConfig {
     return { driver, root: resolve(baseDir, string(o.root, 'registry.storage.root')) };
   }
   if (driver === 'swift') {
-    keys(o, 'registry.storage', ['driver', 'cloud', 'container', 'segment-size', 'clouds-file']);
+    keys(o, 'registry.storage', ['driver', 'cloud', 'container', 'segment-size', 'clouds-file', 'temp-url-key', 'temp-url-expiry']);
     const s: StorageConfig = { driver, cloud: string(o.cloud, 'registry.storage.cloud'), container: string(o.container, 'registry.storage.container') };
     if (o['segment-size'] !== undefined) {
       // Swift refuses objects over 5 GiB; SLO segments under 1 MiB are throttled.
@@ -170,6 +180,12 @@ function storage(value: unknown, baseDir: string): StorageConfig {
     }
     const cloudsFile = optionalString(o['clouds-file'], 'registry.storage.clouds-file');
     if (cloudsFile !== undefined) s.cloudsFile = resolve(baseDir, cloudsFile);
+    const tempUrlKey = optionalString(o['temp-url-key'], 'registry.storage.temp-url-key');
+    if (tempUrlKey !== undefined) {
+      if (tempUrlKey.length < 16) throw new ConfigError('registry.storage.temp-url-key', 'must be at least 16 characters');
+      s.tempUrlKey = tempUrlKey;
+    }
+    if (o['temp-url-expiry'] !== undefined) s.tempUrlExpiry = integer(o['temp-url-expiry'], 'registry.storage.temp-url-expiry', 10, 86400);
     return s;
   }
   throw new ConfigError('registry.storage.driver', `unknown driver ${JSON.stringify(driver)} (filesystem or swift)`);

@@ -43,7 +43,20 @@ export class Blobs {
   constructor(
     private readonly driver: StorageDriver,
     readonly links: BlobLinks,
+    /** Seconds a redirect to the backend stays valid; undefined: never redirect. */
+    private readonly redirectSeconds?: number,
   ) {}
+
+  /** Where a client may fetch the blob directly (after `stat` found it), or null to stream it from here. */
+  async redirect(ns: string, digest: string): Promise<string | null> {
+    if (this.redirectSeconds === undefined || !this.driver.signedUrl) return null;
+    return this.driver.signedUrl(paths.blobData(ns, digest), this.redirectSeconds);
+  }
+
+  /** The blob's bytes, for a caller that has just checked it with `stat`. */
+  async read(ns: string, digest: string, range?: ByteRange): Promise<{ body: Readable; size: number }> {
+    return this.driver.get(paths.blobData(ns, digest), range);
+  }
 
   /** The blob as `repo` sees it; BLOB_UNKNOWN unless linked there and stored. */
   async stat(ns: string, repo: string, digest: string): Promise<BlobInfo> {

@@ -13,9 +13,12 @@ export class Registry {
   readonly uploads: Uploads;
   readonly manifests: Manifests;
 
-  constructor(readonly driver: StorageDriver) {
+  constructor(
+    readonly driver: StorageDriver,
+    opts: { blobRedirectSeconds?: number } = {},
+  ) {
     const links = new BlobLinks(driver);
-    this.blobs = new Blobs(driver, links);
+    this.blobs = new Blobs(driver, links, opts.blobRedirectSeconds);
     this.uploads = new Uploads(driver, links);
     this.manifests = new Manifests(driver, this.blobs);
   }

@@ -48,7 +48,7 @@ export interface AppendOptions {
 }
 
 /** How many chunk moves run at once during commit. */
-const MOVE_PARALLELISM = 8;
+const MOVE_PARALLELISM = 4;
 
 export const recordSize = (r: UploadRecord) => r.chunks.reduce((sum, c) => sum + c.size, 0);
 

@@ -80,6 +80,11 @@ export interface StorageDriver {
    * part's ETag with its md5 (ChecksumMismatch), the filesystem compares sizes (SizeMismatch).
    */
   concat(dst: string, parts: Part[]): Promise<StoredObject>;
+  /**
+   * A URL from which a client may GET the object directly for `seconds`, or null when the backend has none
+   * configured (Swift temp URLs). Optional: backends without it never redirect.
+   */
+  signedUrl?(path: string, seconds: number): Promise<string | null>;
   /** Free connections and timers. */
   close(): Promise<void>;
 }

@@ -30,6 +30,11 @@ async function open(config: StorageConfig): Promise<StorageDriver> {
     case 'filesystem':
       return FilesystemDriver.open(config.root);
     case 'swift':
-      return SwiftDriver.connect({ auth: loadCloud(config.cloud, config.cloudsFile), container: config.container, segmentSize: config.segmentSize });
+      return SwiftDriver.connect({
+        auth: loadCloud(config.cloud, config.cloudsFile),
+        container: config.container,
+        segmentSize: config.segmentSize,
+        tempUrlKey: config.tempUrlKey,
+      });
   }
 }

@@ -26,7 +26,10 @@ describe('start-up with unusable storage', () => {
   it('refused credentials: exit 1, and the password is not in the message', async () => {
     const bad = join(dir, 'clouds.yaml');
     await writeFile(bad, `clouds:\n  ${TEST_CLOUD}:\n    auth_type: v1password\n    auth: {auth_url: 'http://127.0.0.1:8080/auth/v1.0', username: 'test:tester', password: 'sekrit-wrong'}\n`);
-    const err = await spawnServe(swiftConfig(TEST_CLOUD, bad), dir).catch((e: unknown) => e as Error);
+    const err = await spawnServe(swiftConfig(TEST_CLOUD, bad), dir).then(
+      () => new Error('it started'),
+      (e: unknown) => e as Error,
+    );
     expect(err.message).toMatch(/exited with 1: .*refused user test:tester/s);
     expect(err.message).not.toContain('sekrit-wrong');
   });

@@ -31,9 +31,9 @@ export interface AuthSetup {
   service?: string;
 }
 
-export async function startServer(driver?: StorageDriver, auth?: AuthSetup): Promise<TestServer> {
+export async function startServer(driver?: StorageDriver, auth?: AuthSetup, registryOpts: { blobRedirectSeconds?: number } = {}): Promise<TestServer> {
   const root = await mkdtemp(join(tmpdir(), 'berth-http-'));
-  const registry = new Registry(driver ?? (await FilesystemDriver.open(root)));
+  const registry = new Registry(driver ?? (await FilesystemDriver.open(root)), registryOpts);
   const log = pino({ level: process.env.BERTH_TEST_LOG ?? 'silent' }, pino.destination(2));
   const access = auth
     ? new Access({

@@ -1,7 +1,7 @@
 /** Uploads on a real Swift as the design describes them: chunk objects, moves, an SLO under the blob's path. */
 import { randomBytes } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { md5, sha256, startServer, type TestServer } from '../helpers/server.js';
+import { md5, pushBlob, sha256, startServer, type TestServer } from '../helpers/server.js';
 import { dropContainer, freshContainer, swiftDriver, swiftRaw } from '../helpers/swift.js';
 
 const SEGMENT = 2 * 1024 * 1024;
@@ -100,5 +100,32 @@ describe('uploads on Swift', () => {
     expect(put.status).toBeGreaterThanOrEqual(400);
     expect((await fetch(`${s.url}/v2/swift/tampered/blobs/${digest}`, { method: 'HEAD' })).status).toBe(404);
     expect((await swiftRaw(`${container}/_local/blobs/${digest}/data`, { method: 'HEAD' })).status).toBe(404);
+  });
+
+  it('with a temp-URL key, blob GETs redirect to a signed Swift URL that serves the bytes and ranges without a token', async () => {
+    const c = freshContainer();
+    const redirecting = await startServer(await swiftDriver(c, { tempUrlKey: 'a-temp-url-key-for-tests' }), undefined, { blobRedirectSeconds: 60 });
+    try {
+      const data = randomBytes((1 << 20) + 5);
+      const digest = await pushBlob(redirecting.url, 'swift/redirect', data);
+      const res = await fetch(`${redirecting.url}/v2/swift/redirect/blobs/${digest}`, { redirect: 'manual' });
+      expect(res.status).toBe(307);
+      const location = res.headers.get('location')!;
+      expect(location).toMatch(/temp_url_sig=[0-9a-f]{64}&temp_url_expires=\d+$/);
+      expect(res.headers.get('docker-content-digest')).toBe(digest);
+      const direct = await fetch(location);
+      expect(direct.status).toBe(200);
+      expect(md5(Buffer.from(await direct.arrayBuffer()))).toBe(md5(data));
+      const ranged = await fetch(location, { headers: { Range: 'bytes=1048570-1048580' } });
+      expect(ranged.status).toBe(206);
+      expect(Buffer.from(await ranged.arrayBuffer()).equals(data.subarray(1048570, 1048581))).toBe(true);
+      // A tampered signature is refused by Swift; HEAD is still answered by Berth.
+      const tampered = location.replace(/temp_url_sig=([0-9a-f])/, (_m, ch: string) => `temp_url_sig=${ch === '0' ? '1' : '0'}`);
+      expect((await fetch(tampered)).status).toBe(401);
+      expect((await fetch(`${redirecting.url}/v2/swift/redirect/blobs/${digest}`, { method: 'HEAD' })).status).toBe(200);
+    } finally {
+      await redirecting.close();
+      await dropContainer(c);
+    }
   });
 });

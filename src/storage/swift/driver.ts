@@ -4,7 +4,7 @@
  * md5 sends it so Swift refuses other bytes, a move is a server-side copy whose ETag is checked, and a join is a
  * static large object (SLO) manifest whose segments Swift checks against the md5s recorded when they were written.
  */
-import { createHash } from 'node:crypto';
+import { createHash, createHmac } from 'node:crypto';
 import http from 'node:http';
 import https from 'node:https';
 import { Readable, Transform, pipeline } from 'node:stream';
@@ -33,9 +33,11 @@ export interface SwiftOptions {
   segmentSize?: number;
   /** Segments per SLO manifest before nesting; Swift's limit (1000) unless a test wants nesting sooner. */
   maxManifestSegments?: number;
+  /** Set as the container's temp-URL key at connect, so blob GETs can be redirected to signed Swift URLs. */
+  tempUrlKey?: string;
 }
 
-export const DEFAULT_SEGMENT_SIZE = 512 * 1024 * 1024;
+export const DEFAULT_SEGMENT_SIZE = 64 * 1024 * 1024;
 /** Swift's object-name limit (max_object_name_length), in bytes. */
 const MAX_KEY_BYTES = 1024;
 const LIST_PAGE = 10_000;
@@ -90,14 +92,35 @@ export class SwiftDriver implements StorageDriver {
   private async ensureContainer(): Promise<void> {
     const head = await this.call({ method: 'HEAD' });
     await drain(head);
-    if (head.status === 204 || head.status === 200) return;
     if (head.status === 404) {
       const put = await this.call({ method: 'PUT', headers: { 'Content-Length': '0' } });
       await drain(put);
-      if (put.status === 201 || put.status === 202) return;
-      throw new DriverError(`cannot create Swift container ${this.opts.container}: ${put.status} ${put.statusText}`);
+      if (put.status !== 201 && put.status !== 202) {
+        throw new DriverError(`cannot create Swift container ${this.opts.container}: ${put.status} ${put.statusText}`);
+      }
+    } else if (head.status !== 204 && head.status !== 200) {
+      throw new DriverError(`cannot read Swift container ${this.opts.container}: ${head.status} ${head.statusText}`);
     }
-    throw new DriverError(`cannot read Swift container ${this.opts.container}: ${head.status} ${head.statusText}`);
+    const key = this.opts.tempUrlKey;
+    if (key && head.headers.get('x-container-meta-temp-url-key') !== key) {
+      const post = await this.call({ method: 'POST', headers: { 'X-Container-Meta-Temp-URL-Key': key } });
+      await drain(post);
+      if (post.status !== 204 && post.status !== 202) {
+        throw new DriverError(`cannot set the temp-URL key on Swift container ${this.opts.container}: ${post.status} ${post.statusText}`);
+      }
+    }
+  }
+
+  /** A Swift temp URL (HMAC-SHA256 over method, expiry and the decoded object path) for GET. */
+  async signedUrl(key: string, seconds: number): Promise<string | null> {
+    checkKey(key);
+    if (!this.opts.tempUrlKey) return null;
+    const session = await this.token();
+    const base = new URL(session.storageUrl);
+    const expires = Math.floor(Date.now() / 1000) + seconds;
+    const path = `${decodeURIComponent(base.pathname)}/${this.opts.container}/${key}`;
+    const sig = createHmac('sha256', this.opts.tempUrlKey).update(`GET\n${expires}\n${path}`).digest('hex');
+    return `${session.storageUrl}/${encodeURIComponent(this.opts.container)}/${encodeKey(key)}?temp_url_sig=${sig}&temp_url_expires=${expires}`;
   }
 
   async put(key: string, body: Readable | Buffer, opts: PutOptions = {}): Promise<StoredObject> {

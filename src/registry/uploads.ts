@@ -11,6 +11,7 @@
 import { createHash, randomBytes, randomUUID } from 'node:crypto';
 import { once } from 'node:events';
 import { PassThrough, type Readable } from 'node:stream';
+import { inlineMd5, Md5Pool, type Md5Job } from './md5-pool.js';
 import { ChecksumMismatch, PathNotFound, SizeMismatch, type Part, type StorageDriver, type StoredObject } from '../storage/driver.js';
 import { RegistryError, uploadUnknown } from './errors.js';
 import { CHUNK_OBJECT_RE, checkDigest, digestAlgorithm, paths, validUploadId } from './paths.js';
@@ -46,6 +47,11 @@ export interface AppendOptions {
   length?: number;
   signal?: AbortSignal;
 }
+
+/** Bodies at least this long hash md5 on the worker thread. */
+const WORKER_MD5_THRESHOLD = 4 * 1024 * 1024;
+let sharedMd5Pool: Md5Pool | undefined;
+const md5Pool = () => (sharedMd5Pool ??= new Md5Pool());
 
 /** How many chunk moves run at once during commit. */
 const MOVE_PARALLELISM = 4;
@@ -86,7 +92,9 @@ export class Uploads {
     const hash = createSha256(record.sha256);
     const limit = this.driver.maxObjectSize;
     let received = 0;
-    let current: { stream: PassThrough; stored: Promise<StoredObject>; md5: ReturnType<typeof createHash>; size: number; object: string } | null = null;
+    let current: { stream: PassThrough; stored: Promise<StoredObject>; md5: Md5Job; size: number; object: string } | null = null;
+    // Large bodies hash md5 on a worker thread; small ones are not worth the round trip.
+    const newMd5 = opts.length !== undefined && opts.length < WORKER_MD5_THRESHOLD ? inlineMd5 : () => md5Pool().start();
     const abort = new AbortController();
     const onAbort = () => abort.abort(opts.signal?.reason);
     opts.signal?.addEventListener('abort', onAbort, { once: true });
@@ -98,14 +106,13 @@ export class Uploads {
       stream.on('error', () => {});
       const stored = this.driver.put(paths.uploadChunk(ns, id, object), stream, { signal: abort.signal });
       stored.catch(() => {}); // observed when the object is closed; avoid an unhandled rejection meanwhile
-      return { stream, stored, md5: createHash('md5'), size: 0, object };
+      return { stream, stored, md5: newMd5(), size: 0, object };
     };
     const close = async () => {
       const c = current!;
       current = null;
       c.stream.end();
-      const stored = await c.stored;
-      const md5 = c.md5.digest('hex');
+      const [stored, md5] = await Promise.all([c.stored, c.md5.digest()]);
       const path = paths.uploadChunk(ns, id, c.object);
       if (stored.size !== c.size) {
         await this.driver.delete(path);
@@ -133,9 +140,10 @@ export class Uploads {
           const take = Math.min(rest.length, limit - current.size);
           const slice = take === rest.length ? rest : rest.subarray(0, take);
           hash.update(slice);
-          current.md5.update(slice);
+          const md5Busy = current.md5.update(slice);
           current.size += slice.length;
           if (!current.stream.write(slice)) await Promise.race([once(current.stream, 'drain'), current.stored]);
+          if (md5Busy) await md5Busy;
           rest = rest.subarray(take);
           if (current.size === limit) await close();
         }
@@ -147,6 +155,7 @@ export class Uploads {
       if (current) await close();
     } catch (err) {
       if (current) {
+        (current as { md5: Md5Job }).md5.cancel();
         abort.abort(err);
         (current as { stream: PassThrough }).stream.destroy(err as Error);
       }

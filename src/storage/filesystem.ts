@@ -2,7 +2,7 @@
  * Filesystem driver: the embedded default. Objects are files under `root`; every write goes to a temporary file
  * in the target directory and is renamed into place, so a reader never sees half an object.
  */
-import { createReadStream, createWriteStream } from 'node:fs';
+import { createReadStream, createWriteStream, readFileSync } from 'node:fs';
 import * as fs from 'node:fs/promises';
 import { createHash, randomBytes } from 'node:crypto';
 import * as path from 'node:path';
@@ -98,9 +98,13 @@ export class FilesystemDriver implements StorageDriver {
     return { body, size: range ? range.end - range.start + 1 : size };
   }
 
+  /**
+   * Small objects only (records, tags, manifests), read synchronously: four thread-pool round trips (open, fstat,
+   * read, close) cost more than the page-cache read itself, and tag and manifest GETs are mostly this.
+   */
   async read(key: string): Promise<Buffer> {
     try {
-      return await fs.readFile(this.file(key));
+      return readFileSync(this.file(key));
     } catch (err) {
       throw notFoundOr(err, key);
     }

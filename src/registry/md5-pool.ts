@@ -14,7 +14,7 @@ const jobs = new Map();
 parentPort.on('message', (m) => {
   let h = jobs.get(m.id);
   if (!h) { h = createHash('md5'); jobs.set(m.id, h); }
-  if (m.data) { h.update(new Uint8Array(m.data, 0, m.length)); parentPort.postMessage({ id: m.id, ack: true }); }
+  if (m.data) { h.update(new Uint8Array(m.data, 0, m.length)); parentPort.postMessage({ id: m.id, ack: true, data: m.data }, [m.data]); }
   if (m.end) { jobs.delete(m.id); parentPort.postMessage({ id: m.id, md5: h.digest('hex') }); }
 });
 `;
@@ -22,6 +22,8 @@ parentPort.on('message', (m) => {
 const BATCH = 1 << 20;
 /** Batches a job may have in flight before its writer waits: bounds memory at 16 MiB per upload. */
 const MAX_IN_FLIGHT = 16;
+/** Returned batches kept for reuse. */
+const MAX_FREE = 64;
 
 export interface Md5Job {
   /** Copies `data`; returns a promise only when the writer should wait for the worker. */
@@ -40,13 +42,16 @@ interface Pending {
 export class Md5Pool {
   private readonly workers: Worker[] = [];
   private readonly jobs = new Map<number, Pending>();
+  private readonly free: ArrayBuffer[] = [];
   private nextId = 1;
   private nextWorker = 0;
 
   constructor(size = 1) {
     for (let i = 0; i < size; i++) {
       const w = new Worker(WORKER_SOURCE, { eval: true });
-      w.on('message', (m: { id: number; ack?: boolean; md5?: string }) => {
+      w.on('message', (m: { id: number; ack?: boolean; md5?: string; data?: ArrayBuffer }) => {
+        // Batches come back to be filled again: no allocation (and no garbage) per MiB.
+        if (m.data && this.free.length < MAX_FREE) this.free.push(m.data);
         const job = this.jobs.get(m.id);
         if (!job) return;
         if (m.ack) {
@@ -74,14 +79,18 @@ export class Md5Pool {
     const pending: Pending = { inFlight: 0 };
     if (this.jobs.size === 0) for (const w of this.workers) w.ref();
     this.jobs.set(id, pending);
-    let batch = Buffer.allocUnsafeSlow(BATCH);
+    const fresh = () => {
+      const buffer = this.free.pop();
+      return buffer ? Buffer.from(buffer) : Buffer.allocUnsafeSlow(BATCH);
+    };
+    let batch = fresh();
     let used = 0;
     const flush = () => {
       if (used === 0) return;
       pending.inFlight++;
       // The batch's memory moves to the worker; a fresh one takes its place.
       worker.postMessage({ id, data: batch.buffer, length: used }, [batch.buffer]);
-      batch = Buffer.allocUnsafeSlow(BATCH);
+      batch = fresh();
       used = 0;
     };
     return {

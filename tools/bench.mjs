@@ -200,12 +200,12 @@ async function stop(child) {
 }
 
 let nextPort = 5100;
-async function startBerth(backend) {
+async function startBerth(backend, { tempUrl = false } = {}) {
   const dir = await mkdtemp(join(work, 'berth-'));
   const container = `bench-berth-${randomBytes(4).toString('hex')}`;
   const storage =
     backend === 'swift'
-      ? `  storage:\n    driver: swift\n    cloud: berth-test\n    container: ${container}\n    clouds-file: ${cloudsFile}\n`
+      ? `  storage:\n    driver: swift\n    cloud: berth-test\n    container: ${container}\n    clouds-file: ${cloudsFile}\n${tempUrl ? '    temp-url-key: bench-temp-url-key-0123456789\n' : ''}`
       : `  storage:\n    driver: filesystem\n    root: ${join(work, 'berth-data-' + randomBytes(4).toString('hex'))}\n`;
   await writeFile(join(dir, 'registry.yaml'), `registry:\n  address: 127.0.0.1\n  port: 0\n${storage}`);
   const p = await startProcess('node', [join(repoRoot, 'dist/cli.js'), '-c', join(dir, 'registry.yaml'), 'serve'], (line) => /berth listening on port (\d+)/.exec(line)?.[1]);
@@ -327,6 +327,7 @@ async function smallRequests() {
 const contenders = [
   ['raw', () => rawSwift()],
   ['berth-swift', () => pushPull(() => startBerth('swift'), images[0], 'berth-swift')],
+  ['berth-swift-tempurl', () => pushPull(() => startBerth('swift', { tempUrl: true }), images[0], 'berth-swift-tempurl')],
   ['berth-fs', () => pushPull(() => startBerth('filesystem'), images[0], 'berth-fs')],
   ...(haveDistribution
     ? [
@@ -361,6 +362,7 @@ if (raw) {
 }
 for (const [name, label] of [
   ['berth-swift', 'Berth on Swift'],
+  ['berth-swift-tempurl', 'Berth on Swift, pulls redirected to temp URLs'],
   ['dist-swift', 'Distribution on Swift'],
   ['berth-fs', 'Berth on filesystem'],
   ['dist-fs', 'Distribution on filesystem'],
@@ -381,6 +383,10 @@ if (raw && find('berth-swift')) {
   ratios.berthSwiftPullVsRawSloGet = raw.sloGet / find('berth-swift').pull;
   ratios.berthSwiftPullVsRawGet = raw.get / find('berth-swift').pull;
   ratios.berthSwiftCommitSecondsPerGiB = find('berth-swift').commit / (MiB / 1024);
+}
+if (raw && find('berth-swift-tempurl')) {
+  ratios.berthTempUrlPullVsRawSloGet = raw.sloGet / find('berth-swift-tempurl').pull;
+  ratios.berthTempUrlPullVsRawGet = raw.get / find('berth-swift-tempurl').pull;
 }
 if (find('dist-swift') && find('berth-swift')) {
   ratios.berthSwiftPushVsDistribution = find('dist-swift').push / find('berth-swift').push;

@@ -18,6 +18,8 @@ import { createApp } from './http/app.js';
 import { DEFAULT_NAMESPACE } from './registry/paths.js';
 import { Registry } from './registry/registry.js';
 import { StorageOpenError, openStorage } from './storage/factory.js';
+import { InstrumentedDriver } from './observability/instrumented-driver.js';
+import { Metrics } from './observability/metrics.js';
 
 const USAGE = `usage: berth [-c FILE] [-d] <command>
 
@@ -92,11 +94,12 @@ async function serve(config: Config, log: Logger): Promise<number> {
     }
   }
   const access = buildAccess(config, log);
-  const driver = await openStorage(config.storage);
+  const metrics = new Metrics();
+  const driver = new InstrumentedDriver(await openStorage(config.storage), metrics);
   const registry = new Registry(driver, {
     blobRedirectSeconds: config.storage.driver === 'swift' && config.storage.tempUrlKey ? (config.storage.tempUrlExpiry ?? 300) : undefined,
   });
-  const app = createApp(registry, { log, access });
+  const app = createApp(registry, { log, access, metrics });
   const server = tls ? https.createServer(tls, app) : http.createServer(app);
   // Long uploads: no request timeout; idle keep-alive sockets are still reaped.
   server.requestTimeout = 0;

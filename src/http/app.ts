@@ -3,6 +3,7 @@
  * calls; every decision about data lives in registry/.
  */
 import { randomUUID } from 'node:crypto';
+import type { Socket } from 'node:net';
 import { pipeline } from 'node:stream/promises';
 import express, { type Request, type Response } from 'express';
 import type { Logger } from 'pino';
@@ -15,11 +16,15 @@ import { Access, AuthFailure } from './auth.js';
 import { sendError, toErrorBody } from './errors.js';
 import { byteRange, chunkRange, contentLength, uploadRange } from './headers.js';
 import { parseRoute, queryValue, type Route } from './routes.js';
+import { requestContext } from '../observability/context.js';
+import type { Metrics } from '../observability/metrics.js';
 
 export interface AppOptions {
   log: Logger;
   /** Authentication and access rules; without it the registry is open and works in the default namespace. */
   access?: Access;
+  /** Prometheus metrics, served at /metrics; without them nothing is counted. */
+  metrics?: Metrics;
 }
 
 /** Context of one API request. */
@@ -31,6 +36,7 @@ interface Call {
   query: Record<string, unknown>;
   /** May the caller pull from another repository of its namespace (for mounts)? */
   canPull: (name: string) => boolean;
+  metrics?: Metrics;
 }
 
 export function createApp(registry: Registry, opts: AppOptions): express.Express {
@@ -39,17 +45,49 @@ export function createApp(registry: Registry, opts: AppOptions): express.Express
   app.set('etag', false);
   const access = opts.access ?? new Access({ users: new Users([], DEFAULT_NAMESPACE, undefined, opts.log), tokens: null, defaultNamespace: DEFAULT_NAMESPACE, log: opts.log });
 
+  const metrics = opts.metrics;
   app.use((req, res, next) => {
     const id = randomUUID();
     const started = process.hrtime.bigint();
     res.locals.requestId = id;
     res.setHeader('X-Request-Id', id);
     res.on('finish', () => {
-      const ms = Number(process.hrtime.bigint() - started) / 1e6;
-      opts.log.info({ req: id, method: req.method, path: req.path, status: res.statusCode, ms: Math.round(ms * 10) / 10 }, 'request');
+      const seconds = Number(process.hrtime.bigint() - started) / 1e9;
+      opts.log.info({ req: id, method: req.method, path: req.path, status: res.statusCode, ms: Math.round(seconds * 1e4) / 10 }, 'request');
+      if (metrics) {
+        const route = (res.locals.route as string | undefined) ?? 'other';
+        metrics.requests.inc({ route, method: req.method, status: res.statusCode });
+        metrics.requestSeconds.observe({ route, method: req.method }, seconds);
+        countSocketBytes(metrics, req.socket);
+      }
     });
-    next();
+    requestContext.run({ requestId: id }, next);
   });
+
+  // Liveness (the process answers), readiness (storage answers), and metrics: outside /v2, without auth.
+  app.get('/healthz', (_req, res) => {
+    res.locals.route = 'healthz';
+    res.json({ status: 'ok' });
+  });
+  app.get('/readyz', (_req, res) => {
+    res.locals.route = 'readyz';
+    registry.driver.stat(READINESS_PROBE).then(
+      () => res.json({ status: 'ready', storage: registry.driver.name }),
+      (err: Error) => {
+        opts.log.warn({ req: res.locals.requestId, err: err.message }, 'storage not ready');
+        res.status(503).json({ status: 'unavailable', storage: registry.driver.name });
+      },
+    );
+  });
+  if (metrics) {
+    app.get('/metrics', (_req, res) => {
+      res.locals.route = 'metrics';
+      metrics.registry.metrics().then((text) => {
+        res.setHeader('Content-Type', metrics.registry.contentType);
+        res.end(text);
+      });
+    });
+  }
 
   app.get('/auth/token', (req, res) => {
     access.tokenEndpoint(req, res).catch((err) => {
@@ -69,6 +107,11 @@ export function createApp(registry: Registry, opts: AppOptions): express.Express
       return sendError(res, toErrorBody(err), head);
     }
     if (!route) return sendError(res, { status: 404, code: 'NAME_UNKNOWN', message: 'no such endpoint' }, head);
+    res.locals.route = route.kind;
+    if (metrics && (route.kind === 'upload' || route.kind === 'uploads') && ['PATCH', 'PUT', 'POST'].includes(req.method)) {
+      metrics.uploadsInProgress.inc();
+      res.once('close', () => metrics.uploadsInProgress.dec());
+    }
     const abort = new AbortController();
     res.on('close', () => {
       if (!res.writableFinished) abort.abort(new Error('client disconnected'));
@@ -84,6 +127,7 @@ export function createApp(registry: Registry, opts: AppOptions): express.Express
         signal: abort.signal,
         query: req.query as Record<string, unknown>,
         canPull: (name) => access.can(principal, 'pull', name),
+        metrics,
       };
       await dispatch(registry, found, call);
     })().catch((err) => {
@@ -96,6 +140,27 @@ export function createApp(registry: Registry, opts: AppOptions): express.Express
   });
 
   return app;
+}
+
+/** What each connection had already counted: bytes are added per connection, so none is missed or counted twice. */
+const counted = new WeakMap<Socket, { read: number; written: number }>();
+function countSocketBytes(metrics: Metrics, socket: Socket): void {
+  const before = counted.get(socket) ?? { read: 0, written: 0 };
+  metrics.bytesIn.inc(socket.bytesRead - before.read);
+  metrics.bytesOut.inc(socket.bytesWritten - before.written);
+  counted.set(socket, { read: socket.bytesRead, written: socket.bytesWritten });
+}
+
+/** A storage key outside every namespace (namespaces never start with '.'); a stat of it proves storage answers. */
+const READINESS_PROBE = '.readyz';
+
+async function timedCommit<T>(c: Call, commit: () => Promise<T>): Promise<T> {
+  const end = c.metrics?.commitSeconds.startTimer();
+  try {
+    return await commit();
+  } finally {
+    end?.();
+  }
 }
 
 const notAllowed = () => new RegistryError('UNSUPPORTED', 'method not allowed on this endpoint');
@@ -196,7 +261,9 @@ async function startUpload(registry: Registry, c: Call, name: string): Promise<v
   if (digest !== undefined) {
     checkDigest(digest);
     try {
-      await registry.uploads.commit(c.ns, name, id, digest, c.req, { length: contentLength(c.req.headers['content-length']), signal: c.signal });
+      await timedCommit(c, () =>
+        registry.uploads.commit(c.ns, name, id, digest, c.req, { length: contentLength(c.req.headers['content-length']), signal: c.signal }),
+      );
     } catch (err) {
       await registry.uploads.cancel(c.ns, name, id).catch(() => {});
       throw err;
@@ -227,7 +294,7 @@ async function upload(registry: Registry, c: Call, name: string, id: string): Pr
       checkDigest(digest);
       const opts = chunkOptions(c);
       const hasBody = (opts.length ?? 0) > 0 || (opts.length === undefined && req.headers['transfer-encoding'] !== undefined);
-      await registry.uploads.commit(c.ns, name, id, digest, hasBody ? req : undefined, opts);
+      await timedCommit(c, () => registry.uploads.commit(c.ns, name, id, digest, hasBody ? req : undefined, opts));
       return blobCreated(c, name, digest);
     }
     case 'DELETE':

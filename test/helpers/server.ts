@@ -16,6 +16,7 @@ import { DEFAULT_NAMESPACE } from '../../src/registry/paths.js';
 import { Registry } from '../../src/registry/registry.js';
 import type { StorageDriver } from '../../src/storage/driver.js';
 import { FilesystemDriver } from '../../src/storage/filesystem.js';
+import type { Metrics } from '../../src/observability/metrics.js';
 
 export interface TestServer {
   url: string;
@@ -31,7 +32,12 @@ export interface AuthSetup {
   service?: string;
 }
 
-export async function startServer(driver?: StorageDriver, auth?: AuthSetup, registryOpts: { blobRedirectSeconds?: number } = {}): Promise<TestServer> {
+export async function startServer(
+  driver?: StorageDriver,
+  auth?: AuthSetup,
+  registryOpts: { blobRedirectSeconds?: number } = {},
+  metrics?: Metrics,
+): Promise<TestServer> {
   const root = await mkdtemp(join(tmpdir(), 'berth-http-'));
   const registry = new Registry(driver ?? (await FilesystemDriver.open(root)), registryOpts);
   const log = pino({ level: process.env.BERTH_TEST_LOG ?? 'silent' }, pino.destination(2));
@@ -44,7 +50,7 @@ export async function startServer(driver?: StorageDriver, auth?: AuthSetup, regi
         log,
       })
     : undefined;
-  const app = createApp(registry, { log, access });
+  const app = createApp(registry, { log, access, metrics });
   const server = http.createServer(app);
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
   const { port } = server.address() as AddressInfo;

@@ -22,6 +22,14 @@ describe('config', () => {
     }
   });
 
+  it('the multi-tenant example loads: users with namespaces, htpasswd, a public namespace, TLS', () => {
+    const c = loadConfig('etc/registry-tenants.yaml');
+    expect(c.users.map((u) => [u.name, u.namespace])).toEqual([['alice', 'tenant-a'], ['bob', 'tenant-b'], ['publisher', 'public']]);
+    expect(c.namespaces.public.public).toBe(true);
+    expect(c.htpasswd).toBe('/etc/berth/htpasswd');
+    expect(c.tlsCert).toBe('/etc/berth/tls.crt');
+  });
+
   it("accepts zuul-registry's keys unchanged", () => {
     const c = parse(`registry:
   address: 127.0.0.1

@@ -24,6 +24,7 @@ import {
 } from '../driver.js';
 import { AuthError, login, type Session } from './auth.js';
 import type { CloudAuth } from './clouds.js';
+import { transactionSuffix } from '../../observability/context.js';
 import { planManifests, planMerges, sloEtag, type Segment } from './slo.js';
 
 export interface SwiftOptions {
@@ -462,7 +463,7 @@ export class SwiftDriver implements StorageDriver {
       const signals = [call.signal, timeout ? AbortSignal.timeout(timeout) : undefined].filter((s): s is AbortSignal => !!s);
       const init: RequestInit = {
         method: call.method,
-        headers: { ...call.headers, 'X-Auth-Token': session.token },
+        headers: { ...call.headers, 'X-Auth-Token': session.token, ...transactionHeader() },
         body: call.body as RequestInit['body'],
         agent: this.agent,
         signal: signals.length ? (AbortSignal.any(signals) as RequestInit['signal']) : undefined,
@@ -589,6 +590,12 @@ class IdleWatch {
   stop(): void {
     clearTimeout(this.timer);
   }
+}
+
+/** Swift appends X-Trans-Id-Extra to its transaction id, so its logs name the Berth request behind each call. */
+function transactionHeader(): Record<string, string> {
+  const suffix = transactionSuffix();
+  return suffix ? { 'X-Trans-Id-Extra': suffix } : {};
 }
 
 function sleep(ms: number): Promise<void> {

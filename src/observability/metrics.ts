@@ -1,0 +1,53 @@
+/**
+ * Prometheus metrics (prom-client), one registry per process. Names follow Prometheus conventions: base units,
+ * `_total` counters, `_seconds` histograms. Labels are bounded sets (route kinds, methods, statuses, operations),
+ * never repository names or digests.
+ */
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+
+export class Metrics {
+  readonly registry = new Registry();
+  readonly requests = new Counter({
+    name: 'berth_http_requests_total',
+    help: 'HTTP requests answered, by route kind, method and status',
+    labelNames: ['route', 'method', 'status'] as const,
+    registers: [this.registry],
+  });
+  readonly requestSeconds = new Histogram({
+    name: 'berth_http_request_duration_seconds',
+    help: 'Time from request to the end of the response, by route kind and method',
+    labelNames: ['route', 'method'] as const,
+    buckets: [0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 15, 60, 300],
+    registers: [this.registry],
+  });
+  readonly bytesIn = new Counter({ name: 'berth_http_received_bytes_total', help: 'Bytes received on API connections', registers: [this.registry] });
+  readonly bytesOut = new Counter({ name: 'berth_http_sent_bytes_total', help: 'Bytes sent on API connections', registers: [this.registry] });
+  readonly uploadsInProgress = new Gauge({
+    name: 'berth_uploads_in_progress',
+    help: 'Upload requests (PATCH, POST or PUT with a body) streaming right now',
+    registers: [this.registry],
+  });
+  readonly commitSeconds = new Histogram({
+    name: 'berth_upload_commit_duration_seconds',
+    help: 'Time to commit an upload (moves and join), from the final PUT',
+    buckets: [0.01, 0.05, 0.1, 0.5, 1, 2, 5, 10, 30, 60],
+    registers: [this.registry],
+  });
+  readonly storageRequests = new Counter({
+    name: 'berth_storage_operations_total',
+    help: 'Storage driver operations, by operation and outcome (ok, not_found, error)',
+    labelNames: ['op', 'outcome'] as const,
+    registers: [this.registry],
+  });
+  readonly storageSeconds = new Histogram({
+    name: 'berth_storage_operation_duration_seconds',
+    help: 'Storage driver operation time (for get: until the body starts)',
+    labelNames: ['op'] as const,
+    buckets: [0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 30, 120],
+    registers: [this.registry],
+  });
+
+  constructor() {
+    collectDefaultMetrics({ register: this.registry, prefix: 'berth_' });
+  }
+}

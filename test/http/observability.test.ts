@@ -1,0 +1,69 @@
+/** Health, readiness and Prometheus metrics, as an operator's monitoring sees them. */
+import { randomBytes } from 'node:crypto';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { InstrumentedDriver } from '../../src/observability/instrumented-driver.js';
+import { Metrics } from '../../src/observability/metrics.js';
+import { DriverError, type StorageDriver } from '../../src/storage/driver.js';
+import { FilesystemDriver } from '../../src/storage/filesystem.js';
+import { pushImage, startServer, type TestServer } from '../helpers/server.js';
+
+let s: TestServer;
+let dir: string;
+let broken = false;
+beforeAll(async () => {
+  dir = await mkdtemp(join(tmpdir(), 'berth-obs-'));
+  const fs = await FilesystemDriver.open(dir);
+  // Storage that can be switched off: only to make readiness fail on demand (a real outage is not on tap).
+  const switchable: StorageDriver = Object.assign(Object.create(fs) as StorageDriver, {
+    stat: (p: string) => (broken ? Promise.reject(new DriverError('storage is down', true)) : fs.stat(p)),
+  });
+  const metrics = new Metrics();
+  s = await startServer(new InstrumentedDriver(switchable, metrics), undefined, {}, metrics);
+});
+afterAll(async () => {
+  await s.close();
+  await rm(dir, { recursive: true, force: true });
+});
+
+const metricValue = (text: string, name: string, labels: string) => {
+  const line = text.split('\n').find((l) => l.startsWith(`${name}{`) && labels.split(',').every((kv) => l.includes(kv)));
+  return line ? Number(line.split(' ').pop()) : undefined;
+};
+
+describe('health, readiness, metrics', () => {
+  it('/healthz answers while the process runs; /readyz follows storage', async () => {
+    expect((await fetch(`${s.url}/healthz`)).status).toBe(200);
+    const ready = await fetch(`${s.url}/readyz`);
+    expect(ready.status).toBe(200);
+    expect(await ready.json()).toEqual({ status: 'ready', storage: 'filesystem' });
+    broken = true;
+    try {
+      expect((await fetch(`${s.url}/readyz`)).status).toBe(503);
+      expect((await fetch(`${s.url}/healthz`)).status).toBe(200);
+    } finally {
+      broken = false;
+    }
+  });
+
+  it('/metrics counts requests by route, method and status, bytes, commits and storage operations', async () => {
+    const layer = randomBytes(300_000);
+    await pushImage(s.url, 'obs/app', 'v1', [layer]);
+    expect((await fetch(`${s.url}/v2/obs/app/manifests/nope`)).status).toBe(404);
+    const res = await fetch(`${s.url}/metrics`);
+    expect(res.status).toBe(200);
+    expect(res.headers.get('content-type')).toMatch(/^text\/plain/);
+    const text = await res.text();
+    expect(metricValue(text, 'berth_http_requests_total', 'route="manifest",method="PUT",status="201"')).toBe(1);
+    expect(metricValue(text, 'berth_http_requests_total', 'route="manifest",method="GET",status="404"')).toBe(1);
+    expect(metricValue(text, 'berth_http_requests_total', 'route="uploads",method="POST",status="201"')).toBe(2);
+    expect(Number(/^berth_http_received_bytes_total (\d+)/m.exec(text)?.[1])).toBeGreaterThan(layer.length);
+    expect(Number(/^berth_upload_commit_duration_seconds_count (\d+)/m.exec(text)?.[1])).toBe(2);
+    expect(metricValue(text, 'berth_storage_operations_total', 'op="put",outcome="ok"')).toBeGreaterThan(0);
+    expect(metricValue(text, 'berth_storage_operations_total', 'op="read",outcome="not_found"')).toBeGreaterThanOrEqual(1);
+    expect(text).toMatch(/^berth_uploads_in_progress 0$/m);
+    expect(text).toMatch(/^berth_process_resident_memory_bytes \d+/m);
+  });
+});

@@ -8,6 +8,7 @@ need_apt=()
 command -v skopeo >/dev/null || need_apt+=(skopeo)
 command -v podman >/dev/null || need_apt+=(podman)
 command -v buildah >/dev/null || need_apt+=(buildah)
+command -v containerd >/dev/null || need_apt+=(containerd)
 command -v curl >/dev/null || need_apt+=(curl)
 command -v swift-proxy-server >/dev/null || need_apt+=(swift swift-proxy swift-object swift-container swift-account python3-swift memcached)
 if [ ${#need_apt[@]} -gt 0 ]; then

@@ -100,3 +100,35 @@ export async function writeTarLayout(dir: string, tag: string, fileSizes: number
   );
   return { dir, tag, layerDigests: layers.map((l) => l.digest), manifestDigest, configDigest };
 }
+
+/** An OCI index of two single-layer images (linux/amd64 and linux/arm64) under `tag`. */
+export async function writeMultiArchLayout(dir: string, tag: string): Promise<{ dir: string; indexDigest: string; platforms: Record<string, { manifestDigest: string; layerDigest: string }> }> {
+  await mkdir(join(dir, 'blobs', 'sha256'), { recursive: true });
+  await writeFile(join(dir, 'oci-layout'), JSON.stringify({ imageLayoutVersion: '1.0.0' }));
+  const platforms: Record<string, { manifestDigest: string; layerDigest: string }> = {};
+  const entries = [];
+  for (const arch of ['amd64', 'arm64']) {
+    const tar = tarOf(`hello-${arch}`, randomBytes(1000));
+    const gz = gzipSync(tar, { level: 1 });
+    const layerDigest = await writeBlob(dir, gz);
+    const config = Buffer.from(JSON.stringify({ architecture: arch, os: 'linux', config: {}, rootfs: { type: 'layers', diff_ids: [`sha256:${sha(tar)}`] } }));
+    const manifest = Buffer.from(
+      JSON.stringify({
+        schemaVersion: 2,
+        mediaType: 'application/vnd.oci.image.manifest.v1+json',
+        config: { mediaType: 'application/vnd.oci.image.config.v1+json', digest: await writeBlob(dir, config), size: config.length },
+        layers: [{ mediaType: 'application/vnd.oci.image.layer.v1.tar+gzip', digest: layerDigest, size: gz.length }],
+      }),
+    );
+    const manifestDigest = await writeBlob(dir, manifest);
+    platforms[arch] = { manifestDigest, layerDigest };
+    entries.push({ mediaType: 'application/vnd.oci.image.manifest.v1+json', digest: manifestDigest, size: manifest.length, platform: { os: 'linux', architecture: arch } });
+  }
+  const index = Buffer.from(JSON.stringify({ schemaVersion: 2, mediaType: 'application/vnd.oci.image.index.v1+json', manifests: entries }));
+  const indexDigest = await writeBlob(dir, index);
+  await writeFile(
+    join(dir, 'index.json'),
+    JSON.stringify({ schemaVersion: 2, manifests: [{ mediaType: 'application/vnd.oci.image.index.v1+json', digest: indexDigest, size: index.length, annotations: { 'org.opencontainers.image.ref.name': tag } }] }),
+  );
+  return { dir, indexDigest, platforms };
+}

@@ -11,6 +11,7 @@ import { parseArgs } from 'node:util';
 import { pino, type Logger } from 'pino';
 import { ConfigError, loadConfig, type Config } from './config/config.js';
 import { runPrune } from './commands/prune.js';
+import { runFsck } from './commands/fsck.js';
 import { TokenIssuer } from './auth/tokens.js';
 import { Users } from './auth/users.js';
 import { Access } from './http/auth.js';
@@ -27,7 +28,8 @@ commands:
   serve     run the registry
   prune [--dry-run] [--namespace NS]...
             delete expired uploads and manifests, then unreferenced blobs (for cron)
-  fsck      verify stored blobs and manifests
+  fsck [--namespace NS]... [--repair] [--parallel N]
+            re-hash every blob, check Swift segments and manifests' blobs; --repair quarantines corrupt blobs
 
 options:
   -c, --config FILE   configuration file (default: etc/registry.yaml)
@@ -55,7 +57,7 @@ async function main(argv: string[]): Promise<number> {
   }
   // The server logs to stdout; one-shot commands keep stdout for their report and log to stderr.
   const log = pino({ level: values.debug ? 'debug' : 'info', base: { pid: process.pid } }, pino.destination(command === 'serve' ? 1 : 2));
-  if (!command || !['serve', 'prune', 'fsck'].includes(command) || (command !== 'prune' && rest.length > 0)) {
+  if (!command || !['serve', 'prune', 'fsck'].includes(command) || (command === 'serve' && rest.length > 0)) {
     process.stderr.write(`berth: ${command ? `unknown command or arguments: ${[command, ...rest].join(' ')}` : 'no command given'}\n${USAGE}\n`);
     return 2;
   }
@@ -72,6 +74,7 @@ async function main(argv: string[]): Promise<number> {
   try {
     if (command === 'serve') return await serve(config, log);
     if (command === 'prune') return await runPrune(config, rest, log);
+    if (command === 'fsck') return await runFsck(config, rest, log);
   } catch (err) {
     if (err instanceof StorageOpenError) {
       process.stderr.write(`berth: ${err.message}\n`);
@@ -79,8 +82,7 @@ async function main(argv: string[]): Promise<number> {
     }
     throw err;
   }
-  process.stderr.write(`berth: ${command} is not implemented yet\n`);
-  return 1;
+  return 2;
 }
 
 async function serve(config: Config, log: Logger): Promise<number> {

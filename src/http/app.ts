@@ -17,6 +17,7 @@ import { sendError, toErrorBody } from './errors.js';
 import { byteRange, chunkRange, contentLength, uploadRange } from './headers.js';
 import { parseRoute, queryValue, type Route } from './routes.js';
 import { requestContext } from '../observability/context.js';
+import { DigestMismatch, verifying } from '../registry/verify.js';
 import type { Metrics } from '../observability/metrics.js';
 
 export interface AppOptions {
@@ -37,6 +38,7 @@ interface Call {
   /** May the caller pull from another repository of its namespace (for mounts)? */
   canPull: (name: string) => boolean;
   metrics?: Metrics;
+  log: Logger;
 }
 
 export function createApp(registry: Registry, opts: AppOptions): express.Express {
@@ -128,6 +130,7 @@ export function createApp(registry: Registry, opts: AppOptions): express.Express
         query: req.query as Record<string, unknown>,
         canPull: (name) => access.can(principal, 'pull', name),
         metrics,
+        log: opts.log,
       };
       await dispatch(registry, found, call);
     })().catch((err) => {
@@ -240,9 +243,13 @@ async function getBlob(registry: Registry, c: Call, name: string, digest: string
   }
   const { body } = await registry.blobs.read(c.ns, digest, range);
   try {
-    await pipeline(body, res);
-  } catch {
-    // The client went away or storage failed mid-stream; the response is already cut short, nothing to add.
+    // A whole blob is checked against its digest as it goes out (a range cannot be).
+    await (range ? pipeline(body, res) : pipeline(body, verifying(digest), res));
+  } catch (err) {
+    if (err instanceof DigestMismatch) {
+      c.log.error({ req: res.locals.requestId, blob: digest, ns: c.ns, actual: err.actual }, 'stored blob does not match its digest; response aborted (run berth fsck)');
+    }
+    // The client went away, storage failed, or the bytes were wrong: the response is cut short, never completed.
     res.destroy();
   }
 }

@@ -7,6 +7,7 @@ export class InstrumentedDriver implements StorageDriver {
   readonly name: string;
   readonly maxObjectSize: number;
   readonly signedUrl?: (path: string, seconds: number) => Promise<string | null>;
+  readonly verify?: (path: string) => Promise<string[]>;
 
   constructor(
     private readonly inner: StorageDriver,
@@ -15,6 +16,7 @@ export class InstrumentedDriver implements StorageDriver {
     this.name = inner.name;
     this.maxObjectSize = inner.maxObjectSize;
     if (inner.signedUrl) this.signedUrl = (path, seconds) => this.timed('signed_url', () => inner.signedUrl!(path, seconds));
+    if (inner.verify) this.verify = (path) => this.timed('verify', () => inner.verify!(path));
   }
 
   private async timed<T>(op: string, fn: () => Promise<T>): Promise<T> {

@@ -14,6 +14,8 @@
  *     repos/<name>/_manifests/tags/<tag>         the tag, holding the manifest digest
  *     repos/<name>/_referrers/<subject>/<digest> a manifest whose subject is <subject> (its descriptor, JSON)
  *     prune.lock                                 held by a running prune of the namespace
+ *     quarantine/<alg>:<hex>/data                a blob fsck --repair found corrupt: kept for inspection, not served
+ *     quarantine/<alg>:<hex>/data.json           or, where the backend cannot move it, a note of what was wrong
  *
  * <ns> is the tenant's namespace; <name> is an OCI repository name, whose components never start with '_', so
  * the '_' directories cannot collide with a repository called, say, "app/manifests".
@@ -118,6 +120,8 @@ export const paths = {
   blobPart: (n: string, d: string, id: string, i: number) => `${ns(n)}/blobs/${digest(d)}/parts/${uuid(id)}/${index(i)}`,
 
   pruneLock: (n: string) => `${ns(n)}/prune.lock`,
+  quarantine: (n: string, d: string) => `${ns(n)}/quarantine/${digest(d)}/data`,
+  quarantineNote: (n: string, d: string) => `${ns(n)}/quarantine/${digest(d)}/data.json`,
 
   repos: (n: string) => `${ns(n)}/repos`,
   repo: (n: string, r: string) => `${ns(n)}/repos/${name(r)}`,

@@ -66,7 +66,7 @@ const tally = (): Tally => ({ examined: 0, kept: 0, deleted: 0 });
 const PROGRESS_EVERY_MS = 5000;
 
 /** Consecutive listing entries that share a key (listings are in path order, so groups are contiguous). */
-async function* groups<K>(entries: AsyncIterable<ObjectInfo>, keyOf: (o: ObjectInfo) => K | null): AsyncIterable<{ key: K; objects: ObjectInfo[] }> {
+export async function* groups<K>(entries: AsyncIterable<ObjectInfo>, keyOf: (o: ObjectInfo) => K | null): AsyncIterable<{ key: K; objects: ObjectInfo[] }> {
   let current: { key: K; objects: ObjectInfo[] } | null = null;
   for await (const o of entries) {
     const key = keyOf(o);

@@ -85,6 +85,11 @@ export interface StorageDriver {
    * configured (Swift temp URLs). Optional: backends without it never redirect.
    */
   signedUrl?(path: string, seconds: number): Promise<string | null>;
+  /**
+   * Integrity problems of a stored object that the backend can see without reading its data (Swift: each SLO
+   * segment's ETag and size against the manifest's record). Optional; an empty list means none found.
+   */
+  verify?(path: string): Promise<string[]>;
   /** Free connections and timers. */
   close(): Promise<void>;
 }

@@ -112,6 +112,43 @@ export class SwiftDriver implements StorageDriver {
     }
   }
 
+  /** Each SLO segment (recursively through sub-manifests) HEADed and compared with the manifest's etag and size. */
+  async verify(key: string): Promise<string[]> {
+    checkKey(key);
+    const res = await this.call({ method: 'GET', key, query: { 'multipart-manifest': 'get' } });
+    if (res.status === 404) {
+      await drain(res);
+      return [`${key}: missing`];
+    }
+    if (res.status !== 200) {
+      await drain(res);
+      throw failure(res, `GET ${key}?multipart-manifest=get`);
+    }
+    if (res.headers.get('x-static-large-object') !== 'True') {
+      await drain(res);
+      return [];
+    }
+    const segments = (await res.json()) as { name: string; bytes: number; hash: string; sub_slo?: boolean }[];
+    const problems: string[] = [];
+    const prefix = `/${this.opts.container}/`;
+    await inParallel(segments, PARALLEL_REQUESTS, async (seg) => {
+      const path = decodeURIComponent(seg.name.startsWith(prefix) ? seg.name.slice(prefix.length) : seg.name.replace(/^\//, ''));
+      if (seg.sub_slo) {
+        problems.push(...(await this.verify(path)));
+        return;
+      }
+      const head = await this.call({ method: 'HEAD', key: path });
+      await drain(head);
+      if (head.status === 404) return void problems.push(`${key}: segment ${path} is missing`);
+      if (head.status !== 200) throw failure(head, `HEAD ${path}`);
+      const etag = unquote(head.headers.get('etag'));
+      const size = Number(head.headers.get('content-length'));
+      if (etag !== seg.hash) problems.push(`${key}: segment ${path} has md5 ${etag}, the manifest records ${seg.hash}`);
+      if (size !== seg.bytes) problems.push(`${key}: segment ${path} has ${size} bytes, the manifest records ${seg.bytes}`);
+    });
+    return problems;
+  }
+
   /** A Swift temp URL (HMAC-SHA256 over method, expiry and the decoded object path) for GET. */
   async signedUrl(key: string, seconds: number): Promise<string | null> {
     checkKey(key);

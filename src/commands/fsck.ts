@@ -1,0 +1,56 @@
+/**
+ * `berth fsck [--namespace NS]... [--repair] [--parallel N]`: check a store, report each problem with its path.
+ * Exit 0 when nothing is wrong, 1 when something is (even if repaired: someone should look), 2 for bad usage.
+ */
+import { parseArgs } from 'node:util';
+import type { Logger } from 'pino';
+import type { Config } from '../config/config.js';
+import { Fsck } from '../registry/fsck.js';
+import { validNamespace } from '../registry/paths.js';
+import { openStorage } from '../storage/factory.js';
+import { configuredNamespaces } from './prune.js';
+
+export const FSCK_USAGE = 'usage: berth [-c FILE] [-d] fsck [--namespace NS]... [--repair] [--parallel N]';
+
+export async function runFsck(config: Config, args: string[], log: Logger): Promise<number> {
+  let values: { namespace?: string[]; repair?: boolean; parallel?: string };
+  try {
+    ({ values } = parseArgs({
+      args,
+      options: { namespace: { type: 'string', multiple: true }, repair: { type: 'boolean' }, parallel: { type: 'string' } },
+      strict: true,
+    }));
+  } catch (err) {
+    process.stderr.write(`berth: ${(err as Error).message}\n${FSCK_USAGE}\n`);
+    return 2;
+  }
+  const namespaces = values.namespace ?? configuredNamespaces(config);
+  const parallel = values.parallel === undefined ? 4 : Number(values.parallel);
+  if (namespaces.some((n) => !validNamespace(n)) || !Number.isInteger(parallel) || parallel < 1 || parallel > 64) {
+    process.stderr.write(`berth: invalid --namespace or --parallel\n${FSCK_USAGE}\n`);
+    return 2;
+  }
+  const driver = await openStorage(config.storage);
+  const fsck = new Fsck(driver);
+  let problems = 0;
+  try {
+    for (const ns of namespaces) {
+      const started = Date.now();
+      const r = await fsck.check(ns, { repair: values.repair, parallel, progress: (line) => process.stderr.write(`${line}\n`) });
+      for (const p of r.problems) {
+        process.stdout.write(`${p.kind.toUpperCase()} ${p.path}: ${p.detail}\n`);
+        log.warn({ namespace: ns, ...p }, 'fsck problem');
+      }
+      problems += r.problems.length;
+      process.stdout.write(
+        `namespace ${ns}: ${r.blobs} blobs (${(r.bytes / 2 ** 20).toFixed(1)} MiB) and ${r.manifests} manifests checked in ` +
+          `${((Date.now() - started) / 1000).toFixed(1)} s; ${r.problems.length} problems` +
+          (values.repair ? `, ${r.quarantined} blobs quarantined` : '') +
+          '\n',
+      );
+    }
+  } finally {
+    await driver.close();
+  }
+  return problems > 0 ? 1 : 0;
+}

@@ -1,0 +1,125 @@
+/**
+ * fsck: re-read every stored blob and re-hash it, ask the backend about what reading cannot show (Swift SLO
+ * segments against the manifest's record), and check that every manifest's blobs exist. `repair` moves a corrupt
+ * blob to quarantine: it stops being served, and pushing it again stores it afresh.
+ */
+import { createHash } from 'node:crypto';
+import type { StorageDriver } from '../storage/driver.js';
+import { digestAlgorithm, parseBlobPath, parseRepoPath, paths, validDigest } from './paths.js';
+import { groups, needs } from './prune.js';
+
+export interface FsckProblem {
+  kind: 'corrupt' | 'unreadable' | 'segment' | 'missing';
+  path: string;
+  detail: string;
+}
+
+export interface FsckReport {
+  namespace: string;
+  blobs: number;
+  bytes: number;
+  manifests: number;
+  problems: FsckProblem[];
+  quarantined: number;
+}
+
+export interface FsckOptions {
+  repair?: boolean;
+  /** Blobs read at once. */
+  parallel?: number;
+  progress?: (line: string) => void;
+}
+
+const PROGRESS_EVERY_MS = 5000;
+
+export class Fsck {
+  constructor(private readonly driver: StorageDriver) {}
+
+  async check(ns: string, opts: FsckOptions = {}): Promise<FsckReport> {
+    const report: FsckReport = { namespace: ns, blobs: 0, bytes: 0, manifests: 0, problems: [], quarantined: 0 };
+    let last = Date.now();
+    const tick = () => {
+      if (!opts.progress || Date.now() - last < PROGRESS_EVERY_MS) return;
+      last = Date.now();
+      opts.progress(`fsck ${ns}: ${report.blobs} blobs (${(report.bytes / 2 ** 20).toFixed(0)} MiB), ${report.manifests} manifests checked`);
+    };
+
+    // Blobs, with bounded parallelism; the listing streams, so at most `parallel` blobs are held at a time.
+    const running = new Set<Promise<void>>();
+    for await (const { key: digest, objects } of groups(this.driver.list(paths.blobs(ns)), (o) => parseBlobPath(ns, o.path)?.digest ?? null)) {
+      const data = objects.find((o) => parseBlobPath(ns, o.path)!.rest === 'data');
+      if (!data) continue;
+      const task = this.blob(ns, digest, report, opts).finally(() => {
+        running.delete(task);
+        tick();
+      });
+      running.add(task);
+      if (running.size >= (opts.parallel ?? 4)) await Promise.race(running);
+    }
+    await Promise.all(running);
+
+    // Manifests: every revision's own bytes and the blobs it names must exist.
+    for await (const o of this.driver.list(paths.repos(ns))) {
+      const parsed = parseRepoPath(ns, o.path);
+      const rest = parsed?.rest.split('/');
+      if (!parsed || !rest || rest[0] !== '_manifests' || rest[1] !== 'revisions' || !validDigest(rest[2] ?? '')) continue;
+      report.manifests++;
+      const digest = rest[2];
+      let body: string;
+      try {
+        body = (await this.driver.read(paths.blobData(ns, digest))).toString('utf8');
+      } catch {
+        report.problems.push({ kind: 'missing', path: o.path, detail: `manifest ${digest} of ${parsed.repo} has no stored bytes` });
+        continue;
+      }
+      for (const need of needs(body)) {
+        if (!(await this.driver.stat(paths.blobData(ns, need.digest)))) {
+          report.problems.push({ kind: 'missing', path: o.path, detail: `manifest ${digest} of ${parsed.repo} references missing ${need.digest}` });
+        }
+      }
+      tick();
+    }
+    return report;
+  }
+
+  /**
+   * Take the blob out of service. Moved whole where the backend can; where it cannot (Swift refuses to copy an SLO
+   * whose segments changed), a note of what was found takes its place in quarantine and the blob is deleted.
+   */
+  private async quarantine(ns: string, digest: string, found: FsckProblem[]): Promise<void> {
+    const path = paths.blobData(ns, digest);
+    try {
+      await this.driver.move(path, paths.quarantine(ns, digest));
+    } catch {
+      const note = { digest, quarantined: new Date().toISOString(), problems: found };
+      await this.driver.put(paths.quarantineNote(ns, digest), Buffer.from(JSON.stringify(note, null, 2)), { contentType: 'application/json' });
+      await this.driver.delete(path);
+    }
+  }
+
+  private async blob(ns: string, digest: string, report: FsckReport, opts: FsckOptions): Promise<void> {
+    const path = paths.blobData(ns, digest);
+    const found: FsckProblem[] = [];
+    for (const detail of (await this.driver.verify?.(path)) ?? []) found.push({ kind: 'segment', path, detail });
+    try {
+      const { body } = await this.driver.get(path);
+      const hash = createHash(digestAlgorithm(digest));
+      let size = 0;
+      for await (const piece of body as AsyncIterable<Buffer>) {
+        hash.update(piece);
+        size += piece.length;
+      }
+      report.bytes += size;
+      const actual = `${digestAlgorithm(digest)}:${hash.digest('hex')}`;
+      if (actual !== digest) found.push({ kind: 'corrupt', path, detail: `content hashes to ${actual}` });
+    } catch (err) {
+      found.push({ kind: 'unreadable', path, detail: (err as Error).message });
+    }
+    report.blobs++;
+    report.problems.push(...found);
+    if (found.length > 0 && opts.repair) {
+      await this.quarantine(ns, digest, found);
+      report.quarantined++;
+    }
+  }
+}

@@ -26,6 +26,8 @@ export type StorageConfig =
       tempUrlKey?: string;
       /** Seconds a redirect stays valid (default 300). */
       tempUrlExpiry?: number;
+      /** Seconds a Swift request may take (metadata) or stall (streamed bodies); default 120. */
+      requestTimeout?: number;
     };
 
 export interface Config {
@@ -172,7 +174,7 @@ function storage(value: unknown, baseDir: string): StorageConfig {
     return { driver, root: resolve(baseDir, string(o.root, 'registry.storage.root')) };
   }
   if (driver === 'swift') {
-    keys(o, 'registry.storage', ['driver', 'cloud', 'container', 'segment-size', 'clouds-file', 'temp-url-key', 'temp-url-expiry']);
+    keys(o, 'registry.storage', ['driver', 'cloud', 'container', 'segment-size', 'clouds-file', 'temp-url-key', 'temp-url-expiry', 'request-timeout']);
     const s: StorageConfig = { driver, cloud: string(o.cloud, 'registry.storage.cloud'), container: string(o.container, 'registry.storage.container') };
     if (o['segment-size'] !== undefined) {
       // Swift refuses objects over 5 GiB; SLO segments under 1 MiB are throttled.
@@ -186,6 +188,7 @@ function storage(value: unknown, baseDir: string): StorageConfig {
       s.tempUrlKey = tempUrlKey;
     }
     if (o['temp-url-expiry'] !== undefined) s.tempUrlExpiry = integer(o['temp-url-expiry'], 'registry.storage.temp-url-expiry', 10, 86400);
+    if (o['request-timeout'] !== undefined) s.requestTimeout = integer(o['request-timeout'], 'registry.storage.request-timeout', 1, 3600);
     return s;
   }
   throw new ConfigError('registry.storage.driver', `unknown driver ${JSON.stringify(driver)} (filesystem or swift)`);

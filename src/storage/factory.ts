@@ -35,6 +35,7 @@ async function open(config: StorageConfig): Promise<StorageDriver> {
         container: config.container,
         segmentSize: config.segmentSize,
         tempUrlKey: config.tempUrlKey,
+        requestTimeoutMs: config.requestTimeout === undefined ? undefined : config.requestTimeout * 1000,
       });
   }
 }

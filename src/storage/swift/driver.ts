@@ -36,17 +36,17 @@ export interface SwiftOptions {
   maxManifestSegments?: number;
   /** Set as the container's temp-URL key at connect, so blob GETs can be redirected to signed Swift URLs. */
   tempUrlKey?: string;
+  /** Deadline of a metadata request, and the longest a streamed body may stall, in ms (default 120 s). */
+  requestTimeoutMs?: number;
 }
 
 export const DEFAULT_SEGMENT_SIZE = 64 * 1024 * 1024;
 /** Swift's object-name limit (max_object_name_length), in bytes. */
 const MAX_KEY_BYTES = 1024;
 const LIST_PAGE = 10_000;
-/** Timeouts for requests without a streamed body; copies rewrite whole objects, so they get longer. */
-const META_TIMEOUT_MS = 120_000;
+/** Deadline of requests without a streamed body (copies rewrite whole objects, so they get longer). */
+const DEFAULT_TIMEOUT_MS = 120_000;
 const COPY_TIMEOUT_MS = 30 * 60_000;
-/** A streamed body that moves no byte for this long is abandoned (Swift's own client_timeout is 60 s). */
-const IDLE_TIMEOUT_MS = 120_000;
 /** Refresh a token this long before Swift would refuse it, so a long streamed PUT does not start on a dying one. */
 const TOKEN_MARGIN_MS = 5 * 60_000;
 const RETRY_DELAYS_MS = [100, 500, 2000];
@@ -74,8 +74,11 @@ export class SwiftDriver implements StorageDriver {
   private readonly httpAgent = new http.Agent({ keepAlive: true, maxSockets: 64 });
   private readonly httpsAgent = new https.Agent({ keepAlive: true, maxSockets: 64 });
 
+  private readonly timeoutMs: number;
+
   private constructor(private readonly opts: SwiftOptions) {
     this.maxObjectSize = opts.segmentSize ?? DEFAULT_SEGMENT_SIZE;
+    this.timeoutMs = opts.requestTimeoutMs ?? DEFAULT_TIMEOUT_MS;
   }
 
   /** Log in and make sure the container exists (creating it if needed). */
@@ -176,7 +179,7 @@ export class SwiftDriver implements StorageDriver {
       payload = body;
       sent = () => body.length;
     } else {
-      watch = new IdleWatch(`PUT ${key}`);
+      watch = new IdleWatch(`PUT ${key}`, this.timeoutMs);
       const counter = countBytes(key, opts.size, watch);
       if (opts.size !== undefined) headers['Content-Length'] = String(opts.size);
       body.on('error', (err) => counter.destroy(err));
@@ -210,7 +213,7 @@ export class SwiftDriver implements StorageDriver {
     checkKey(key);
     const headers: Record<string, string> = range ? { Range: `bytes=${range.start}-${range.end}` } : {};
     // The body streams for as long as the reader wants; what is bounded is a stall.
-    const watch = new IdleWatch(`GET ${key}`);
+    const watch = new IdleWatch(`GET ${key}`, this.timeoutMs);
     let res: Response;
     try {
       res = await this.call({ method: 'GET', key, headers, signal: watch.signal });
@@ -242,16 +245,23 @@ export class SwiftDriver implements StorageDriver {
 
   async read(key: string): Promise<Buffer> {
     checkKey(key);
-    const res = await this.call({ method: 'GET', key, timeoutMs: META_TIMEOUT_MS });
-    if (res.status === 404) {
-      await drain(res);
-      throw new PathNotFound(key);
+    for (let attempt = 0; ; attempt++) {
+      const res = await this.call({ method: 'GET', key });
+      if (res.status === 404) {
+        await drain(res);
+        throw new PathNotFound(key);
+      }
+      if (res.status !== 200) {
+        await drain(res);
+        throw failure(res, `GET ${key}`);
+      }
+      const data = Buffer.from(await res.arrayBuffer());
+      // A plain object's ETag is the md5 of its bytes: records and manifests are checked on the way in too.
+      const etag = res.headers.get('x-static-large-object') === 'True' ? undefined : unquote(res.headers.get('etag'));
+      const md5 = etag && createHash('md5').update(data).digest('hex');
+      if (!etag || md5 === etag) return data;
+      if (attempt >= 1) throw new ChecksumMismatch(key, etag, md5 ?? '');
     }
-    if (res.status !== 200) {
-      await drain(res);
-      throw failure(res, `GET ${key}`);
-    }
-    return Buffer.from(await res.arrayBuffer());
   }
 
   async stat(key: string): Promise<ObjectInfo | null> {
@@ -269,7 +279,7 @@ export class SwiftDriver implements StorageDriver {
     for (;;) {
       const query: Record<string, string> = { format: 'json', prefix: `${prefix}/`, limit: String(LIST_PAGE) };
       if (marker) query.marker = marker;
-      const res = await this.call({ method: 'GET', query, timeoutMs: META_TIMEOUT_MS });
+      const res = await this.call({ method: 'GET', query });
       if (res.status === 204 || res.status === 404) {
         await drain(res);
         return;
@@ -496,7 +506,7 @@ export class SwiftDriver implements StorageDriver {
     for (let attempt = 0; ; attempt++) {
       const session = await this.token();
       // Streamed calls bring their own stall watch in `signal`; every other call gets a deadline.
-      const timeout = call.timeoutMs ?? (call.signal ? undefined : META_TIMEOUT_MS);
+      const timeout = call.timeoutMs ?? (call.signal ? undefined : this.timeoutMs);
       const signals = [call.signal, timeout ? AbortSignal.timeout(timeout) : undefined].filter((s): s is AbortSignal => !!s);
       const init: RequestInit = {
         method: call.method,
@@ -611,13 +621,13 @@ async function inParallel<T>(items: T[], limit: number, fn: (item: T) => Promise
   await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
 }
 
-/** Aborts a streamed request when no byte has moved for IDLE_TIMEOUT_MS. */
+/** Aborts a streamed request when no byte has moved for `ms` (Swift's own client_timeout is 60 s). */
 class IdleWatch {
   private readonly controller = new AbortController();
   private readonly timer: NodeJS.Timeout;
   readonly signal = this.controller.signal;
 
-  constructor(what: string, ms = IDLE_TIMEOUT_MS) {
+  constructor(what: string, ms: number) {
     this.timer = setTimeout(() => this.controller.abort(new DriverError(`Swift ${what}: no progress for ${ms / 1000} s`, true)), ms);
     this.timer.unref();
   }

@@ -117,14 +117,18 @@ async function serve(config: Config, log: Logger): Promise<number> {
   process.stdout.write(`berth listening on port ${port}\n`);
 
   await new Promise<void>((resolve) => {
+    let stopping = false;
     const stop = (signal: string) => {
+      // A second signal while draining changes nothing (the default action would kill uploads in flight).
+      if (stopping) return void log.info({ signal }, 'already shutting down');
+      stopping = true;
       log.info({ signal }, 'shutting down');
       server.close(() => resolve());
       server.closeIdleConnections();
       setTimeout(() => server.closeAllConnections(), 10_000).unref();
     };
-    process.once('SIGTERM', () => stop('SIGTERM'));
-    process.once('SIGINT', () => stop('SIGINT'));
+    process.on('SIGTERM', () => stop('SIGTERM'));
+    process.on('SIGINT', () => stop('SIGINT'));
   });
   await registry.close();
   return 0;

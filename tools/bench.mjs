@@ -13,6 +13,7 @@ import { join } from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import { parseArgs, promisify } from 'node:util';
 import { createGzip } from 'node:zlib';
+import { dropContainer } from './swift-lib.mjs';
 
 const run = promisify(execFile);
 const repoRoot = new URL('..', import.meta.url).pathname;
@@ -137,20 +138,9 @@ async function rawSwift() {
   segPut += await curl(...H, '-X', 'PUT', '-T', join(segDir, 'manifest.json'), `${s.url}/${c}/slo?multipart-manifest=put`);
   const sloGet = await curl(...H, `${s.url}/${c}/slo`);
   await rm(segDir, { recursive: true, force: true });
-  await dropContainer(s, c);
+  await dropContainer(c, s);
   return { put, get, copy, segPut, sloGet };
 }
-async function dropContainer(s, c) {
-  for (;;) {
-    const res = await fetch(`${s.url}/${c}?format=json&limit=1000`, { headers: { 'X-Auth-Token': s.token } });
-    if (res.status === 404 || res.status === 204) break;
-    const names = (await res.json()).map((o) => o.name);
-    if (names.length === 0) break;
-    for (const n of names) await (await fetch(`${s.url}/${c}/${n.split("/").map(encodeURIComponent).join("/")}`, { method: "DELETE", headers: { "X-Auth-Token": s.token } })).arrayBuffer();
-  }
-  await (await fetch(`${s.url}/${c}`, { method: 'DELETE', headers: { 'X-Auth-Token': s.token } })).arrayBuffer();
-}
-
 // ---------- registries ----------
 function startProcess(cmd, argv, ready) {
   return new Promise((resolve, reject) => {
@@ -226,7 +216,7 @@ async function startBerth(backend, { tempUrl = false } = {}) {
     },
     async close() {
       await stop(p.child);
-      if (backend === 'swift') await dropContainer(await swiftSession(), container).catch(() => {});
+      if (backend === 'swift') await dropContainer(container, await swiftSession()).catch(() => {});
     },
   };
 }
@@ -247,7 +237,7 @@ async function startDistribution(backend) {
     commitSeconds: () => NaN,
     async close() {
       await stop(child);
-      if (backend === 'swift') await dropContainer(await swiftSession(), container).catch(() => {});
+      if (backend === 'swift') await dropContainer(container, await swiftSession()).catch(() => {});
     },
   };
 }

@@ -11,6 +11,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs, promisify } from 'node:util';
 import { gzipSync } from 'node:zlib';
+import { dropContainer, swiftSession } from './swift-lib.mjs';
 
 const run = promisify(execFile);
 const root = new URL('..', import.meta.url).pathname;
@@ -35,7 +36,7 @@ function start(cmd, argv, pattern) {
       const m = pattern.exec(buf);
       if (m) resolve({ child, port: Number(m[1]) });
     });
-    child.stderr.on('data', () => {});
+    child.stderr.on('data', (d) => process.env.FAULT_DEBUG && process.stderr.write(d));
     child.once('exit', (code) => reject(new Error(`${cmd} exited with ${code}: ${buf.slice(-500)}`)));
   });
 }
@@ -59,6 +60,8 @@ await writeFile(
 );
 const berth = await start('node', [join(root, 'dist/cli.js'), '-c', join(work, 'registry.yaml'), 'serve'], /berth listening on port (\d+)/);
 const host = `127.0.0.1:${berth.port}`;
+let berthExit = null;
+berth.child.once('exit', (code, signal) => (berthExit = code ?? signal));
 const skopeo = (...a) => run('skopeo', ['--insecure-policy', ...a], { maxBuffer: 1 << 24, timeout: 180_000 });
 
 /** An image of two gzipped random layers (about 2.5 MiB and 200 KiB): three segments, several requests each. */
@@ -137,25 +140,19 @@ const fsck = await run('node', [join(root, 'dist/cli.js'), '-c', join(work, 'reg
 );
 result.fsckProblems = Number(/; (\d+) problems/.exec(fsck.out)?.[1] ?? -1);
 result.injected = injected;
+result.serverCrashed = berthExit !== null;
 berth.child.kill('SIGTERM');
 proxy.child.kill('SIGTERM');
-await new Promise((r) => berth.child.once('exit', r));
-// Drop the test container straight through Swift.
-const auth = await fetch(swiftAuth, { headers: { 'X-Auth-User': 'test:tester', 'X-Auth-Key': 'testing' } });
-const [token, storage] = [auth.headers.get('x-auth-token'), auth.headers.get('x-storage-url')];
-for (;;) {
-  const names = await (await fetch(`${storage}/${container}?format=json`, { headers: { 'X-Auth-Token': token } })).json().catch(() => []);
-  if (!Array.isArray(names) || names.length === 0) break;
-  for (const o of names) await fetch(`${storage}/${container}/${o.name.split('/').map(encodeURIComponent).join('/')}`, { method: 'DELETE', headers: { 'X-Auth-Token': token } });
-}
-await fetch(`${storage}/${container}`, { method: 'DELETE', headers: { 'X-Auth-Token': token } });
+if (berthExit === null) await new Promise((r) => berth.child.once('exit', r));
+await dropContainer(container, await swiftSession(swiftAuth));
 await rm(work, { recursive: true, force: true });
 
 process.stdout.write(
   `${result.attempted} pushes attempted, ${result.completed} completed, ${result.failedCleanly} failed cleanly, ` +
     `${result.failedDirty} failed leaving a broken image, ${result.completedButWrong} completed-but-wrong, ` +
     `${result.lostAfterCompletion} lost after completion; fsck problems: ${result.fsckProblems}; ` +
+    `server ${result.serverCrashed ? `CRASHED (${berthExit})` : 'never crashed'}; ` +
     `faults injected: ${JSON.stringify(injected)}\n`,
 );
 if (args.out) await writeFile(args.out, JSON.stringify(result, null, 2));
-process.exitCode = result.completedButWrong + result.lostAfterCompletion + result.failedDirty + result.fsckProblems === 0 ? 0 : 1;
+process.exitCode = result.completedButWrong + result.lostAfterCompletion + result.failedDirty + result.fsckProblems === 0 && !result.serverCrashed ? 0 : 1;

@@ -51,6 +51,8 @@ export function createApp(registry: Registry, opts: AppOptions): express.Express
   app.use((req, res, next) => {
     const id = randomUUID();
     const started = process.hrtime.bigint();
+    // Captured now: by 'finish' the response may already be detached from its socket.
+    const socket = req.socket;
     res.locals.requestId = id;
     res.setHeader('X-Request-Id', id);
     res.on('finish', () => {
@@ -60,7 +62,7 @@ export function createApp(registry: Registry, opts: AppOptions): express.Express
         const route = (res.locals.route as string | undefined) ?? 'other';
         metrics.requests.inc({ route, method: req.method, status: res.statusCode });
         metrics.requestSeconds.observe({ route, method: req.method }, seconds);
-        countSocketBytes(metrics, req.socket);
+        countSocketBytes(metrics, socket);
       }
     });
     requestContext.run({ requestId: id }, next);

@@ -1,0 +1,144 @@
+/**
+ * The reliability tools run small in CI (their full-size figures come from running them by hand), plus what needs
+ * no tool: one digest pushed by 8 clients at once, SIGTERM during an upload, and request ids reaching Swift.
+ */
+import { execFile, spawn } from 'node:child_process';
+import { randomBytes } from "node:crypto";
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import http from 'node:http';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { md5, pushBlob, sha256, spawnServe } from '../helpers/server.js';
+import { BACKENDS, dropContainer, ensureSwift, freshContainer, startServerOn, storageYaml } from '../helpers/swift.js';
+
+const run = promisify(execFile);
+const tool = (name: string, ...args: string[]) =>
+  run('node', [`tools/${name}`, ...args], { maxBuffer: 1 << 24, timeout: 600_000 }).then(
+    (r) => ({ code: 0, out: r.stdout }),
+    (e: { code: number; stdout: string; stderr: string }) => ({ code: e.code, out: e.stdout + e.stderr }),
+  );
+
+describe('reliability tools, small', () => {
+  it('fault-run: with Swift failing and corrupting, nothing completes wrong, nothing is lost, fsck is clean', async () => {
+    const r = await tool('fault-run.mjs', '--pushes', '4', '--seed', '11');
+    expect(r.out).toMatch(/4 pushes attempted, \d+ completed, \d+ failed cleanly, 0 failed leaving a broken image, 0 completed-but-wrong, 0 lost after completion; fsck problems: 0; server never crashed/);
+    expect(r.code).toBe(0);
+  });
+
+  it('lb-kill: pushes survive a SIGKILL of the serving process mid-chunk behind a round-robin balancer', async () => {
+    const r = await tool('lb-kill.mjs', '--kills', '3');
+    expect(r.out).toMatch(/^3\/3 pushes completed after a SIGKILL mid-chunk .*skopeo through the balancer: 1\/1$/m);
+    expect(r.code).toBe(0);
+  });
+
+  it('fuzz: hostile requests get no 5xx, crash nothing, leak nothing', async () => {
+    const r = await tool('fuzz.mjs', '--requests', '2000', '--seed', '5');
+    expect(r.out).toMatch(/^2000 fuzzed requests: 0 crashes, 0 5xx, 0 responses leaking internals, 20\/20 accepted uploads verify/m);
+    expect(r.code).toBe(0);
+  });
+});
+
+describe.each(BACKENDS)('concurrency and shutdown on %s', (backend) => {
+  it('8 clients pushing one digest at once leave one intact blob', async () => {
+    const s = await startServerOn(backend);
+    try {
+      const data = randomBytes(3 << 20);
+      const results = await Promise.allSettled(Array.from({ length: 8 }, () => pushBlob(s.url, 'same/blob', data)));
+      expect(results.filter((r) => r.status === 'fulfilled').length).toBe(8);
+      const got = Buffer.from(await (await fetch(`${s.url}/v2/same/blob/blobs/${sha256(data)}`)).arrayBuffer());
+      expect(md5(got)).toBe(md5(data));
+      const uploads = [];
+      for await (const o of s.registry.driver.list('_local/uploads')) uploads.push(o.path);
+      expect(uploads).toEqual([]);
+    } finally {
+      await s.close();
+    }
+  });
+
+  it('SIGTERM during a PATCH: the server exits 0 and the upload goes on elsewhere from a consistent record', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'berth-term-'));
+    const storage = await storageYaml(backend, dir);
+    const config = `registry:\n  address: 127.0.0.1\n  port: 0\n${storage.yaml}`;
+    try {
+      const a = await spawnServe(config, dir);
+      const data = randomBytes(6 << 20);
+      const start = await fetch(`${a.url}/v2/term/app/blobs/uploads/`, { method: 'POST' });
+      const location = start.headers.get('location')!;
+      // A PATCH that streams slowly: half now, SIGTERM, the rest a moment later.
+      const patch = new Promise<number>((resolve) => {
+        const req = http.request(`${a.url}${location}`, { method: 'PATCH', headers: { 'Content-Length': data.length } }, (res) => {
+          res.resume();
+          resolve(res.statusCode!);
+        });
+        req.on('error', () => resolve(-1));
+        req.write(data.subarray(0, 3 << 20));
+        setTimeout(() => {
+          a.child.kill('SIGTERM');
+          setTimeout(() => req.end(data.subarray(3 << 20)), 200);
+        }, 300);
+      });
+      const exited = new Promise<number | null>((resolve) => a.child.once('exit', (code) => resolve(code)));
+      const status = await patch;
+      expect(await exited).toBe(0);
+      expect([202, -1]).toContain(status);
+      // Another process continues from whatever the record says; every chunk it names is there.
+      const b = await spawnServe(config, dir);
+      const st = await fetch(`${b.url}${location}`);
+      expect(st.status).toBe(204);
+      const offset = Number(/^0-(\d+)$/.exec(st.headers.get('range')!)?.[1] ?? -1) + 1;
+      expect(status === 202 ? offset : data.length).toBe(data.length);
+      if (offset < data.length) {
+        const more = await fetch(`${b.url}${location}`, {
+          method: 'PATCH',
+          headers: { 'Content-Range': `${offset}-${data.length - 1}` },
+          body: new Uint8Array(data.subarray(offset)),
+        });
+        expect(more.status).toBe(202);
+      }
+      const put = await fetch(`${b.url}${location}?digest=${sha256(data)}`, { method: 'PUT' });
+      expect(put.status).toBe(201);
+      expect(md5(Buffer.from(await (await fetch(`${b.url}/v2/term/app/blobs/${sha256(data)}`)).arrayBuffer()))).toBe(md5(data));
+      expect(await b.stop()).toBe(0);
+    } finally {
+      await storage.cleanup();
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+});
+
+describe('request ids reach Swift', () => {
+  let dir: string;
+  let proxy: ReturnType<typeof spawn>;
+  let proxyPort: number;
+  const container = freshContainer();
+  beforeAll(async () => {
+    await ensureSwift();
+    dir = await mkdtemp(join(tmpdir(), 'berth-txid-'));
+    proxy = spawn('node', ['tools/fault-proxy.mjs', '--port', '0', '--log', join(dir, 'requests.log')], { stdio: ['ignore', 'pipe', 'ignore'] });
+    proxyPort = await new Promise((resolve) => proxy.stdout!.on('data', (d: Buffer) => resolve(Number(/port (\d+)/.exec(String(d))![1]))));
+  });
+  afterAll(async () => {
+    proxy.kill();
+    await dropContainer(container);
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  it("each Swift request carries the Berth request id as X-Trans-Id-Extra", async () => {
+    await writeFile(join(dir, 'clouds.yaml'), `clouds:\n  via-proxy:\n    auth_type: v1password\n    auth:\n      auth_url: http://127.0.0.1:${proxyPort}/auth/v1.0\n      username: test:tester\n      password: testing\n`);
+    const s = await spawnServe(`registry:\n  address: 127.0.0.1\n  port: 0\n  storage:\n    driver: swift\n    cloud: via-proxy\n    container: ${container}\n    clouds-file: ${join(dir, 'clouds.yaml')}\n`, dir);
+    try {
+      const data = randomBytes(1000);
+      const res = await fetch(`${s.url}/v2/txid/app/blobs/uploads/?digest=${sha256(data)}`, { method: 'POST', body: new Uint8Array(data) });
+      expect(res.status).toBe(201);
+      const id = res.headers.get('x-request-id')!.replace(/-/g, '');
+      const lines = (await readFile(join(dir, 'requests.log'), 'utf8')).trim().split('\n').map((l) => JSON.parse(l) as { url: string; transExtra?: string });
+      const tagged = lines.filter((l) => l.transExtra === id);
+      expect(tagged.length).toBeGreaterThanOrEqual(3); // record, chunk, moves, SLO, link...
+      expect(tagged.every((l) => l.url.includes(container))).toBe(true);
+    } finally {
+      expect(await s.stop()).toBe(0);
+    }
+  });
+});

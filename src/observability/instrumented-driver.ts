@@ -8,6 +8,7 @@ export class InstrumentedDriver implements StorageDriver {
   readonly maxObjectSize: number;
   readonly signedUrl?: (path: string, seconds: number) => Promise<string | null>;
   readonly verify?: (path: string) => Promise<string[]>;
+  readonly segments?: (path: string) => Promise<string[]>;
 
   constructor(
     private readonly inner: StorageDriver,
@@ -17,6 +18,7 @@ export class InstrumentedDriver implements StorageDriver {
     this.maxObjectSize = inner.maxObjectSize;
     if (inner.signedUrl) this.signedUrl = (path, seconds) => this.timed('signed_url', () => inner.signedUrl!(path, seconds));
     if (inner.verify) this.verify = (path) => this.timed('verify', () => inner.verify!(path));
+    if (inner.segments) this.segments = (path) => this.timed('segments', () => inner.segments!(path));
   }
 
   private async timed<T>(op: string, fn: () => Promise<T>): Promise<T> {

@@ -332,6 +332,7 @@ class Run {
         this.report.bytes.kept += size;
         // A tombstone left by a prune that died mid-sweep would hide a kept blob from pushes.
         if (tombstone && !this.opts.dryRun) await this.remove(tombstone.path, { blob: digest, stale: 'tombstone' });
+        if (data) await this.strayParts(digest, data, objects);
         continue;
       }
       if (await this.sweep(digest, objects.filter((o) => o !== tombstone), data)) {
@@ -342,6 +343,29 @@ class Run {
         this.report.bytes.kept += size;
       }
       this.tick('blobs');
+    }
+  }
+
+  /**
+   * Parts of a kept blob that its data does not read from: left by a commit that lost a race with another upload
+   * of the same digest, or that died between moving its chunks and joining them. Only old ones go: a commit in
+   * progress moves its parts before it writes the data.
+   */
+  private async strayParts(digest: string, data: ObjectInfo, objects: ObjectInfo[]): Promise<void> {
+    const old = objects.filter((o) => parseBlobPath(this.ns, o.path)!.rest.startsWith('parts/') && o.modified.getTime() < this.graceCutoff);
+    if (old.length === 0) return;
+    let used: Set<string>;
+    try {
+      used = new Set((await this.driver.segments?.(data.path)) ?? []);
+    } catch (err) {
+      this.report.failures++;
+      this.opts.log.warn({ namespace: this.ns, blob: digest, err: (err as Error).message }, 'could not read the segments of a blob');
+      return;
+    }
+    for (const o of old) {
+      if (used.has(o.path)) continue;
+      this.report.bytes.examined += o.size;
+      if (await this.remove(o.path, { blob: digest, stray: 'part' })) this.report.bytes.deleted += o.size;
     }
   }
 

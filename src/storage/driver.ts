@@ -90,6 +90,11 @@ export interface StorageDriver {
    * segment's ETag and size against the manifest's record). Optional; an empty list means none found.
    */
   verify?(path: string): Promise<string[]>;
+  /**
+   * The stored objects whose bytes `path` reads as its own (Swift: an SLO's segments and sub-manifests,
+   * recursively), or [] when it holds its bytes itself. Optional: a backend without it never keeps parts.
+   */
+  segments?(path: string): Promise<string[]>;
   /** Free connections and timers. */
   close(): Promise<void>;
 }

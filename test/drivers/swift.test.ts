@@ -62,7 +62,7 @@ describe('swift driver specifics', () => {
     const segments = await rawManifest(container, 's/data');
     expect(segments.slice(0, -1).filter((s) => s.size_bytes < 1 << 20).length).toBeLessThan(10);
     expect(md5(await driver.read('s/data'))).toBe(md5(data));
-    expect((await keysUnder(driver, 's')).every((p) => p === 's/data' || p.startsWith('s/data.seg/'))).toBe(true);
+    expect((await keysUnder(driver, 's')).every((p) => p === 's/data' || p.startsWith('s/parts/'))).toBe(true);
     await driver.delete('s/data');
     expect(await keysUnder(driver, 's')).toEqual([]);
     await driver.close();
@@ -81,6 +81,44 @@ describe('swift driver specifics', () => {
     expect(Buffer.concat(chunks).equals(data.subarray((2 << 20) - 3, (2 << 20) + 3))).toBe(true);
     await driver.delete('n/data');
     expect(await keysUnder(driver, 'n')).toEqual([]);
+    await driver.close();
+  });
+
+  test('joins of one blob from two uploads: one SLO stays readable, the later join removes its own parts', async () => {
+    const { container, driver } = await driverOnFreshContainer({ maxManifestSegments: 4 });
+    // The same bytes cut three ways, with small parts (merged) and more segments than a manifest holds (nested).
+    const data = randomBytes(12 << 20);
+    const cut = async (dir: string, sizes: number[]) => {
+      const parts = [];
+      let at = 0;
+      for (const [i, n] of sizes.entries()) {
+        const piece = data.subarray(at, (at += n));
+        await driver.put(`${dir}/${i}`, piece);
+        parts.push({ path: `${dir}/${i}`, size: n, md5: md5(piece) });
+      }
+      return parts;
+    };
+    const small = Array.from({ length: 24 }, () => 128 << 10);
+    const a = await cut('r/parts/a', [...small, 3 << 20, 3 << 20, 3 << 20]);
+    const b = await cut('r/parts/b', [1 << 20, 2 << 20, 3 << 20, ...small, 3 << 20]);
+    const c = await cut('r/parts/c', [6 << 20, ...small, 3 << 20]);
+    // At once: neither clobbers the other's merged parts or sub-manifests, whichever manifest stays.
+    const results = await Promise.all([driver.concat('r/data', a), driver.concat('r/data', b)]);
+    expect(results.map((r) => r.size)).toEqual([data.length, data.length]);
+    expect(md5(await driver.read('r/data'))).toBe(md5(data));
+    expect(await driver.verify!('r/data')).toEqual([]);
+    // After: the blob exists, so the join leaves it alone and deletes its own parts.
+    const manifestBefore = await rawManifest(container, 'r/data');
+    expect((await driver.concat('r/data', c)).size).toBe(data.length);
+    expect(await rawManifest(container, 'r/data')).toEqual(manifestBefore);
+    expect(await keysUnder(driver, 'r/parts/c')).toEqual([]);
+    expect(md5(await driver.read('r/data'))).toBe(md5(data));
+    // segments() names exactly what the blob reads from, so prune can tell stray parts.
+    const used = new Set(await driver.segments!('r/data'));
+    expect([...used].every((k) => k.startsWith('r/parts/'))).toBe(true);
+    for (const k of used) expect(await driver.stat(k)).not.toBeNull();
+    await driver.delete('r/data');
+    expect((await keysUnder(driver, 'r')).filter((k) => used.has(k))).toEqual([]);
     await driver.close();
   });
 

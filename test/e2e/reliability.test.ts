@@ -10,7 +10,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { md5, pushBlob, sha256, spawnServe } from '../helpers/server.js';
+import { Pruner } from '../../src/registry/prune.js';
+import { md5, pushBlob, pushImage, sha256, spawnServe } from '../helpers/server.js';
 import { BACKENDS, dropContainer, ensureSwift, freshContainer, startServerOn, storageYaml } from '../helpers/swift.js';
 
 const run = promisify(execFile);
@@ -52,6 +53,20 @@ describe.each(BACKENDS)('concurrency and shutdown on %s', (backend) => {
       const uploads = [];
       for await (const o of s.registry.driver.list('_local/uploads')) uploads.push(o.path);
       expect(uploads).toEqual([]);
+      // Commits that lost the race delete their parts, or prune does once they are old: one upload's parts remain.
+      await pushImage(s.url, 'same/blob', 'v1', [data]); // so prune keeps the blob
+      const later = new Date(Date.now() + 2 * 3600_000);
+      const silent = { debug() {}, info() {}, warn() {} };
+      const report = await new Pruner(s.registry.driver).prune('_local', { uploadExpiry: 3600, now: later, log: silent, lockSettleMs: 10 });
+      expect(report.failures).toBe(0);
+      const again = Buffer.from(await (await fetch(`${s.url}/v2/same/blob/blobs/${sha256(data)}`)).arrayBuffer());
+      expect(md5(again)).toBe(md5(data));
+      const partDirs = new Set<string>();
+      for await (const o of s.registry.driver.list(`_local/blobs/${sha256(data)}`)) {
+        const m = /\/parts\/([^/]+)\//.exec(o.path);
+        if (m) partDirs.add(m[1]);
+      }
+      expect(partDirs.size).toBeLessThanOrEqual(1);
     } finally {
       await s.close();
     }

@@ -98,12 +98,12 @@ describe('SLO planning', () => {
 
   it('keeps parts as segments when few are small', () => {
     const parts = [part(0, 5 * MiB), part(1, 100), part(2, 5 * MiB), part(3, 7)];
-    expect(planMerges('b/data', parts)).toEqual({ merges: [], segments: parts.map((p) => ({ path: p.path, etag: p.md5, size: p.size })) });
+    expect(planMerges('b', parts)).toEqual({ merges: [], segments: parts.map((p) => ({ path: p.path, etag: p.md5, size: p.size })) });
   });
 
   it('merges runs of small parts into groups of at least 1 MiB, leaving large parts alone', () => {
     const parts = [...Array.from({ length: 25 }, (_, i) => part(i, 100_000)), part(25, 4 * MiB), part(26, 10)];
-    const plan = planMerges('b/data', parts);
+    const plan = planMerges('b', parts);
     const sizes = plan.merges.map((m) => m.parts.reduce((n, p) => n + p.size, 0));
     expect(sizes.slice(0, -1).every((n) => n >= MiB)).toBe(true);
     expect(plan.merges.flatMap((m) => m.parts).length).toBe(25);
@@ -113,11 +113,11 @@ describe('SLO planning', () => {
 
   it('nests more segments than a manifest holds, with the sub-manifests SLO etags', () => {
     const segs = Array.from({ length: 5 }, (_, i) => ({ path: `b/p${i}`, etag: i.toString(16).padStart(32, '0'), size: MiB }));
-    const plan = planManifests('b/data', segs, 3);
+    const plan = planManifests('b', segs, 3);
     expect(plan.subManifests.map((s) => s.segments.length)).toEqual([3, 2]);
     expect(plan.top).toEqual(plan.subManifests.map((s) => ({ path: s.path, etag: sloEtag(s.segments), size: s.segments.length * MiB })));
-    expect(planManifests('b/data', segs, 5)).toEqual({ subManifests: [], top: segs });
+    expect(planManifests('b', segs, 5)).toEqual({ subManifests: [], top: segs });
     // One level of nesting: up to 1000 x 1000 segments.
-    expect(() => planManifests('b/data', segs, 2)).toThrow(/too many parts/);
+    expect(() => planManifests('b', segs, 2)).toThrow(/too many parts/);
   });
 });

@@ -118,10 +118,42 @@ export class SwiftDriver implements StorageDriver {
   /** Each SLO segment (recursively through sub-manifests) HEADed and compared with the manifest's etag and size. */
   async verify(key: string): Promise<string[]> {
     checkKey(key);
+    const listing = await this.sloListing(key);
+    if (listing === null) return [`${key}: missing`];
+    const problems: string[] = [];
+    await inParallel(listing, PARALLEL_REQUESTS, async (seg) => {
+      if (seg.subSlo) {
+        problems.push(...(await this.verify(seg.path)));
+        return;
+      }
+      const head = await this.call({ method: 'HEAD', key: seg.path });
+      await drain(head);
+      if (head.status === 404) return void problems.push(`${key}: segment ${seg.path} is missing`);
+      if (head.status !== 200) throw failure(head, `HEAD ${seg.path}`);
+      const etag = unquote(head.headers.get('etag'));
+      const size = Number(head.headers.get('content-length'));
+      if (etag !== seg.hash) problems.push(`${key}: segment ${seg.path} has md5 ${etag}, the manifest records ${seg.hash}`);
+      if (size !== seg.bytes) problems.push(`${key}: segment ${seg.path} has ${size} bytes, the manifest records ${seg.bytes}`);
+    });
+    return problems;
+  }
+
+  async segments(key: string): Promise<string[]> {
+    checkKey(key);
+    const out: string[] = [];
+    for (const seg of (await this.sloListing(key)) ?? []) {
+      out.push(seg.path);
+      if (seg.subSlo) out.push(...(await this.segments(seg.path)));
+    }
+    return out;
+  }
+
+  /** An SLO's own segment list (keys in this container); [] for a plain object, null when absent. */
+  private async sloListing(key: string): Promise<{ path: string; bytes: number; hash: string; subSlo: boolean }[] | null> {
     const res = await this.call({ method: 'GET', key, query: { 'multipart-manifest': 'get' } });
     if (res.status === 404) {
       await drain(res);
-      return [`${key}: missing`];
+      return null;
     }
     if (res.status !== 200) {
       await drain(res);
@@ -131,25 +163,12 @@ export class SwiftDriver implements StorageDriver {
       await drain(res);
       return [];
     }
-    const segments = (await res.json()) as { name: string; bytes: number; hash: string; sub_slo?: boolean }[];
-    const problems: string[] = [];
+    const listing = (await res.json()) as { name: string; bytes: number; hash: string; sub_slo?: boolean }[];
     const prefix = `/${this.opts.container}/`;
-    await inParallel(segments, PARALLEL_REQUESTS, async (seg) => {
-      const path = decodeURIComponent(seg.name.startsWith(prefix) ? seg.name.slice(prefix.length) : seg.name.replace(/^\//, ''));
-      if (seg.sub_slo) {
-        problems.push(...(await this.verify(path)));
-        return;
-      }
-      const head = await this.call({ method: 'HEAD', key: path });
-      await drain(head);
-      if (head.status === 404) return void problems.push(`${key}: segment ${path} is missing`);
-      if (head.status !== 200) throw failure(head, `HEAD ${path}`);
-      const etag = unquote(head.headers.get('etag'));
-      const size = Number(head.headers.get('content-length'));
-      if (etag !== seg.hash) problems.push(`${key}: segment ${path} has md5 ${etag}, the manifest records ${seg.hash}`);
-      if (size !== seg.bytes) problems.push(`${key}: segment ${path} has ${size} bytes, the manifest records ${seg.bytes}`);
+    return listing.map((seg) => {
+      const name = decodeURIComponent(seg.name);
+      return { path: name.startsWith(prefix) ? name.slice(prefix.length) : name.replace(/^\//, ''), bytes: seg.bytes, hash: seg.hash, subSlo: !!seg.sub_slo };
     });
-    return problems;
   }
 
   /** A Swift temp URL (HMAC-SHA256 over method, expiry and the decoded object path) for GET. */
@@ -359,7 +378,9 @@ export class SwiftDriver implements StorageDriver {
    * Join parts with an SLO manifest. Swift itself checks, atomically with the manifest write, that each segment
    * exists with the recorded size and md5 (a mismatch is a 400 naming the segment); the manifest's ETag is then
    * checked against the md5 of the segment md5s. Runs of small parts are merged first (Swift throttles GETs of
-   * SLOs with more than 10 segments under 1 MiB) and more than 1000 segments are nested.
+   * SLOs with more than 10 segments under 1 MiB) and more than 1000 segments are nested. Objects derived from the
+   * parts live in the parts' own directory, and the top manifest is created only if `dst` is absent: two joins
+   * of one blob racing each other (two uploads of one digest) leave one manifest and the loser's parts removed.
    */
   async concat(dst: string, parts: Part[]): Promise<StoredObject> {
     checkKey(dst);
@@ -376,7 +397,11 @@ export class SwiftDriver implements StorageDriver {
       for (const p of empty) await this.delete(p.path);
       return stored;
     }
-    const mergePlan = planMerges(dst, data);
+    const dir = data[0].path.slice(0, data[0].path.lastIndexOf('/'));
+    if (!data.every((p) => p.path.lastIndexOf('/') === dir.length && p.path.startsWith(`${dir}/`))) {
+      throw new DriverError(`parts of ${dst} are not in one directory`);
+    }
+    const mergePlan = planMerges(dir, data);
     const merged: Part[] = [];
     let plan: ReturnType<typeof planManifests> | undefined;
     try {
@@ -384,17 +409,34 @@ export class SwiftDriver implements StorageDriver {
       const segments = mergePlan.segments.map((s) =>
         'merge' in s ? { path: merged[s.merge].path, etag: merged[s.merge].md5, size: merged[s.merge].size } : s,
       );
-      plan = planManifests(dst, segments, this.opts.maxManifestSegments);
+      plan = planManifests(dir, segments, this.opts.maxManifestSegments);
       for (const sub of plan.subManifests) await this.putManifest(sub.path, sub.segments);
-      const size = await this.putManifest(dst, plan.top);
+      const written = await this.putManifest(dst, plan.top, { ifAbsent: true });
+      if (written === 'exists') return await this.settleLostJoin(dst, dir);
       // The merged originals (plain objects) are no longer referenced by anything.
       await inParallel([...mergePlan.merges.flatMap((m) => m.parts), ...empty], PARALLEL_REQUESTS, (p) => this.deletePlain(p.path));
-      return { size };
+      return { size: written };
     } catch (err) {
       for (const m of merged) await this.deleteQuietly(m.path);
       for (const sub of plan?.subManifests ?? []) await this.deleteQuietly(sub.path, false);
       throw err;
     }
+  }
+
+  /**
+   * Another join of `dst` won the race: its manifest stays. Ours (its parts, merged parts and sub-manifests, all in
+   * `dir`) is removed unless the manifest there is our own from an earlier attempt of this commit.
+   */
+  private async settleLostJoin(dst: string, dir: string): Promise<StoredObject> {
+    const listing = await this.sloListing(dst);
+    if (listing === null) throw new PathNotFound(dst);
+    if (!listing.some((seg) => seg.path.startsWith(`${dir}/`))) {
+      const leftovers: string[] = [];
+      for await (const o of this.list(dir)) leftovers.push(o.path);
+      await inParallel(leftovers, PARALLEL_REQUESTS, (key) => this.deleteQuietly(key, false));
+    }
+    if (listing.length === 0) return { size: (await this.stat(dst))?.size ?? 0 };
+    return { size: listing.reduce((n, seg) => n + seg.bytes, 0) };
   }
 
   private async deleteQuietly(key: string, withSegments = true): Promise<void> {
@@ -444,20 +486,23 @@ export class SwiftDriver implements StorageDriver {
     return { path, size: total, md5: expected };
   }
 
-  private async putManifest(key: string, segments: Segment[]): Promise<number> {
+  /** Returns the joined size, or 'exists' when `ifAbsent` found an object at `key` (or a newer write won). */
+  private async putManifest(key: string, segments: Segment[], opts: { ifAbsent?: boolean } = {}): Promise<number | 'exists'> {
     const manifest = segments.map((s) => ({ path: `/${this.opts.container}/${s.path}`, etag: s.etag, size_bytes: s.size }));
     const expected = sloEtag(segments);
     const res = await this.call({
       method: 'PUT',
       key,
       query: { 'multipart-manifest': 'put' },
-      headers: { 'Content-Type': 'application/octet-stream', ETag: expected },
+      headers: { 'Content-Type': 'application/octet-stream', ETag: expected, ...(opts.ifAbsent ? { 'If-None-Match': '*' } : {}) },
       body: Buffer.from(JSON.stringify(manifest)),
       timeoutMs: COPY_TIMEOUT_MS,
     });
     const text = await res.text();
     if (res.status === 400) throw manifestError(text, segments, this.opts.container);
     if (res.status === 422) throw new ChecksumMismatch(key, expected, 'SLO etag refused by Swift (422)');
+    // 412: the object exists; 202: a concurrent write with a newer timestamp replaced ours.
+    if (opts.ifAbsent && (res.status === 412 || res.status === 202)) return 'exists';
     if (res.status !== 201) throw failure(res, `SLO manifest ${key}`);
     const etag = unquote(res.headers.get('etag'));
     if (etag !== expected) {

@@ -39,7 +39,11 @@ export function sloEtag(segments: Segment[]): string {
   return h.digest('hex');
 }
 
-export function planMerges(dst: string, parts: Part[]): MergePlan {
+/**
+ * `dir` holds the objects the plan derives (merged parts, sub-manifests). It must belong to one upload (the
+ * directory of its parts), so that two uploads of one digest committing at once never write the same name.
+ */
+export function planMerges(dir: string, parts: Part[]): MergePlan {
   const merges: MergePlan['merges'] = [];
   const segments: MergePlan['segments'] = [];
   const small = parts.slice(0, -1).filter((p) => p.size < MIN_UNTHROTTLED_SEGMENT).length;
@@ -52,7 +56,7 @@ export function planMerges(dst: string, parts: Part[]): MergePlan {
   const flush = () => {
     if (run.length === 1) segments.push({ path: run[0].path, etag: run[0].md5, size: run[0].size });
     else if (run.length > 1) {
-      merges.push({ path: `${dst}.seg/m${merges.length}`, parts: run });
+      merges.push({ path: `${dir}/merged-${merges.length}`, parts: run });
       segments.push({ merge: merges.length - 1 });
     }
     run = [];
@@ -72,11 +76,11 @@ export function planMerges(dst: string, parts: Part[]): MergePlan {
   return { merges, segments };
 }
 
-export function planManifests(dst: string, segments: Segment[], maxSegments = MAX_SEGMENTS): ManifestPlan {
+export function planManifests(dir: string, segments: Segment[], maxSegments = MAX_SEGMENTS): ManifestPlan {
   if (segments.length <= maxSegments) return { subManifests: [], top: segments };
   const subManifests: ManifestPlan['subManifests'] = [];
   for (let i = 0; i < segments.length; i += maxSegments) {
-    subManifests.push({ path: `${dst}.seg/s${subManifests.length}`, segments: segments.slice(i, i + maxSegments) });
+    subManifests.push({ path: `${dir}/manifest-${subManifests.length}`, segments: segments.slice(i, i + maxSegments) });
   }
   if (subManifests.length > maxSegments) throw new Error(`too many parts for one object: ${segments.length}`);
   const top = subManifests.map((s) => ({ path: s.path, etag: sloEtag(s.segments), size: s.segments.reduce((n, x) => n + x.size, 0) }));

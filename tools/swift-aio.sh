@@ -6,6 +6,7 @@
 #   tools/swift-aio.sh start     configure (first time) and start; idempotent; prints the clouds.yaml path
 #   tools/swift-aio.sh stop      stop every server it started
 #   tools/swift-aio.sh status    exit 0 when the proxy answers a tempauth login
+#   tools/swift-aio.sh env       print export lines for a shell: eval "$(tools/swift-aio.sh env)"
 #
 # Environment: BERTH_SWIFT_DIR (default /tmp/berth-swift), BERTH_SWIFT_PORT (default 8080).
 # The clouds.yaml it writes names the cloud "berth-test" (auth_type v1password).
@@ -203,9 +204,23 @@ stop() {
   say "stopped"
 }
 
+# What a shell needs to reach this Swift: the clouds.yaml (Berth and openstacksdk read it), the tempauth URL, and
+# the storage URL when Swift is up to say it. Credentials stay in clouds.yaml.
+print_env() {
+  [ -f "$BASE/clouds.yaml" ] || { say "no clouds.yaml in $BASE yet; run $0 start"; exit 1; }
+  printf 'export OS_CLIENT_CONFIG_FILE=%q\n' "$BASE/clouds.yaml"
+  printf 'export OS_CLOUD=%q\n' berth-test
+  printf 'export ST_AUTH=%q\n' "http://127.0.0.1:$PORT/auth/v1.0"
+  local url
+  url=$(curl -fsS -o /dev/null -D - --max-time 3 -H 'X-Auth-User: test:tester' -H 'X-Auth-Key: testing' \
+    "http://127.0.0.1:$PORT/auth/v1.0" 2>/dev/null | tr -d '\r' | sed -n 's/^x-storage-url: *//Ip') || true
+  if [ -n "$url" ]; then printf 'export OS_STORAGE_URL=%q\n' "$url"; else say "Swift is not answering; OS_STORAGE_URL left out"; fi
+}
+
 case "${1:-}" in
   start) start ;;
   stop) stop ;;
   status) healthy ;;
-  *) echo "usage: $0 start|stop|status" >&2; exit 2 ;;
+  env) print_env ;;
+  *) echo "usage: $0 start|stop|status|env" >&2; exit 2 ;;
 esac

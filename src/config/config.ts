@@ -4,7 +4,7 @@
  */
 import { readFileSync } from 'node:fs';
 import { dirname, resolve } from 'node:path';
-import yaml from 'js-yaml';
+import { loadYaml } from './yaml.js';
 
 export interface UserConfig {
   name: string;
@@ -77,9 +77,9 @@ export function loadConfig(file: string): Config {
   }
   let doc: unknown;
   try {
-    doc = yaml.load(text, { filename: file });
+    doc = loadYaml(text, file);
   } catch (err) {
-    throw new ConfigError(file, `not valid YAML: ${(err as Error).message.split('\n')[0]}`);
+    throw new ConfigError(file, `not valid YAML: ${(err as Error).message}`);
   }
   return parseConfig(doc, dirname(resolve(file)));
 }

@@ -138,10 +138,20 @@ export function createApp(registry: Registry, opts: AppOptions): express.Express
     })().catch((err) => {
       if (err instanceof AuthFailure) return access.sendFailure(req, res, err, head);
       const body = toErrorBody(err);
-      if (body.status >= 500) opts.log.error({ req: res.locals.requestId, err }, 'request failed');
+      if (err instanceof DigestMismatch) {
+        const where = { req: res.locals.requestId, path: req.originalUrl.split('?')[0], expected: err.expected, actual: err.actual };
+        opts.log.error(where, 'stored bytes do not match their digest; not served (run berth fsck)');
+      } else if (body.status >= 500) opts.log.error({ req: res.locals.requestId, err }, 'request failed');
       else opts.log.debug({ req: res.locals.requestId, code: body.code, msg: body.message }, 'request refused');
       sendError(res, body, head);
     });
+  });
+
+  // Every other path: clients parse the API's error envelope, not Express's HTML page. The code is the one an
+  // unknown path under /v2 gets.
+  app.use((req, res) => {
+    res.setHeader('Docker-Distribution-API-Version', 'registry/2.0');
+    sendError(res, { status: 404, code: 'NAME_UNKNOWN', message: 'no such endpoint' }, req.method === 'HEAD');
   });
 
   return app;

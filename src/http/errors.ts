@@ -2,6 +2,7 @@
 import type { Response } from 'express';
 import { ChecksumMismatch, DriverError, SizeMismatch } from '../storage/driver.js';
 import { RegistryError, type OciCode } from '../registry/errors.js';
+import { DigestMismatch } from '../registry/verify.js';
 
 const STATUS: Record<OciCode, number> = {
   BLOB_UNKNOWN: 404,
@@ -46,6 +47,10 @@ export function toErrorBody(err: unknown, status?: number): ErrorBody {
   if (err instanceof ChecksumMismatch || err instanceof SizeMismatch) {
     // Storage kept other bytes than were sent: the operation failed and changed nothing the client can see.
     return { status: 503, code: 'UNAVAILABLE', message: 'storage did not store the data intact; retry' };
+  }
+  if (err instanceof DigestMismatch) {
+    // Damaged at rest: a storage fault that a retry will not mend (fsck --repair, then a push, does).
+    return { status: 500, code: 'UNKNOWN', message: 'stored content does not match its digest' };
   }
   return { status: 500, code: 'UNKNOWN', message: 'internal error' };
 }

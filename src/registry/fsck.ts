@@ -1,10 +1,11 @@
 /**
  * fsck: re-read every stored blob and re-hash it, ask the backend about what reading cannot show (Swift SLO
  * segments against the manifest's record), and check that every manifest's blobs exist. `repair` moves a corrupt
- * blob to quarantine: it stops being served, and pushing it again stores it afresh.
+ * blob to quarantine: it stops being served, and pushing it again stores it afresh. A blob that could not be read
+ * (a 503, a reset, a stall) is only reported: the next read may well succeed, and a healthy blob must not be lost.
  */
 import { createHash } from 'node:crypto';
-import type { StorageDriver } from '../storage/driver.js';
+import { PathNotFound, type StorageDriver } from '../storage/driver.js';
 import { digestAlgorithm, parseBlobPath, parseRepoPath, paths, validDigest } from './paths.js';
 import { groups, needs } from './prune.js';
 
@@ -65,17 +66,20 @@ export class Fsck {
       if (!parsed || !rest || rest[0] !== '_manifests' || rest[1] !== 'revisions' || !validDigest(rest[2] ?? '')) continue;
       report.manifests++;
       const digest = rest[2];
-      let body: string;
       try {
-        body = (await this.driver.read(paths.blobData(ns, digest))).toString('utf8');
-      } catch {
-        report.problems.push({ kind: 'missing', path: o.path, detail: `manifest ${digest} of ${parsed.repo} has no stored bytes` });
-        continue;
-      }
-      for (const need of needs(body)) {
-        if (!(await this.driver.stat(paths.blobData(ns, need.digest)))) {
-          report.problems.push({ kind: 'missing', path: o.path, detail: `manifest ${digest} of ${parsed.repo} references missing ${need.digest}` });
+        const body = (await this.driver.read(paths.blobData(ns, digest))).toString('utf8');
+        for (const need of needs(body)) {
+          if (!(await this.driver.stat(paths.blobData(ns, need.digest)))) {
+            report.problems.push({ kind: 'missing', path: o.path, detail: `manifest ${digest} of ${parsed.repo} references missing ${need.digest}` });
+          }
         }
+      } catch (err) {
+        // Only an answer of "not found" means missing; any other storage error is this manifest's problem, not the run's.
+        report.problems.push(
+          err instanceof PathNotFound
+            ? { kind: 'missing', path: o.path, detail: `manifest ${digest} of ${parsed.repo} has no stored bytes` }
+            : { kind: 'unreadable', path: o.path, detail: `manifest ${digest} of ${parsed.repo}: ${(err as Error).message}` },
+        );
       }
       tick();
     }
@@ -100,9 +104,14 @@ export class Fsck {
   private async blob(ns: string, digest: string, report: FsckReport, opts: FsckOptions): Promise<void> {
     const path = paths.blobData(ns, digest);
     const found: FsckProblem[] = [];
-    for (const detail of (await this.driver.verify?.(path)) ?? []) found.push({ kind: 'segment', path, detail });
     try {
-      const { body } = await this.driver.get(path);
+      for (const detail of (await this.driver.verify?.(path)) ?? []) found.push({ kind: 'segment', path, detail });
+    } catch (err) {
+      // Storage failed to answer: that says nothing about the blob, and the run goes on.
+      found.push({ kind: 'unreadable', path, detail: `segments not checked: ${(err as Error).message}` });
+    }
+    try {
+      const { body, size: expected } = await this.driver.get(path);
       const hash = createHash(digestAlgorithm(digest));
       let size = 0;
       for await (const piece of body as AsyncIterable<Buffer>) {
@@ -111,15 +120,23 @@ export class Fsck {
       }
       report.bytes += size;
       const actual = `${digestAlgorithm(digest)}:${hash.digest('hex')}`;
-      if (actual !== digest) found.push({ kind: 'corrupt', path, detail: `content hashes to ${actual}` });
+      // A short read is a failed read, not evidence that the stored bytes are wrong.
+      if (size !== expected) found.push({ kind: 'unreadable', path, detail: `read ${size} of ${expected} bytes` });
+      else if (actual !== digest) found.push({ kind: 'corrupt', path, detail: `content hashes to ${actual}` });
     } catch (err) {
       found.push({ kind: 'unreadable', path, detail: (err as Error).message });
     }
     report.blobs++;
     report.problems.push(...found);
-    if (found.length > 0 && opts.repair) {
-      await this.quarantine(ns, digest, found);
-      report.quarantined++;
+    // Only evidence of damage takes a blob out of service: all its bytes hashing to another digest, or segments
+    // that differ from the manifest's record. An unreadable blob stays where it is.
+    if (opts.repair && found.some((p) => p.kind === 'corrupt' || p.kind === 'segment')) {
+      try {
+        await this.quarantine(ns, digest, found);
+        report.quarantined++;
+      } catch (err) {
+        report.problems.push({ kind: 'unreadable', path, detail: `not quarantined: ${(err as Error).message}` });
+      }
     }
   }
 }

@@ -7,6 +7,7 @@ import { PathNotFound, type StorageDriver } from '../storage/driver.js';
 import type { BlobLinks, Blobs } from './blobs.js';
 import { RegistryError, manifestUnknown, nameUnknown } from './errors.js';
 import { checkDigest, checkTag, digestAlgorithm, paths, validDigest } from './paths.js';
+import { DigestMismatch } from './verify.js';
 
 export const MEDIA_TYPES = {
   ociManifest: 'application/vnd.oci.image.manifest.v1+json',
@@ -136,15 +137,22 @@ export class Manifests {
     return { digest, ...(JSON.parse(raw.toString('utf8')) as RevisionMeta) };
   }
 
+  /** The manifest and its bytes, checked against its digest (by tag: the digest the tag names). */
   async get(ns: string, repo: string, reference: string): Promise<StoredManifest & { body: Buffer }> {
     const meta = await this.stat(ns, repo, reference);
+    let body: Buffer;
     try {
-      return { ...meta, body: await this.blobs.readSmall(ns, meta.digest) };
+      body = await this.blobs.readSmall(ns, meta.digest);
     } catch (err) {
       // The revision outlived its data (a prune race): the manifest is gone for this reader.
       if (err instanceof PathNotFound) throw manifestUnknown(reference);
       throw err;
     }
+    // Small and read whole, so checked before a byte is sent: an address never serves other bytes.
+    const algorithm = digestAlgorithm(meta.digest);
+    const actual = `${algorithm}:${createHash(algorithm).update(body).digest('hex')}`;
+    if (actual !== meta.digest) throw new DigestMismatch(meta.digest, actual);
+    return { ...meta, body };
   }
 
   /**

@@ -140,12 +140,12 @@ class Run {
     try {
       await this.driver.put(path, body, { ifAbsent: true, contentType: 'application/json' });
     } catch (err) {
-      if (err instanceof AlreadyExists) return `another prune took ${path} first`;
-      throw err;
+      if (!(err instanceof AlreadyExists)) throw err;
+      // A create whose answer was lost and that the driver retried finds our own lock: that is success.
+      if ((await this.lockHolder()) !== this.lockToken) return `another prune took ${path} first`;
     }
     await new Promise((r) => setTimeout(r, this.opts.lockSettleMs ?? 1000));
-    const holder = await this.driver.read(path).then((b) => (JSON.parse(b.toString()) as { token?: string }).token, () => undefined);
-    if (holder !== this.lockToken) {
+    if ((await this.lockHolder()) !== this.lockToken) {
       this.lockToken = '';
       return `another prune took ${path} at the same moment`;
     }
@@ -154,9 +154,12 @@ class Run {
 
   async unlock(): Promise<void> {
     if (!this.lockToken) return;
-    const path = paths.pruneLock(this.ns);
-    const holder = await this.driver.read(path).then((b) => (JSON.parse(b.toString()) as { token?: string }).token, () => undefined);
-    if (holder === this.lockToken) await this.driver.delete(path);
+    if ((await this.lockHolder()) === this.lockToken) await this.driver.delete(paths.pruneLock(this.ns));
+  }
+
+  /** The token in the lock, or undefined if there is none (or it cannot be read). */
+  private lockHolder(): Promise<string | undefined> {
+    return this.driver.read(paths.pruneLock(this.ns)).then((b) => (JSON.parse(b.toString()) as { token?: string }).token, () => undefined);
   }
 
   // --- helpers ---

@@ -9,7 +9,7 @@ import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { Fsck } from '../../src/registry/fsck.js';
 import { paths } from '../../src/registry/paths.js';
 import { FilesystemDriver } from '../../src/storage/filesystem.js';
-import type { StorageDriver } from '../../src/storage/driver.js';
+import { DriverError, type StorageDriver } from '../../src/storage/driver.js';
 import { md5, pushBlob, pushImage, sha256, startServer, type TestServer } from '../helpers/server.js';
 import { BACKENDS, dropContainer, freshContainer, swiftDriver } from '../helpers/swift.js';
 
@@ -80,6 +80,55 @@ describe.each(BACKENDS)('fsck on %s', (backend) => {
     expect(md5(Buffer.from(await (await fetch(`${s.url}/v2/fsck/app/blobs/${badDigest}`)).arrayBuffer()))).toBe(md5(bad));
     await pushBlob(s.url, 'fsck/other', lost);
     expect((await new Fsck(driver).check('_local')).problems).toEqual([]);
+  });
+});
+
+/** `inner`, but storage answers 503 (a retryable DriverError) to get() of one path and verify() of another. */
+function flaky(inner: StorageDriver, failGet: string, failVerify: string): StorageDriver {
+  const unavailable = (path: string) => new DriverError(`GET ${path}: 503 Service Unavailable`, true);
+  return new Proxy(inner, {
+    get(target, prop) {
+      if (prop === 'get') return (path: string, range?: never) => (path === failGet ? Promise.reject(unavailable(path)) : target.get(path, range));
+      if (prop === 'verify') return async (path: string) => (path === failVerify ? Promise.reject(unavailable(path)) : ((await target.verify?.(path)) ?? []));
+      const value = Reflect.get(target, prop, target) as unknown;
+      return typeof value === 'function' ? value.bind(target) : value;
+    },
+  });
+}
+
+describe('fsck against a storage that fails some requests', () => {
+  it('--repair reports blobs it could not read, leaves them in place, checks the rest and still quarantines a corrupt one', async () => {
+    const s = await startServer();
+    try {
+      const [readFails, verifyFails, bad] = [randomBytes(3000), randomBytes(3000), randomBytes(3000)];
+      await pushImage(s.url, 'flaky/app', 'v1', [readFails, verifyFails, bad]);
+      await writeFile(join(s.root, paths.blobData('_local', sha256(bad))), randomBytes(3000));
+      const at = (data: Buffer) => paths.blobData('_local', sha256(data));
+
+      const report = await new Fsck(flaky(s.registry.driver, at(readFails), at(verifyFails))).check('_local', { repair: true });
+      const blobProblems = report.problems.filter((p) => p.kind !== 'missing').map((p) => [p.kind, p.path]);
+      expect(blobProblems).toHaveLength(3);
+      expect(blobProblems).toEqual(
+        expect.arrayContaining([
+          ['unreadable', at(readFails)],
+          ['unreadable', at(verifyFails)],
+          ['corrupt', at(bad)],
+        ]),
+      );
+      // Checked after the repair: the manifest now names the quarantined blob, and only that one.
+      expect(report.problems.filter((p) => p.kind === 'missing').map((p) => p.detail)).toEqual([expect.stringMatching(`references missing ${sha256(bad)}$`)]);
+      expect(report.blobs).toBe(5); // config, three layers, the manifest
+      expect(report.quarantined).toBe(1);
+      for (const kept of [readFails, verifyFails]) {
+        expect(await s.registry.driver.stat(at(kept))).not.toBeNull();
+        expect(await s.registry.driver.stat(paths.quarantine('_local', sha256(kept)))).toBeNull();
+        expect(md5(Buffer.from(await (await fetch(`${s.url}/v2/flaky/app/blobs/${sha256(kept)}`)).arrayBuffer()))).toBe(md5(kept));
+      }
+      expect(await s.registry.driver.stat(at(bad))).toBeNull();
+      expect(await s.registry.driver.stat(paths.quarantine('_local', sha256(bad)))).not.toBeNull();
+    } finally {
+      await s.close();
+    }
   });
 });
 

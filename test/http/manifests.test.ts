@@ -1,6 +1,9 @@
 import { randomBytes } from 'node:crypto';
+import { writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { pushBlob, pushImage, sha256, type TestServer } from '../helpers/server.js';
+import { paths } from '../../src/registry/paths.js';
+import { pushBlob, pushImage, sha256, startServer, type TestServer } from '../helpers/server.js';
 import { BACKENDS, startServerOn } from '../helpers/swift.js';
 
 let s: TestServer;
@@ -154,5 +157,26 @@ describe.each(BACKENDS)('manifest API on %s', (backend) => {
     const page = await fetch(`${s.url}/v2/_catalog?n=1`);
     expect(((await page.json()) as { repositories: string[] }).repositories).toHaveLength(1);
     expect(page.headers.get('link')).toMatch(/rel="next"/);
+  });
+});
+
+describe('manifest integrity on filesystem', () => {
+  it('stored manifest bytes that no longer hash to the digest are not served, by digest or by tag', async () => {
+    const server = await startServer();
+    try {
+      const { digest } = await pushImage(server.url, 'damaged/app', 'v1', [randomBytes(100)]);
+      // Other valid JSON where the manifest was: what a disk, a restore or a hand edit might leave.
+      const other = JSON.stringify({ schemaVersion: 2, mediaType: OCI_MANIFEST, config: {}, layers: [] });
+      await writeFile(join(server.root, paths.blobData('_local', digest)), other);
+      for (const ref of [digest, 'v1']) {
+        const res = await fetch(`${server.url}/v2/damaged/app/manifests/${ref}`);
+        expect(res.status).toBe(500);
+        const text = await res.text();
+        expect(text).not.toContain(other);
+        expect(JSON.parse(text)).toEqual({ errors: [{ code: 'UNKNOWN', message: 'stored content does not match its digest' }] });
+      }
+    } finally {
+      await server.close();
+    }
   });
 });

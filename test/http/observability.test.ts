@@ -67,3 +67,18 @@ describe('health, readiness, metrics', () => {
     expect(text).toMatch(/^berth_process_resident_memory_bytes \d+/m);
   });
 });
+
+describe('paths no route answers', () => {
+  it('GET /nope gets 404 with the OCI error envelope and the API version header, not an HTML page', async () => {
+    for (const path of ['/nope', '/auth/nope', '/v1/_ping']) {
+      const res = await fetch(`${s.url}${path}`);
+      expect(res.status).toBe(404);
+      expect(res.headers.get('content-type')).toBe('application/json');
+      expect(res.headers.get('docker-distribution-api-version')).toBe('registry/2.0');
+      expect(await res.json()).toEqual({ errors: [{ code: 'NAME_UNKNOWN', message: 'no such endpoint' }] });
+    }
+    const head = await fetch(`${s.url}/nope`, { method: 'HEAD' });
+    expect(head.status).toBe(404);
+    expect(head.headers.get('docker-distribution-api-version')).toBe('registry/2.0');
+  });
+});

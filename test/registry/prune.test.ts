@@ -2,6 +2,7 @@
 import { randomBytes } from 'node:crypto';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { paths } from '../../src/registry/paths.js';
+import { AlreadyExists, type PutOptions } from '../../src/storage/driver.js';
 import { Pruner, type PruneOptions, type PruneReport } from '../../src/registry/prune.js';
 import { pushBlob, pushImage, sha256, type TestServer } from '../helpers/server.js';
 import { BACKENDS, startServerOn } from '../helpers/swift.js';
@@ -214,6 +215,42 @@ describe.each(BACKENDS)('prune on %s', (backend) => {
     const taken = await prune({ staleLockSeconds: 0 });
     expect(taken.refused).toBeUndefined();
     expect(await s.registry.driver.stat(paths.pruneLock('_local'))).toBeNull();
+  });
+
+  it('a lock create that was stored but answered AlreadyExists (a retried request) is our lock: prune runs and removes it', async () => {
+    const old = await pushImage(s.url, 'retried', 'old', [randomBytes(100)]);
+    await markTime();
+    const inner = s.registry.driver;
+    let lost = false;
+    // The first create of the lock is stored, but its answer is lost and the retry finds the object there.
+    const retrying = new Proxy(inner, {
+      get(target, prop) {
+        if (prop === 'put') {
+          return async (path: string, body: Buffer, opts?: PutOptions) => {
+            const stored = await target.put(path, body, opts);
+            if (!lost && opts?.ifAbsent && path === paths.pruneLock('_local')) {
+              lost = true;
+              throw new AlreadyExists(path);
+            }
+            return stored;
+          };
+        }
+        const value = Reflect.get(target, prop, target) as unknown;
+        return typeof value === 'function' ? value.bind(target) : value;
+      },
+    });
+    const report = await new Pruner(retrying).prune('_local', {
+      expiration: HOUR,
+      uploadExpiry: HOUR,
+      now: new Date(cutoff + HOUR * 1000),
+      log: silent,
+      lockSettleMs: 10,
+    });
+    expect(lost).toBe(true);
+    expect(report.refused).toBeUndefined();
+    expect(report.manifests.deleted).toBe(1);
+    expect(await status(`/v2/retried/manifests/${old.digest}`)).toBe(404);
+    expect(await inner.stat(paths.pruneLock('_local'))).toBeNull();
   });
 
   it('a dry run deletes nothing and reports what the real run then deletes', async () => {

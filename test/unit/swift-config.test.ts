@@ -55,6 +55,22 @@ describe('clouds.yaml', () => {
     expect(() => loadCloud('odd', file)).toThrow(CloudConfigError);
     expect(() => loadCloud('x', join(dir, 'missing.yaml'))).toThrow(/no clouds.yaml found/);
   });
+
+  it('a YAML syntax error next to a password names the file and position but never shows the password', async () => {
+    const file = join(dir, 'bad-clouds.yaml');
+    // The unclosed flow mapping fails a line below the password, well inside js-yaml's snippet window.
+    await writeFile(file, `clouds:\n  berth:\n    auth_type: v1password\n    auth:\n      password: hunter2-secret\n      username: {a: b\n`);
+    let err: unknown;
+    try {
+      loadCloud('berth', file);
+    } catch (e) {
+      err = e;
+    }
+    expect(err).toBeInstanceOf(CloudConfigError);
+    expect((err as Error).message).toMatch(/bad-clouds\.yaml: not valid YAML: .*\(\d+:\d+\)$/);
+    expect((err as Error).message).not.toContain('hunter2');
+    expect((err as Error).stack).not.toContain('hunter2');
+  });
 });
 
 describe('Keystone v3 requests', () => {

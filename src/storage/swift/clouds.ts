@@ -6,7 +6,7 @@
 import { readFileSync } from 'node:fs';
 import { homedir } from 'node:os';
 import { join, resolve } from 'node:path';
-import yaml from 'js-yaml';
+import { loadYaml } from '../../config/yaml.js';
 
 export type CloudAuth =
   | { type: 'v1password'; authUrl: string; username: string; password: string }
@@ -70,7 +70,12 @@ export function loadCloud(name: string, file?: string): CloudAuth {
     }
   }
   if (text === undefined) throw new CloudConfigError(`no clouds.yaml found (looked in ${files.join(', ')})`);
-  const doc = yaml.load(text) as { clouds?: Record<string, unknown> } | undefined;
+  let doc: { clouds?: Record<string, unknown> } | undefined;
+  try {
+    doc = loadYaml(text, used) as typeof doc;
+  } catch (err) {
+    throw new CloudConfigError(`${used}: not valid YAML: ${(err as Error).message}`);
+  }
   const cloud = doc?.clouds?.[name] as Record<string, unknown> | undefined;
   if (!cloud || typeof cloud !== 'object') throw new CloudConfigError(`${used}: no cloud named ${JSON.stringify(name)}`);
   const auth = (cloud.auth ?? {}) as Record<string, unknown>;

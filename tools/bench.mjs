@@ -256,6 +256,30 @@ async function pushPull(start, image, label) {
     await reg.close();
   }
 }
+/**
+ * The same work with curl as the client, so Berth is compared with raw Swift through the same client: POST, one
+ * PATCH of the whole layer, PUT ?digest= (timed apart: the PUT is the commit), then a GET of the blob (following a
+ * temp-URL redirect) to /dev/null.
+ */
+async function curlPushPull(start, image) {
+  const reg = await start();
+  try {
+    const base = `http://${reg.host}/v2/bench/curl`;
+    const digest = `sha256:${image.layerPath.split('/').pop()}`;
+    const post = await fetch(`${base}/blobs/uploads/`, { method: 'POST' });
+    await post.arrayBuffer();
+    let location = new URL(post.headers.get('location'), base).href;
+    const { stdout } = await run('curl', ['-sS', '-o', '/dev/null', '-D', '-', '-w', '%{http_code} %{time_total}', '-X', 'PATCH', '-H', 'Content-Type: application/octet-stream', '-T', image.layerPath, location], { maxBuffer: 1 << 20 });
+    const [code, patch] = stdout.trim().split('\n').pop().split(' ');
+    if (code !== '202') throw new Error(`curl PATCH: HTTP ${code}`);
+    location = new URL(/^location:\s*(\S+)/im.exec(stdout)?.[1] ?? location, base).href;
+    const put = await curl('-X', 'PUT', `${location}${location.includes('?') ? '&' : '?'}digest=${digest}`);
+    const pull = await curl('-L', `${base}/blobs/${digest}`);
+    return { push: Number(patch) + put, patch: Number(patch), commit: put, pull, rssMB: reg.child.pid ? peakRssMB(reg.child.pid) : NaN };
+  } finally {
+    await reg.close();
+  }
+}
 async function concurrentPushes(n) {
   const reg = await startBerth('swift');
   try {
@@ -325,6 +349,15 @@ const contenders = [
         ['dist-fs', () => pushPull(() => startDistribution('filesystem'), images[0], 'dist-fs')],
       ]
     : []),
+  ['berth-swift-curl', () => curlPushPull(() => startBerth('swift'), images[0])],
+  ['berth-swift-tempurl-curl', () => curlPushPull(() => startBerth('swift', { tempUrl: true }), images[0])],
+  ['berth-fs-curl', () => curlPushPull(() => startBerth('filesystem'), images[0])],
+  ...(haveDistribution
+    ? [
+        ['dist-swift-curl', () => curlPushPull(() => startDistribution('swift'), images[0])],
+        ['dist-fs-curl', () => curlPushPull(() => startDistribution('filesystem'), images[0])],
+      ]
+    : []),
   ...CONCURRENCY.map((n) => [`berth-swift-x${n}`, () => concurrentPushes(n)]),
 ].filter(([name]) => wanted(name));
 const results = Object.fromEntries(contenders.map(([n]) => [n, []]));
@@ -360,6 +393,16 @@ for (const [name, label] of [
   if (!results[name]?.length) continue;
   rows.push({ name: label, key: name, push: med(name, 'push'), pull: med(name, 'pull'), commit: med(name, 'commit'), rssMB: maxOf(name, 'rssMB') });
 }
+for (const [name, label] of [
+  ['berth-swift-curl', 'Berth on Swift, curl'],
+  ['berth-swift-tempurl-curl', 'Berth on Swift, curl, GET redirected to a temp URL'],
+  ['dist-swift-curl', 'Distribution on Swift, curl'],
+  ['berth-fs-curl', 'Berth on filesystem, curl'],
+  ['dist-fs-curl', 'Distribution on filesystem, curl'],
+]) {
+  if (!results[name]?.length) continue;
+  rows.push({ name: label, key: name, push: med(name, 'push'), pull: med(name, 'pull'), commit: med(name, 'commit'), rssMB: maxOf(name, 'rssMB') });
+}
 for (const n of CONCURRENCY) {
   const name = `berth-swift-x${n}`;
   if (!results[name]?.length) continue;
@@ -381,6 +424,22 @@ if (raw && find('berth-swift-tempurl')) {
 if (find('dist-swift') && find('berth-swift')) {
   ratios.berthSwiftPushVsDistribution = find('dist-swift').push / find('berth-swift').push;
   ratios.berthSwiftPullVsDistribution = find('dist-swift').pull / find('berth-swift').pull;
+}
+// Same client (curl) on both sides: what Berth itself costs over raw Swift and over Distribution.
+if (raw && find('berth-swift-curl')) {
+  ratios.curlBerthSwiftPushVsRawBound = (raw.put + raw.copy) / find('berth-swift-curl').push;
+  ratios.curlBerthSwiftPatchVsRawPut = raw.put / med('berth-swift-curl', 'patch');
+  ratios.curlBerthSwiftCommitVsRawCopy = raw.copy / find('berth-swift-curl').commit;
+  ratios.curlBerthSwiftPullVsRawSloGet = raw.sloGet / find('berth-swift-curl').pull;
+}
+if (raw && find('berth-swift-tempurl-curl')) ratios.curlBerthTempUrlPullVsRawGet = raw.get / find('berth-swift-tempurl-curl').pull;
+if (find('dist-swift-curl') && find('berth-swift-curl')) {
+  ratios.curlBerthSwiftPushVsDistribution = find('dist-swift-curl').push / find('berth-swift-curl').push;
+  ratios.curlBerthSwiftPullVsDistribution = find('dist-swift-curl').pull / find('berth-swift-curl').pull;
+}
+if (find('dist-fs-curl') && find('berth-fs-curl')) {
+  ratios.curlBerthFsPushVsDistribution = find('dist-fs-curl').push / find('berth-fs-curl').push;
+  ratios.curlBerthFsPullVsDistribution = find('dist-fs-curl').pull / find('berth-fs-curl').pull;
 }
 if (find('dist-fs') && find('berth-fs')) {
   ratios.berthFsPushVsDistribution = find('dist-fs').push / find('berth-fs').push;

@@ -92,11 +92,11 @@ export class Uploads {
     const hash = createSha256(record.sha256);
     const limit = this.driver.maxObjectSize;
     let received = 0;
-    let current: { stream: PassThrough; stored: Promise<StoredObject>; md5: Md5Job; size: number; object: string } | null = null;
+    let current: { stream: PassThrough; stored: Promise<StoredObject>; md5: Md5Job; size: number; object: string; abort: AbortController } | null = null;
     // Large bodies hash md5 on a worker thread; small ones are not worth the round trip.
     const newMd5 = opts.length !== undefined && opts.length < WORKER_MD5_THRESHOLD ? inlineMd5 : () => md5Pool().start();
-    const abort = new AbortController();
-    const onAbort = () => abort.abort(opts.signal?.reason);
+    // A client that goes away aborts the object streaming now; one already complete still finishes.
+    const onAbort = () => current?.abort.abort(opts.signal?.reason);
     opts.signal?.addEventListener('abort', onAbort, { once: true });
 
     const open = () => {
@@ -104,14 +104,17 @@ export class Uploads {
       const stream = new PassThrough({ highWaterMark: 1 << 20 });
       // Failures surface through `stored` (the driver's put); an error event here must not go unhandled.
       stream.on('error', () => {});
+      const abort = new AbortController();
       const stored = this.driver.put(paths.uploadChunk(ns, id, object), stream, { signal: abort.signal });
       stored.catch(() => {}); // observed when the object is closed; avoid an unhandled rejection meanwhile
-      return { stream, stored, md5: newMd5(), size: 0, object };
+      return { stream, stored, md5: newMd5(), size: 0, object, abort };
     };
-    const close = async () => {
-      const c = current!;
-      current = null;
-      c.stream.end();
+    // A full object finishes (Swift's response, the md5 check, the record) while the next one already streams:
+    // waiting would stall the client for the storage's fsync at every object boundary. At most one finishes at a
+    // time, and records are written in object order.
+    let finishing: Promise<void> = Promise.resolve();
+    let failure: unknown;
+    const finish = async (c: NonNullable<typeof current>, state: Sha256State) => {
       const [stored, md5] = await Promise.all([c.stored, c.md5.digest()]);
       const path = paths.uploadChunk(ns, id, c.object);
       if (stored.size !== c.size) {
@@ -123,13 +126,26 @@ export class Uploads {
         throw new ChecksumMismatch(path, md5, stored.md5);
       }
       record.chunks.push({ object: c.object, size: c.size, md5 });
-      record.sha256 = hash.state();
+      record.sha256 = state;
       record.updated = new Date().toISOString();
       await this.writeRecord(ns, id, record);
+    };
+    const close = async () => {
+      const c = current!;
+      current = null;
+      c.stream.end();
+      const state = hash.state();
+      await finishing;
+      finishing = finish(c, state);
+      finishing.catch((err) => {
+        failure ??= err;
+        current?.abort.abort(err); // the object streaming now is not needed any more
+      });
     };
 
     try {
       for await (const piece of body as AsyncIterable<Buffer>) {
+        if (failure) throw failure;
         received += piece.length;
         if (opts.length !== undefined && received > opts.length) {
           throw new RegistryError('SIZE_INVALID', 'body is longer than declared', { declared: opts.length });
@@ -153,13 +169,17 @@ export class Uploads {
       }
       if (opts.signal?.aborted) throw new RegistryError('BLOB_UPLOAD_INVALID', 'client disconnected');
       if (current) await close();
+      await finishing;
     } catch (err) {
       if (current) {
-        (current as { md5: Md5Job }).md5.cancel();
-        abort.abort(err);
-        (current as { stream: PassThrough }).stream.destroy(err as Error);
+        const c = current as NonNullable<typeof current>;
+        c.md5.cancel();
+        c.abort.abort(err);
+        c.stream.destroy(err as Error);
       }
-      throw err;
+      // Objects that were complete still count: the record keeps them, and the client resumes after them.
+      await finishing.catch(() => {});
+      throw failure ?? err;
     } finally {
       opts.signal?.removeEventListener('abort', onAbort);
     }

@@ -16,6 +16,7 @@ import { TokenIssuer } from './auth/tokens.js';
 import { Users } from './auth/users.js';
 import { Access } from './http/auth.js';
 import { createApp } from './http/app.js';
+import { answerClientErrors } from './http/client-errors.js';
 import { DEFAULT_NAMESPACE } from './registry/paths.js';
 import { Registry } from './registry/registry.js';
 import { StorageOpenError, openStorage } from './storage/factory.js';
@@ -103,6 +104,7 @@ async function serve(config: Config, log: Logger): Promise<number> {
   });
   const app = createApp(registry, { log, access, metrics });
   const server = tls ? https.createServer(tls, app) : http.createServer(app);
+  answerClientErrors(server);
   // Long uploads: no request timeout; idle keep-alive sockets are still reaped.
   server.requestTimeout = 0;
   server.keepAliveTimeout = 65_000;

@@ -1,7 +1,7 @@
 /**
  * Credentials: users from the config (plain or bcrypt passwords) and, optionally, an htpasswd file of bcrypt
- * entries, re-read when it changes. Every check costs the same whether the user exists or not, and secrets are
- * compared in constant time.
+ * entries, re-read when it changes. Every check does the same kinds of comparison whether the user exists or not
+ * (see checkWork), and secrets are compared in constant time.
  */
 import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
 import { readFileSync, statSync } from 'node:fs';
@@ -15,15 +15,55 @@ export interface Identity {
   namespace: string;
 }
 
-/** Unknown users are checked against this hash so that they take as long as known ones. */
-let dummyHash: string | undefined;
-const dummyBcrypt = () => (dummyHash ??= bcrypt.hashSync(randomBytes(16).toString('hex'), 10));
-const BCRYPT_PREFIX = /^\$2[abxy]\$/;
+/**
+ * A well-formed bcrypt hash. bcryptjs answers `false` at once for a hash of the wrong length and throws on an
+ * unknown revision, so anything looser would let a broken entry answer faster than an unknown name.
+ */
+const BCRYPT = /^\$2[aby]\$(0[4-9]|[12][0-9]|3[01])\$[./A-Za-z0-9]{53}$/;
+const isBcrypt = (secret: string) => BCRYPT.test(secret);
+
+/** What every check costs under one configuration: a SHA-256 comparison, and a bcrypt one at this cost if set. */
+export interface CheckWork {
+  bcryptCost?: number;
+}
+
+export type Comparison = { kind: 'sha256'; dummy: boolean } | { kind: 'bcrypt'; cost: number; dummy: boolean };
+
+/**
+ * The work of one check, decided by the configuration only, never by the name asked for. A known user's secret
+ * is of one kind, an unknown name has none, so every check runs one comparison of each kind the configuration
+ * holds, against a dummy where the user has no secret of that kind. With plain users only, that is one SHA-256
+ * comparison for everyone. As soon as one bcrypt secret exists, everyone pays for a bcrypt comparison at the
+ * highest configured cost, plain users included: were plain users spared it, a fast answer would name them.
+ */
+export function checkWork(secrets: Iterable<string>): CheckWork {
+  let bcryptCost: number | undefined;
+  for (const s of secrets) if (isBcrypt(s)) bcryptCost = Math.max(bcryptCost ?? 0, bcrypt.getRounds(s));
+  return { bcryptCost };
+}
+
+/** The comparisons a check runs for a user's secret (undefined: no such user, or no password for them). */
+export function comparisonsFor(secret: string | undefined, work: CheckWork): Comparison[] {
+  const bcryptSecret = secret !== undefined && isBcrypt(secret);
+  const result: Comparison[] = [{ kind: 'sha256', dummy: secret === undefined || bcryptSecret }];
+  if (bcryptSecret) result.push({ kind: 'bcrypt', cost: bcrypt.getRounds(secret), dummy: false });
+  else if (work.bcryptCost !== undefined) result.push({ kind: 'bcrypt', cost: work.bcryptCost, dummy: true });
+  return result;
+}
+
+const dummyDigest = randomBytes(32);
+const dummyHashes = new Map<number, string>();
+function dummyBcrypt(cost: number): string {
+  let hash = dummyHashes.get(cost);
+  if (hash === undefined) dummyHashes.set(cost, (hash = bcrypt.hashSync(randomBytes(16).toString('hex'), cost)));
+  return hash;
+}
 
 export class Users {
   private htpasswd = new Map<string, string>();
   private htpasswdStamp = '';
   private htpasswdCheckedAt = 0;
+  private work: CheckWork = {};
 
   constructor(
     private readonly users: UserConfig[],
@@ -31,7 +71,11 @@ export class Users {
     private readonly htpasswdFile: string | undefined,
     private readonly log: Logger,
   ) {
+    for (const u of users) {
+      if (u.pass?.startsWith('$2') && !isBcrypt(u.pass)) log.error({ user: u.name }, 'pass looks like a bcrypt hash but is malformed; this user cannot log in');
+    }
     if (htpasswdFile) this.reloadHtpasswd(true);
+    this.updateWork();
   }
 
   get enabled(): boolean {
@@ -44,17 +88,20 @@ export class Users {
   }
 
   async check(name: string, password: string): Promise<Identity | null> {
+    this.reloadHtpasswd(false);
     const user = this.users.find((u) => u.name === name);
-    const secret = user ? (user.pass ?? this.htpasswdPassword(name)) : undefined;
-    let ok: boolean;
-    if (secret === undefined) {
-      await bcrypt.compare(password, dummyBcrypt());
-      ok = false;
-    } else if (BCRYPT_PREFIX.test(secret)) {
-      ok = await bcrypt.compare(password, secret);
-    } else {
-      // Hash both sides first so the comparison takes the same time whatever the lengths.
-      ok = timingSafeEqual(sha256(password), sha256(secret));
+    const secret = user && this.secretOf(user);
+    let ok = secret !== undefined;
+    // Every comparison runs, failed or not: stopping early would time the failure.
+    for (const c of comparisonsFor(secret, this.work)) {
+      let match: boolean;
+      if (c.kind === 'sha256') {
+        // Digests on both sides: the comparison takes the same time whatever the lengths.
+        match = timingSafeEqual(sha256(password), c.dummy ? dummyDigest : sha256(secret!));
+      } else {
+        match = await bcrypt.compare(password, c.dummy ? dummyBcrypt(c.cost) : secret!);
+      }
+      if (!c.dummy) ok &&= match;
     }
     if (!ok || !user) {
       this.log.warn({ user: name }, 'failed login');
@@ -63,9 +110,22 @@ export class Users {
     return { name: user.name, access: user.access, namespace: user.namespace ?? this.defaultNamespace };
   }
 
-  private htpasswdPassword(name: string): string | undefined {
-    this.reloadHtpasswd(false);
-    return this.htpasswd.get(name);
+  /** The user's password (plain or bcrypt), or undefined when they cannot log in. */
+  private secretOf(user: UserConfig): string | undefined {
+    const secret = user.pass ?? this.htpasswd.get(user.name);
+    if (secret === undefined || (secret.startsWith('$2') && !isBcrypt(secret))) return undefined;
+    return secret;
+  }
+
+  private updateWork(): void {
+    const secrets = this.users.map((u) => this.secretOf(u)).filter((s): s is string => s !== undefined);
+    this.work = checkWork(secrets);
+    const costs = new Set(secrets.filter(isBcrypt).map((s) => bcrypt.getRounds(s)));
+    if (costs.size > 1) {
+      this.log.warn({ costs: [...costs].sort((a, b) => a - b) }, 'bcrypt hashes of different costs: a cheaper one answers faster than an unknown name; rehash them with one cost');
+    }
+    // Made now, not during the first request that needs it: hashing blocks.
+    if (this.work.bcryptCost !== undefined) dummyBcrypt(this.work.bcryptCost);
   }
 
   /** Re-read the htpasswd file when its size or time changed (checked at most once a second). */
@@ -83,7 +143,7 @@ export class Users {
         const at = line.indexOf(':');
         if (at <= 0 || line.startsWith('#')) continue;
         const hash = line.slice(at + 1).trim();
-        if (!BCRYPT_PREFIX.test(hash)) {
+        if (!isBcrypt(hash)) {
           this.log.warn({ user: line.slice(0, at) }, 'htpasswd entry is not bcrypt; ignored');
           continue;
         }
@@ -92,6 +152,7 @@ export class Users {
       this.htpasswd = entries;
       this.htpasswdStamp = stamp;
       this.log.info({ file: this.htpasswdFile, users: entries.size }, 'htpasswd loaded');
+      if (!required) this.updateWork();
     } catch (err) {
       if (required) throw new Error(`cannot read htpasswd file ${this.htpasswdFile}: ${(err as NodeJS.ErrnoException).code ?? err}`);
       this.log.error({ file: this.htpasswdFile, code: (err as NodeJS.ErrnoException).code }, 'cannot re-read htpasswd; keeping the previous entries');

@@ -86,10 +86,16 @@ export function createApp(registry: Registry, opts: AppOptions): express.Express
   if (metrics) {
     app.get('/metrics', (_req, res) => {
       res.locals.route = 'metrics';
-      metrics.registry.metrics().then((text) => {
-        res.setHeader('Content-Type', metrics.registry.contentType);
-        res.end(text);
-      });
+      metrics.registry.metrics().then(
+        (text) => {
+          res.setHeader('Content-Type', metrics.registry.contentType);
+          res.end(text);
+        },
+        (err: Error) => {
+          opts.log.error({ req: res.locals.requestId, err }, 'metrics collection failed');
+          sendError(res, toErrorBody(err));
+        },
+      );
     });
   }
 

@@ -1,11 +1,28 @@
-import { randomBytes } from 'node:crypto';
+import { createHash, randomBytes, randomUUID } from 'node:crypto';
+import http from 'node:http';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { paths } from '../../src/registry/paths.js';
 import { md5, pushBlob, rawGet, sha256, type TestServer } from '../helpers/server.js';
 import { BACKENDS, startServerOn } from '../helpers/swift.js';
 
 let s: TestServer;
 
 const errorCode = async (res: Response) => ((await res.json()) as { errors: { code: string }[] }).errors[0].code;
+const sha512 = (data: Buffer | string) => `sha512:${createHash('sha512').update(data).digest('hex')}`;
+
+/** A request whose body is written piece by piece with no Content-Length (chunked), as fetch cannot send one. */
+function chunkedRequest(url: string, method: string, headers: Record<string, string>, pieces: Buffer[]): Promise<{ status: number; body: string }> {
+  return new Promise((resolve, reject) => {
+    const req = http.request(url, { method, headers }, (res) => {
+      let body = '';
+      res.on('data', (d) => (body += d));
+      res.on('end', () => resolve({ status: res.statusCode!, body }));
+    });
+    req.on('error', reject);
+    for (const p of pieces) req.write(p);
+    req.end();
+  });
+}
 
 async function startUpload(repo: string) {
   const res = await fetch(`${s.url}/v2/${repo}/blobs/uploads/`, { method: 'POST' });
@@ -178,5 +195,137 @@ describe.each(BACKENDS)('blob API on %s', (backend) => {
   it('pushing the same blob twice keeps one copy and both commits succeed', async () => {
     const data = randomBytes(5000);
     expect(await pushBlob(s.url, 'twice', data)).toBe(await pushBlob(s.url, 'twice', data));
+  });
+
+  it('a monolithic POST with a sha512 digest commits and the blob is served under that digest', async () => {
+    const data = randomBytes(100_000);
+    const digest = sha512(data);
+    const post = await fetch(`${s.url}/v2/sha512/mono/blobs/uploads/?digest=${digest}`, { method: 'POST', body: data });
+    expect(post.status).toBe(201);
+    expect(post.headers.get('docker-content-digest')).toBe(digest);
+    expect(post.headers.get('location')).toBe(`/v2/sha512/mono/blobs/${digest}`);
+    const head = await fetch(`${s.url}/v2/sha512/mono/blobs/${digest}`, { method: 'HEAD' });
+    expect(head.status).toBe(200);
+    expect(head.headers.get('content-length')).toBe('100000');
+    expect(head.headers.get('docker-content-digest')).toBe(digest);
+    const get = await fetch(`${s.url}/v2/sha512/mono/blobs/${digest}`);
+    expect(get.status).toBe(200);
+    expect(get.headers.get('docker-content-digest')).toBe(digest);
+    expect(Buffer.from(await get.arrayBuffer()).equals(data)).toBe(true);
+    // The same bytes are not also stored under their sha256.
+    expect((await fetch(`${s.url}/v2/sha512/mono/blobs/${sha256(data)}`, { method: 'HEAD' })).status).toBe(404);
+  });
+
+  it('a chunked upload finished with a sha512 digest commits and the blob is served under that digest', async () => {
+    const data = randomBytes(250_000);
+    const loc = await startUpload('sha512/chunked');
+    let offset = 0;
+    for (const size of [100_000, 100_000]) {
+      const res = await fetch(loc, { method: 'PATCH', headers: { 'Content-Range': `${offset}-${offset + size - 1}` }, body: data.subarray(offset, offset + size) });
+      expect(res.status).toBe(202);
+      offset += size;
+    }
+    const digest = sha512(data);
+    const put = await fetch(`${loc}?digest=${digest}`, { method: 'PUT', body: data.subarray(offset) });
+    expect(put.status).toBe(201);
+    expect(put.headers.get('docker-content-digest')).toBe(digest);
+    expect(put.headers.get('location')).toBe(`/v2/sha512/chunked/blobs/${digest}`);
+    const get = await fetch(`${s.url}/v2/sha512/chunked/blobs/${digest}`);
+    expect(get.status).toBe(200);
+    expect(Buffer.from(await get.arrayBuffer()).equals(data)).toBe(true);
+    const range = await fetch(`${s.url}/v2/sha512/chunked/blobs/${digest}`, { headers: { Range: 'bytes=99990-100009' } });
+    expect(range.status).toBe(206);
+    expect(Buffer.from(await range.arrayBuffer()).equals(data.subarray(99_990, 100_010))).toBe(true);
+  });
+
+  it('a sha512 digest that does not match the data fails with DIGEST_INVALID and stores nothing, monolithic or chunked', async () => {
+    const data = randomBytes(5000);
+    const wrong = sha512('other');
+    const post = await fetch(`${s.url}/v2/sha512/wrong/blobs/uploads/?digest=${wrong}`, { method: 'POST', body: data });
+    expect(post.status).toBe(400);
+    expect(await errorCode(post)).toBe('DIGEST_INVALID');
+
+    const loc = await startUpload('sha512/wrong');
+    expect((await fetch(loc, { method: 'PATCH', headers: { 'Content-Range': '0-4999' }, body: data })).status).toBe(202);
+    const put = await fetch(`${loc}?digest=${wrong}`, { method: 'PUT' });
+    expect(put.status).toBe(400);
+    expect(await errorCode(put)).toBe('DIGEST_INVALID');
+    // A sha512 of sha256's length is malformed, not merely wrong.
+    const short = await fetch(`${loc}?digest=sha512:${'a'.repeat(64)}`, { method: 'PUT' });
+    expect(short.status).toBe(400);
+    expect(await errorCode(short)).toBe('DIGEST_INVALID');
+    for (const d of [wrong, sha512(data)]) expect((await fetch(`${s.url}/v2/sha512/wrong/blobs/${d}`, { method: 'HEAD' })).status, d).toBe(404);
+  });
+
+  it('a malformed Content-Range (abc, 5-2, 0-) gets 416 RANGE_INVALID and leaves the upload unchanged', async () => {
+    const first = randomBytes(10);
+    const second = randomBytes(10);
+    const loc = await startUpload('badrange');
+    expect((await fetch(loc, { method: 'PATCH', headers: { 'Content-Range': '0-9' }, body: first })).status).toBe(202);
+    for (const range of ['abc', '5-2', '0-', '10-', '-19', '10-19-29', 'bytes=a-b']) {
+      const res = await fetch(loc, { method: 'PATCH', headers: { 'Content-Range': range }, body: second });
+      expect(res.status, range).toBe(416);
+      expect(await errorCode(res), range).toBe('RANGE_INVALID');
+      const status = await fetch(loc);
+      expect(status.status, range).toBe(204);
+      expect(status.headers.get('range'), range).toBe('0-9');
+    }
+    // The saved hash state is untouched too: the upload goes on and commits to the right digest.
+    expect((await fetch(loc, { method: 'PATCH', headers: { 'Content-Range': '10-19' }, body: second })).status).toBe(202);
+    const put = await fetch(`${loc}?digest=${sha256(Buffer.concat([first, second]))}`, { method: 'PUT' });
+    expect(put.status).toBe(201);
+  });
+
+  it('a PATCH body longer than its Content-Range declares gets SIZE_INVALID and leaves the upload unchanged', async () => {
+    const first = randomBytes(10);
+    const second = randomBytes(10);
+    const loc = await startUpload('toolong');
+    expect((await fetch(loc, { method: 'PATCH', headers: { 'Content-Range': '0-9' }, body: first })).status).toBe(202);
+    // With a Content-Length of 30 for a range of 10 bytes.
+    const declared = await fetch(loc, { method: 'PATCH', headers: { 'Content-Range': '10-19' }, body: randomBytes(30) });
+    expect(declared.status).toBe(400);
+    expect(await errorCode(declared)).toBe('SIZE_INVALID');
+    expect((await fetch(loc)).headers.get('range')).toBe('0-9');
+    // Chunked, with no Content-Length: the excess is found only while the body streams in.
+    const streamed = await chunkedRequest(loc, 'PATCH', { 'Content-Range': '10-19' }, [second, randomBytes(20)]);
+    expect(streamed.status).toBe(400);
+    expect(JSON.parse(streamed.body).errors[0].code).toBe('SIZE_INVALID');
+    expect((await fetch(loc)).headers.get('range')).toBe('0-9');
+    // The same for the final chunk of a PUT: nothing is committed and the upload keeps its bytes.
+    const digest = sha256(Buffer.concat([first, second]));
+    const put = await chunkedRequest(`${loc}?digest=${digest}`, 'PUT', { 'Content-Range': '10-19' }, [second, randomBytes(20)]);
+    expect(put.status).toBe(400);
+    expect(JSON.parse(put.body).errors[0].code).toBe('SIZE_INVALID');
+    expect((await fetch(loc)).headers.get('range')).toBe('0-9');
+    expect((await fetch(`${s.url}/v2/toolong/blobs/${digest}`, { method: 'HEAD' })).status).toBe(404);
+    expect((await fetch(loc, { method: 'PATCH', headers: { 'Content-Range': '10-19' }, body: second })).status).toBe(202);
+    expect((await fetch(`${loc}?digest=${digest}`, { method: 'PUT' })).status).toBe(201);
+  });
+
+  it('a well-formed but unknown upload id gets 404 BLOB_UPLOAD_UNKNOWN for PATCH, PUT, GET and DELETE and creates nothing', async () => {
+    const live = await startUpload('unknownid');
+    expect((await fetch(live, { method: 'PATCH', headers: { 'Content-Range': '0-4' }, body: Buffer.from('hello') })).status).toBe(202);
+    const id = randomUUID();
+    const loc = `${s.url}/v2/unknownid/blobs/uploads/${id}`;
+    const data = Buffer.from('hello');
+    const calls: [string, string, RequestInit][] = [
+      ['PATCH', loc, { headers: { 'Content-Range': '0-4' }, body: data }],
+      ['PATCH', loc, { body: data }],
+      ['PUT', `${loc}?digest=${sha256(data)}`, { body: data }],
+      ['PUT', `${loc}?digest=${sha256(data)}`, {}],
+      ['GET', loc, {}],
+      ['DELETE', loc, {}],
+    ];
+    for (const [method, url, init] of calls) {
+      const res = await fetch(url, { method, ...init });
+      expect(res.status, method).toBe(404);
+      expect(await errorCode(res), method).toBe('BLOB_UPLOAD_UNKNOWN');
+    }
+    const left: string[] = [];
+    for await (const o of s.registry.driver.list(paths.upload('_local', id))) left.push(o.path);
+    expect(left).toEqual([]);
+    expect((await fetch(`${s.url}/v2/unknownid/blobs/${sha256(data)}`, { method: 'HEAD' })).status).toBe(404);
+    // Another upload of the repository is untouched.
+    expect((await fetch(live)).headers.get('range')).toBe('0-4');
   });
 });

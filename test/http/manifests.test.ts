@@ -11,9 +11,34 @@ let s: TestServer;
 const errorCode = async (res: Response) => ((await res.json()) as { errors: { code: string }[] }).errors[0].code;
 const OCI_MANIFEST = 'application/vnd.oci.image.manifest.v1+json';
 const OCI_INDEX = 'application/vnd.oci.image.index.v1+json';
+const DOCKER_MANIFEST = 'application/vnd.docker.distribution.manifest.v2+json';
+const DOCKER_LIST = 'application/vnd.docker.distribution.manifest.list.v2+json';
 
 function putManifest(repo: string, ref: string, doc: unknown, contentType = OCI_MANIFEST) {
   return fetch(`${s.url}/v2/${repo}/manifests/${ref}`, { method: 'PUT', headers: { 'Content-Type': contentType }, body: JSON.stringify(doc) });
+}
+
+/** Push a Docker schema-2 image (config and one layer) under `tag`; returns its manifest bytes and digest. */
+async function pushDockerImage(repo: string, tag: string, architecture: string): Promise<{ body: Buffer; digest: string }> {
+  const config = Buffer.from(JSON.stringify({ architecture, os: 'linux', rootfs: { type: 'layers', diff_ids: [] } }));
+  const layer = randomBytes(100);
+  const manifest = {
+    schemaVersion: 2,
+    mediaType: DOCKER_MANIFEST,
+    config: { mediaType: 'application/vnd.docker.container.image.v1+json', digest: await pushBlob(s.url, repo, config), size: config.length },
+    layers: [{ mediaType: 'application/vnd.docker.image.rootfs.diff.tar.gzip', digest: await pushBlob(s.url, repo, layer), size: layer.length }],
+  };
+  const res = await putManifest(repo, tag, manifest, DOCKER_MANIFEST);
+  expect(res.status).toBe(201);
+  const body = Buffer.from(JSON.stringify(manifest));
+  return { body, digest: sha256(body) };
+}
+
+/** Every object the server has stored, with its size: to show that a refused request wrote nothing. */
+async function storedObjects(): Promise<string[]> {
+  const all: string[] = [];
+  for await (const o of s.registry.driver.list('_local')) all.push(`${o.path} ${o.size}`);
+  return all.sort();
 }
 
 describe.each(BACKENDS)('manifest API on %s', (backend) => {
@@ -157,6 +182,97 @@ describe.each(BACKENDS)('manifest API on %s', (backend) => {
     const page = await fetch(`${s.url}/v2/_catalog?n=1`);
     expect(((await page.json()) as { repositories: string[] }).repositories).toHaveLength(1);
     expect(page.headers.get('link')).toMatch(/rel="next"/);
+  });
+
+  it('invalid tags (-bad, .bad, 129 characters, "tag with space", non-ASCII) get 400 MANIFEST_INVALID and store nothing', async () => {
+    const { manifest } = await pushImage(s.url, 'tags/invalid', 'good', [randomBytes(10)]);
+    const doc = { ...manifest, annotations: { note: 'never stored' } };
+    const digest = sha256(JSON.stringify(doc));
+    const before = await storedObjects();
+    for (const tag of ['-bad', '.bad', 'a'.repeat(129), 'tag with space', 'tág']) {
+      const ref = encodeURIComponent(tag);
+      const put = await putManifest('tags/invalid', ref, doc);
+      expect(put.status, tag).toBe(400);
+      expect(await errorCode(put), tag).toBe('MANIFEST_INVALID');
+      for (const method of ['GET', 'DELETE']) {
+        const res = await fetch(`${s.url}/v2/tags/invalid/manifests/${ref}`, { method });
+        expect(res.status, `${method} ${tag}`).toBe(400);
+        expect(await errorCode(res), `${method} ${tag}`).toBe('MANIFEST_INVALID');
+      }
+      expect((await fetch(`${s.url}/v2/tags/invalid/manifests/${ref}`, { method: 'HEAD' })).status, `HEAD ${tag}`).toBe(400);
+    }
+    expect(await storedObjects()).toEqual(before);
+    expect((await fetch(`${s.url}/v2/tags/invalid/manifests/${digest}`)).status).toBe(404);
+    expect(await (await fetch(`${s.url}/v2/tags/invalid/tags/list`)).json()).toEqual({ name: 'tags/invalid', tags: ['good'] });
+    // The limits themselves are valid: 128 characters, and '_', '.' and '-' after the first.
+    for (const tag of ['a'.repeat(128), '_x.y-z']) expect((await putManifest('tags/invalid', tag, manifest)).status, tag).toBe(201);
+  });
+
+  it('a tag containing "/" (plain or %2F) names no manifest endpoint: 404 NAME_UNKNOWN and nothing stored', async () => {
+    const { manifest } = await pushImage(s.url, 'tags/slash', 'good', [randomBytes(10)]);
+    const before = await storedObjects();
+    for (const ref of ['a/b', 'a%2Fb']) {
+      const put = await putManifest('tags/slash', ref, manifest);
+      expect(put.status, ref).toBe(404);
+      expect(await errorCode(put), ref).toBe('NAME_UNKNOWN');
+    }
+    expect(await storedObjects()).toEqual(before);
+    expect(await (await fetch(`${s.url}/v2/tags/slash/tags/list`)).json()).toEqual({ name: 'tags/slash', tags: ['good'] });
+  });
+
+  it('a Docker manifest list naming two schema-2 images is served by tag and by digest as a manifest list', async () => {
+    const amd64 = await pushDockerImage('dlist/app', 'amd64', 'amd64');
+    const arm64 = await pushDockerImage('dlist/app', 'arm64', 'arm64');
+    const list = {
+      schemaVersion: 2,
+      mediaType: DOCKER_LIST,
+      manifests: [
+        { mediaType: DOCKER_MANIFEST, digest: amd64.digest, size: amd64.body.length, platform: { architecture: 'amd64', os: 'linux' } },
+        { mediaType: DOCKER_MANIFEST, digest: arm64.digest, size: arm64.body.length, platform: { architecture: 'arm64', os: 'linux', variant: 'v8' } },
+      ],
+    };
+    const body = Buffer.from(JSON.stringify(list));
+    const digest = sha256(body);
+    const put = await putManifest('dlist/app', 'latest', list, DOCKER_LIST);
+    expect(put.status).toBe(201);
+    expect(put.headers.get('docker-content-digest')).toBe(digest);
+    expect(put.headers.get('location')).toBe(`/v2/dlist/app/manifests/${digest}`);
+    for (const ref of ['latest', digest]) {
+      const res = await fetch(`${s.url}/v2/dlist/app/manifests/${ref}`, { headers: { Accept: DOCKER_LIST } });
+      expect(res.status, ref).toBe(200);
+      expect(res.headers.get('content-type'), ref).toBe(DOCKER_LIST);
+      expect(res.headers.get('docker-content-digest'), ref).toBe(digest);
+      expect(Buffer.from(await res.arrayBuffer()).equals(body), ref).toBe(true);
+      const head = await fetch(`${s.url}/v2/dlist/app/manifests/${ref}`, { method: 'HEAD' });
+      expect(head.headers.get('content-type'), ref).toBe(DOCKER_LIST);
+      expect(head.headers.get('content-length'), ref).toBe(String(body.length));
+      expect(head.headers.get('docker-content-digest'), ref).toBe(digest);
+    }
+    for (const child of [amd64, arm64]) {
+      const res = await fetch(`${s.url}/v2/dlist/app/manifests/${child.digest}`);
+      expect(res.headers.get('content-type')).toBe(DOCKER_MANIFEST);
+      expect(Buffer.from(await res.arrayBuffer()).equals(child.body)).toBe(true);
+    }
+  });
+
+  it('a Docker manifest list naming a manifest the repository lacks is refused with MANIFEST_BLOB_UNKNOWN and not stored', async () => {
+    const amd64 = await pushDockerImage('dlist/has', 'amd64', 'amd64');
+    const elsewhere = await pushDockerImage('dlist/elsewhere', 'arm64', 'arm64');
+    const entry = (m: { digest: string; body: Buffer }, architecture: string) => ({ mediaType: DOCKER_MANIFEST, digest: m.digest, size: m.body.length, platform: { architecture, os: 'linux' } });
+    const lists = [
+      // one child pushed only to another repository
+      { schemaVersion: 2, mediaType: DOCKER_LIST, manifests: [entry(amd64, 'amd64'), entry(elsewhere, 'arm64')] },
+      // one child pushed nowhere
+      { schemaVersion: 2, mediaType: DOCKER_LIST, manifests: [entry(amd64, 'amd64'), entry({ digest: sha256('never pushed'), body: Buffer.alloc(500) }, 'arm64')] },
+    ];
+    for (const list of lists) {
+      const res = await putManifest('dlist/has', 'latest', list, DOCKER_LIST);
+      expect(res.status).toBe(400);
+      expect(await errorCode(res)).toBe('MANIFEST_BLOB_UNKNOWN');
+      expect((await fetch(`${s.url}/v2/dlist/has/manifests/${sha256(JSON.stringify(list))}`)).status).toBe(404);
+    }
+    expect((await fetch(`${s.url}/v2/dlist/has/manifests/latest`)).status).toBe(404);
+    expect(await (await fetch(`${s.url}/v2/dlist/has/tags/list`)).json()).toEqual({ name: 'dlist/has', tags: ['amd64'] });
   });
 });
 

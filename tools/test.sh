@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The project's one test command (`npm test`): brings up what the tests need, runs every suite, and ends with
-# "N passed, M failed". Real parts only: Swift from Debian's packages (tools/swift-aio.sh), skopeo for e2e tests.
+# "N passed, M failed". Real parts only: Swift from Debian's packages (tools/swift-aio.sh), Keystone
+# (tools/keystone-aio.sh, started by its suite), skopeo for e2e tests.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -11,6 +12,8 @@ command -v buildah >/dev/null || need_apt+=(buildah)
 command -v containerd >/dev/null || need_apt+=(containerd)
 command -v curl >/dev/null || need_apt+=(curl)
 command -v swift-proxy-server >/dev/null || need_apt+=(swift swift-proxy swift-object swift-container swift-account python3-swift memcached)
+# Keystone for test/e2e/keystone.test.ts: the same list as tools/keystone-aio.sh (which installs them too if missing)
+command -v keystone-manage >/dev/null || need_apt+=(keystone python3-keystonemiddleware uwsgi-core uwsgi-plugin-python3)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     echo "test: installing ${need_apt[*]}" >&2

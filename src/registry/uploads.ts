@@ -92,7 +92,10 @@ export class Uploads {
       throw new RegistryError('RANGE_INVALID', 'chunk does not start at the end of the upload', { uuid: id, offset: opts.offset, size });
     }
     const hash = createSha256(record.sha256);
-    const limit = this.driver.maxObjectSize;
+    // A body of known length is cut into equal objects, not full ones and a remainder: a remainder can be tiny, and
+    // Swift throttles reads of an SLO with more than ten segments under 1 MiB.
+    const max = this.driver.maxObjectSize;
+    const limit = opts.length ? Math.ceil(opts.length / Math.ceil(opts.length / max)) : max;
     let received = 0;
     let current: {
       stream: PassThrough;
@@ -183,7 +186,9 @@ export class Uploads {
           if (current.batchBytes >= WRITE_BATCH) await send(current);
           if (md5Busy) await md5Busy;
           rest = rest.subarray(take);
-          if (current.size === limit) await close();
+          // The last object of a declared length stays open until the body ends: a byte too many must fail it.
+          const last = opts.length !== undefined && received === opts.length && rest.length === 0;
+          if (current.size === limit && !last) await close();
         }
       }
       if (opts.length !== undefined && received < opts.length) {

@@ -132,6 +132,15 @@ describe('swift driver specifics', () => {
     await driver.close();
   });
 
+  test('listings page with a marker past the page size, in order, without repeats', async () => {
+    const { driver } = await driverOnFreshContainer({ listPageSize: 10 });
+    const keys = Array.from({ length: 25 }, (_, i) => `l/${String(i).padStart(3, '0')}`);
+    for (const k of keys) await driver.put(k, Buffer.from(k));
+    await driver.put('l2/outside', Buffer.from('x'));
+    expect(await keysUnder(driver, 'l')).toEqual(keys);
+    await driver.close();
+  });
+
   test('move checks the copy and removes the source', async () => {
     const { driver } = await driverOnFreshContainer();
     const d = randomBytes(3 << 20);

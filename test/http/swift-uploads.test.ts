@@ -46,9 +46,10 @@ describe('uploads on Swift', () => {
     const data = Buffer.concat(chunks);
     const digest = sha256(data);
     const location = await upload('swift/slo', chunks);
-    // Chunks larger than the segment size were split: 3 MiB -> 2, 100 KiB -> 1, 5 MiB -> 3.
+    // Chunks larger than the segment size were split into equal objects: 3 MiB -> 2, 100 KiB -> 1, 5 MiB -> 3.
     const chunkObjects = (await objects('_local/uploads/')).filter((o) => !o.name.endsWith('/metadata'));
-    expect(chunkObjects.map((o) => o.bytes)).toEqual([SEGMENT, (3 << 20) - SEGMENT, 100 << 10, SEGMENT, SEGMENT, (5 << 20) - 2 * SEGMENT]);
+    const third = Math.ceil((5 << 20) / 3);
+    expect(chunkObjects.map((o) => o.bytes)).toEqual([3 << 19, 3 << 19, 100 << 10, third, third, (5 << 20) - 2 * third]);
     const put = await fetch(`${s.url}${location}?digest=${digest}`, { method: 'PUT' });
     expect(put.status).toBe(201);
     const head = await swiftRaw(`${container}/_local/blobs/${digest}/data`, { method: 'HEAD' });
@@ -65,6 +66,19 @@ describe('uploads on Swift', () => {
     expect(Buffer.from(await range.arrayBuffer()).equals(data.subarray((3 << 20) - 2, (3 << 20) + 2))).toBe(true);
   });
 
+  it('chunks just over the segment size leave no tiny segments: each is cut in equal halves', async () => {
+    const chunks = Array.from({ length: 12 }, () => randomBytes(SEGMENT + 100));
+    const data = Buffer.concat(chunks);
+    const digest = sha256(data);
+    const location = await upload('swift/halves', chunks);
+    const put = await fetch(`${s.url}${location}?digest=${digest}`, { method: 'PUT' });
+    expect(put.status).toBe(201);
+    const manifest = (await (await swiftRaw(`${container}/_local/blobs/${digest}/data?multipart-manifest=get&format=raw`)).json()) as { size_bytes: number }[];
+    expect(manifest.map((m) => m.size_bytes)).toEqual(Array.from({ length: 24 }, () => SEGMENT / 2 + 50));
+    const got = Buffer.from(await (await fetch(`${s.url}/v2/swift/halves/blobs/${digest}`)).arrayBuffer());
+    expect(md5(got)).toBe(md5(data));
+  });
+
   it('a client cut off inside one PATCH that spans several segments keeps the complete ones and resumes after them', async () => {
     const data = randomBytes(7 << 20);
     const digest = sha256(data);
@@ -75,17 +89,18 @@ describe('uploads on Swift', () => {
       req.on('error', () => resolve());
       req.write(data.subarray(0, 5 << 20), () => setTimeout(() => (req.destroy(), resolve()), 300));
     });
-    // The server finishes the two complete 2 MiB segments and drops the partial third.
+    // 7 MiB is cut into four objects of 1.75 MiB: the server finishes the two complete ones and drops the third.
+    const kept = 2 * Math.ceil(data.length / 4);
     let range = '';
-    for (let i = 0; i < 100 && range !== `0-${(4 << 20) - 1}`; i++) {
+    for (let i = 0; i < 100 && range !== `0-${kept - 1}`; i++) {
       await new Promise((r) => setTimeout(r, 100));
       range = (await fetch(`${s.url}${location}`)).headers.get('range') ?? '';
     }
-    expect(range).toBe(`0-${(4 << 20) - 1}`);
+    expect(range).toBe(`0-${kept - 1}`);
     const rest = await fetch(`${s.url}${location}`, {
       method: 'PATCH',
-      headers: { 'Content-Range': `${4 << 20}-${data.length - 1}`, 'Content-Type': 'application/octet-stream' },
-      body: new Uint8Array(data.subarray(4 << 20)),
+      headers: { 'Content-Range': `${kept}-${data.length - 1}`, 'Content-Type': 'application/octet-stream' },
+      body: new Uint8Array(data.subarray(kept)),
     });
     expect(rest.status).toBe(202);
     const put = await fetch(`${s.url}${rest.headers.get('location')}?digest=${digest}`, { method: 'PUT' });

@@ -34,6 +34,8 @@ export interface SwiftOptions {
   segmentSize?: number;
   /** Segments per SLO manifest before nesting; Swift's limit (1000) unless a test wants nesting sooner. */
   maxManifestSegments?: number;
+  /** Objects per listing request; Swift's limit (10,000) unless a test wants paging sooner. */
+  listPageSize?: number;
   /** Set as the container's temp-URL key at connect, so blob GETs can be redirected to signed Swift URLs. */
   tempUrlKey?: string;
   /** Deadline of a metadata request, and the longest a streamed body may stall, in ms (default 120 s). */
@@ -296,7 +298,8 @@ export class SwiftDriver implements StorageDriver {
     checkKey(prefix);
     let marker = '';
     for (;;) {
-      const query: Record<string, string> = { format: 'json', prefix: `${prefix}/`, limit: String(LIST_PAGE) };
+      const pageSize = this.opts.listPageSize ?? LIST_PAGE;
+      const query: Record<string, string> = { format: 'json', prefix: `${prefix}/`, limit: String(pageSize) };
       if (marker) query.marker = marker;
       const res = await this.call({ method: 'GET', query });
       if (res.status === 204 || res.status === 404) {
@@ -309,7 +312,7 @@ export class SwiftDriver implements StorageDriver {
       }
       const page = (await res.json()) as { name: string; bytes: number; last_modified: string }[];
       for (const o of page) yield { path: o.name, size: o.bytes, modified: new Date(`${o.last_modified}Z`) };
-      if (page.length < LIST_PAGE) return;
+      if (page.length < pageSize) return;
       marker = page[page.length - 1].name;
     }
   }

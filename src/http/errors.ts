@@ -61,6 +61,10 @@ export function sendError(res: Response, body: ErrorBody, head = false): void {
     return;
   }
   res.status(body.status);
+  // Headers set for the success response (a blob's length, digest, range) must not describe the error body: a
+  // stale Content-Length leaves the client waiting for bytes that never come.
+  for (const h of ['Content-Length', 'Docker-Content-Digest', 'ETag', 'Accept-Ranges', 'Content-Type']) res.removeHeader(h);
+  if (body.status !== 416) res.removeHeader('Content-Range');
   if (body.status === 416 && body.detail && typeof body.detail === 'object' && 'uuid' in body.detail && 'size' in body.detail) {
     const size = (body.detail as { size: number }).size;
     res.setHeader('Range', `0-${Math.max(size - 1, 0)}`);
@@ -71,6 +75,8 @@ export function sendError(res: Response, body: ErrorBody, head = false): void {
   }
   const error: Record<string, unknown> = { code: body.code, message: body.message };
   if (body.detail !== undefined) error.detail = body.detail;
+  const text = JSON.stringify({ errors: [error] });
   res.setHeader('Content-Type', 'application/json');
-  res.end(JSON.stringify({ errors: [error] }));
+  res.setHeader('Content-Length', Buffer.byteLength(text));
+  res.end(text);
 }

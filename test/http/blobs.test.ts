@@ -2,7 +2,12 @@ import { createHash, randomBytes, randomUUID } from 'node:crypto';
 import http from 'node:http';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { paths } from '../../src/registry/paths.js';
-import { md5, pushBlob, rawGet, sha256, type TestServer } from '../helpers/server.js';
+import { mkdtemp } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { DriverError } from '../../src/storage/driver.js';
+import { FilesystemDriver } from '../../src/storage/filesystem.js';
+import { md5, pushBlob, rawGet, sha256, startServer, type TestServer } from '../helpers/server.js';
 import { BACKENDS, startServerOn } from '../helpers/swift.js';
 
 let s: TestServer;
@@ -327,5 +332,40 @@ describe.each(BACKENDS)('blob API on %s', (backend) => {
     expect((await fetch(`${s.url}/v2/unknownid/blobs/${sha256(data)}`, { method: 'HEAD' })).status).toBe(404);
     // Another upload of the repository is untouched.
     expect((await fetch(live)).headers.get('range')).toBe('0-4');
+  });
+});
+
+describe('blob GET when storage fails after the blob was found', () => {
+  it('answers the OCI error with its own length and none of the blob\'s headers, so the client is not left waiting', async () => {
+    const inner = await FilesystemDriver.open(await mkdtemp(join(tmpdir(), 'berth-failget-')));
+    // Storage answers 503 to every streamed read; stats and small reads still work.
+    const failing = new Proxy(inner, {
+      get(target, prop) {
+        if (prop === 'get') return () => Promise.reject(new DriverError('GET: 503 Service Unavailable', true));
+        const value = Reflect.get(target, prop, target) as unknown;
+        return typeof value === 'function' ? value.bind(target) : value;
+      },
+    });
+    const server = await startServer(failing);
+    try {
+      const digest = await pushBlob(server.url, 'fail/get', randomBytes(300_000));
+      const res = await new Promise<{ status: number; headers: http.IncomingHttpHeaders; body: string }>((resolve, reject) => {
+        const req = http.get(`${server.url}/v2/fail/get/blobs/${digest}`, (r) => {
+          let body = '';
+          r.on('data', (d) => (body += d));
+          r.on('end', () => resolve({ status: r.statusCode!, headers: r.headers, body }));
+          r.on('error', reject);
+        });
+        // A stale Content-Length would keep the response open until the server's keep-alive timeout.
+        req.setTimeout(10_000, () => req.destroy(new Error('the error response never completed')));
+        req.on('error', reject);
+      });
+      expect(res.status).toBe(503);
+      expect((JSON.parse(res.body) as { errors: { code: string }[] }).errors[0].code).toBe('UNAVAILABLE');
+      expect(res.headers['content-length']).toBe(String(Buffer.byteLength(res.body)));
+      expect(res.headers['docker-content-digest']).toBeUndefined();
+    } finally {
+      await server.close();
+    }
   });
 });

@@ -2,7 +2,13 @@
 // Seeded fuzzing of the HTTP API against a live `berth serve`: paths, methods, headers, ranges and bodies, valid
 // and hostile. Checks: no 5xx, no crash, no internal path or stack trace in any response, memory stable, and every
 // upload the server accepted (201 with a digest) still verifies byte for byte.
+// Memory: the server's RSS is read after a warm-up (the first 10% of the requests, when the heap and caches have
+// grown to their working size) and again at the end; it may grow by at most --rss-growth-mb or
+// --rss-growth-pct percent of the warm RSS, whichever is larger: room for the heap's and the allocator's own
+// growth, not for a per-request leak, which over a long run (--requests 10000 or more) crosses it. Exit 1 on any
+// 5xx, leak, crash, unverified upload or growth past that bound.
 // usage: node tools/fuzz.mjs [--requests 10000] [--seed 1] [--concurrency 16] [--backend filesystem|swift]
+//        [--rss-growth-mb 64] [--rss-growth-pct 50]
 // (run `npm run build` first)
 import { spawn, execFile } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
@@ -21,6 +27,8 @@ const { values: args } = parseArgs({
     seed: { type: 'string', default: '1' },
     concurrency: { type: 'string', default: '16' },
     backend: { type: 'string', default: 'filesystem' },
+    'rss-growth-mb': { type: 'string', default: '64' },
+    'rss-growth-pct': { type: 'string', default: '50' },
   },
 });
 
@@ -124,11 +132,10 @@ function send(method, p, h, b) {
 
 const result = { requests: 0, byStatus: {}, fiveHundreds: [], leaks: [], accepted: [], crashed: null };
 const LEAK = /\/work\/|\/tmp\/|node_modules|\bat [\w.<>]+ \(|Error: |EACCES|ENOENT|stack/;
-const rssStart = rss();
 let issued = 0;
 const N = Number(args.requests);
-async function worker() {
-  while (issued < N) {
+async function worker(until) {
+  while (issued < until) {
     issued++;
     const method = pick(['GET', 'HEAD', 'PUT', 'POST', 'PATCH', 'DELETE', 'OPTIONS', 'PROPFIND', 'GET', 'POST', 'PATCH']);
     const p = path();
@@ -151,8 +158,15 @@ for (let i = 0; i < 20; i++) {
   const r = await send('POST', `/v2/fuzz/ok/blobs/uploads/?digest=${sha(data)}`, {}, data);
   if (r.status === 201) result.accepted.push({ location: r.headers.location, digest: r.headers['docker-content-digest'] });
 }
-await Promise.all(Array.from({ length: Number(args.concurrency) }, worker));
-const rssEnd = rss();
+const workers = (until) => Promise.all(Array.from({ length: Number(args.concurrency) }, () => worker(until)));
+/** RSS once the server is idle for a moment, so that both readings are taken in the same state. */
+const settledRss = () => new Promise((r) => setTimeout(() => r(rss()), 500));
+await workers(Math.floor(N / 10));
+const rssStart = await settledRss();
+await workers(N);
+const rssEnd = await settledRss();
+const rssLimit = Math.max(Number(args['rss-growth-mb']), (rssStart * Number(args['rss-growth-pct'])) / 100);
+const memoryStable = rssEnd - rssStart <= rssLimit;
 // Every accepted blob still verifies.
 let verified = 0;
 const wrong = [];
@@ -174,7 +188,8 @@ await rm(work, { recursive: true, force: true });
 process.stdout.write(
   `${result.requests} fuzzed requests: ${result.crashed ? `CRASHED (${result.crashed})` : '0 crashes'}, ${result.fiveHundreds.length} 5xx, ` +
     `${result.leaks.length} responses leaking internals, ${verified}/${result.accepted.length} accepted uploads verify; ` +
-    `RSS ${rssStart.toFixed(0)} -> ${rssEnd.toFixed(0)} MB; statuses ${JSON.stringify(result.byStatus)}\n`,
+    `memory ${memoryStable ? 'stable' : 'GREW'} (RSS ${rssStart.toFixed(0)} -> ${rssEnd.toFixed(0)} MB after warm-up, limit +${rssLimit.toFixed(0)} MB); ` +
+    `statuses ${JSON.stringify(result.byStatus)}\n`,
 );
 for (const line of [...result.fiveHundreds, ...result.leaks, ...wrong].slice(0, 20)) process.stdout.write(`  ${line}\n`);
-process.exitCode = result.crashed || result.fiveHundreds.length || result.leaks.length || wrong.length ? 1 : 0;
+process.exitCode = result.crashed || result.fiveHundreds.length || result.leaks.length || wrong.length || !memoryStable ? 1 : 0;

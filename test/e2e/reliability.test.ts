@@ -36,9 +36,22 @@ describe('reliability tools, small', () => {
 
   it('fuzz: hostile requests get no 5xx, crash nothing, leak nothing', async () => {
     const r = await tool('fuzz.mjs', '--requests', '2000', '--seed', '5');
-    expect(r.out).toMatch(/^2000 fuzzed requests: 0 crashes, 0 5xx, 0 responses leaking internals, 20\/20 accepted uploads verify/m);
+    expect(r.out).toMatch(/^2000 fuzzed requests: 0 crashes, 0 5xx, 0 responses leaking internals, 20\/20 accepted uploads verify; memory stable \(RSS \d+ -> \d+ MB after warm-up, limit \+\d+ MB\)/m);
     expect(r.code).toBe(0);
   });
+
+  it('integrity-run: 8 clients pushing one digest leave one intact blob; fsck finds every corrupted blob and none is served', async () => {
+    const r = await tool('integrity-run.mjs', '--backend', 'both', '--clients', '8', '--blob-mib', '1', '--images', '2', '--corrupt', '2', '--seed', '9');
+    for (const backend of ['swift', 'filesystem']) {
+      expect(r.out).toMatch(
+        new RegExp(`^8 clients pushing one digest \\(${backend}\\): 8/8 succeeded, 1 intact blob, 0 uploads left, [01] parts director(y|ies) after prune \\(\\d+ before\\), prune exit 0, fsck exit 0$`, 'm'),
+      );
+      expect(r.out).toMatch(
+        new RegExp(`^fsck \\(${backend}\\): 2/2 corrupted blobs found \\(exit 1\\), 0 other problems, 0 served clean \\(of 4 GETs .*\\), 2 quarantined, clean after repair, 2/2 restored by a re-push, final fsck exit 0$`, 'm'),
+      );
+    }
+    expect(r.code).toBe(0);
+  }, 300_000);
 });
 
 describe.each(BACKENDS)('concurrency and shutdown on %s', (backend) => {

@@ -57,22 +57,40 @@ async function startServer(i, port) {
 for (let i = 0; i < Number(args.servers); i++) await startServer(i, 0);
 
 // ---- round-robin TCP balancer; remembers which server each client connection went to ----
+// Like nginx or haproxy, it passes a connection that a server refuses (one being restarted) to the next server:
+// nothing was sent yet, so that is safe for any request. A connection cut after it was established is not retried.
 let next = 0;
 const routeOf = new Map(); // client local port -> server index
 const balancer = net.createServer((client) => {
-  const i = next++ % servers.length;
-  routeOf.set(client.remotePort, i);
-  const upstream = net.connect(servers[i].port, '127.0.0.1');
-  client.pipe(upstream).pipe(client);
-  const close = () => {
-    client.destroy();
-    upstream.destroy();
-    routeOf.delete(client.remotePort);
+  client.pause();
+  const first = next++ % servers.length;
+  const attempt = (k) => {
+    const i = (first + k) % servers.length;
+    const upstream = net.connect(servers[i].port, '127.0.0.1');
+    const refused = () => {
+      upstream.destroy();
+      if (k + 1 < servers.length) attempt(k + 1);
+      else client.destroy();
+    };
+    upstream.once('error', refused);
+    upstream.once('connect', () => {
+      upstream.off('error', refused);
+      routeOf.set(client.remotePort, i);
+      client.pipe(upstream).pipe(client);
+      client.resume();
+      const close = () => {
+        client.destroy();
+        upstream.destroy();
+        routeOf.delete(client.remotePort);
+      };
+      client.on('error', close);
+      upstream.on('error', close);
+      client.on('close', close);
+      upstream.on('close', close);
+    });
   };
-  client.on('error', close);
-  upstream.on('error', close);
-  client.on('close', close);
-  upstream.on('close', close);
+  client.on('error', () => client.destroy());
+  attempt(0);
 });
 await new Promise((r) => balancer.listen(0, '127.0.0.1', r));
 const lb = `127.0.0.1:${balancer.address().port}`;
@@ -184,7 +202,9 @@ async function skopeoPushes(count) {
     try {
       await run('skopeo', ['--insecure-policy', 'copy', '--retry-times', '3', '--dest-tls-verify=false', `oci:${dir}:v1`, `docker://${lb}/lb/skopeo${i}:v1`]);
       done++;
-    } catch {}
+    } catch (err) {
+      log(`skopeo push ${i + 1}/${count} failed: ${String(err.stderr ?? err.message).trim().split('\n').pop()}`);
+    }
   }
   return done;
 }

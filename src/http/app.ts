@@ -53,11 +53,13 @@ export function createApp(registry: Registry, opts: AppOptions): express.Express
     const started = process.hrtime.bigint();
     // Captured now: by 'finish' the response may already be detached from its socket.
     const socket = req.socket;
+    // As the client sent it, without the query: routers mounted on /v2 rewrite req.path while they run.
+    const path = req.originalUrl.split('?')[0];
     res.locals.requestId = id;
     res.setHeader('X-Request-Id', id);
     res.on('finish', () => {
       const seconds = Number(process.hrtime.bigint() - started) / 1e9;
-      opts.log.info({ req: id, method: req.method, path: req.path, status: res.statusCode, ms: Math.round(seconds * 1e4) / 10 }, 'request');
+      opts.log.info({ req: id, method: req.method, path, status: res.statusCode, ms: Math.round(seconds * 1e4) / 10 }, 'request');
       if (metrics) {
         const route = (res.locals.route as string | undefined) ?? 'other';
         metrics.requests.inc({ route, method: req.method, status: res.statusCode });

@@ -3,7 +3,12 @@ import { randomBytes } from 'node:crypto';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { pino } from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { createApp } from '../../src/http/app.js';
+import { Registry } from '../../src/registry/registry.js';
 import { InstrumentedDriver } from '../../src/observability/instrumented-driver.js';
 import { Metrics } from '../../src/observability/metrics.js';
 import { DriverError, type StorageDriver } from '../../src/storage/driver.js';
@@ -80,5 +85,26 @@ describe('paths no route answers', () => {
     const head = await fetch(`${s.url}/nope`, { method: 'HEAD' });
     expect(head.status).toBe(404);
     expect(head.headers.get('docker-distribution-api-version')).toBe('registry/2.0');
+  });
+});
+
+describe('access log', () => {
+  it('names each request by its full path without the query, with method, status and request id', async () => {
+    const lines: string[] = [];
+    const log = pino({ level: 'info' }, { write: (line: string) => void lines.push(line) });
+    const root = await mkdtemp(join(tmpdir(), 'berth-log-'));
+    const server = http.createServer(createApp(new Registry(await FilesystemDriver.open(root)), { log }));
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+    try {
+      const res = await fetch(`${url}/v2/team/app/tags/list?n=1`);
+      await res.arrayBuffer();
+      await new Promise((r) => setImmediate(r)); // the line is written when the response finishes
+      const entry = lines.map((l) => JSON.parse(l) as Record<string, unknown>).find((l) => l.msg === 'request');
+      expect(entry).toMatchObject({ method: 'GET', path: '/v2/team/app/tags/list', status: 404, req: res.headers.get('x-request-id') });
+    } finally {
+      server.close();
+      await rm(root, { recursive: true, force: true });
+    }
   });
 });

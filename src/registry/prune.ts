@@ -355,8 +355,13 @@ class Run {
    * progress moves its parts before it writes the data.
    */
   private async strayParts(digest: string, data: ObjectInfo, objects: ObjectInfo[]): Promise<void> {
-    const old = objects.filter((o) => parseBlobPath(this.ns, o.path)!.rest.startsWith('parts/') && o.modified.getTime() < this.graceCutoff);
+    const rest = (o: ObjectInfo) => parseBlobPath(this.ns, o.path)!.rest;
+    const old = objects.filter((o) => rest(o).startsWith('parts/') && o.modified.getTime() < this.graceCutoff);
     if (old.length === 0) return;
+    // A join keeps the parts of one upload: with one upload's parts present they are the data's own, and only
+    // a second upload's directory needs the data's segment list (one request) to tell which is stray.
+    const uploads = new Set(objects.map(rest).filter((r) => r.startsWith('parts/')).map((r) => r.split('/')[1]));
+    if (this.driver.segments && uploads.size < 2) return;
     let used: Set<string>;
     try {
       used = new Set((await this.driver.segments?.(data.path)) ?? []);

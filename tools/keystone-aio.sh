@@ -18,6 +18,7 @@
 set -euo pipefail
 
 HERE=$(cd "$(dirname "$0")" && pwd)
+. "$HERE/swift-proxy-filters.sh"
 BASE=${BERTH_KEYSTONE_DIR:-/tmp/berth-keystone}
 SWIFT_BASE=${BERTH_SWIFT_DIR:-/tmp/berth-swift}
 KS_PORT=5050
@@ -169,29 +170,7 @@ service_token_roles_required = true
 [filter:keystoneauth]
 use = egg:swift#keystoneauth
 operator_roles = admin, member
-[filter:cache]
-use = egg:swift#memcache
-memcache_servers = 127.0.0.1:11211
-[filter:catch_errors]
-use = egg:swift#catch_errors
-[filter:gatekeeper]
-use = egg:swift#gatekeeper
-[filter:healthcheck]
-use = egg:swift#healthcheck
-[filter:proxy-logging]
-use = egg:swift#proxy_logging
-[filter:listing_formats]
-use = egg:swift#listing_formats
-[filter:bulk]
-use = egg:swift#bulk
-[filter:tempurl]
-use = egg:swift#tempurl
-[filter:copy]
-use = egg:swift#copy
-[filter:slo]
-use = egg:swift#slo
-[filter:dlo]
-use = egg:swift#dlo
+$(swift_common_filters)
 EOF
   )
 }

@@ -11,6 +11,7 @@
 # Environment: BERTH_SWIFT_DIR (default /tmp/berth-swift), BERTH_SWIFT_PORT (default 8080).
 # The clouds.yaml it writes names the cloud "berth-test" (auth_type v1password).
 set -euo pipefail
+. "$(cd "$(dirname "$0")" && pwd)/swift-proxy-filters.sh"
 
 BASE=${BERTH_SWIFT_DIR:-/tmp/berth-swift}
 PORT=${BERTH_SWIFT_PORT:-8080}
@@ -122,29 +123,7 @@ user_test_tester = testing .admin
 user_test2_tester2 = testing2 .admin
 user_test_reader = reading
 token_life = 86400
-[filter:cache]
-use = egg:swift#memcache
-memcache_servers = 127.0.0.1:11211
-[filter:catch_errors]
-use = egg:swift#catch_errors
-[filter:gatekeeper]
-use = egg:swift#gatekeeper
-[filter:healthcheck]
-use = egg:swift#healthcheck
-[filter:proxy-logging]
-use = egg:swift#proxy_logging
-[filter:listing_formats]
-use = egg:swift#listing_formats
-[filter:bulk]
-use = egg:swift#bulk
-[filter:tempurl]
-use = egg:swift#tempurl
-[filter:copy]
-use = egg:swift#copy
-[filter:slo]
-use = egg:swift#slo
-[filter:dlo]
-use = egg:swift#dlo
+$(swift_common_filters)
 EOF
   local kind port
   for kind in object container account; do

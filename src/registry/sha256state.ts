@@ -5,9 +5,8 @@
  * Two engines produce and accept it: a small N-API addon over OpenSSL's SHA256_CTX (native/sha256.c, ~1.7 GB/s)
  * and @noble/hashes as the fallback when the addon could not be built (~0.2 GB/s). Both give identical states.
  */
-import { createRequire } from 'node:module';
-import { fileURLToPath } from 'node:url';
 import { sha256 as nobleSha256 } from '@noble/hashes/sha2.js';
+import { addon, HashKind, PooledHash } from './native-hash.js';
 
 export interface Sha256State {
   v: 1;
@@ -44,32 +43,11 @@ export function parseSha256State(value: unknown): Sha256State {
 
 // ---- native engine ------------------------------------------------------------------------------------------
 
-interface NativeAddon {
-  init(): Buffer;
-  update(ctx: Buffer, data: Uint8Array): void;
-  final(ctx: Buffer): Buffer;
-  contextSize: number;
-}
-
-function loadAddon(): NativeAddon | null {
-  if (process.env.BERTH_SHA256 === 'noble') return null;
-  try {
-    const require = createRequire(import.meta.url);
-    const file = fileURLToPath(new URL('../../native/build/Release/berth_sha256.node', import.meta.url));
-    const addon = require(file) as NativeAddon;
-    // SHA256_CTX = h[8], Nl, Nh (u32), data[16] (u32), num, md_len (u32) = 112 bytes, host byte order.
-    return addon.contextSize === 112 ? addon : null;
-  } catch {
-    return null;
-  }
-}
-
-const addon = loadAddon();
 export const nativeSha256Available = addon !== null;
 const LE = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1;
 
 class NativeSha256 implements ResumableSha256 {
-  private readonly ctx: Buffer;
+  readonly ctx: Buffer;
   constructor(from: Sha256State) {
     const ctx = addon!.init();
     const tail = Buffer.from(from.tail, 'base64');
@@ -142,6 +120,28 @@ class NobleSha256 implements ResumableSha256 {
 /** A resumable SHA-256 on the fastest engine available, starting fresh or from a saved state. */
 export function createSha256(from: Sha256State = initialSha256State()): ResumableSha256 {
   return addon ? new NativeSha256(from) : new NobleSha256(from);
+}
+
+/** SHA-256 whose updates run on the thread pool (see native-hash.ts); reading the result waits for them. */
+export interface BackgroundSha256 {
+  /** Takes `data` by reference: it must not change afterwards. Returns a promise only when the caller should wait. */
+  update(data: Uint8Array): Promise<void> | undefined;
+  state(): Promise<Sha256State>;
+  digestHex(): Promise<string>;
+}
+
+export function createBackgroundSha256(from: Sha256State = initialSha256State()): BackgroundSha256 {
+  if (!addon) {
+    const hash = new NobleSha256(from);
+    return { update: (data) => void hash.update(data), state: async () => hash.state(), digestHex: async () => hash.digestHex() };
+  }
+  const hash = new NativeSha256(from);
+  const pooled = new PooledHash(HashKind.Sha256, hash.ctx);
+  return {
+    update: (data) => pooled.update(data),
+    state: () => pooled.settled().then(() => hash.state()),
+    digestHex: () => pooled.settled().then(() => hash.digestHex()),
+  };
 }
 
 /** The fallback engine, exposed so tests can check both engines agree. */

@@ -11,11 +11,11 @@
 import { createHash, randomBytes, randomUUID } from 'node:crypto';
 import { once } from 'node:events';
 import { PassThrough, type Readable } from 'node:stream';
-import { inlineMd5, Md5Pool, type Md5Job } from './md5-pool.js';
+import { inlineMd5, md5Job, type Md5Job } from './native-hash.js';
 import { ChecksumMismatch, PathNotFound, SizeMismatch, type Part, type StorageDriver, type StoredObject } from '../storage/driver.js';
 import { RegistryError, uploadUnknown } from './errors.js';
 import { CHUNK_OBJECT_RE, checkDigest, digestAlgorithm, paths, validUploadId } from './paths.js';
-import { createSha256, parseSha256State, type Sha256State } from './sha256state.js';
+import { createBackgroundSha256, createSha256, parseSha256State, type Sha256State } from './sha256state.js';
 import type { BlobLinks } from './blobs.js';
 
 export const RECORD_VERSION = 1;
@@ -48,10 +48,8 @@ export interface AppendOptions {
   signal?: AbortSignal;
 }
 
-/** Bodies at least this long hash md5 on the worker thread. */
-const WORKER_MD5_THRESHOLD = 4 * 1024 * 1024;
-let sharedMd5Pool: Md5Pool | undefined;
-const md5Pool = () => (sharedMd5Pool ??= new Md5Pool());
+/** Bodies at least this long hash md5 on the thread pool; shorter ones on the request thread. */
+const POOLED_MD5_THRESHOLD = 4 * 1024 * 1024;
 
 /** Bytes gathered before one write to storage: per-write costs (streams, syscalls) dwarf a copy at 64 KiB. */
 const WRITE_BATCH = 1 << 20;
@@ -91,7 +89,8 @@ export class Uploads {
     if (opts.offset !== undefined && opts.offset !== size) {
       throw new RegistryError('RANGE_INVALID', 'chunk does not start at the end of the upload', { uuid: id, offset: opts.offset, size });
     }
-    const hash = createSha256(record.sha256);
+    // SHA-256 and md5 run on the thread pool beside the socket and storage work (native-hash.ts).
+    const hash = createBackgroundSha256(record.sha256);
     // A body of known length is cut into equal objects, not full ones and a remainder: a remainder can be tiny, and
     // Swift throttles reads of an SLO with more than ten segments under 1 MiB.
     const max = this.driver.maxObjectSize;
@@ -108,8 +107,7 @@ export class Uploads {
       batch: Buffer[];
       batchBytes: number;
     } | null = null;
-    // Large bodies hash md5 on a worker thread; small ones are not worth the round trip.
-    const newMd5 = opts.length !== undefined && opts.length < WORKER_MD5_THRESHOLD ? inlineMd5 : () => md5Pool().start();
+    const newMd5 = opts.length !== undefined && opts.length < POOLED_MD5_THRESHOLD ? inlineMd5 : md5Job;
     // A client that goes away aborts the object streaming now; one already complete still finishes.
     const onAbort = () => current?.abort.abort(opts.signal?.reason);
     opts.signal?.addEventListener('abort', onAbort, { once: true });
@@ -157,7 +155,7 @@ export class Uploads {
       await send(c);
       current = null;
       c.stream.end();
-      const state = hash.state();
+      const state = await hash.state();
       await finishing;
       finishing = finish(c, state);
       finishing.catch((err) => {
@@ -178,12 +176,13 @@ export class Uploads {
           current ??= open();
           const take = Math.min(rest.length, limit - current.size);
           const slice = take === rest.length ? rest : rest.subarray(0, take);
-          hash.update(slice);
+          const shaBusy = hash.update(slice);
           const md5Busy = current.md5.update(slice);
           current.size += slice.length;
           current.batch.push(slice);
           current.batchBytes += slice.length;
           if (current.batchBytes >= WRITE_BATCH) await send(current);
+          if (shaBusy) await shaBusy;
           if (md5Busy) await md5Busy;
           rest = rest.subarray(take);
           // The last object of a declared length stays open until the body ends: a byte too many must fail it.
@@ -200,7 +199,6 @@ export class Uploads {
     } catch (err) {
       if (current) {
         const c = current as NonNullable<typeof current>;
-        c.md5.cancel();
         c.abort.abort(err);
         c.stream.destroy(err as Error);
       }

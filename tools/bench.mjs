@@ -8,12 +8,12 @@ import { execFile, spawn } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { createReadStream, createWriteStream, existsSync, readFileSync } from 'node:fs';
 import { mkdir, mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
-import http from 'node:http';
 import { join } from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import { parseArgs, promisify } from 'node:util';
 import { createGzip } from 'node:zlib';
 import { dropContainer } from './swift-lib.mjs';
+import { load } from './load.mjs';
 
 const run = promisify(execFile);
 const repoRoot = new URL('..', import.meta.url).pathname;
@@ -292,35 +292,6 @@ async function concurrentPushes(n) {
   }
 }
 
-/** Requests per second for one small request, from `connections` keep-alive loops, over `secs` seconds. */
-async function loadTest(url, method, secs, connections = 32) {
-  const agent = new http.Agent({ keepAlive: true, maxSockets: connections });
-  const end = Date.now() + secs * 1000;
-  let done = 0;
-  let errors = 0;
-  const one = () =>
-    new Promise((resolve) => {
-      const req = http.request(url, { method, agent }, (res) => {
-        res.resume();
-        res.on('end', () => {
-          if (res.statusCode !== 200) errors++;
-          done++;
-          resolve();
-        });
-      });
-      req.on('error', () => {
-        errors++;
-        resolve();
-      });
-      req.end();
-    });
-  const t = Date.now();
-  await Promise.all(Array.from({ length: connections }, async () => {
-    while (Date.now() < end) await one();
-  }));
-  agent.destroy();
-  return { rps: done / ((Date.now() - t) / 1000), errors };
-}
 async function smallRequests() {
   const reg = await startBerth('filesystem');
   try {
@@ -329,8 +300,8 @@ async function smallRequests() {
     const manifest = JSON.parse(await readFile(join(small.dir, 'index.json'), 'utf8')).manifests[0];
     const layer = JSON.parse(await readFile(join(small.dir, 'blobs/sha256', manifest.digest.slice(7)), 'utf8')).layers[0].digest;
     const secs = Number(args['small-seconds']);
-    const head = await loadTest(`http://${reg.host}/v2/bench/small/blobs/${layer}`, 'HEAD', secs);
-    const get = await loadTest(`http://${reg.host}/v2/bench/small/manifests/bench`, 'GET', secs);
+    const head = await load(`http://${reg.host}/v2/bench/small/blobs/${layer}`, { method: 'HEAD', seconds: secs });
+    const get = await load(`http://${reg.host}/v2/bench/small/manifests/bench`, { method: 'GET', seconds: secs });
     return { headBlobRps: head.rps, headErrors: head.errors, getManifestRps: get.rps, getErrors: get.errors };
   } finally {
     await reg.close();

@@ -6,6 +6,8 @@
  *   own namespace only (one namespace per credential). Anonymous clients may read the public namespace, if one is
  *   configured and no read-only user exists (zuul-registry's rule).
  */
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { TLSSocket } from 'node:tls';
 import type { Request, Response } from 'express';
 import type { Logger } from 'pino';
 import { grants, type AccessEntry, type TokenClaims, type TokenIssuer } from '../auth/tokens.js';
@@ -55,7 +57,7 @@ export class Access {
     return this.o.users.hasReadOnlyUser ? undefined : this.o.publicNamespace;
   }
 
-  async authenticate(req: Request): Promise<Principal> {
+  async authenticate(req: IncomingMessage): Promise<Principal> {
     if (this.open) return { kind: 'open' };
     const header = req.headers.authorization;
     if (header === undefined) return { kind: 'anonymous' };
@@ -173,7 +175,7 @@ export class Access {
   }
 
   /** Send a refusal with the OCI body and, for 401, the Bearer challenge. */
-  sendFailure(req: Request, res: Response, failure: AuthFailure, head: boolean): void {
+  sendFailure(req: IncomingMessage, res: ServerResponse, failure: AuthFailure, head: boolean): void {
     if (failure.status === 401) {
       const service = this.o.tokens?.service ?? 'berth';
       let challenge = `Bearer realm="${this.realm(req)}",service="${service}"`;
@@ -185,11 +187,12 @@ export class Access {
     sendError(res, { status: failure.status, code, message: failure.message }, head);
   }
 
-  private realm(req: Request): string {
+  private realm(req: IncomingMessage): string {
     if (this.o.publicUrl) return `${this.o.publicUrl}/auth/token`;
     // Without a configured public URL, send clients back to the host they used (sanitized: it is client input).
     const host = /^[A-Za-z0-9.\-:[\]]{1,255}$/.test(req.headers.host ?? '') ? req.headers.host : 'localhost';
-    return `${req.protocol}://${host}/auth/token`;
+    const protocol = (req.socket as TLSSocket).encrypted ? 'https' : 'http';
+    return `${protocol}://${host}/auth/token`;
   }
 }
 

@@ -1,5 +1,5 @@
 /** The one table mapping registry error codes to HTTP statuses, and the OCI error envelope. */
-import type { Response } from 'express';
+import type { ServerResponse as Response } from 'node:http';
 import { ChecksumMismatch, DriverError, SizeMismatch } from '../storage/driver.js';
 import { RegistryError, type OciCode } from '../registry/errors.js';
 import { DigestMismatch } from '../registry/verify.js';
@@ -60,7 +60,7 @@ export function sendError(res: Response, body: ErrorBody, head = false): void {
     res.destroy();
     return;
   }
-  res.status(body.status);
+  res.statusCode = body.status;
   // Headers set for the success response (a blob's length, digest, range) must not describe the error body: a
   // stale Content-Length leaves the client waiting for bytes that never come.
   for (const h of ['Content-Length', 'Docker-Content-Digest', 'ETag', 'Accept-Ranges', 'Content-Type']) res.removeHeader(h);

@@ -6,8 +6,9 @@
 // writes it as JSON. Not a test: figures drift ±30% between runs on shared machines, compare ratios of one run.
 import { execFile, spawn } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
-import { createReadStream, createWriteStream, existsSync, readFileSync } from 'node:fs';
+import { createReadStream, createWriteStream, existsSync, readdirSync, readFileSync } from 'node:fs';
 import { mkdir, mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { cpus } from 'node:os';
 import { join } from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import { parseArgs, promisify } from 'node:util';
@@ -120,8 +121,11 @@ async function rawSwift() {
   const H = ['-H', `X-Auth-Token: ${s.token}`];
   await curl(...H, '-X', 'PUT', `${s.url}/${c}`);
   const file = images[0].layerPath;
+  let at = cpuNow();
   const put = await curl(...H, '-H', 'Content-Type: application/octet-stream', '-T', file, `${s.url}/${c}/obj`);
+  const putCpu = cpuSince(at, (at = cpuNow()));
   const get = await curl(...H, `${s.url}/${c}/obj`);
+  const getCpu = cpuSince(at, cpuNow());
   const copy = await curl(...H, '-X', 'COPY', '-H', `Destination: ${c}/obj-copy`, `${s.url}/${c}/obj`);
   // Eight segments and an SLO over them, as a registry would store the blob.
   const segDir = join(work, 'segs');
@@ -136,10 +140,12 @@ async function rawSwift() {
   }
   await writeFile(join(segDir, 'manifest.json'), JSON.stringify(manifest));
   segPut += await curl(...H, '-X', 'PUT', '-T', join(segDir, 'manifest.json'), `${s.url}/${c}/slo?multipart-manifest=put`);
+  at = cpuNow();
   const sloGet = await curl(...H, `${s.url}/${c}/slo`);
+  const sloGetCpu = cpuSince(at, cpuNow());
   await rm(segDir, { recursive: true, force: true });
   await dropContainer(c, s);
-  return { put, get, copy, segPut, sloGet };
+  return { put, get, copy, segPut, sloGet, pushCpu: putCpu, pullCpu: getCpu, sloGetCpu };
 }
 // ---------- registries ----------
 function startProcess(cmd, argv, ready) {
@@ -182,6 +188,39 @@ function peakRssMB(pid) {
     return NaN;
   }
 }
+// CPU seconds (user + system) from /proc: this machine's cores are shared by the client, the registry and Swift,
+// so a contender's wall time is bounded by what all three spend; the second table shows who spent it.
+const TICKS = 100; // USER_HZ on Linux
+function cpuOf(pid, children = false) {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    return (children ? Number(f[13]) + Number(f[14]) : Number(f[11]) + Number(f[12])) / TICKS;
+  } catch {
+    return 0;
+  }
+}
+function swiftPids() {
+  return readdirSync('/proc')
+    .filter((d) => /^\d+$/.test(d))
+    .filter((d) => {
+      try {
+        return /swift-(proxy|object|container|account)-server/.test(readFileSync(`/proc/${d}/cmdline`, 'utf8'));
+      } catch {
+        return false;
+      }
+    });
+}
+/** Client (reaped children of this script: skopeo, curl), registry and Swift CPU seconds so far. */
+function cpuNow(registryPid) {
+  return {
+    client: cpuOf('self', true),
+    registry: registryPid ? cpuOf(registryPid) : 0,
+    swift: swiftPids().reduce((sum, pid) => sum + cpuOf(pid), 0),
+  };
+}
+const cpuSince = (a, b) => ({ client: b.client - a.client, registry: b.registry - a.registry, swift: b.swift - a.swift });
+
 async function stop(child) {
   const exited = new Promise((r) => child.once('exit', r));
   child.kill('SIGTERM');
@@ -247,11 +286,14 @@ async function pushPull(start, image, label) {
   const reg = await start();
   try {
     const ref = `docker://${reg.host}/bench/${label}:bench`;
+    let at = cpuNow(reg.child.pid);
     const push = await seconds(() => skopeo('copy', '--dest-tls-verify=false', `oci:${image.dir}:bench`, ref));
+    const pushCpu = cpuSince(at, (at = cpuNow(reg.child.pid)));
     const out = join(work, `pull-${randomBytes(4).toString('hex')}`);
     const pull = await seconds(() => skopeo('copy', '--src-tls-verify=false', ref, `oci:${out}:bench`));
+    const pullCpu = cpuSince(at, cpuNow(reg.child.pid));
     await rm(out, { recursive: true, force: true });
-    return { push, pull, commit: reg.commitSeconds(), rssMB: reg.child.pid ? peakRssMB(reg.child.pid) : NaN };
+    return { push, pull, commit: reg.commitSeconds(), rssMB: reg.child.pid ? peakRssMB(reg.child.pid) : NaN, pushCpu, pullCpu };
   } finally {
     await reg.close();
   }
@@ -266,6 +308,7 @@ async function curlPushPull(start, image) {
   try {
     const base = `http://${reg.host}/v2/bench/curl`;
     const digest = `sha256:${image.layerPath.split('/').pop()}`;
+    let at = cpuNow(reg.child.pid);
     const post = await fetch(`${base}/blobs/uploads/`, { method: 'POST' });
     await post.arrayBuffer();
     let location = new URL(post.headers.get('location'), base).href;
@@ -274,8 +317,10 @@ async function curlPushPull(start, image) {
     if (code !== '202') throw new Error(`curl PATCH: HTTP ${code}`);
     location = new URL(/^location:\s*(\S+)/im.exec(stdout)?.[1] ?? location, base).href;
     const put = await curl('-X', 'PUT', `${location}${location.includes('?') ? '&' : '?'}digest=${digest}`);
+    const pushCpu = cpuSince(at, (at = cpuNow(reg.child.pid)));
     const pull = await curl('-L', `${base}/blobs/${digest}`);
-    return { push: Number(patch) + put, patch: Number(patch), commit: put, pull, rssMB: reg.child.pid ? peakRssMB(reg.child.pid) : NaN };
+    const pullCpu = cpuSince(at, cpuNow(reg.child.pid));
+    return { push: Number(patch) + put, patch: Number(patch), commit: put, pull, rssMB: reg.child.pid ? peakRssMB(reg.child.pid) : NaN, pushCpu, pullCpu };
   } finally {
     await reg.close();
   }
@@ -344,14 +389,18 @@ const small = wanted('small') ? await smallRequests() : null;
 
 // ---------- table ----------
 const med = (name, key) => median((results[name] ?? []).map((x) => x[key]));
+const medCpu = (name, key) => {
+  const xs = (results[name] ?? []).map((x) => x[key]).filter(Boolean);
+  return xs.length ? { client: median(xs.map((c) => c.client)), registry: median(xs.map((c) => c.registry)), swift: median(xs.map((c) => c.swift)) } : undefined;
+};
 const maxOf = (name, key) => Math.max(...(results[name] ?? []).map((x) => x[key]));
 const raw = results.raw?.length ? { put: med('raw', 'put'), get: med('raw', 'get'), copy: med('raw', 'copy'), segPut: med('raw', 'segPut'), sloGet: med('raw', 'sloGet') } : null;
 const rows = [];
 const rate = (s) => MiB / s;
 if (raw) {
-  rows.push({ name: 'raw Swift PUT / GET', push: raw.put, pull: raw.get });
+  rows.push({ name: 'raw Swift PUT / GET', push: raw.put, pull: raw.get, pushCpu: medCpu('raw', 'pushCpu'), pullCpu: medCpu('raw', 'pullCpu') });
   rows.push({ name: 'raw Swift server-side COPY', push: raw.copy });
-  rows.push({ name: 'raw Swift 8 segments + SLO / SLO GET', push: raw.segPut, pull: raw.sloGet });
+  rows.push({ name: 'raw Swift 8 segments + SLO / SLO GET', push: raw.segPut, pull: raw.sloGet, pullCpu: medCpu('raw', 'sloGetCpu') });
   rows.push({ name: 'raw bound for a registry push (PUT + COPY)', push: raw.put + raw.copy });
 }
 for (const [name, label] of [
@@ -362,7 +411,7 @@ for (const [name, label] of [
   ['dist-fs', 'Distribution on filesystem'],
 ]) {
   if (!results[name]?.length) continue;
-  rows.push({ name: label, key: name, push: med(name, 'push'), pull: med(name, 'pull'), commit: med(name, 'commit'), rssMB: maxOf(name, 'rssMB') });
+  rows.push({ name: label, key: name, push: med(name, 'push'), pull: med(name, 'pull'), commit: med(name, 'commit'), rssMB: maxOf(name, 'rssMB'), pushCpu: medCpu(name, 'pushCpu'), pullCpu: medCpu(name, 'pullCpu') });
 }
 for (const [name, label] of [
   ['berth-swift-curl', 'Berth on Swift, curl'],
@@ -372,7 +421,7 @@ for (const [name, label] of [
   ['dist-fs-curl', 'Distribution on filesystem, curl'],
 ]) {
   if (!results[name]?.length) continue;
-  rows.push({ name: label, key: name, push: med(name, 'push'), pull: med(name, 'pull'), commit: med(name, 'commit'), rssMB: maxOf(name, 'rssMB') });
+  rows.push({ name: label, key: name, push: med(name, 'push'), pull: med(name, 'pull'), commit: med(name, 'commit'), rssMB: maxOf(name, 'rssMB'), pushCpu: medCpu(name, 'pushCpu'), pullCpu: medCpu(name, 'pullCpu') });
 }
 for (const n of CONCURRENCY) {
   const name = `berth-swift-x${n}`;
@@ -428,6 +477,13 @@ for (const r of rows) {
     `| ${r.name} | ${f(r.push)} | ${f(r.aggregateMiBps ?? (r.push ? rate(r.push) : undefined), 0)} | ${f(r.pull)} | ${f(r.pull ? rate(r.pull) : undefined, 0)} | ${f(r.commit)} | ${f(r.rssMB, 0)} |`,
   );
 }
+lines.push('');
+lines.push(`CPU seconds spent during each push and pull (medians), by the client (skopeo or curl), the registry process and Swift's servers, on a machine with ${cpus().length} CPUs that all three share:`);
+lines.push('');
+lines.push('| contender | push CPU s: client / registry / Swift | pull CPU s: client / registry / Swift |');
+lines.push('|---|---|---|');
+const cpuCell = (c) => (c ? `${f(c.client, 1)} / ${f(c.registry, 1)} / ${f(c.swift, 1)}` : '');
+for (const r of rows) if (r.pushCpu || r.pullCpu) lines.push(`| ${r.name} | ${cpuCell(r.pushCpu)} | ${cpuCell(r.pullCpu)} |`);
 lines.push('');
 lines.push('| ratio (higher is better for Berth) | value |');
 lines.push('|---|---|');

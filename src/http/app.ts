@@ -55,8 +55,7 @@ export function createApp(registry: Registry, opts: AppOptions): (req: Request, 
     const started = process.hrtime.bigint();
     // Captured now: by 'finish' the response may already be detached from its socket.
     const socket = req.socket;
-    const url = req.url ?? '/';
-    const path = url.split('?')[0];
+    const path = targetPath(req.url ?? '/');
     const exchange: Exchange = { id, route: 'other' };
     exchanges.set(res, exchange);
     res.setHeader('X-Request-Id', id);
@@ -74,6 +73,16 @@ export function createApp(registry: Registry, opts: AppOptions): (req: Request, 
     const api = /^\/v2(\/|$)/i.test(path);
     requestContext.run({ requestId: id }, () => (api ? apiRequest(registry, access, opts, req, res, exchange, path.slice(3) || '/') : others(req, res)));
   };
+}
+
+/** The path of a request target, without the query; absolute-form targets (as sent to proxies) give theirs too. */
+function targetPath(url: string): string {
+  if (url.startsWith('/')) return url.split('?')[0];
+  try {
+    return new URL(url).pathname;
+  } catch {
+    return url.split('?')[0];
+  }
 }
 
 /** What the access log and error paths know of one request. */

@@ -4,7 +4,7 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import http from 'node:http';
-import type { AddressInfo } from 'node:net';
+import net, { type AddressInfo } from 'node:net';
 import { pino } from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createApp } from '../../src/http/app.js';
@@ -85,6 +85,35 @@ describe('paths no route answers', () => {
     const head = await fetch(`${s.url}/nope`, { method: 'HEAD' });
     expect(head.status).toBe(404);
     expect(head.headers.get('docker-distribution-api-version')).toBe('registry/2.0');
+  });
+});
+
+describe('request targets', () => {
+  /** One raw request, so the request line is exactly as written. */
+  const raw = (line: string) =>
+    new Promise<{ status: number; head: string }>((resolve, reject) => {
+      const url = new URL(s.url);
+      const socket = net.connect(Number(url.port), url.hostname, () => socket.write(`${line}\r\nHost: ${url.host}\r\nConnection: close\r\n\r\n`));
+      let text = '';
+      socket.on('data', (d) => (text += d.toString('latin1')));
+      socket.on('end', () => resolve({ status: Number(text.slice(9, 12)), head: text.split('\r\n\r\n')[0].toLowerCase() }));
+      socket.on('error', reject);
+    });
+
+  it('the API answers /v2 with or without the slash, in any case, and absolute-form targets; other paths do not reach it', async () => {
+    const { url } = s;
+    for (const line of ['GET /v2 HTTP/1.1', 'GET /v2/ HTTP/1.1', 'GET /V2/ HTTP/1.1', `GET ${url}/v2/ HTTP/1.1`, 'GET /v2/?x=1 HTTP/1.1']) {
+      const res = await raw(line);
+      expect(res.status, line).toBe(200);
+      expect(res.head, line).toContain('docker-distribution-api-version: registry/2.0');
+    }
+    await pushImage(s.url, 'targets/app', 'v1', [randomBytes(100)]);
+    expect((await raw(`GET ${url}/v2/targets/app/tags/list HTTP/1.1`)).status).toBe(200);
+    expect((await raw(`HEAD ${url}/v2/targets/app/manifests/v1 HTTP/1.1`)).status).toBe(200);
+    for (const line of ['GET /v20/ HTTP/1.1', 'GET /v2x HTTP/1.1', `GET ${url}/healthz HTTP/1.1`]) {
+      const res = await raw(line);
+      expect(res.status, line).toBe(line.includes('healthz') ? 200 : 404);
+    }
   });
 });
 

@@ -113,11 +113,17 @@ function request(method, path, { headers = {}, body, onSocket } = {}) {
   });
 }
 
-async function killAndRestart(i) {
+/** Restarts in progress: the client may recover through the other servers before one ends, and must not outrun it. */
+const restarts = new Set();
+function killAndRestart(i) {
   const { child, port } = servers[i];
-  child.kill('SIGKILL');
-  await new Promise((r) => child.once('exit', r));
-  await startServer(i, port);
+  const restart = (async () => {
+    child.kill('SIGKILL');
+    await new Promise((r) => child.once('exit', r));
+    await startServer(i, port);
+  })();
+  restarts.add(restart);
+  return restart.finally(() => restarts.delete(restart));
 }
 
 /** Upload one blob in 1 MiB chunks; kill the server handling chunk `killAt` halfway through it; recover. */
@@ -225,6 +231,8 @@ for (let n = 0; n < kills; n++) {
   }
 }
 const skopeoOk = await skopeoDone;
+// A server still starting would outlive the SIGTERMs below (and keep this script alive through its pipe).
+await Promise.allSettled([...restarts]);
 for (const s of servers) s.child.kill('SIGTERM');
 balancer.close();
 if (args.backend === 'swift') await dropContainer(container);

@@ -15,8 +15,10 @@ import { md5, pushBlob, pushImage, sha256, spawnServe } from '../helpers/server.
 import { BACKENDS, dropContainer, ensureSwift, freshContainer, startServerOn, storageYaml } from '../helpers/swift.js';
 
 const run = promisify(execFile);
-const tool = (name: string, ...args: string[]) =>
-  run('node', [`tools/${name}`, ...args], { maxBuffer: 1 << 24, timeout: 600_000 }).then(
+// Killed before the test's own timeout, so a tool that hangs fails with what it printed, and does not linger.
+const tool = (name: string, ...args: string[]) => toolWithin(110_000, name, ...args);
+const toolWithin = (ms: number, name: string, ...args: string[]) =>
+  run('node', [`tools/${name}`, ...args], { maxBuffer: 1 << 24, timeout: ms, killSignal: 'SIGKILL' }).then(
     (r) => ({ code: 0, out: r.stdout }),
     (e: { code: number; stdout: string; stderr: string }) => ({ code: e.code, out: e.stdout + e.stderr }),
   );
@@ -41,7 +43,7 @@ describe('reliability tools, small', () => {
   });
 
   it('integrity-run: 8 clients pushing one digest leave one intact blob; fsck finds every corrupted blob and none is served', async () => {
-    const r = await tool('integrity-run.mjs', '--backend', 'both', '--clients', '8', '--blob-mib', '1', '--images', '2', '--corrupt', '2', '--seed', '9');
+    const r = await toolWithin(290_000, 'integrity-run.mjs', '--backend', 'both', '--clients', '8', '--blob-mib', '1', '--images', '2', '--corrupt', '2', '--seed', '9');
     for (const backend of ['swift', 'filesystem']) {
       expect(r.out).toMatch(
         new RegExp(`^8 clients pushing one digest \\(${backend}\\): 8/8 succeeded, 1 intact blob, 0 uploads left, [01] parts director(y|ies) after prune \\(\\d+ before\\), prune exit 0, fsck exit 0$`, 'm'),

@@ -1,5 +1,5 @@
 /**
- * Requests Node refuses before Express sees them. Headers over Node's limit get the OCI error envelope instead of
+ * Requests Node refuses before the app sees them. Headers over Node's limit get the OCI error envelope instead of
  * Node's bare 431; every other parse error gets what Node itself would send (a 'clientError' listener replaces
  * Node's handling, so it has to).
  */

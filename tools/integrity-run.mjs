@@ -4,7 +4,8 @@
 //    POST): all succeed, the blob reads back intact, no upload is left, and after `berth prune` (upload-expiry 1 s,
 //    run once the pushes are older than that) at most one upload's parts remain under the blob.
 // 2. K images pushed, M of their layers corrupted behind Berth's back (filesystem: bytes overwritten in the data
-//    file, same size; Swift: one SLO segment overwritten through the Swift API, same size): `berth fsck` reports
+//    file, same size; Swift: one SLO segment, or a one-chunk blob's plain object, overwritten through the Swift API,
+//    same size): `berth fsck` reports
 //    each one (exit 1), no GET of them ends in a clean 200, `fsck --repair` quarantines them, a fresh fsck finds
 //    nothing else wrong (only the quarantined blobs missing), and pushing them again restores them (fsck exit 0).
 // usage: node tools/integrity-run.mjs [--backend swift|filesystem|both] [--clients 8] [--blob-mib 3] [--images 5]
@@ -132,10 +133,20 @@ async function openStore(backend, work) {
       }
       return out;
     },
-    /** Overwrite one SLO segment of the blob with other bytes of the same size, as a faulty disk or store might. */
+    /**
+     * Overwrite one SLO segment of the blob (or a one-chunk blob, a plain object, itself) with other bytes of the
+     * same size, as a faulty disk or store might.
+     */
     async corrupt(digest) {
-      const res = await fetch(`${objectUrl(`_local/blobs/${digest}/data`)}?multipart-manifest=get`, { headers, signal: AbortSignal.timeout(TIMEOUT_MS) });
+      const data = `_local/blobs/${digest}/data`;
+      const res = await fetch(`${objectUrl(data)}?multipart-manifest=get`, { headers, signal: AbortSignal.timeout(TIMEOUT_MS) });
       if (res.status !== 200) throw new Error(`SLO manifest of ${digest}: ${res.status}`);
+      if (res.headers.get('x-static-large-object') !== 'True') {
+        const size = (await res.arrayBuffer()).byteLength;
+        const put = await fetch(objectUrl(data), { method: 'PUT', headers, body: randomBytes(size), signal: AbortSignal.timeout(TIMEOUT_MS) });
+        if (put.status !== 201) throw new Error(`PUT ${data}: ${put.status}`);
+        return `object ${data} (${size} bytes)`;
+      }
       const segments = (await res.json()).filter((s) => !s.sub_slo && s.bytes > 0);
       if (segments.length === 0) throw new Error(`${digest} has no plain segment to corrupt`);
       const seg = segments[Math.floor(pickSegment() * segments.length)];

@@ -1,6 +1,6 @@
 /** A storage driver that counts and times every operation of the driver it wraps, and changes nothing else. */
 import type { Readable } from 'node:stream';
-import { PathNotFound, type ByteRange, type ObjectInfo, type Part, type PutOptions, type StorageDriver, type StoredObject } from '../storage/driver.js';
+import { PathNotFound, type ByteRange, type MoveOptions, type ObjectInfo, type Part, type PutOptions, type StorageDriver, type StoredObject } from '../storage/driver.js';
 import type { Metrics } from './metrics.js';
 
 export class InstrumentedDriver implements StorageDriver {
@@ -62,8 +62,8 @@ export class InstrumentedDriver implements StorageDriver {
   delete(path: string): Promise<void> {
     return this.timed('delete', () => this.inner.delete(path));
   }
-  move(src: string, dst: string): Promise<StoredObject> {
-    return this.timed('move', () => this.inner.move(src, dst));
+  move(src: string, dst: string, opts?: MoveOptions): Promise<StoredObject> {
+    return this.timed('move', () => this.inner.move(src, dst, opts));
   }
   concat(dst: string, parts: Part[]): Promise<StoredObject> {
     return this.timed('concat', () => this.inner.concat(dst, parts));

@@ -5,7 +5,8 @@
  *     uploads/<uuid>/metadata                    the UploadRecord (JSON)
  *     uploads/<uuid>/<n>.<nonce>                 chunk objects, in record order (the nonce keeps two racing
  *                                                writers of chunk n from overwriting each other)
- *     blobs/<alg>:<hex>/data                     the blob (content-addressed; manifests are blobs too)
+ *     blobs/<alg>:<hex>/data                     the blob (content-addressed; manifests are blobs too); a blob of
+ *                                                one chunk is that chunk moved here
  *     blobs/<alg>:<hex>/parts/<uuid>/<n>         its parts: chunks moved here at commit (Swift SLO segments)
  *     blobs/<alg>:<hex>/touched                  rewritten whenever a push commits, mounts or references the blob
  *     blobs/<alg>:<hex>/tombstone                written by prune before it deletes the blob (see prune.ts)

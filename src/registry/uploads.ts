@@ -12,7 +12,7 @@ import { createHash, randomBytes, randomUUID } from 'node:crypto';
 import { once } from 'node:events';
 import { PassThrough, type Readable } from 'node:stream';
 import { inlineMd5, md5Job, type Md5Job } from './native-hash.js';
-import { ChecksumMismatch, PathNotFound, SizeMismatch, type Part, type StorageDriver, type StoredObject } from '../storage/driver.js';
+import { AlreadyExists, ChecksumMismatch, PathNotFound, SizeMismatch, type Part, type StorageDriver, type StoredObject } from '../storage/driver.js';
 import { RegistryError, uploadUnknown } from './errors.js';
 import { CHUNK_OBJECT_RE, checkDigest, digestAlgorithm, paths, validUploadId } from './paths.js';
 import { createBackgroundSha256, createSha256, parseSha256State, type Sha256State } from './sha256state.js';
@@ -281,6 +281,7 @@ export class Uploads {
    * them. A retried commit finds already-moved chunks at their destination and goes on from there.
    */
   private async moveIntoBlob(ns: string, id: string, digest: string, record: UploadRecord): Promise<void> {
+    if (record.chunks.length === 1) return this.moveWhole(ns, id, digest, record.chunks[0]);
     const parts: Part[] = record.chunks.map((c, i) => ({ path: paths.blobPart(ns, digest, id, i), size: c.size, md5: c.md5 }));
     let next = 0;
     const worker = async () => {
@@ -302,6 +303,37 @@ export class Uploads {
     };
     await Promise.all(Array.from({ length: Math.min(MOVE_PARALLELISM, parts.length) }, worker));
     await this.driver.concat(paths.blobData(ns, digest), parts);
+  }
+
+  /**
+   * A blob of one chunk is that chunk, moved to the blob's data path: nothing to join, and on Swift a plain object
+   * reads faster and cheaper than a one-segment SLO (a temp URL to it is a plain GET). If another upload of the
+   * same bytes got there first, that object stays and ours goes with the upload.
+   */
+  private async moveWhole(ns: string, id: string, digest: string, chunk: ChunkEntry): Promise<void> {
+    const dst = paths.blobData(ns, digest);
+    let moved: StoredObject;
+    let ours = true;
+    try {
+      moved = await this.driver.move(paths.uploadChunk(ns, id, chunk.object), dst, { ifAbsent: true });
+    } catch (err) {
+      if (!(err instanceof AlreadyExists) && !(err instanceof PathNotFound)) throw err;
+      const there = await this.driver.stat(dst);
+      if (!there) throw err;
+      moved = { size: there.size };
+      ours = false;
+    }
+    const wrong =
+      moved.size !== chunk.size
+        ? new SizeMismatch(dst, chunk.size, moved.size)
+        : moved.md5 !== undefined && moved.md5 !== chunk.md5
+          ? new ChecksumMismatch(dst, chunk.md5, moved.md5)
+          : null;
+    if (wrong) {
+      // Not the bytes that were hashed: they must not stay at the digest's path (a GET would refuse them anyway).
+      if (ours) await this.driver.delete(dst);
+      throw wrong;
+    }
   }
 
   /** Delete the record first: a record must never point at a chunk that is gone. Leftover chunks are prune's. */

@@ -51,6 +51,14 @@ export interface PutOptions {
   ifAbsent?: boolean;
 }
 
+export interface MoveOptions {
+  /**
+   * Fail with AlreadyExists, leaving src where it is, if dst exists. Atomic on the filesystem; on Swift a check
+   * before the copy (its copy applies If-None-Match to the source), so two racing moves may both succeed.
+   */
+  ifAbsent?: boolean;
+}
+
 export interface StorageDriver {
   readonly name: string;
   /**
@@ -71,8 +79,11 @@ export interface StorageDriver {
   list(prefix: string): AsyncIterable<ObjectInfo>;
   /** Delete one object. Deleting an absent object is not an error. */
   delete(path: string): Promise<void>;
-  /** Move src to dst (replacing dst) and report what dst now holds. Throws PathNotFound if src is absent. */
-  move(src: string, dst: string): Promise<StoredObject>;
+  /**
+   * Move src to dst (replacing dst, unless `ifAbsent`) and report what dst now holds. Throws PathNotFound if src
+   * is absent.
+   */
+  move(src: string, dst: string, opts?: MoveOptions): Promise<StoredObject>;
   /**
    * Make dst read as the parts joined in order. The parts must be at paths under dst's directory; they become
    * owned by dst (a backend may keep them as segments, or consume them). Before dst becomes visible each part is

@@ -15,6 +15,7 @@ import {
   PathNotFound,
   SizeMismatch,
   type ByteRange,
+  type MoveOptions,
   type ObjectInfo,
   type Part,
   type PutOptions,
@@ -161,13 +162,21 @@ export class FilesystemDriver implements StorageDriver {
     }
   }
 
-  async move(src: string, dst: string): Promise<StoredObject> {
+  async move(src: string, dst: string, opts: MoveOptions = {}): Promise<StoredObject> {
     const from = this.file(src);
     const to = this.file(dst);
     for (let attempt = 0; ; attempt++) {
       await fs.mkdir(path.dirname(to), { recursive: true });
       try {
-        await fs.rename(from, to);
+        if (opts.ifAbsent) {
+          // link() refuses an existing target atomically, where rename() would replace it.
+          await fs.link(from, to).catch((err: NodeJS.ErrnoException) => {
+            throw err.code === 'EEXIST' ? new AlreadyExists(dst) : err;
+          });
+          await fs.rm(from);
+        } else {
+          await fs.rename(from, to);
+        }
         break;
       } catch (err) {
         // ENOENT with the source present means a concurrent delete emptied and removed the target directory.

@@ -155,6 +155,22 @@ export function runDriverSuite(name: string, factory: DriverFactory): void {
       await driver.delete(`${root}/dst/x`);
     });
 
+    test('a create-only move refuses an existing destination and leaves both objects as they were', async () => {
+      const data = randomBytes(30_000);
+      await driver.put(`${root}/src`, data);
+      await driver.put(`${root}/dst/y`, Buffer.from('first'));
+      await expect(driver.move(`${root}/src`, `${root}/dst/y`, { ifAbsent: true })).rejects.toBeInstanceOf(AlreadyExists);
+      expectSameBytes(await driver.read(`${root}/dst/y`), Buffer.from('first'));
+      expectSameBytes(await driver.read(`${root}/src`), data);
+      await driver.delete(`${root}/dst/y`);
+      const moved = await driver.move(`${root}/src`, `${root}/dst/y`, { ifAbsent: true });
+      expect(moved.size).toBe(data.length);
+      if (moved.md5 !== undefined) expect(moved.md5).toBe(md5(data));
+      expect(await driver.stat(`${root}/src`)).toBeNull();
+      expectSameBytes(await driver.read(`${root}/dst/y`), data);
+      await driver.delete(`${root}/dst/y`);
+    });
+
     test('concat joins parts in order', async () => {
       const parts = [randomBytes(1 << 20), randomBytes(1 << 20), randomBytes(777)];
       const recorded = [];

@@ -66,6 +66,33 @@ describe('uploads on Swift', () => {
     expect(Buffer.from(await range.arrayBuffer()).equals(data.subarray((3 << 20) - 2, (3 << 20) + 2))).toBe(true);
   });
 
+  it('a blob of one chunk is that chunk as a plain object at the blob path: no SLO, no parts, nothing under uploads/', async () => {
+    const data = randomBytes(SEGMENT - 1000);
+    const digest = await pushBlob(s.url, 'swift/plain', data);
+    const head = await swiftRaw(`${container}/_local/blobs/${digest}/data`, { method: 'HEAD' });
+    expect(head.status).toBe(200);
+    expect(head.headers.get('x-static-large-object')).toBeNull();
+    expect(head.headers.get('etag')).toBe(md5(data));
+    expect((await objects(`_local/blobs/${digest}/`)).map((o) => o.name)).toEqual([`_local/blobs/${digest}/data`, `_local/blobs/${digest}/touched`]);
+    expect(await objects('_local/uploads/')).toEqual([]);
+    expect(md5(Buffer.from(await (await fetch(`${s.url}/v2/swift/plain/blobs/${digest}`)).arrayBuffer()))).toBe(md5(data));
+  });
+
+  it('one-chunk and two-chunk uploads of one digest committing at once: both succeed, one readable blob stays', async () => {
+    for (let round = 0; round < 4; round++) {
+      const data = randomBytes(SEGMENT);
+      const digest = sha256(data);
+      // One PATCH of the segment size is one chunk (a plain object at the blob path); two halves are an SLO.
+      const locations = await Promise.all([upload('swift/race', [data]), upload('swift/race', [data.subarray(0, SEGMENT / 2), data.subarray(SEGMENT / 2)])]);
+      const commits = await Promise.all(locations.map((l) => fetch(`${s.url}${l}?digest=${digest}`, { method: 'PUT' })));
+      expect(commits.map((r) => r.status)).toEqual([201, 201]);
+      expect(md5(Buffer.from(await (await fetch(`${s.url}/v2/swift/race/blobs/${digest}`)).arrayBuffer()))).toBe(md5(data));
+      expect(await objects('_local/uploads/')).toEqual([]);
+      const partDirs = new Set((await objects(`_local/blobs/${digest}/parts/`)).map((o) => o.name.split('/')[4]));
+      expect(partDirs.size).toBeLessThanOrEqual(1);
+    }
+  });
+
   it('chunks just over the segment size leave no tiny segments: each is cut in equal halves', async () => {
     const chunks = Array.from({ length: 12 }, () => randomBytes(SEGMENT + 100));
     const data = Buffer.concat(chunks);

@@ -16,6 +16,7 @@ import {
   PathNotFound,
   SizeMismatch,
   type ByteRange,
+  type MoveOptions,
   type ObjectInfo,
   type Part,
   type PutOptions,
@@ -342,9 +343,10 @@ export class SwiftDriver implements StorageDriver {
   }
 
   /** Swift has no rename: a server-side copy (its ETag checked against the source's), then a delete. */
-  async move(src: string, dst: string): Promise<StoredObject> {
+  async move(src: string, dst: string, opts: MoveOptions = {}): Promise<StoredObject> {
     checkKey(src);
     checkKey(dst);
+    if (opts.ifAbsent && (await this.stat(dst))) throw new AlreadyExists(dst);
     const head = await this.call({ method: 'HEAD', key: src });
     await drain(head);
     if (head.status === 404) throw new PathNotFound(src);

@@ -48,7 +48,7 @@ export class FilesystemDriver implements StorageDriver {
 
   async put(key: string, body: Readable | Buffer, opts: PutOptions = {}): Promise<StoredObject> {
     const target = this.file(key);
-    const temp = await this.tempBeside(target);
+    const { temp, handle } = await this.createTempBeside(target);
     let size = 0;
     const md5 = opts.md5 ? createHash('md5') : undefined;
     const counter = new Transform({
@@ -60,7 +60,7 @@ export class FilesystemDriver implements StorageDriver {
     });
     try {
       const source = Buffer.isBuffer(body) ? Readable.from([body]) : body;
-      await pipeline(source, counter, createWriteStream(temp, { flags: 'wx' }), { signal: opts.signal });
+      await pipeline(source, counter, createWriteStream('', { fd: handle }), { signal: opts.signal });
       if (opts.size !== undefined && size !== opts.size) throw new SizeMismatch(key, opts.size, size);
       const actual = md5?.digest('hex');
       if (opts.md5 && actual !== opts.md5) throw new ChecksumMismatch(key, opts.md5, actual ?? '');
@@ -80,10 +80,20 @@ export class FilesystemDriver implements StorageDriver {
     return { size, md5: md5 ? opts.md5 : undefined };
   }
 
-  /** A fresh temporary name in the target's directory (created if needed), so the final rename is atomic. */
-  private async tempBeside(target: string): Promise<string> {
-    await fs.mkdir(path.dirname(target), { recursive: true });
-    return path.join(path.dirname(target), TEMP_PREFIX + randomBytes(8).toString('hex'));
+  /**
+   * A fresh temporary file in the target's directory (created if needed), open for writing, so the final rename is
+   * atomic. A prune may remove the directory as it empties it between the mkdir and the create: then again.
+   */
+  private async createTempBeside(target: string): Promise<{ temp: string; handle: fs.FileHandle }> {
+    for (let attempt = 0; ; attempt++) {
+      await fs.mkdir(path.dirname(target), { recursive: true });
+      const temp = path.join(path.dirname(target), TEMP_PREFIX + randomBytes(8).toString('hex'));
+      try {
+        return { temp, handle: await fs.open(temp, 'wx') };
+      } catch (err) {
+        if (!isNotFound(err) || attempt >= 3) throw err;
+      }
+    }
   }
 
   async get(key: string, range?: ByteRange): Promise<{ body: Readable; size: number }> {
@@ -202,9 +212,9 @@ export class FilesystemDriver implements StorageDriver {
       if (st.size !== part.size) throw new SizeMismatch(part.path, part.size, st.size);
     }
     if (parts.length === 1) return this.move(parts[0].path, dst);
-    const temp = await this.tempBeside(target);
+    const { temp, handle } = await this.createTempBeside(target);
     try {
-      await fs.writeFile(temp, '', { flag: 'wx' });
+      await handle.close();
       for (const part of parts) {
         await pipeline(createReadStream(this.file(part.path), { highWaterMark: 1 << 20 }), createWriteStream(temp, { flags: 'a' }));
       }

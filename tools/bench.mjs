@@ -237,7 +237,7 @@ async function startBerth(backend, { tempUrl = false } = {}) {
       ? `  storage:\n    driver: swift\n    cloud: berth-test\n    container: ${container}\n    clouds-file: ${cloudsFile}\n${tempUrl ? '    temp-url-key: bench-temp-url-key-0123456789\n' : ''}`
       : `  storage:\n    driver: filesystem\n    root: ${join(work, 'berth-data-' + randomBytes(4).toString('hex'))}\n`;
   await writeFile(join(dir, 'registry.yaml'), `registry:\n  address: 127.0.0.1\n  port: 0\n${storage}`);
-  const p = await startProcess('node', [join(repoRoot, 'dist/cli.js'), '-c', join(dir, 'registry.yaml'), 'serve'], (line) => /berth listening on port (\d+)/.exec(line)?.[1]);
+  const p = await startProcess('node', ['--single-threaded-gc', join(repoRoot, 'dist/cli.js'), '-c', join(dir, 'registry.yaml'), 'serve'], (line) => /berth listening on port (\d+)/.exec(line)?.[1]);
   return {
     ...p,
     host: `127.0.0.1:${p.port}`,

@@ -18,7 +18,7 @@ if (!config) {
   config = join(dir, 'registry.yaml');
   writeFileSync(config, `registry:\n  address: 127.0.0.1\n  port: 0\n  storage:\n    driver: filesystem\n    root: ${dir}/data\n`);
 }
-const child = spawn(process.execPath, ['dist/cli.js', '-c', config, 'serve'], { stdio: ['ignore', 'pipe', 'inherit'] });
+const child = spawn(process.execPath, ['--single-threaded-gc', 'dist/cli.js', '-c', config, 'serve'], { stdio: ['ignore', 'pipe', 'inherit'] });
 const port = await new Promise((resolve, reject) => {
   let out = '';
   child.stdout.on('data', (d) => {

@@ -78,7 +78,7 @@ export interface ServeProcess {
 export async function spawnServe(configYaml: string, dir: string): Promise<ServeProcess> {
   const file = join(dir, `registry-${Math.random().toString(36).slice(2)}.yaml`);
   await writeFile(file, configYaml);
-  const child = spawn(process.execPath, ['dist/cli.js', '-c', file, 'serve'], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn(process.execPath, ['--single-threaded-gc', 'dist/cli.js', '-c', file, 'serve'], { stdio: ['ignore', 'pipe', 'pipe'] });
   let stderr = '';
   child.stderr!.on('data', (d) => (stderr += d));
   const port = await new Promise<number>((resolve, reject) => {

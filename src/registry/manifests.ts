@@ -34,6 +34,46 @@ export interface Descriptor {
   platform?: unknown;
 }
 
+/** Memory for verified manifest bytes: a few thousand typical manifests (2-10 KB each). */
+const MANIFEST_CACHE_BYTES = 16 * 1024 * 1024;
+
+/** A map that forgets its least recently used entries once their bytes pass `limit`. */
+export class ByteBoundedLru {
+  private readonly entries = new Map<string, Buffer>();
+  private bytes = 0;
+
+  constructor(private readonly limit: number) {}
+
+  get(key: string): Buffer | undefined {
+    const value = this.entries.get(key);
+    if (value) {
+      this.entries.delete(key);
+      this.entries.set(key, value);
+    }
+    return value;
+  }
+
+  set(key: string, value: Buffer): void {
+    if (value.length > this.limit) return;
+    const old = this.entries.get(key);
+    if (old) {
+      this.entries.delete(key);
+      this.bytes -= old.length;
+    }
+    this.entries.set(key, value);
+    this.bytes += value.length;
+    for (const [k, v] of this.entries) {
+      if (this.bytes <= this.limit) break;
+      this.entries.delete(k);
+      this.bytes -= v.length;
+    }
+  }
+
+  get size(): number {
+    return this.entries.size;
+  }
+}
+
 /** What a revision link holds: enough to answer HEAD and referrers without reading the manifest. */
 export interface RevisionMeta {
   mediaType: string;
@@ -49,6 +89,8 @@ export interface StoredManifest extends RevisionMeta {
 
 export class Manifests {
   private readonly links: BlobLinks;
+  /** Manifest bytes that hashed to their digest, by namespace and digest (they cannot change: no invalidation). */
+  private readonly verifiedBodies = new ByteBoundedLru(MANIFEST_CACHE_BYTES);
 
   constructor(
     private readonly driver: StorageDriver,
@@ -137,9 +179,16 @@ export class Manifests {
     return { digest, ...(JSON.parse(raw.toString('utf8')) as RevisionMeta) };
   }
 
-  /** The manifest and its bytes, checked against its digest (by tag: the digest the tag names). */
+  /**
+   * The manifest and its bytes, checked against its digest (by tag: the digest the tag names). The tag and the
+   * revision are read every time (they change, from any process); the bytes, being content-addressed, are kept
+   * once they were read and verified, which saves a file read and a hash per pull.
+   */
   async get(ns: string, repo: string, reference: string): Promise<StoredManifest & { body: Buffer }> {
     const meta = await this.stat(ns, repo, reference);
+    const key = `${ns}/${meta.digest}`;
+    const known = this.verifiedBodies.get(key);
+    if (known) return { ...meta, body: known };
     let body: Buffer;
     try {
       body = await this.blobs.readSmall(ns, meta.digest);
@@ -152,6 +201,7 @@ export class Manifests {
     const algorithm = digestAlgorithm(meta.digest);
     const actual = `${algorithm}:${createHash(algorithm).update(body).digest('hex')}`;
     if (actual !== meta.digest) throw new DigestMismatch(meta.digest, actual);
+    this.verifiedBodies.set(key, body);
     return { ...meta, body };
   }
 

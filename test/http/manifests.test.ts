@@ -277,6 +277,27 @@ describe.each(BACKENDS)('manifest API on %s', (backend) => {
 });
 
 describe('manifest integrity on filesystem', () => {
+  it('a manifest once served stays what its digest names: later damage to the stored bytes is not served, a delete still takes effect', async () => {
+    const server = await startServer();
+    try {
+      const { digest } = await pushImage(server.url, 'cached/app', 'v1', [randomBytes(100)]);
+      const first = await fetch(`${server.url}/v2/cached/app/manifests/v1`);
+      expect(first.status).toBe(200);
+      const body = Buffer.from(await first.arrayBuffer());
+      await writeFile(join(server.root, paths.blobData('_local', digest)), JSON.stringify({ schemaVersion: 2, layers: [] }));
+      for (const ref of [digest, 'v1']) {
+        const res = await fetch(`${server.url}/v2/cached/app/manifests/${ref}`);
+        expect(res.status).toBe(200);
+        expect(res.headers.get('docker-content-digest')).toBe(digest);
+        expect(Buffer.from(await res.arrayBuffer()).equals(body)).toBe(true);
+      }
+      expect((await fetch(`${server.url}/v2/cached/app/manifests/${digest}`, { method: 'DELETE' })).status).toBe(202);
+      for (const ref of [digest, 'v1']) expect((await fetch(`${server.url}/v2/cached/app/manifests/${ref}`)).status).toBe(404);
+    } finally {
+      await server.close();
+    }
+  });
+
   it('stored manifest bytes that no longer hash to the digest are not served, by digest or by tag', async () => {
     const server = await startServer();
     try {

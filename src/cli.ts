@@ -108,17 +108,8 @@ async function serve(config: Config, log: Logger): Promise<number> {
   // Long uploads: no request timeout; idle keep-alive sockets are still reaped.
   server.requestTimeout = 0;
   server.keepAliveTimeout = 65_000;
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(config.port, config.address, () => resolve());
-  });
-  const address = server.address();
-  const port = typeof address === 'object' && address ? address.port : config.port;
-  log.info({ address: config.address, port, storage: config.storage.driver, tls: Boolean(tls), gc: gcMode() }, 'berth listening');
-  // Test harnesses read the port from this line when the config asks for port 0.
-  process.stdout.write(`berth listening on port ${port}\n`);
-
-  await new Promise<void>((resolve) => {
+  // Signals are taken before the port opens: a SIGTERM right after start-up still shuts down cleanly.
+  const stopped = new Promise<void>((resolve) => {
     let stopping = false;
     const stop = (signal: string) => {
       // A second signal while draining changes nothing (the default action would kill uploads in flight).
@@ -132,6 +123,17 @@ async function serve(config: Config, log: Logger): Promise<number> {
     process.on('SIGTERM', () => stop('SIGTERM'));
     process.on('SIGINT', () => stop('SIGINT'));
   });
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(config.port, config.address, () => resolve());
+  });
+  const address = server.address();
+  const port = typeof address === 'object' && address ? address.port : config.port;
+  log.info({ address: config.address, port, storage: config.storage.driver, tls: Boolean(tls), gc: gcMode() }, 'berth listening');
+  // Test harnesses read the port from this line when the config asks for port 0.
+  process.stdout.write(`berth listening on port ${port}\n`);
+
+  await stopped;
   await registry.close();
   return 0;
 }

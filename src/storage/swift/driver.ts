@@ -7,7 +7,8 @@
 import { createHash, createHmac } from 'node:crypto';
 import http from 'node:http';
 import https from 'node:https';
-import { Readable, Transform, pipeline } from 'node:stream';
+import { PassThrough, Readable, Transform, pipeline } from 'node:stream';
+import { finished } from 'node:stream/promises';
 import fetch, { type RequestInit, type Response } from 'node-fetch';
 import {
   AlreadyExists,
@@ -152,7 +153,7 @@ export class SwiftDriver implements StorageDriver {
   }
 
   /** An SLO's own segment list (keys in this container); [] for a plain object, null when absent. */
-  private async sloListing(key: string): Promise<{ path: string; bytes: number; hash: string; subSlo: boolean }[] | null> {
+  private async sloListing(key: string): Promise<SloEntry[] | null> {
     const res = await this.call({ method: 'GET', key, query: { 'multipart-manifest': 'get' } });
     if (res.status === 404) {
       await drain(res);
@@ -162,15 +163,21 @@ export class SwiftDriver implements StorageDriver {
       await drain(res);
       throw failure(res, `GET ${key}?multipart-manifest=get`);
     }
-    if (res.headers.get('x-static-large-object') !== 'True') {
+    if (!isSlo(res)) {
       await drain(res);
       return [];
     }
-    const listing = (await res.json()) as { name: string; bytes: number; hash: string; sub_slo?: boolean }[];
+    return this.parseListing(res);
+  }
+
+  /** The body of a `?multipart-manifest=get` answer for an SLO, as keys in this container. */
+  private async parseListing(res: Response): Promise<SloEntry[]> {
+    const listing = (await res.json()) as { name: string; bytes: number; hash: string; sub_slo?: boolean; range?: string }[];
     const prefix = `/${this.opts.container}/`;
     return listing.map((seg) => {
       const name = decodeURIComponent(seg.name);
-      return { path: name.startsWith(prefix) ? name.slice(prefix.length) : name.replace(/^\//, ''), bytes: seg.bytes, hash: seg.hash, subSlo: !!seg.sub_slo };
+      const path = name.startsWith(prefix) ? name.slice(prefix.length) : name.replace(/^\//, '');
+      return { path, bytes: seg.bytes, hash: seg.hash, subSlo: !!seg.sub_slo, ranged: seg.range !== undefined };
     });
   }
 
@@ -231,8 +238,39 @@ export class SwiftDriver implements StorageDriver {
     return { size: sent(), md5: etag };
   }
 
+  /**
+   * A whole object is asked for with `?multipart-manifest=get`: a plain object answers with its bytes, an SLO with
+   * its segment list, whose segments are then read directly, in order, the next one requested while the current
+   * one streams. Read that way an SLO costs Swift about two thirds of the CPU it spends serving it through its SLO
+   * middleware (measured here: 2.4-2.6 against 3.2-4.6 CPU-s for 512 MiB), and small segments are not throttled.
+   * Each segment is checked against the manifest's size and md5 (its ETag) before its first byte is passed on.
+   */
   async get(key: string, range?: ByteRange): Promise<{ body: Readable; size: number }> {
     checkKey(key);
+    if (range) return this.getBytes(key, range);
+    const watch = new IdleWatch(`GET ${key}`, this.timeoutMs);
+    let res: Response;
+    try {
+      res = await this.call({ method: 'GET', key, query: { 'multipart-manifest': 'get' }, signal: watch.signal });
+    } catch (err) {
+      watch.stop();
+      throw err;
+    }
+    if (res.status !== 200 || !isSlo(res)) return this.streamed(key, res, watch);
+    let segments: SloEntry[];
+    try {
+      segments = await this.parseListing(res);
+    } finally {
+      watch.stop();
+    }
+    // Ranged entries are not written by Berth; such a manifest is read through Swift's middleware.
+    if (segments.some((seg) => seg.ranged)) return this.getBytes(key);
+    const size = segments.reduce((n, seg) => n + seg.bytes, 0);
+    return { body: this.segmentBytes(segments), size };
+  }
+
+  /** A plain GET (through Swift's SLO middleware for an SLO), optionally of a range. */
+  private async getBytes(key: string, range?: ByteRange): Promise<{ body: Readable; size: number }> {
     const headers: Record<string, string> = range ? { Range: `bytes=${range.start}-${range.end}` } : {};
     // The body streams for as long as the reader wants; what is bounded is a stall.
     const watch = new IdleWatch(`GET ${key}`, this.timeoutMs);
@@ -243,6 +281,10 @@ export class SwiftDriver implements StorageDriver {
       watch.stop();
       throw err;
     }
+    return this.streamed(key, res, watch, range);
+  }
+
+  private async streamed(key: string, res: Response, watch: IdleWatch, range?: ByteRange): Promise<{ body: Readable; size: number }> {
     if (res.status !== 200 && res.status !== 206) {
       watch.stop();
       await drain(res);
@@ -263,6 +305,79 @@ export class SwiftDriver implements StorageDriver {
     });
     pipeline(res.body as unknown as Readable, body, () => watch.stop());
     return { body, size };
+  }
+
+  /**
+   * The bytes of an SLO's segments in order, each segment's body piped on (no per-piece promise); a reader that
+   * stops early cancels the requests in flight.
+   */
+  private segmentBytes(segments: SloEntry[]): Readable {
+    const out = new PassThrough({ highWaterMark: 1 << 20 });
+    const inFlight = new Set<IdleWatch>();
+    let closed = false;
+    out.once('close', () => {
+      closed = true;
+      for (const watch of inFlight) watch.cancel();
+    });
+    const open = (seg: SloEntry) => {
+      const opened = this.openSegment(seg).then((o) => {
+        inFlight.add(o.watch);
+        if (closed) o.watch.cancel();
+        return o;
+      });
+      opened.catch(() => {}); // observed in order below
+      return opened;
+    };
+    const run = async () => {
+      let next = segments.length > 0 ? open(segments[0]) : undefined;
+      for (let i = 0; i < segments.length; i++) {
+        const { res, watch } = await next!;
+        next = i + 1 < segments.length ? open(segments[i + 1]) : undefined;
+        const body = res.body as unknown as Readable;
+        let got = 0;
+        body.on('data', (chunk: Buffer) => {
+          watch.touch();
+          got += chunk.length;
+        });
+        body.pipe(out, { end: false });
+        await finished(body);
+        body.unpipe(out);
+        watch.stop();
+        inFlight.delete(watch);
+        if (got !== segments[i].bytes) throw new SizeMismatch(segments[i].path, segments[i].bytes, got);
+      }
+      out.end();
+    };
+    run().catch((err) => out.destroy(err));
+    return out;
+  }
+
+  /** Start reading one segment; refuses one whose size or md5 differs from what the manifest recorded. */
+  private async openSegment(seg: SloEntry): Promise<{ res: Response; watch: IdleWatch }> {
+    const watch = new IdleWatch(`GET ${seg.path}`, this.timeoutMs);
+    let res: Response;
+    try {
+      res = await this.call({ method: 'GET', key: seg.path, signal: watch.signal });
+    } catch (err) {
+      watch.stop();
+      throw err;
+    }
+    const problem =
+      res.status === 404
+        ? new PathNotFound(seg.path)
+        : res.status !== 200
+          ? failure(res, `GET ${seg.path}`)
+          : Number(res.headers.get('content-length')) !== seg.bytes
+            ? new SizeMismatch(seg.path, seg.bytes, Number(res.headers.get('content-length')))
+            : !seg.subSlo && unquote(res.headers.get('etag')) !== seg.hash
+              ? new ChecksumMismatch(seg.path, seg.hash, unquote(res.headers.get('etag')) ?? '')
+              : null;
+    if (problem) {
+      watch.cancel();
+      res.body?.resume();
+      throw problem;
+    }
+    return { res, watch };
   }
 
   async read(key: string): Promise<Buffer> {
@@ -351,12 +466,12 @@ export class SwiftDriver implements StorageDriver {
     await drain(head);
     if (head.status === 404) throw new PathNotFound(src);
     if (head.status !== 200) throw failure(head, `HEAD ${src}`);
-    const isSlo = head.headers.get('x-static-large-object') === 'True';
+    const slo = isSlo(head);
     const copy = await this.call({
       method: 'PUT',
       key: dst,
       // An SLO moves as its manifest; its segments stay where they are.
-      query: isSlo ? { 'multipart-manifest': 'get' } : undefined,
+      query: slo ? { 'multipart-manifest': 'get' } : undefined,
       headers: { 'X-Copy-From': `/${encodeURIComponent(this.opts.container)}/${encodeKey(src)}`, 'Content-Length': '0' },
       timeoutMs: COPY_TIMEOUT_MS,
     });
@@ -370,7 +485,7 @@ export class SwiftDriver implements StorageDriver {
       throw new ChecksumMismatch(dst, sourceEtag ?? '', etag ?? '');
     }
     await this.deletePlain(src);
-    return { size: Number(head.headers.get('content-length')), md5: isSlo ? undefined : etag };
+    return { size: Number(head.headers.get('content-length')), md5: slo ? undefined : etag };
   }
 
   private async deletePlain(key: string): Promise<void> {
@@ -595,6 +710,18 @@ export class SwiftDriver implements StorageDriver {
   }
 }
 
+/** One entry of an SLO manifest, its path as a key in this container. */
+interface SloEntry {
+  path: string;
+  bytes: number;
+  hash: string;
+  subSlo: boolean;
+  /** The entry names a byte range of its object (Berth never writes these). */
+  ranged: boolean;
+}
+
+const isSlo = (res: Response) => res.headers.get('x-static-large-object') === 'True';
+
 /** Keys as the filesystem driver accepts them, so both backends refuse the same things. */
 function checkKey(key: string): void {
   const bad =
@@ -686,6 +813,11 @@ class IdleWatch {
   }
   stop(): void {
     clearTimeout(this.timer);
+  }
+  /** Abort the request now (its reader went away). */
+  cancel(): void {
+    this.stop();
+    this.controller.abort(new DriverError('read cancelled'));
   }
 }
 

@@ -2,7 +2,8 @@
 import { createHash, randomBytes } from 'node:crypto';
 import { afterAll, describe, expect, test } from 'vitest';
 import { ChecksumMismatch, DriverError, PathNotFound } from '../../src/storage/driver.js';
-import type { Readable } from 'node:stream';
+import { Writable, type Readable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
 import { SwiftDriver } from '../../src/storage/swift/driver.js';
 import { dropContainer, ensureSwift, freshContainer, swiftDriver, swiftRaw } from '../helpers/swift.js';
 import { runDriverSuite } from './suite.js';
@@ -119,6 +120,26 @@ describe('swift driver specifics', () => {
     expect(md5(await collect((await driver.get('w/data')).body))).toBe(md5(data));
     await driver.close();
   });
+
+  test('a reader slower than the request timeout over a whole segment, but never stalled, still gets every byte', async () => {
+    // Each segment takes the reader about 1.5 s; no request may sit idle that long (700 ms) waiting for it.
+    const { driver } = await driverOnFreshContainer({ requestTimeoutMs: 700 });
+    const { data, parts } = await putParts(driver, 'slow/parts', [3 << 20, 3 << 20, 1 << 20]);
+    await driver.concat('slow/data', parts);
+    const chunks: Buffer[] = [];
+    const slowReader = new Writable({
+      highWaterMark: 1,
+      write(chunk: Buffer, _enc, done) {
+        chunks.push(chunk);
+        setTimeout(done, 30); // about 2 MiB/s in pieces of at most 64 KiB
+      },
+    });
+    const started = Date.now();
+    await pipeline((await driver.get('slow/data')).body, slowReader);
+    expect(md5(Buffer.concat(chunks))).toBe(md5(data));
+    expect(Date.now() - started).toBeGreaterThan(1500); // the reader was as slow as the test means it to be
+    await driver.close();
+  }, 60_000);
 
   test('a segment changed or removed behind its SLO fails a whole get, naming it, before any of its bytes are passed on', async () => {
     const { container, driver } = await driverOnFreshContainer();

@@ -240,9 +240,10 @@ export class SwiftDriver implements StorageDriver {
 
   /**
    * A whole object is asked for with `?multipart-manifest=get`: a plain object answers with its bytes, an SLO with
-   * its segment list, whose segments are then read directly, in order. Read that way an SLO costs Swift about two thirds of the CPU it spends serving it through its SLO
-   * middleware (measured here: 2.4-2.6 against 3.2-4.6 CPU-s for 512 MiB), and small segments are not throttled.
-   * Each segment is checked against the manifest's size and md5 (its ETag) before its first byte is passed on.
+   * its segment list, whose segments are then read directly, in order. Read that way an SLO costs Swift about two
+   * thirds of the CPU it spends serving it through its SLO middleware (measured here: 2.4-2.6 against 3.2-4.6 CPU-s
+   * for 512 MiB), and small segments are not throttled. Each segment is checked against the manifest's size and md5
+   * (its ETag) before its first byte is passed on.
    */
   async get(key: string, range?: ByteRange): Promise<{ body: Readable; size: number }> {
     checkKey(key);

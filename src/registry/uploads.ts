@@ -312,16 +312,26 @@ export class Uploads {
    */
   private async moveWhole(ns: string, id: string, digest: string, chunk: ChunkEntry): Promise<void> {
     const dst = paths.blobData(ns, digest);
-    let moved: StoredObject;
+    let moved: StoredObject | undefined;
     let ours = true;
-    try {
-      moved = await this.driver.move(paths.uploadChunk(ns, id, chunk.object), dst, { ifAbsent: true });
-    } catch (err) {
-      if (!(err instanceof AlreadyExists) && !(err instanceof PathNotFound)) throw err;
-      const there = await this.driver.stat(dst);
-      if (!there) throw err;
-      moved = { size: there.size };
-      ours = false;
+    for (let attempt = 0; !moved; attempt++) {
+      try {
+        moved = await this.driver.move(paths.uploadChunk(ns, id, chunk.object), dst, { ifAbsent: true });
+      } catch (err) {
+        if (!(err instanceof AlreadyExists) && !(err instanceof PathNotFound)) throw err;
+        const there = await this.driver.stat(dst);
+        if (there) {
+          moved = { size: there.size };
+          ours = false;
+        } else if (err instanceof PathNotFound || attempt >= 3) {
+          throw err;
+        } else {
+          // Seen on Swift with several commits of one digest at once: the object a create-only check found is
+          // briefly not there for the next HEAD (most likely the HEAD met another commit's overwrite removing the
+          // file it was about to open). Our chunk is still in place: try the move again.
+          await new Promise((r) => setTimeout(r, 100 * (attempt + 1)));
+        }
+      }
     }
     const wrong =
       moved.size !== chunk.size

@@ -171,6 +171,24 @@ export function runDriverSuite(name: string, factory: DriverFactory): void {
       await driver.delete(`${root}/dst/y`);
     });
 
+    test('create-only moves of the same bytes racing to one destination: each succeeds or finds it there, and it holds the bytes', async () => {
+      // On Swift both existence checks can pass; the copy that loses then answers 202 (a newer write won).
+      for (let round = 0; round < 10; round++) {
+        const data = randomBytes(300_000);
+        const sources = Array.from({ length: 8 }, (_, i) => `${root}/race-${round}/src-${i}`);
+        await Promise.all(sources.map((src) => driver.put(src, data)));
+        const outcomes = await Promise.allSettled(sources.map((src) => driver.move(src, `${root}/race-${round}/dst`, { ifAbsent: true })));
+        for (const o of outcomes) {
+          if (o.status === 'rejected') expect(o.reason).toBeInstanceOf(AlreadyExists);
+          else expect(o.value.size).toBe(data.length);
+        }
+        expect(outcomes.some((o) => o.status === 'fulfilled')).toBe(true);
+        expectSameBytes(await driver.read(`${root}/race-${round}/dst`), data);
+        for (const [i, o] of outcomes.entries()) if (o.status === 'rejected') await driver.delete(sources[i]);
+        await driver.delete(`${root}/race-${round}/dst`);
+      }
+    });
+
     test('concat joins parts in order', async () => {
       const parts = [randomBytes(1 << 20), randomBytes(1 << 20), randomBytes(777)];
       const recorded = [];

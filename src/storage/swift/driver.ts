@@ -466,9 +466,8 @@ export class SwiftDriver implements StorageDriver {
     await drain(copy);
     if (copy.status === 404) throw new PathNotFound(src);
     // 202: a concurrent write to dst with a newer timestamp won. For a create-only move that is another creator
-    // getting there first (two checks passed at once); the source stays, as AlreadyExists promises, once the
-    // winner is visible (it can lag the 202 by a moment).
-    if (copy.status === 202 && opts.ifAbsent && (await this.appears(dst))) throw new AlreadyExists(dst);
+    // getting there first (two checks passed at once); the source stays, as AlreadyExists promises.
+    if (copy.status === 202 && opts.ifAbsent) throw new AlreadyExists(dst);
     if (copy.status !== 201) throw failure(copy, `copy ${src} to ${dst}`);
     const etag = unquote(copy.headers.get('etag'));
     const sourceEtag = unquote(head.headers.get('etag'));
@@ -478,15 +477,6 @@ export class SwiftDriver implements StorageDriver {
     }
     await this.deletePlain(src);
     return { size: Number(head.headers.get('content-length')), md5: slo ? undefined : etag };
-  }
-
-  /** Whether `key` exists now or within about two seconds. */
-  private async appears(key: string): Promise<boolean> {
-    for (const wait of [0, 50, 100, 200, 400, 800]) {
-      if (wait) await sleep(wait);
-      if (await this.stat(key)) return true;
-    }
-    return false;
   }
 
   private async deletePlain(key: string): Promise<void> {

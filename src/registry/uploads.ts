@@ -24,7 +24,8 @@ export interface ChunkEntry {
   /** Object name beside the record: "<n>.<nonce>". */
   object: string;
   size: number;
-  md5: string;
+  /** md5 hex, recorded where the storage reports one (Swift's ETag) to check it against; absent elsewhere. */
+  md5?: string;
 }
 
 export interface UploadRecord {
@@ -55,6 +56,11 @@ const POOLED_MD5_THRESHOLD = 4 * 1024 * 1024;
 const WRITE_BATCH = 1 << 20;
 /** How many chunk moves run at once during commit. */
 const MOVE_PARALLELISM = 4;
+
+/** When both md5s are known and differ, storage holds other bytes than the ones hashed. */
+function md5Mismatch(path: string, hashed: string | undefined, stored: string | undefined): ChecksumMismatch | null {
+  return hashed !== undefined && stored !== undefined && hashed !== stored ? new ChecksumMismatch(path, hashed, stored) : null;
+}
 
 export const recordSize = (r: UploadRecord) => r.chunks.reduce((sum, c) => sum + c.size, 0);
 
@@ -99,7 +105,7 @@ export class Uploads {
     let current: {
       stream: PassThrough;
       stored: Promise<StoredObject>;
-      md5: Md5Job;
+      md5: Md5Job | null;
       size: number;
       object: string;
       abort: AbortController;
@@ -107,7 +113,10 @@ export class Uploads {
       batch: Buffer[];
       batchBytes: number;
     } | null = null;
-    const newMd5 = opts.length !== undefined && opts.length < POOLED_MD5_THRESHOLD ? inlineMd5 : md5Job;
+    // md5 only where the storage reports one to check it against: on the filesystem it would be a fifth of the CPU
+    // an upload costs, for a value nothing reads.
+    const pooled = opts.length === undefined || opts.length >= POOLED_MD5_THRESHOLD;
+    const newMd5 = !this.driver.reportsMd5 ? () => null : pooled ? md5Job : inlineMd5;
     // A client that goes away aborts the object streaming now; one already complete still finishes.
     const onAbort = () => current?.abort.abort(opts.signal?.reason);
     opts.signal?.addEventListener('abort', onAbort, { once: true });
@@ -135,15 +144,16 @@ export class Uploads {
     let finishing: Promise<void> = Promise.resolve();
     let failure: unknown;
     const finish = async (c: NonNullable<typeof current>, state: Sha256State) => {
-      const [stored, md5] = await Promise.all([c.stored, c.md5.digest()]);
+      const [stored, md5] = await Promise.all([c.stored, c.md5?.digest()]);
       const path = paths.uploadChunk(ns, id, c.object);
       if (stored.size !== c.size) {
         await this.driver.delete(path);
         throw new SizeMismatch(path, c.size, stored.size);
       }
-      if (stored.md5 !== undefined && stored.md5 !== md5) {
+      const mismatch = md5Mismatch(path, md5, stored.md5);
+      if (mismatch) {
         await this.driver.delete(path);
-        throw new ChecksumMismatch(path, md5, stored.md5);
+        throw mismatch;
       }
       record.chunks.push({ object: c.object, size: c.size, md5 });
       record.sha256 = state;
@@ -177,7 +187,7 @@ export class Uploads {
           const take = Math.min(rest.length, limit - current.size);
           const slice = take === rest.length ? rest : rest.subarray(0, take);
           const shaBusy = hash.update(slice);
-          const md5Busy = current.md5.update(slice);
+          const md5Busy = current.md5?.update(slice);
           current.size += slice.length;
           current.batch.push(slice);
           current.batchBytes += slice.length;
@@ -298,7 +308,8 @@ export class Uploads {
           moved = { size: there.size };
         }
         if (moved.size !== chunk.size) throw new SizeMismatch(part.path, chunk.size, moved.size);
-        if (moved.md5 !== undefined && moved.md5 !== chunk.md5) throw new ChecksumMismatch(part.path, chunk.md5, moved.md5);
+        const mismatch = md5Mismatch(part.path, chunk.md5, moved.md5);
+        if (mismatch) throw mismatch;
       }
     };
     await Promise.all(Array.from({ length: Math.min(MOVE_PARALLELISM, parts.length) }, worker));
@@ -336,9 +347,7 @@ export class Uploads {
     const wrong =
       moved.size !== chunk.size
         ? new SizeMismatch(dst, chunk.size, moved.size)
-        : moved.md5 !== undefined && moved.md5 !== chunk.md5
-          ? new ChecksumMismatch(dst, chunk.md5, moved.md5)
-          : null;
+        : md5Mismatch(dst, chunk.md5, moved.md5);
     if (wrong) {
       // Not the bytes that were hashed: they must not stay at the digest's path (a GET would refuse them anyway).
       if (ours) await this.driver.delete(dst);
@@ -365,7 +374,8 @@ export function parseRecord(raw: Buffer): UploadRecord {
     throw new Error('upload record has an unknown format');
   }
   for (const c of rec.chunks) {
-    if (typeof c.object !== 'string' || !CHUNK_OBJECT_RE.test(c.object) || !Number.isSafeInteger(c.size) || c.size < 0 || !/^[0-9a-f]{32}$/.test(c.md5)) {
+    const md5Ok = c.md5 === undefined || /^[0-9a-f]{32}$/.test(c.md5);
+    if (typeof c.object !== 'string' || !CHUNK_OBJECT_RE.test(c.object) || !Number.isSafeInteger(c.size) || c.size < 0 || !md5Ok) {
       throw new Error('upload record has a malformed chunk');
     }
   }

@@ -25,7 +25,8 @@ export interface StoredObject {
 export interface Part {
   path: string;
   size: number;
-  md5: string;
+  /** Recorded where the backend reports md5s (`reportsMd5`), which then checks the part against it. */
+  md5?: string;
 }
 
 export interface ByteRange {
@@ -66,6 +67,11 @@ export interface StorageDriver {
    * objects so that a single huge PATCH still works.
    */
   readonly maxObjectSize: number;
+  /**
+   * Whether put and move report the md5 of what the backend stored (StoredObject.md5: Swift's ETag). Only then is
+   * an md5 of each upload chunk worth computing: it is what those reports are checked against.
+   */
+  readonly reportsMd5: boolean;
 
   /** Write body to path atomically: readers see the old object or the whole new one, never a part. */
   put(path: string, body: Readable | Buffer, opts?: PutOptions): Promise<StoredObject>;

@@ -28,6 +28,8 @@ const TEMP_PREFIX = '.tmp-';
 export class FilesystemDriver implements StorageDriver {
   readonly name = 'filesystem';
   readonly maxObjectSize = Number.MAX_SAFE_INTEGER;
+  /** A put reports an md5 only when it was given one to check; local files have no checksum of their own. */
+  readonly reportsMd5 = false;
 
   private constructor(private readonly root: string) {}
 

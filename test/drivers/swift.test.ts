@@ -73,6 +73,16 @@ describe('swift driver specifics', () => {
     await driver.close();
   });
 
+  test('concat refuses a part with no recorded md5 (nothing to check its ETag against) and writes nothing', async () => {
+    const { driver } = await driverOnFreshContainer();
+    expect(driver.reportsMd5).toBe(true);
+    const { parts } = await putParts(driver, 'u/parts', [1 << 20, 500]);
+    await expect(driver.concat('u/data', [parts[0], { ...parts[1], md5: undefined }])).rejects.toBeInstanceOf(DriverError);
+    expect(await driver.stat('u/data')).toBeNull();
+    expect(await keysUnder(driver, 'u')).toEqual(parts.map((p) => p.path));
+    await driver.close();
+  });
+
   test('many small parts are merged, so the SLO keeps fewer than 10 segments under 1 MiB', async () => {
     const { container, driver } = await driverOnFreshContainer();
     const { data, parts } = await putParts(driver, 's/parts', Array.from({ length: 30 }, (_, i) => 100_000 + i));

@@ -73,6 +73,7 @@ interface Call {
 export class SwiftDriver implements StorageDriver {
   readonly name = 'swift';
   readonly maxObjectSize: number;
+  readonly reportsMd5 = true;
   private session: Session | undefined;
   private loggingIn: Promise<Session> | undefined;
   private readonly httpAgent = new http.Agent({ keepAlive: true, maxSockets: 64 });
@@ -497,7 +498,7 @@ export class SwiftDriver implements StorageDriver {
     checkKey(dst);
     for (const p of parts) checkKey(p.path);
     const empty = parts.filter((p) => p.size === 0);
-    const data = parts.filter((p) => p.size > 0);
+    const data = parts.filter((p) => p.size > 0).map(withMd5);
     for (const p of empty) {
       const st = await this.stat(p.path);
       if (!st) throw new PathNotFound(p.path);
@@ -513,7 +514,7 @@ export class SwiftDriver implements StorageDriver {
       throw new DriverError(`parts of ${dst} are not in one directory`);
     }
     const mergePlan = planMerges(dir, data);
-    const merged: Part[] = [];
+    const merged: Required<Part>[] = [];
     let plan: ReturnType<typeof planManifests> | undefined;
     try {
       for (const m of mergePlan.merges) merged.push(await this.merge(m.path, m.parts));
@@ -560,7 +561,7 @@ export class SwiftDriver implements StorageDriver {
   }
 
   /** Copy small parts into one object through this process, checking each part's md5 on the way. */
-  private async merge(path: string, parts: Part[]): Promise<Part> {
+  private async merge(path: string, parts: Required<Part>[]): Promise<Required<Part>> {
     const total = parts.reduce((n, p) => n + p.size, 0);
     // Parts are under 1 MiB each: read a few ahead, in order, to hide the per-request latency.
     const reads = new Map<number, Promise<Buffer>>();
@@ -709,6 +710,12 @@ interface SloEntry {
   subSlo: boolean;
   /** The entry names a byte range of its object (Berth never writes these). */
   ranged: boolean;
+}
+
+/** Swift checks each joined part against the md5 recorded when it was written: a part without one cannot join. */
+function withMd5(part: Part): Required<Part> {
+  if (part.md5 === undefined) throw new DriverError(`part ${part.path} has no recorded md5`);
+  return part as Required<Part>;
 }
 
 const isSlo = (res: Response) => res.headers.get('x-static-large-object') === 'True';

@@ -22,7 +22,7 @@ export interface Segment {
 
 /** Step 1: which runs of small parts to merge. Segments that stand for a merge say which one. */
 export interface MergePlan {
-  merges: { path: string; parts: Part[] }[];
+  merges: { path: string; parts: Required<Part>[] }[];
   segments: (Segment | { merge: number })[];
 }
 
@@ -43,7 +43,7 @@ export function sloEtag(segments: Segment[]): string {
  * `dir` holds the objects the plan derives (merged parts, sub-manifests). It must belong to one upload (the
  * directory of its parts), so that two uploads of one digest committing at once never write the same name.
  */
-export function planMerges(dir: string, parts: Part[]): MergePlan {
+export function planMerges(dir: string, parts: Required<Part>[]): MergePlan {
   const merges: MergePlan['merges'] = [];
   const segments: MergePlan['segments'] = [];
   const small = parts.slice(0, -1).filter((p) => p.size < MIN_UNTHROTTLED_SEGMENT).length;
@@ -51,7 +51,7 @@ export function planMerges(dir: string, parts: Part[]): MergePlan {
     return { merges, segments: parts.map((p) => ({ path: p.path, etag: p.md5, size: p.size })) };
   }
   // Gather consecutive small parts until the group reaches 1 MiB; large parts stay as they are.
-  let run: Part[] = [];
+  let run: Required<Part>[] = [];
   let runSize = 0;
   const flush = () => {
     if (run.length === 1) segments.push({ path: run[0].path, etag: run[0].md5, size: run[0].size });

@@ -121,13 +121,16 @@ export class Uploads {
     const onAbort = () => current?.abort.abort(opts.signal?.reason);
     opts.signal?.addEventListener('abort', onAbort, { once: true });
 
-    const open = () => {
+    /** `start`: where the object begins in this body. With a declared length its size is known before it streams. */
+    const open = (start: number) => {
       const object = `${record.chunks.length}.${randomBytes(4).toString('hex')}`;
+      // A size up front spares Swift the chunked decoding (about a tenth of its CPU for a PUT, measured with curl).
+      const size = opts.length === undefined ? undefined : Math.min(limit, opts.length - start);
       const stream = new PassThrough({ highWaterMark: 1 << 20 });
       // Failures surface through `stored` (the driver's put); an error event here must not go unhandled.
       stream.on('error', () => {});
       const abort = new AbortController();
-      const stored = this.driver.put(paths.uploadChunk(ns, id, object), stream, { signal: abort.signal });
+      const stored = this.driver.put(paths.uploadChunk(ns, id, object), stream, { signal: abort.signal, size });
       stored.catch(() => {}); // observed when the object is closed; avoid an unhandled rejection meanwhile
       return { stream, stored, md5: newMd5(), size: 0, object, abort, batch: [] as Buffer[], batchBytes: 0 };
     };
@@ -183,7 +186,7 @@ export class Uploads {
         }
         let rest = piece;
         while (rest.length > 0) {
-          current ??= open();
+          current ??= open(received - rest.length);
           const take = Math.min(rest.length, limit - current.size);
           const slice = take === rest.length ? rest : rest.subarray(0, take);
           const shaBusy = hash.update(slice);

@@ -389,3 +389,42 @@ describe('blob GET when storage fails after the blob was found', () => {
     }
   });
 });
+
+describe('chunk objects and their sizes', () => {
+  it('a PATCH of declared length tells storage each object\'s size before it streams; a chunked one cannot', async () => {
+    const inner = await FilesystemDriver.open(await mkdtemp(join(tmpdir(), 'berth-sizes-')));
+    const sizes: (number | undefined)[] = [];
+    // Objects of at most 1 MiB, so one PATCH spans several; every chunk put's declared size is recorded.
+    const recording = new Proxy(inner, {
+      get(target, prop) {
+        if (prop === 'maxObjectSize') return 1 << 20;
+        if (prop === 'put') {
+          return (path: string, body: Buffer | import('node:stream').Readable, opts?: { size?: number }) => {
+            if (!path.endsWith('/metadata')) sizes.push(opts?.size);
+            return target.put(path, body, opts);
+          };
+        }
+        const value = Reflect.get(target, prop, target) as unknown;
+        return typeof value === 'function' ? value.bind(target) : value;
+      },
+    });
+    const server = await startServer(recording);
+    try {
+      const data = randomBytes((5 << 20) / 2); // 2.5 MiB: three equal objects
+      const start = await fetch(`${server.url}/v2/sizes/blobs/uploads/`, { method: 'POST' });
+      const loc = `${server.url}${start.headers.get('location')}`;
+      expect((await fetch(loc, { method: 'PATCH', body: new Uint8Array(data) })).status).toBe(202);
+      const third = Math.ceil(data.length / 3);
+      expect(sizes).toEqual([third, third, data.length - 2 * third]);
+      sizes.length = 0;
+      const more = randomBytes(1000);
+      expect((await chunkedRequest(loc, 'PATCH', {}, [more])).status).toBe(202);
+      expect(sizes).toEqual([undefined]);
+      const all = Buffer.concat([data, more]);
+      expect((await fetch(`${loc}?digest=${sha256(all)}`, { method: 'PUT' })).status).toBe(201);
+      expect(md5(Buffer.from(await (await fetch(`${server.url}/v2/sizes/blobs/${sha256(all)}`)).arrayBuffer()))).toBe(md5(all));
+    } finally {
+      await server.close();
+    }
+  });
+});

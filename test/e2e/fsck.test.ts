@@ -10,7 +10,7 @@ import { Fsck } from '../../src/registry/fsck.js';
 import { paths } from '../../src/registry/paths.js';
 import { FilesystemDriver } from '../../src/storage/filesystem.js';
 import { DriverError, type StorageDriver } from '../../src/storage/driver.js';
-import { md5, pushBlob, pushImage, sha256, startServer, type TestServer } from '../helpers/server.js';
+import { md5, overriding, pushBlob, pushImage, sha256, startServer, type TestServer } from '../helpers/server.js';
 import { BACKENDS, dropContainer, freshContainer, swiftDriver } from '../helpers/swift.js';
 
 const run = promisify(execFile);
@@ -86,13 +86,9 @@ describe.each(BACKENDS)('fsck on %s', (backend) => {
 /** `inner`, but storage answers 503 (a retryable DriverError) to get() of one path and verify() of another. */
 function flaky(inner: StorageDriver, failGet: string, failVerify: string): StorageDriver {
   const unavailable = (path: string) => new DriverError(`GET ${path}: 503 Service Unavailable`, true);
-  return new Proxy(inner, {
-    get(target, prop) {
-      if (prop === 'get') return (path: string, range?: never) => (path === failGet ? Promise.reject(unavailable(path)) : target.get(path, range));
-      if (prop === 'verify') return async (path: string) => (path === failVerify ? Promise.reject(unavailable(path)) : ((await target.verify?.(path)) ?? []));
-      const value = Reflect.get(target, prop, target) as unknown;
-      return typeof value === 'function' ? value.bind(target) : value;
-    },
+  return overriding(inner, {
+    get: (path, range) => (path === failGet ? Promise.reject(unavailable(path)) : inner.get(path, range)),
+    verify: async (path) => (path === failVerify ? Promise.reject(unavailable(path)) : ((await inner.verify?.(path)) ?? [])),
   });
 }
 

@@ -18,6 +18,17 @@ import type { StorageDriver } from '../../src/storage/driver.js';
 import { FilesystemDriver } from '../../src/storage/filesystem.js';
 import type { Metrics } from '../../src/observability/metrics.js';
 
+/** `inner` with some members replaced (to inject faults or record calls); every other member is inner's own. */
+export function overriding(inner: StorageDriver, members: Partial<StorageDriver>): StorageDriver {
+  return new Proxy(inner, {
+    get(target, prop) {
+      if (Object.hasOwn(members, prop)) return members[prop as keyof StorageDriver];
+      const value = Reflect.get(target, prop, target) as unknown;
+      return typeof value === 'function' ? value.bind(target) : value;
+    },
+  });
+}
+
 export interface TestServer {
   url: string;
   root: string;

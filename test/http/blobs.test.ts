@@ -8,7 +8,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { DriverError } from '../../src/storage/driver.js';
 import { FilesystemDriver } from '../../src/storage/filesystem.js';
-import { md5, pushBlob, rawGet, sha256, startServer, type TestServer } from '../helpers/server.js';
+import { md5, overriding, pushBlob, rawGet, sha256, startServer, type TestServer } from '../helpers/server.js';
 import { BACKENDS, startServerOn } from '../helpers/swift.js';
 
 let s: TestServer;
@@ -359,13 +359,7 @@ describe('blob GET when storage fails after the blob was found', () => {
   it('answers the OCI error with its own length and none of the blob\'s headers, so the client is not left waiting', async () => {
     const inner = await FilesystemDriver.open(await mkdtemp(join(tmpdir(), 'berth-failget-')));
     // Storage answers 503 to every streamed read; stats and small reads still work.
-    const failing = new Proxy(inner, {
-      get(target, prop) {
-        if (prop === 'get') return () => Promise.reject(new DriverError('GET: 503 Service Unavailable', true));
-        const value = Reflect.get(target, prop, target) as unknown;
-        return typeof value === 'function' ? value.bind(target) : value;
-      },
-    });
+    const failing = overriding(inner, { get: () => Promise.reject(new DriverError('GET: 503 Service Unavailable', true)) });
     const server = await startServer(failing);
     try {
       const digest = await pushBlob(server.url, 'fail/get', randomBytes(300_000));
@@ -395,17 +389,11 @@ describe('chunk objects and their sizes', () => {
     const inner = await FilesystemDriver.open(await mkdtemp(join(tmpdir(), 'berth-sizes-')));
     const sizes: (number | undefined)[] = [];
     // Objects of at most 1 MiB, so one PATCH spans several; every chunk put's declared size is recorded.
-    const recording = new Proxy(inner, {
-      get(target, prop) {
-        if (prop === 'maxObjectSize') return 1 << 20;
-        if (prop === 'put') {
-          return (path: string, body: Buffer | import('node:stream').Readable, opts?: { size?: number }) => {
-            if (!path.endsWith('/metadata')) sizes.push(opts?.size);
-            return target.put(path, body, opts);
-          };
-        }
-        const value = Reflect.get(target, prop, target) as unknown;
-        return typeof value === 'function' ? value.bind(target) : value;
+    const recording = overriding(inner, {
+      maxObjectSize: 1 << 20,
+      put(path, body, opts) {
+        if (!path.endsWith('/metadata')) sizes.push(opts?.size);
+        return inner.put(path, body, opts);
       },
     });
     const server = await startServer(recording);

@@ -2,9 +2,9 @@
 import { randomBytes } from 'node:crypto';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { paths } from '../../src/registry/paths.js';
-import { AlreadyExists, type PutOptions } from '../../src/storage/driver.js';
+import { AlreadyExists } from '../../src/storage/driver.js';
 import { Pruner, type PruneOptions, type PruneReport } from '../../src/registry/prune.js';
-import { pushBlob, pushImage, sha256, type TestServer } from '../helpers/server.js';
+import { overriding, pushBlob, pushImage, sha256, type TestServer } from '../helpers/server.js';
 import { BACKENDS, startServerOn } from '../helpers/swift.js';
 
 const HOUR = 3600;
@@ -223,20 +223,14 @@ describe.each(BACKENDS)('prune on %s', (backend) => {
     const inner = s.registry.driver;
     let lost = false;
     // The first create of the lock is stored, but its answer is lost and the retry finds the object there.
-    const retrying = new Proxy(inner, {
-      get(target, prop) {
-        if (prop === 'put') {
-          return async (path: string, body: Buffer, opts?: PutOptions) => {
-            const stored = await target.put(path, body, opts);
-            if (!lost && opts?.ifAbsent && path === paths.pruneLock('_local')) {
-              lost = true;
-              throw new AlreadyExists(path);
-            }
-            return stored;
-          };
+    const retrying = overriding(inner, {
+      async put(path, body, opts) {
+        const stored = await inner.put(path, body, opts);
+        if (!lost && opts?.ifAbsent && path === paths.pruneLock('_local')) {
+          lost = true;
+          throw new AlreadyExists(path);
         }
-        const value = Reflect.get(target, prop, target) as unknown;
-        return typeof value === 'function' ? value.bind(target) : value;
+        return stored;
       },
     });
     const report = await new Pruner(retrying).prune('_local', {

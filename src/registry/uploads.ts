@@ -121,9 +121,11 @@ export class Uploads {
     const onAbort = () => current?.abort.abort(opts.signal?.reason);
     opts.signal?.addEventListener('abort', onAbort, { once: true });
 
+    // Objects are named by their index in the record; the next one opens while the one before is still finishing.
+    let nextIndex = record.chunks.length;
     /** `start`: where the object begins in this body. With a declared length its size is known before it streams. */
     const open = (start: number) => {
-      const object = `${record.chunks.length}.${randomBytes(4).toString('hex')}`;
+      const object = `${nextIndex++}.${randomBytes(4).toString('hex')}`;
       // A size up front spares Swift the chunked decoding (about a tenth of its CPU for a PUT, measured with curl).
       const size = opts.length === undefined ? undefined : Math.min(limit, opts.length - start);
       const stream = new PassThrough({ highWaterMark: 1 << 20 });

@@ -385,14 +385,18 @@ describe('blob GET when storage fails after the blob was found', () => {
 });
 
 describe('chunk objects and their sizes', () => {
-  it('a PATCH of declared length tells storage each object\'s size before it streams; a chunked one cannot', async () => {
+  it('a PATCH of declared length tells storage each object\'s size before it streams; a chunked one cannot; objects are numbered in order', async () => {
     const inner = await FilesystemDriver.open(await mkdtemp(join(tmpdir(), 'berth-sizes-')));
     const sizes: (number | undefined)[] = [];
+    const indexes: string[] = [];
     // Objects of at most 1 MiB, so one PATCH spans several; every chunk put's declared size is recorded.
     const recording = overriding(inner, {
       maxObjectSize: 1 << 20,
       put(path, body, opts) {
-        if (!path.endsWith('/metadata')) sizes.push(opts?.size);
+        if (!path.endsWith('/metadata')) {
+          sizes.push(opts?.size);
+          indexes.push(path.slice(path.lastIndexOf('/') + 1).split('.')[0]);
+        }
         return inner.put(path, body, opts);
       },
     });
@@ -404,10 +408,12 @@ describe('chunk objects and their sizes', () => {
       expect((await fetch(loc, { method: 'PATCH', body: new Uint8Array(data) })).status).toBe(202);
       const third = Math.ceil(data.length / 3);
       expect(sizes).toEqual([third, third, data.length - 2 * third]);
+      expect(indexes).toEqual(['0', '1', '2']);
       sizes.length = 0;
       const more = randomBytes(1000);
       expect((await chunkedRequest(loc, 'PATCH', {}, [more])).status).toBe(202);
       expect(sizes).toEqual([undefined]);
+      expect(indexes).toEqual(['0', '1', '2', '3']);
       const all = Buffer.concat([data, more]);
       expect((await fetch(`${loc}?digest=${sha256(all)}`, { method: 'PUT' })).status).toBe(201);
       expect(md5(Buffer.from(await (await fetch(`${server.url}/v2/sizes/blobs/${sha256(all)}`)).arrayBuffer()))).toBe(md5(all));

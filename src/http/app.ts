@@ -18,7 +18,7 @@ import { Access, AuthFailure } from './auth.js';
 import { sendError, toErrorBody } from './errors.js';
 import { byteRange, chunkRange, contentLength, uploadRange } from './headers.js';
 import { parseRoute, queryValue, type Route } from './routes.js';
-import { requestContext } from '../observability/context.js';
+import { inRequest } from '../observability/context.js';
 import { DigestMismatch, verifying } from '../registry/verify.js';
 import type { Metrics } from '../observability/metrics.js';
 
@@ -71,7 +71,7 @@ export function createApp(registry: Registry, opts: AppOptions): (req: Request, 
     // Express's router costs more than the rest of a small request (measured: 4.8k HEAD/s through a bare Express
     // app with six routes against 23k/s for the same handler on node:http), so the API does not go through it.
     const api = /^\/v2(\/|$)/i.test(path);
-    requestContext.run({ requestId: id }, () => (api ? apiRequest(registry, access, opts, req, res, exchange, path.slice(3) || '/') : others(req, res)));
+    inRequest(id, () => (api ? apiRequest(registry, access, opts, req, res, exchange, path.slice(3) || '/') : others(req, res)));
   };
 }
 

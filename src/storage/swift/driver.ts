@@ -26,7 +26,7 @@ import {
 } from '../driver.js';
 import { AuthError, login, type Session } from './auth.js';
 import type { CloudAuth } from './clouds.js';
-import { transactionSuffix } from '../../observability/context.js';
+import { carryRequestIds, transactionSuffix } from '../../observability/context.js';
 import { planManifests, planMerges, sloEtag, type Segment } from './slo.js';
 
 export interface SwiftOptions {
@@ -82,6 +82,7 @@ export class SwiftDriver implements StorageDriver {
   private readonly timeoutMs: number;
 
   private constructor(private readonly opts: SwiftOptions) {
+    carryRequestIds(); // for X-Trans-Id-Extra
     this.maxObjectSize = opts.segmentSize ?? DEFAULT_SEGMENT_SIZE;
     this.timeoutMs = opts.requestTimeoutMs ?? DEFAULT_TIMEOUT_MS;
   }

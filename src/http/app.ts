@@ -49,6 +49,7 @@ export function createApp(registry: Registry, opts: AppOptions): (req: Request, 
   const access = opts.access ?? new Access({ users: new Users([], DEFAULT_NAMESPACE, undefined, opts.log), tokens: null, defaultNamespace: DEFAULT_NAMESPACE, log: opts.log });
   const metrics = opts.metrics;
   const others = otherEndpoints(registry, access, opts);
+  const carryRequestIds = registry.driver.namesRequests === true;
 
   return (req, res) => {
     const id = randomUUID();
@@ -71,7 +72,7 @@ export function createApp(registry: Registry, opts: AppOptions): (req: Request, 
     // Express's router costs more than the rest of a small request (measured: 4.8k HEAD/s through a bare Express
     // app with six routes against 23k/s for the same handler on node:http), so the API does not go through it.
     const api = /^\/v2(\/|$)/i.test(path);
-    inRequest(id, () => (api ? apiRequest(registry, access, opts, req, res, exchange, path.slice(3) || '/') : others(req, res)));
+    inRequest(id, () => (api ? apiRequest(registry, access, opts, req, res, exchange, path.slice(3) || '/') : others(req, res)), carryRequestIds);
   };
 }
 

@@ -47,6 +47,8 @@ export interface Config {
   uploadExpiry: number;
   /** Per-namespace settings: an `expiration` override, and whether anonymous clients may read it. */
   namespaces: Record<string, NamespaceConfig>;
+  /** May anonymous clients pull from the default namespace? Unset: zuul-registry's rule decides (config/startup.ts). */
+  anonymousPull?: boolean;
   /** `%(ZUUL_REGISTRY_...)` placeholders whose variable was unset: still in the values, as written. */
   unresolved: Unresolved[];
 }
@@ -98,7 +100,7 @@ export function parseConfig(raw: unknown, baseDir = process.cwd(), env: NodeJS.P
   if (r.shadow !== undefined) {
     throw new ConfigError('registry.shadow', "was zuul-registry's early pull-through option (never finished there); Berth does not proxy upstream registries: remove it (clients fall back to the upstream registry when the image is missing here)");
   }
-  keys(r, 'registry', ['address', 'port', 'public-url', 'tls-cert', 'tls-key', 'secret', 'users', 'storage', 'expiration', 'upload-expiry', 'namespaces', 'htpasswd']);
+  keys(r, 'registry', ['address', 'port', 'public-url', 'tls-cert', 'tls-key', 'secret', 'users', 'storage', 'expiration', 'upload-expiry', 'namespaces', 'htpasswd', 'anonymous-pull']);
 
   // Templates often quote it ('9000').
   const port = r.port === undefined ? DEFAULTS.port : integer(typeof r.port === 'string' && /^[0-9]{1,5}$/.test(r.port) ? Number(r.port) : r.port, 'registry.port', 0, 65535);
@@ -124,6 +126,7 @@ export function parseConfig(raw: unknown, baseDir = process.cwd(), env: NodeJS.P
     expiration: expiration(r),
     uploadExpiry: r['upload-expiry'] === undefined ? DEFAULTS.uploadExpiry : integer(r['upload-expiry'], 'registry.upload-expiry', 1),
     namespaces: namespaces(r.namespaces),
+    anonymousPull: optionalBoolean(r['anonymous-pull'], 'registry.anonymous-pull'),
     unresolved,
   };
   if (config.users.length > 0 && !config.secret) throw new ConfigError('registry.secret', 'is required when users are configured (it signs tokens)');
@@ -132,6 +135,9 @@ export function parseConfig(raw: unknown, baseDir = process.cwd(), env: NodeJS.P
   if (dup !== undefined) throw new ConfigError('registry.users', `user ${JSON.stringify(dup)} is listed twice`);
   const publics = Object.entries(config.namespaces).filter(([, n]) => n.public).map(([name]) => name);
   if (publics.length > 1) throw new ConfigError('registry.namespaces', `only one namespace can be public (anonymous clients read it); found ${publics.join(', ')}`);
+  if (config.anonymousPull && publics.length > 0) {
+    throw new ConfigError('registry.anonymous-pull', `anonymous clients read one namespace: the default one (anonymous-pull: true) or ${publics[0]} (public: true), not both`);
+  }
   return config;
 }
 
@@ -236,6 +242,11 @@ function string(value: unknown, key: string): string {
 }
 function optionalString(value: unknown, key: string): string | undefined {
   return value === undefined || value === null ? undefined : string(value, key);
+}
+function optionalBoolean(value: unknown, key: string): boolean | undefined {
+  if (value === undefined || value === null) return undefined;
+  if (typeof value !== 'boolean') throw new ConfigError(key, 'must be true or false');
+  return value;
 }
 function integer(value: unknown, key: string, min: number, max = Number.MAX_SAFE_INTEGER): number {
   if (typeof value !== 'number' || !Number.isInteger(value) || value < min || value > max) {

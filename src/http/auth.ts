@@ -4,7 +4,10 @@
  * - No users configured: an open registry; everyone reads and writes the default namespace.
  * - Users configured: Basic credentials or a Bearer token from GET /auth/token are required. A user works in their
  *   own namespace only (one namespace per credential). Anonymous clients may read the public namespace, if one is
- *   configured and no read-only user exists (zuul-registry's rule).
+ *   configured and no read-only user exists.
+ * - With `anonymousPull` (zuul-registry's rule, see config/startup.ts), anonymous clients read the default namespace,
+ *   and a token request asking only to pull gets a read token without its credentials being looked at: the docker
+ *   engine sends its Docker Hub login to a mirror, and zuul-registry ignores it.
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { TLSSocket } from 'node:tls';
@@ -30,6 +33,8 @@ export interface AccessOptions {
   tokens: TokenIssuer | null;
   defaultNamespace: string;
   publicNamespace?: string;
+  /** Anonymous clients pull from the default namespace; pull-only token requests skip the credential check. */
+  anonymousPull?: boolean;
   publicUrl?: string;
   log: Logger;
 }
@@ -54,6 +59,7 @@ export class Access {
   }
 
   private get anonymousNamespace(): string | undefined {
+    if (this.o.anonymousPull) return this.o.defaultNamespace;
     return this.o.users.hasReadOnlyUser ? undefined : this.o.publicNamespace;
   }
 
@@ -150,9 +156,13 @@ export class Access {
   async tokenEndpoint(req: Request, res: Response): Promise<void> {
     const tokens = this.o.tokens;
     if (!tokens || this.open) return sendError(res, { status: 404, code: 'UNSUPPORTED', message: 'this registry does not use token authentication' });
+    const raw = req.query.scope;
+    const scopes = (Array.isArray(raw) ? raw : raw === undefined ? [] : [raw]).filter((s): s is string => typeof s === 'string').flatMap((s) => s.split(' '));
     let p: Principal;
     try {
-      p = await this.authenticate(req);
+      // Not even looked at: no password check to pay for, no failed login to count.
+      const pullOnly = scopes.length > 0 && scopes.every((s) => /^repository:[^:]+:pull$/.test(s));
+      p = this.o.anonymousPull && pullOnly ? { kind: 'anonymous' } : await this.authenticate(req);
     } catch (err) {
       if (!(err instanceof AuthFailure)) throw err;
       res.setHeader('WWW-Authenticate', 'Basic realm="berth"');
@@ -167,8 +177,6 @@ export class Access {
     if (service !== undefined && service !== tokens.service) {
       return sendError(res, { status: 400, code: 'UNSUPPORTED', message: 'unknown service', detail: { service: tokens.service } });
     }
-    const raw = req.query.scope;
-    const scopes = (Array.isArray(raw) ? raw : raw === undefined ? [] : [raw]).filter((s): s is string => typeof s === 'string').flatMap((s) => s.split(' '));
     const issued = await tokens.issue({ sub: p.kind === 'user' ? p.identity.name : '', ns: this.namespaceOf(p), access: this.grant(p, scopes) });
     res.setHeader('Cache-Control', 'no-store');
     res.json({ token: issued.token, access_token: issued.token, expires_in: issued.expiresIn, issued_at: issued.issuedAt });

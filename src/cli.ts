@@ -159,7 +159,7 @@ function buildAccess(config: Config, log: Logger): Access {
   const publicNamespace = Object.entries(config.namespaces).find(([, n]) => n.public)?.[0];
   return new Access({
     users,
-    tokens: config.secret ? new TokenIssuer(config.secret, service) : null,
+    tokens: config.secret ? new TokenIssuer(config.secret, service, { refreshSeconds: config.refreshTokenExpiry }) : null,
     defaultNamespace: DEFAULT_NAMESPACE,
     publicNamespace,
     anonymousPull: anonymousPull(config).allowed,

@@ -47,6 +47,8 @@ export interface Config {
   uploadExpiry: number;
   /** Per-namespace settings: an `expiration` override, and whether anonymous clients may read it. */
   namespaces: Record<string, NamespaceConfig>;
+  /** Seconds a refresh token (an offline token, docker's stored credential) stays valid. */
+  refreshTokenExpiry: number;
   /** May anonymous clients pull from the default namespace? Unset: zuul-registry's rule decides (config/startup.ts). */
   anonymousPull?: boolean;
   /** `%(ZUUL_REGISTRY_...)` placeholders whose variable was unset: still in the values, as written. */
@@ -70,7 +72,7 @@ export class ConfigError extends Error {
 
 const NAMESPACE_RE = /^[a-z0-9_][a-z0-9_-]{0,63}$/;
 
-export const DEFAULTS = { address: '0.0.0.0', port: 9000, uploadExpiry: 3600 };
+export const DEFAULTS = { address: '0.0.0.0', port: 9000, uploadExpiry: 3600, refreshTokenExpiry: 86_400 };
 
 /** Load and validate a config file; relative storage paths resolve against the file's directory. */
 export function loadConfig(file: string, env: NodeJS.ProcessEnv = process.env): Config {
@@ -100,7 +102,7 @@ export function parseConfig(raw: unknown, baseDir = process.cwd(), env: NodeJS.P
   if (r.shadow !== undefined) {
     throw new ConfigError('registry.shadow', "was zuul-registry's early pull-through option (never finished there); Berth does not proxy upstream registries: remove it (clients fall back to the upstream registry when the image is missing here)");
   }
-  keys(r, 'registry', ['address', 'port', 'public-url', 'tls-cert', 'tls-key', 'secret', 'users', 'storage', 'expiration', 'upload-expiry', 'namespaces', 'htpasswd', 'anonymous-pull']);
+  keys(r, 'registry', ['address', 'port', 'public-url', 'tls-cert', 'tls-key', 'secret', 'users', 'storage', 'expiration', 'upload-expiry', 'namespaces', 'htpasswd', 'anonymous-pull', 'refresh-token-expiry']);
 
   // Templates often quote it ('9000').
   const port = r.port === undefined ? DEFAULTS.port : integer(typeof r.port === 'string' && /^[0-9]{1,5}$/.test(r.port) ? Number(r.port) : r.port, 'registry.port', 0, 65535);
@@ -126,6 +128,7 @@ export function parseConfig(raw: unknown, baseDir = process.cwd(), env: NodeJS.P
     expiration: expiration(r),
     uploadExpiry: r['upload-expiry'] === undefined ? DEFAULTS.uploadExpiry : integer(r['upload-expiry'], 'registry.upload-expiry', 1),
     namespaces: namespaces(r.namespaces),
+    refreshTokenExpiry: r['refresh-token-expiry'] === undefined ? DEFAULTS.refreshTokenExpiry : integer(r['refresh-token-expiry'], 'registry.refresh-token-expiry', 60),
     anonymousPull: optionalBoolean(r['anonymous-pull'], 'registry.anonymous-pull'),
     unresolved,
   };

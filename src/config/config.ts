@@ -46,6 +46,19 @@ export interface Config {
   uploadExpiry: number;
   /** Per-namespace settings: an `expiration` override, and whether anonymous clients may read it. */
   namespaces: Record<string, NamespaceConfig>;
+  /** Seconds a connection may stay silent at each stage before it is closed (docs/security-network.md). */
+  timeouts: Timeouts;
+}
+
+export interface Timeouts {
+  /** TLS handshake, from the TCP connection. */
+  handshake: number;
+  /** Request line and headers, from the first byte of a request (or the connection). */
+  headers: number;
+  /** A keep-alive connection between requests. */
+  idle: number;
+  /** A request body with no byte received while Berth is ready to read it. */
+  bodyIdle: number;
 }
 
 export interface NamespaceConfig {
@@ -66,6 +79,8 @@ export class ConfigError extends Error {
 const NAMESPACE_RE = /^[a-z0-9_][a-z0-9_-]{0,63}$/;
 
 export const DEFAULTS = { address: '0.0.0.0', port: 9000, uploadExpiry: 3600 };
+/** Idle keep-alive outlasts the usual 60 s of load balancers, so they never reuse a connection Berth is closing. */
+export const DEFAULT_TIMEOUTS: Timeouts = { handshake: 10, headers: 10, idle: 65, bodyIdle: 60 };
 
 /** Load and validate a config file; relative storage paths resolve against the file's directory. */
 export function loadConfig(file: string): Config {
@@ -90,7 +105,7 @@ export function parseConfig(doc: unknown, baseDir = process.cwd()): Config {
   const top = object(doc, '(top level)');
   keys(top, '(top level)', ['registry']);
   const r = object(top.registry, 'registry');
-  keys(r, 'registry', ['address', 'port', 'public-url', 'tls-cert', 'tls-key', 'secret', 'users', 'storage', 'expiration', 'upload-expiry', 'namespaces', 'htpasswd']);
+  keys(r, 'registry', ['address', 'port', 'public-url', 'tls-cert', 'tls-key', 'secret', 'users', 'storage', 'expiration', 'upload-expiry', 'namespaces', 'htpasswd', 'timeouts']);
 
   const port = r.port === undefined ? DEFAULTS.port : integer(r.port, 'registry.port', 0, 65535);
   const publicUrl = optionalString(r['public-url'], 'registry.public-url');
@@ -115,6 +130,7 @@ export function parseConfig(doc: unknown, baseDir = process.cwd()): Config {
     expiration: r.expiration === undefined || r.expiration === null ? undefined : integer(r.expiration, 'registry.expiration', 1),
     uploadExpiry: r['upload-expiry'] === undefined ? DEFAULTS.uploadExpiry : integer(r['upload-expiry'], 'registry.upload-expiry', 1),
     namespaces: namespaces(r.namespaces),
+    timeouts: timeouts(r.timeouts),
   };
   if (config.users.length > 0 && !config.secret) throw new ConfigError('registry.secret', 'is required when users are configured (it signs tokens)');
   const names = config.users.map((u) => u.name);
@@ -163,6 +179,19 @@ function namespaces(value: unknown): Record<string, NamespaceConfig> {
     result[name] = entry;
   }
   return result;
+}
+
+function timeouts(value: unknown): Timeouts {
+  if (value === undefined || value === null) return { ...DEFAULT_TIMEOUTS };
+  const o = object(value, 'registry.timeouts');
+  keys(o, 'registry.timeouts', ['handshake', 'headers', 'idle', 'body-idle']);
+  const seconds = (key: string, fallback: number, max: number) => (o[key] === undefined ? fallback : integer(o[key], `registry.timeouts.${key}`, 1, max));
+  return {
+    handshake: seconds('handshake', DEFAULT_TIMEOUTS.handshake, 300),
+    headers: seconds('headers', DEFAULT_TIMEOUTS.headers, 300),
+    idle: seconds('idle', DEFAULT_TIMEOUTS.idle, 3600),
+    bodyIdle: seconds('body-idle', DEFAULT_TIMEOUTS.bodyIdle, 3600),
+  };
 }
 
 function storage(value: unknown, baseDir: string): StorageConfig {

@@ -8,7 +8,7 @@ import { readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { pino, type Logger } from 'pino';
 import { ConfigError, loadConfig, type Config } from './config/config.js';
-import { anonymousPull, checkForServe, locateConfig } from './config/startup.js';
+import { anonymousPull, checkForServe, locateConfig, tokenAudience } from './config/startup.js';
 import { runPrune } from './commands/prune.js';
 import { runFsck } from './commands/fsck.js';
 import { TokenIssuer } from './auth/tokens.js';
@@ -153,10 +153,11 @@ function buildAccess(config: Config, log: Logger): Access {
   const publicNamespace = Object.entries(config.namespaces).find(([, n]) => n.public)?.[0];
   return new Access({
     users,
-    tokens: config.secret ? new TokenIssuer(config.secret, service, { refreshSeconds: config.refreshTokenExpiry }) : null,
+    tokens: config.secret ? new TokenIssuer(config.secret, service, { audience: tokenAudience(config), refreshSeconds: config.refreshTokenExpiry }) : null,
     defaultNamespace: DEFAULT_NAMESPACE,
     publicNamespace,
     anonymousPull: anonymousPull(config).allowed,
+    namespaces: Object.keys(config.namespaces),
     publicUrl: config.publicUrl,
     log,
   });

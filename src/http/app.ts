@@ -134,7 +134,7 @@ function otherEndpoints(registry: Registry, access: Access, opts: AppOptions): e
     });
   }
   app.get('/auth/token', (req, res) => {
-    access.tokenEndpoint(req, res).catch((err) => {
+    access.tokenEndpoint(req, res, requestIdOf(res)).catch((err) => {
       opts.log.error({ req: requestIdOf(res), err }, 'token request failed');
       sendError(res, toErrorBody(err));
     });
@@ -181,7 +181,7 @@ function apiRequest(registry: Registry, access: Access, opts: AppOptions, req: R
   };
   const found = route;
   (async () => {
-    const principal = await access.authenticate(req);
+    const principal = await access.authenticate(req, exchange.id);
     access.authorize(principal, found, req.method ?? '');
     const search = (req.url ?? '').indexOf('?');
     const call: Call = {

@@ -11,7 +11,7 @@ import type { TLSSocket } from 'node:tls';
 import type { Request, Response } from 'express';
 import type { Logger } from 'pino';
 import { grants, type AccessEntry, type TokenClaims, type TokenIssuer } from '../auth/tokens.js';
-import type { Identity, Users } from '../auth/users.js';
+import { LoginRefused, type Identity, type Users } from '../auth/users.js';
 import { validName } from '../registry/paths.js';
 import { sendError } from './errors.js';
 import type { Route } from './routes.js';
@@ -34,13 +34,17 @@ export interface AccessOptions {
   log: Logger;
 }
 
-/** A refused request: 401 with a challenge so clients fetch a token, or 403 when credentials cannot help. */
+/**
+ * A refused request: 401 with a challenge so clients fetch a token, 403 when credentials cannot help, 429 when the
+ * client's address has failed to log in too often (`retryAfter` seconds).
+ */
 export class AuthFailure extends Error {
   constructor(
-    readonly status: 401 | 403,
+    readonly status: 401 | 403 | 429,
     message: string,
     readonly scope?: string,
     readonly insufficientScope = false,
+    readonly retryAfter?: number,
   ) {
     super(message);
   }
@@ -57,13 +61,20 @@ export class Access {
     return this.o.users.hasReadOnlyUser ? undefined : this.o.publicNamespace;
   }
 
-  async authenticate(req: IncomingMessage): Promise<Principal> {
+  /** `requestId` goes into the failed-login log line. */
+  async authenticate(req: IncomingMessage, requestId?: string): Promise<Principal> {
     if (this.open) return { kind: 'open' };
     const header = req.headers.authorization;
     if (header === undefined) return { kind: 'anonymous' };
     const basic = parseBasic(header);
     if (basic) {
-      const identity = await this.o.users.check(basic.user, basic.password);
+      let identity: Identity | null;
+      try {
+        identity = await this.o.users.check(basic.user, basic.password, { address: req.socket.remoteAddress, requestId });
+      } catch (err) {
+        if (err instanceof LoginRefused) throw new AuthFailure(429, err.message, undefined, false, err.retryAfter);
+        throw err;
+      }
       if (!identity) throw new AuthFailure(401, 'invalid username or password');
       return { kind: 'user', identity };
     }
@@ -147,14 +158,15 @@ export class Access {
   }
 
   /** GET /auth/token: Basic credentials (or none, for anonymous pull) in, a signed token out. */
-  async tokenEndpoint(req: Request, res: Response): Promise<void> {
+  async tokenEndpoint(req: Request, res: Response, requestId?: string): Promise<void> {
     const tokens = this.o.tokens;
     if (!tokens || this.open) return sendError(res, { status: 404, code: 'UNSUPPORTED', message: 'this registry does not use token authentication' });
     let p: Principal;
     try {
-      p = await this.authenticate(req);
+      p = await this.authenticate(req, requestId);
     } catch (err) {
       if (!(err instanceof AuthFailure)) throw err;
+      if (err.status === 429) return this.sendFailure(req, res, err, false);
       res.setHeader('WWW-Authenticate', 'Basic realm="berth"');
       return sendError(res, { status: 401, code: 'UNAUTHORIZED', message: err.message });
     }
@@ -183,7 +195,8 @@ export class Access {
       if (failure.insufficientScope) challenge += ',error="insufficient_scope"';
       res.setHeader('WWW-Authenticate', challenge);
     }
-    const code = failure.status === 401 ? 'UNAUTHORIZED' : 'DENIED';
+    if (failure.retryAfter !== undefined) res.setHeader('Retry-After', String(failure.retryAfter));
+    const code = failure.status === 401 ? 'UNAUTHORIZED' : failure.status === 429 ? 'TOOMANYREQUESTS' : 'DENIED';
     sendError(res, { status: failure.status, code, message: failure.message }, head);
   }
 

@@ -71,12 +71,31 @@ export class BcryptPool {
     return this.slots.length;
   }
 
-  /** Does `password` match the bcrypt `hash`? Rejects on a malformed hash, PoolBusy when the queue is full. */
-  compare(password: string, hash: string, priority = 0): Promise<boolean> {
+  /**
+   * Does `password` match the bcrypt `hash`? Rejects with PoolBusy when the queue is full, and with the signal's
+   * reason when it aborts before a worker takes the check (a client that went away costs nothing more).
+   */
+  compare(password: string, hash: string, priority = 0, signal?: AbortSignal): Promise<boolean> {
     if (this.closed) return Promise.reject(new Error('bcrypt pool closed'));
+    if (signal?.aborted) return Promise.reject(signal.reason);
     if (this.waiting.length >= this.maxWaiting) return Promise.reject(new PoolBusy());
     return new Promise((resolve, reject) => {
-      this.waiting.push({ password, hash, priority, seq: this.seq++, resolve, reject });
+      const job: Job = { password, hash, priority, seq: this.seq++, resolve, reject };
+      if (signal) {
+        const abandon = () => {
+          const at = this.waiting.indexOf(job);
+          if (at >= 0) {
+            this.waiting.splice(at, 1);
+            reject(signal.reason);
+          }
+        };
+        signal.addEventListener('abort', abandon, { once: true });
+        job.resolve = (match) => {
+          signal.removeEventListener('abort', abandon);
+          resolve(match);
+        };
+      }
+      this.waiting.push(job);
       this.dispatch();
     });
   }

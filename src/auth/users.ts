@@ -23,10 +23,11 @@ export interface LoginOptions {
   limits?: LimitOptions;
 }
 
-/** Who is asking, for the rate limit and the log. */
+/** Who is asking, for the rate limit and the log; `signal` aborts when the client goes away. */
 export interface LoginSource {
   address?: string;
   requestId?: string;
+  signal?: AbortSignal;
 }
 
 export interface Identity {
@@ -139,7 +140,7 @@ export class Users {
       ok = remembered === 'good';
     } else {
       try {
-        ok = await this.compare(user, password, ticket.priority);
+        ok = await this.compare(user, password, ticket.priority, from.signal);
       } catch (err) {
         ticket.refund();
         if (err instanceof PoolBusy) throw new LoginRefused(1, 'too many logins in progress; retry shortly');
@@ -156,7 +157,7 @@ export class Users {
     return { name: user.name, access: user.access, namespace: user.namespace ?? this.defaultNamespace };
   }
 
-  private async compare(user: UserConfig | undefined, password: string, priority: number): Promise<boolean> {
+  private async compare(user: UserConfig | undefined, password: string, priority: number, signal?: AbortSignal): Promise<boolean> {
     const secret = user && this.secretOf(user);
     let ok = secret !== undefined;
     // Every comparison runs, failed or not: stopping early would time the failure.
@@ -166,7 +167,7 @@ export class Users {
         // Digests on both sides: the comparison takes the same time whatever the lengths.
         match = timingSafeEqual(sha256(password), c.dummy ? dummyDigest : sha256(secret!));
       } else {
-        match = await this.pool.compare(password, c.dummy ? dummyBcrypt(c.cost) : secret!, priority);
+        match = await this.pool.compare(password, c.dummy ? dummyBcrypt(c.cost) : secret!, priority, signal);
       }
       if (!c.dummy) ok &&= match;
     }

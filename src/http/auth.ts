@@ -69,11 +69,17 @@ export class Access {
     const basic = parseBasic(header);
     if (basic) {
       let identity: Identity | null;
+      // A check still waiting for a bcrypt worker is dropped when its client disconnects.
+      const gone = new AbortController();
+      const abort = () => gone.abort(new AuthFailure(401, 'client went away'));
+      req.socket.once('close', abort);
       try {
-        identity = await this.o.users.check(basic.user, basic.password, { address: req.socket.remoteAddress, requestId });
+        identity = await this.o.users.check(basic.user, basic.password, { address: req.socket.remoteAddress, requestId, signal: gone.signal });
       } catch (err) {
         if (err instanceof LoginRefused) throw new AuthFailure(429, err.message, undefined, false, err.retryAfter);
         throw err;
+      } finally {
+        req.socket.off('close', abort);
       }
       if (!identity) throw new AuthFailure(401, 'invalid username or password');
       return { kind: 'user', identity };

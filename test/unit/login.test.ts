@@ -39,6 +39,16 @@ describe('the bcrypt worker pool', () => {
     expect(done).toEqual(['busy', 'clean', 'guess-1', 'guess-2', 'guess-3']);
   });
 
+  it('drops a waiting check whose signal aborts (its client went away); the others go on', async () => {
+    const gone = new AbortController();
+    const busy = pool.compare('right', hash);
+    const dropped = pool.compare('right', hash, 0, gone.signal);
+    const kept = pool.compare('wrong', hash, 0);
+    gone.abort(new Error('client went away'));
+    await expect(dropped).rejects.toThrow('client went away');
+    expect([await busy, await kept]).toEqual([true, false]);
+  });
+
   it('refuses checks beyond its queue with PoolBusy instead of queueing without end', async () => {
     const small = new BcryptPool({ size: 1, maxWaiting: 2 });
     try {

@@ -97,6 +97,9 @@ export class MemoryDriver implements StorageDriver {
     return { size: bytes.length };
   }
 
+  /** Always ready: the map is there as long as the process is. */
+  async ready(): Promise<void> {}
+
   async close(): Promise<void> {}
 
   private entry(key: string): Entry {

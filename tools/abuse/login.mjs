@@ -36,6 +36,8 @@ function get(url, authorization, agent) {
 }
 
 export async function run({ url, user, password, badUser = user, scale = 1 }) {
+  // The runner (tools/abuse.mjs) says 'small' or 'full'; run standalone, a number.
+  if (typeof scale !== 'number') scale = scale === 'full' ? 1 : 0.1;
   const attackers = Math.max(2, Math.round(16 * scale));
   const samples = Math.max(5, Math.round(20 * scale));
   const floodSeconds = Math.max(3, 15 * scale);

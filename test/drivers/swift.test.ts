@@ -243,7 +243,7 @@ describe('swift driver specifics', () => {
   test('an expired or revoked token is replaced by a fresh login, once', async () => {
     const { driver } = await driverOnFreshContainer();
     await driver.put('t/x', Buffer.from('x'));
-    (driver as unknown as { session: { token: string } }).session.token = 'AUTH_tk00000000000000000000000000000000';
+    (driver as unknown as { client: { session: { token: string } } }).client.session.token = 'AUTH_tk00000000000000000000000000000000';
     expect((await driver.read('t/x')).toString()).toBe('x');
     await driver.delete('t/x');
     await driver.close();

@@ -20,8 +20,8 @@ const EMPTY_CONFIG = 'application/vnd.oci.empty.v1+json';
 /**
  * The most descriptors (config and layers, or an index's manifests) one manifest may name. Each costs storage
  * requests on PUT; real ones stay far below: Docker and overlayfs stop at 127 layers, the largest multi-arch
- * indexes (a dozen platforms, each with an attestation manifest) name a few dozen, BuildKit registry caches
- * a few hundred layers at most. 1,000 leaves room for all of them.
+ * indexes (a dozen platforms, each with an attestation manifest) name a few dozen, a BuildKit registry cache
+ * one layer per cached step. 1,000 leaves room for all of them.
  */
 export const MAX_DESCRIPTORS = 1000;
 

@@ -8,13 +8,14 @@ import type { IncomingMessage as Request, ServerResponse as Response } from 'nod
 import { parse as parseQuery } from 'node:querystring';
 import type { Logger } from 'pino';
 import { RegistryError } from '../registry/errors.js';
-import { MAX_MANIFEST_SIZE, MEDIA_TYPES } from '../registry/manifests.js';
+import { MEDIA_TYPES } from '../registry/manifests.js';
 import { DEFAULT_NAMESPACE, checkDigest, validName } from '../registry/paths.js';
 import type { Registry } from '../registry/registry.js';
 import { Users } from '../auth/users.js';
 import { Access, AuthFailure } from './auth.js';
 import { sendError, toErrorBody } from './errors.js';
 import { byteRange, chunkRange, contentLength, uploadRange } from './headers.js';
+import { manifest } from './manifests.js';
 import { parseRoute, queryValue, type Route } from './routes.js';
 import { otherEndpoints } from './endpoints.js';
 import { exchanges, logWhenFinished, recordPrincipal, type Exchange } from './exchange.js';
@@ -31,7 +32,7 @@ export interface AppOptions {
 }
 
 /** Context of one API request. */
-interface Call {
+export interface Call {
   req: Request;
   res: Response;
   ns: string;
@@ -303,49 +304,6 @@ function chunkOptions(c: Call): { offset?: number; length?: number; signal: Abor
     throw new RegistryError('SIZE_INVALID', 'Content-Range and Content-Length disagree', { range: c.req.headers['content-range'], length });
   }
   return { offset: range?.offset, length: length ?? range?.length, signal: c.signal };
-}
-
-async function manifest(registry: Registry, c: Call, name: string, reference: string): Promise<void> {
-  const { req, res } = c;
-  switch (req.method) {
-    case 'GET':
-    case 'HEAD': {
-      const m = req.method === 'HEAD' ? await registry.manifests.stat(c.ns, name, reference) : await registry.manifests.get(c.ns, name, reference);
-      res.statusCode = 200;
-      res.setHeader('Content-Type', m.mediaType);
-      res.setHeader('Content-Length', m.size);
-      res.setHeader('Docker-Content-Digest', m.digest);
-      res.setHeader('ETag', `"${m.digest}"`);
-      return void res.end('body' in m ? m.body : undefined);
-    }
-    case 'PUT': {
-      const body = await readLimited(req, MAX_MANIFEST_SIZE);
-      const m = await registry.manifests.put(c.ns, name, reference, body, req.headers['content-type']);
-      res.setHeader('Location', `/v2/${name}/manifests/${m.digest}`);
-      res.setHeader('Docker-Content-Digest', m.digest);
-      if (m.subject) res.setHeader('OCI-Subject', m.subject);
-      return empty(c, 201);
-    }
-    case 'DELETE':
-      await registry.manifests.delete(c.ns, name, reference);
-      return empty(c, 202);
-    default:
-      throw notAllowed();
-  }
-}
-
-/** Read a small request body whole, refusing (413) anything over `limit` without reading it all. */
-async function readLimited(req: Request, limit: number): Promise<Buffer> {
-  const tooLarge = () => new RegistryError('PAYLOAD_TOO_LARGE', 'manifest is larger than the registry accepts', { limit });
-  if ((contentLength(req.headers['content-length']) ?? 0) > limit) throw tooLarge();
-  const pieces: Buffer[] = [];
-  let size = 0;
-  for await (const piece of req as AsyncIterable<Buffer>) {
-    size += piece.length;
-    if (size > limit) throw tooLarge();
-    pieces.push(piece);
-  }
-  return Buffer.concat(pieces);
 }
 
 function pagination(c: Call): { n?: number; last?: string } {

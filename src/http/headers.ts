@@ -34,7 +34,8 @@ export function chunkRange(value: string | undefined): { offset: number; length:
 
 /**
  * A blob GET's Range: one "bytes=a-b", "bytes=a-" or "bytes=-n" range, clipped to the size. Returns undefined to
- * serve the whole blob (no header, or a form we do not serve partially, as RFC 9110 allows), or "unsatisfiable".
+ * serve the whole blob (no header, or a form we do not serve partially, as RFC 9110 allows), or "unsatisfiable"
+ * (past the end, or inverted as in "bytes=500-0").
  */
 export function byteRange(value: string | undefined, size: number): { start: number; end: number } | 'unsatisfiable' | undefined {
   if (value === undefined) return undefined;
@@ -47,8 +48,10 @@ export function byteRange(value: string | undefined, size: number): { start: num
   }
   const start = nonNegative(m[1]);
   const end = m[2] === '' ? size - 1 : nonNegative(m[2]);
-  if (start === null || end === null || end < start) return start !== null && start >= size ? 'unsatisfiable' : undefined;
-  if (start >= size) return 'unsatisfiable';
+  // Numbers too large to be offsets make the header unreadable, so it is ignored; an inverted range is read fine
+  // and names no byte at all, which registry clients expect to hear as 416.
+  if (start === null || end === null) return start !== null && start >= size ? 'unsatisfiable' : undefined;
+  if (end < start || start >= size) return 'unsatisfiable';
   return { start, end: Math.min(end, size - 1) };
 }
 

@@ -57,3 +57,10 @@ export function queryValue(query: Record<string, unknown>, key: string): string 
   if (typeof v !== 'string') throw new RegistryError('UNSUPPORTED', `query parameter ${key} given more than once`);
   return v;
 }
+
+/** Every value of a query parameter that may be repeated by design (?tag=a&tag=b), in order. */
+export function queryValues(query: Record<string, unknown>, key: string): string[] {
+  const v = query[key];
+  if (v === undefined) return [];
+  return (Array.isArray(v) ? v : [v]).map(String);
+}

@@ -6,6 +6,7 @@
 import type { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import type { ByteRange, StorageDriver } from '../storage/driver.js';
+import { forEachLimited } from './concurrency.js';
 import { blobUnknown } from './errors.js';
 import { checkDigest, paths } from './paths.js';
 import { verifying } from './verify.js';
@@ -31,7 +32,8 @@ export class BlobLinks {
    * finds it intact can rely on it.
    */
   async touch(ns: string, digests: string[]): Promise<void> {
-    await Promise.all([...new Set(digests)].map((d) => this.driver.put(paths.blobTouched(ns, d), Buffer.alloc(0))));
+    // A manifest names up to a thousand: a few writes at a time, so one push does not crowd out other requests.
+    await forEachLimited([...new Set(digests)], 8, async (d) => void (await this.driver.put(paths.blobTouched(ns, d), Buffer.alloc(0))));
   }
 
   /** The blob's data is stored and prune is not deleting it. */

@@ -5,34 +5,23 @@
 import { createHash } from 'node:crypto';
 import { PathNotFound, type StorageDriver } from '../storage/driver.js';
 import type { BlobLinks, Blobs } from './blobs.js';
+import { forEachLimited } from './concurrency.js';
 import { RegistryError, manifestUnknown, nameUnknown } from './errors.js';
-import { checkDigest, checkTag, digestAlgorithm, paths, validDigest } from './paths.js';
+import { type Descriptor, type RevisionMeta, parseManifest } from './manifest-doc.js';
+import { checkDigest, checkTag, digestAlgorithm, paths, validDigest, validTag } from './paths.js';
 import { DigestMismatch } from './verify.js';
 
-export const MEDIA_TYPES = {
-  ociManifest: 'application/vnd.oci.image.manifest.v1+json',
-  ociIndex: 'application/vnd.oci.image.index.v1+json',
-  dockerManifest: 'application/vnd.docker.distribution.manifest.v2+json',
-  dockerList: 'application/vnd.docker.distribution.manifest.list.v2+json',
-} as const;
-const SCHEMA1 = ['application/vnd.docker.distribution.manifest.v1+json', 'application/vnd.docker.distribution.manifest.v1+prettyjws'];
-const INDEX_TYPES: string[] = [MEDIA_TYPES.ociIndex, MEDIA_TYPES.dockerList];
-const IMAGE_TYPES: string[] = [MEDIA_TYPES.ociManifest, MEDIA_TYPES.dockerManifest];
-/** OCI's empty config: an artifact whose config is this takes its artifactType from the manifest only. */
-const EMPTY_CONFIG = 'application/vnd.oci.empty.v1+json';
+export { MAX_DESCRIPTORS, MEDIA_TYPES, type Descriptor, type RevisionMeta } from './manifest-doc.js';
 
 /** Distribution's limit, and what the OCI spec suggests as the least a registry should accept. */
 export const MAX_MANIFEST_SIZE = 4 * 1024 * 1024;
-
-export interface Descriptor {
-  mediaType: string;
-  digest: string;
-  size: number;
-  artifactType?: string;
-  annotations?: Record<string, string>;
-  urls?: string[];
-  platform?: unknown;
-}
+/**
+ * Tags one PUT by digest may set with ?tag= parameters. Pushes name a handful (latest, a version, its major and
+ * minor, a commit); 64 of the longest (128 characters) still fit Node's 16 KiB request head.
+ */
+export const MAX_TAG_PARAMETERS = 64;
+/** Storage requests in flight for one manifest PUT's descriptors: enough to hide latency, too few to crowd others. */
+const DESCRIPTOR_CONCURRENCY = 8;
 
 /** Memory for verified manifest bytes: a few thousand typical manifests (2-10 KB each). */
 const MANIFEST_CACHE_BYTES = 16 * 1024 * 1024;
@@ -74,15 +63,6 @@ export class ByteBoundedLru {
   }
 }
 
-/** What a revision link holds: enough to answer HEAD and referrers without reading the manifest. */
-export interface RevisionMeta {
-  mediaType: string;
-  size: number;
-  artifactType?: string;
-  subject?: string;
-  annotations?: Record<string, string>;
-}
-
 export interface StoredManifest extends RevisionMeta {
   digest: string;
 }
@@ -99,71 +79,56 @@ export class Manifests {
     this.links = blobs.links;
   }
 
-  /** Validate and store a manifest under `reference` (a tag or its own digest). */
-  async put(ns: string, repo: string, reference: string, body: Buffer, contentType?: string): Promise<StoredManifest> {
+  /**
+   * Validate and store a manifest under `reference` (a tag or its own digest), and point `tags` at it (only with a
+   * digest reference). Everything is checked before the first write: the request, the document, then (a few at a
+   * time, stopping at the first missing one) the blobs it names. Then prune's protocol (see prune.ts): touch those
+   * blobs, write the revision, re-check that none is being deleted.
+   */
+  async put(ns: string, repo: string, reference: string, body: Buffer, opts: { contentType?: string; tags?: string[] } = {}): Promise<StoredManifest & { tags: string[] }> {
     if (body.length > MAX_MANIFEST_SIZE) {
       throw new RegistryError('PAYLOAD_TOO_LARGE', 'manifest is larger than the registry accepts', { limit: MAX_MANIFEST_SIZE });
     }
     const byDigest = reference.includes(':');
-    let digest = `sha256:${createHash('sha256').update(body).digest('hex')}`;
-    if (byDigest) {
-      checkDigest(reference);
-      if (digestAlgorithm(reference) === 'sha512') digest = `sha512:${createHash('sha512').update(body).digest('hex')}`;
-      if (digest !== reference) throw new RegistryError('DIGEST_INVALID', 'manifest digest does not match its content', { expected: reference, actual: digest });
-    } else {
-      checkTag(reference);
+    const tags = byDigest ? tagParameters(opts.tags ?? []) : [checkTag(reference)];
+    if (!byDigest && (opts.tags ?? []).length > 0) {
+      throw new RegistryError('MANIFEST_INVALID', 'tag parameters are only accepted on a push by digest', { reference });
     }
+    if (byDigest) referenceDigest(reference);
+    // The document before the hash: a manifest over the descriptor cap is refused without hashing its megabytes.
+    const { meta, blobs, children } = parseManifest(body, opts.contentType);
+    const algorithm = byDigest ? digestAlgorithm(reference) : 'sha256';
+    const digest = `${algorithm}:${createHash(algorithm).update(body).digest('hex')}`;
+    if (byDigest && digest !== reference) throw new RegistryError('DIGEST_INVALID', 'manifest digest does not match its content', { expected: reference, actual: digest });
+    await this.requireBlobs(ns, repo, blobs);
+    await this.requireManifests(ns, repo, children);
 
-    const doc = parseJson(body);
-    const mediaType = resolveMediaType(doc, contentType);
-    const meta: RevisionMeta = { mediaType, size: body.length };
-    // Every blob this manifest needs, its own included; touched before they are checked (prune's protocol).
-    const needed = [digest];
-    if (IMAGE_TYPES.includes(mediaType)) {
-      const config = descriptor(doc.config, 'config');
-      const layers = descriptors(doc.layers, 'layers').filter((l) => !isForeignLayer(l));
-      needed.push(config.digest, ...layers.map((l) => l.digest));
-      await this.links.touch(ns, needed);
-      await this.requireBlobs(ns, repo, [config, ...layers]);
-      if (mediaType === MEDIA_TYPES.ociManifest) {
-        meta.artifactType = optionalString(doc.artifactType, 'artifactType') ?? (config.mediaType === EMPTY_CONFIG ? undefined : config.mediaType);
-      }
-    } else {
-      const children = descriptors(doc.manifests, 'manifests');
-      needed.push(...children.map((c) => c.digest));
-      await this.links.touch(ns, needed);
-      await this.requireManifests(ns, repo, children);
-      meta.artifactType = optionalString(doc.artifactType, 'artifactType');
-    }
-    if (doc.subject !== undefined) {
-      if (mediaType !== MEDIA_TYPES.ociManifest && mediaType !== MEDIA_TYPES.ociIndex) {
-        throw new RegistryError('MANIFEST_INVALID', 'only OCI manifests may have a subject');
-      }
-      meta.subject = descriptor(doc.subject, 'subject').digest;
-    }
-    if (doc.annotations !== undefined) meta.annotations = annotations(doc.annotations, 'annotations');
-    if (meta.artifactType === undefined) delete meta.artifactType;
-
-    // Data first, then the revision link, then the referrer entry and tag: every name points at stored bytes.
+    // Every blob this manifest needs, its own included.
+    const needed = [...new Set([digest, ...blobs.map((d) => d.digest), ...children.map((d) => d.digest)])];
+    await this.links.touch(ns, needed);
+    // Data first, then the revision link, then the referrer entry and tags: every name points at stored bytes.
     await this.blobs.putSmall(ns, digest, body);
     const revision = paths.manifestRevision(ns, repo, digest);
     const existed = (await this.driver.stat(revision)) !== null;
     await this.driver.put(revision, Buffer.from(JSON.stringify(meta)), { contentType: 'application/json' });
     // A prune that began deleting one of these blobs before our touch is visible now: back out rather than name
     // bytes that may be about to go. (A prune that starts later sees the touch and keeps them.)
-    const lost = (await Promise.all(needed.map(async (d) => ((await this.links.intact(ns, d)) ? null : d)))).filter((d) => d !== null);
+    const lost: string[] = [];
+    await forEachLimited(needed, DESCRIPTOR_CONCURRENCY, async (d) => {
+      if (!(await this.links.intact(ns, d))) lost.push(d);
+    });
     if (lost.length > 0) {
       if (!existed) await this.driver.delete(revision);
       throw new RegistryError('MANIFEST_BLOB_UNKNOWN', 'a referenced blob is being deleted by prune; push it again', { digest: lost[0] });
     }
     if (meta.subject) {
-      const entry: Descriptor = { mediaType, digest, size: body.length };
+      const entry: Descriptor = { mediaType: meta.mediaType, digest, size: body.length };
       if (meta.artifactType) entry.artifactType = meta.artifactType;
       if (meta.annotations) entry.annotations = meta.annotations;
       await this.driver.put(paths.referrer(ns, repo, meta.subject, digest), Buffer.from(JSON.stringify(entry)));
     }
-    if (!byDigest) await this.driver.put(paths.tag(ns, repo, reference), Buffer.from(digest));
-    return { digest, ...meta };
+    await Promise.all(tags.map((t) => this.driver.put(paths.tag(ns, repo, t), Buffer.from(digest))));
+    return { digest, ...meta, tags };
   }
 
   /** The manifest's metadata (for HEAD); MANIFEST_UNKNOWN if the tag or revision is absent. */
@@ -216,6 +181,7 @@ export class Manifests {
       await this.driver.delete(paths.tag(ns, repo, reference));
       return;
     }
+    referenceDigest(reference);
     const meta = await this.stat(ns, repo, reference);
     for await (const t of this.driver.list(paths.tags(ns, repo))) {
       if ((await this.readOptional(t.path)) === meta.digest) await this.driver.delete(t.path);
@@ -260,9 +226,13 @@ export class Manifests {
     return false;
   }
 
+  /** A reference that cannot name anything (not a valid tag, not a digest Berth can verify) is simply unknown. */
   private async resolve(ns: string, repo: string, reference: string): Promise<string> {
-    if (reference.includes(':')) return checkDigest(reference);
-    checkTag(reference);
+    if (reference.includes(':')) {
+      if (!validDigest(reference)) throw manifestUnknown(reference);
+      return reference;
+    }
+    if (!validTag(reference)) throw manifestUnknown(reference);
     const digest = await this.readOptional(paths.tag(ns, repo, reference));
     if (digest === null || !validDigest(digest)) throw manifestUnknown(reference);
     return digest;
@@ -277,94 +247,37 @@ export class Manifests {
     }
   }
 
+  /** Each blob linked in `repo`, stored, of the size its descriptors say; MANIFEST_BLOB_UNKNOWN at the first that is not. */
   private async requireBlobs(ns: string, repo: string, list: Descriptor[]): Promise<void> {
-    await Promise.all(
-      list.map(async (d) => {
-        const ok = await this.blobs.stat(ns, repo, d.digest).then((b) => b.size === d.size, () => false);
-        if (!ok) throw new RegistryError('MANIFEST_BLOB_UNKNOWN', 'manifest references a blob unknown to the repository', { digest: d.digest });
-      }),
-    );
+    const sizes = new Map<string, Set<number>>();
+    for (const d of list) sizes.set(d.digest, (sizes.get(d.digest) ?? new Set()).add(d.size));
+    await forEachLimited([...sizes], DESCRIPTOR_CONCURRENCY, async ([digest, wanted]) => {
+      const size = await this.blobs.stat(ns, repo, digest).then((b) => b.size, () => null);
+      if (size === null || wanted.size > 1 || !wanted.has(size)) {
+        throw new RegistryError('MANIFEST_BLOB_UNKNOWN', 'manifest references a blob unknown to the repository', { digest });
+      }
+    });
   }
 
   private async requireManifests(ns: string, repo: string, list: Descriptor[]): Promise<void> {
-    await Promise.all(
-      list.map(async (d) => {
-        if (!(await this.driver.stat(paths.manifestRevision(ns, repo, d.digest)))) {
-          throw new RegistryError('MANIFEST_BLOB_UNKNOWN', 'index references a manifest unknown to the repository', { digest: d.digest });
-        }
-      }),
-    );
+    await forEachLimited([...new Set(list.map((d) => d.digest))], DESCRIPTOR_CONCURRENCY, async (digest) => {
+      if (!(await this.driver.stat(paths.manifestRevision(ns, repo, digest)))) {
+        throw new RegistryError('MANIFEST_BLOB_UNKNOWN', 'index references a manifest unknown to the repository', { digest });
+      }
+    });
   }
 }
 
-type Json = Record<string, unknown>;
-
-function invalid(message: string, detail?: unknown): RegistryError {
-  return new RegistryError('MANIFEST_INVALID', message, detail);
-}
-
-function parseJson(body: Buffer): Json {
-  let doc: unknown;
-  try {
-    doc = JSON.parse(body.toString('utf8'));
-  } catch {
-    throw invalid('manifest is not valid JSON');
+/** The ?tag= values of a push by digest: each valid, at most MAX_TAG_PARAMETERS, repeats once. */
+function tagParameters(tags: string[]): string[] {
+  if (tags.length > MAX_TAG_PARAMETERS) {
+    throw new RegistryError('MANIFEST_INVALID', `at most ${MAX_TAG_PARAMETERS} tag parameters per request`, { tags: tags.length, limit: MAX_TAG_PARAMETERS });
   }
-  if (!doc || typeof doc !== 'object' || Array.isArray(doc)) throw invalid('manifest must be a JSON object');
-  return doc as Json;
+  return [...new Set(tags.map(checkTag))];
 }
 
-/** The manifest's type from its own mediaType field, the request's Content-Type, or its shape, in that order. */
-function resolveMediaType(doc: Json, contentType?: string): string {
-  const declared = contentType?.split(';')[0].trim().toLowerCase() || undefined;
-  const field = optionalString(doc.mediaType, 'mediaType');
-  if (field && declared && declared !== field && declared !== 'application/json') {
-    throw invalid('Content-Type does not match the manifest mediaType', { contentType: declared, mediaType: field });
-  }
-  if ([field, declared].some((t) => t !== undefined && SCHEMA1.includes(t)) || doc.schemaVersion === 1) {
-    throw new RegistryError('MANIFEST_INVALID', 'Docker schema 1 manifests are not supported; push schema 2 or OCI');
-  }
-  if (doc.schemaVersion !== 2) throw invalid('schemaVersion must be 2');
-  const known = [...IMAGE_TYPES, ...INDEX_TYPES];
-  let type = field ?? (declared && known.includes(declared) ? declared : undefined);
-  type ??= Array.isArray(doc.manifests) ? MEDIA_TYPES.ociIndex : MEDIA_TYPES.ociManifest;
-  if (!known.includes(type)) throw invalid('unsupported manifest media type', { mediaType: type });
-  if (IMAGE_TYPES.includes(type) && doc.manifests !== undefined) throw invalid('an image manifest has no "manifests"');
-  if (INDEX_TYPES.includes(type) && (doc.config !== undefined || doc.layers !== undefined)) throw invalid('an index has no config or layers');
-  return type;
-}
-
-function descriptor(value: unknown, where: string): Descriptor {
-  const d = value as Json | null;
-  if (!d || typeof d !== 'object' || Array.isArray(d)) throw invalid(`${where} must be a descriptor`);
-  if (typeof d.mediaType !== 'string' || !/^[\w.+-]+\/[\w.+-]+$/.test(d.mediaType)) throw invalid(`${where}.mediaType is invalid`);
-  if (typeof d.digest !== 'string' || !validDigest(d.digest)) throw invalid(`${where}.digest is invalid`, { digest: d.digest });
-  if (typeof d.size !== 'number' || !Number.isSafeInteger(d.size) || d.size < 0) throw invalid(`${where}.size is invalid`);
-  if (d.urls !== undefined && (!Array.isArray(d.urls) || d.urls.some((u) => typeof u !== 'string'))) throw invalid(`${where}.urls is invalid`);
-  if (d.annotations !== undefined) annotations(d.annotations, `${where}.annotations`);
-  optionalString(d.artifactType, `${where}.artifactType`);
-  return d as unknown as Descriptor;
-}
-
-function descriptors(value: unknown, where: string): Descriptor[] {
-  if (!Array.isArray(value)) throw invalid(`${where} must be an array`);
-  return value.map((v, i) => descriptor(v, `${where}[${i}]`));
-}
-
-function optionalString(value: unknown, where: string): string | undefined {
-  if (value === undefined) return undefined;
-  if (typeof value !== 'string') throw invalid(`${where} must be a string`);
-  return value;
-}
-
-function annotations(value: unknown, where: string): Record<string, string> {
-  if (!value || typeof value !== 'object' || Array.isArray(value) || Object.values(value).some((v) => typeof v !== 'string')) {
-    throw invalid(`${where} must map strings to strings`);
-  }
-  return value as Record<string, string>;
-}
-
-/** Layers that live elsewhere (Windows base layers): the registry is not expected to hold them. */
-function isForeignLayer(d: Descriptor): boolean {
-  return d.mediaType.includes('nondistributable') || d.mediaType.includes('foreign');
+/** A digest reference of a write: 400 for an algorithm Berth cannot verify too (UNSUPPORTED's 405 would say the method is wrong). */
+function referenceDigest(reference: string): string {
+  if (!validDigest(reference)) throw new RegistryError('DIGEST_INVALID', 'invalid or unsupported digest (sha256 and sha512 are)', { digest: reference });
+  return reference;
 }

@@ -152,6 +152,21 @@ describe.each(IN_PROCESS_BACKENDS)('blob API on %s', (backend) => {
     expect(bad.headers.get('content-range')).toBe('bytes */1000');
   });
 
+  it('an inverted Range (bytes=500-0) gets 416 with Content-Range bytes */<size>, on GET and HEAD', async () => {
+    const data = randomBytes(2048);
+    const digest = await pushBlob(s.url, 'ranges/inverted', data);
+    for (const method of ['GET', 'HEAD']) {
+      const res = await fetch(`${s.url}/v2/ranges/inverted/blobs/${digest}`, { method, headers: { Range: 'bytes=500-0' } });
+      expect(res.status, method).toBe(416);
+      expect(res.headers.get('content-range'), method).toBe('bytes */2048');
+      if (method === 'GET') expect(await errorCode(res)).toBe('RANGE_INVALID');
+    }
+    // A one-byte range at the same start is still served.
+    const one = await fetch(`${s.url}/v2/ranges/inverted/blobs/${digest}`, { headers: { Range: 'bytes=500-500' } });
+    expect(one.status).toBe(206);
+    expect(Buffer.from(await one.arrayBuffer()).equals(data.subarray(500, 501))).toBe(true);
+  });
+
   it('a blob is visible only in repositories it was pushed or mounted to', async () => {
     const digest = await pushBlob(s.url, 'src/repo', randomBytes(500));
     expect((await fetch(`${s.url}/v2/other/repo/blobs/${digest}`, { method: 'HEAD' })).status).toBe(404);

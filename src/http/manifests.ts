@@ -1,0 +1,64 @@
+/** The manifest endpoint: GET, HEAD, PUT and DELETE /v2/<name>/manifests/<reference>. */
+import type { IncomingMessage as Request } from 'node:http';
+import { RegistryError } from '../registry/errors.js';
+import { MAX_MANIFEST_SIZE, MAX_TAG_PARAMETERS } from '../registry/manifests.js';
+import type { Registry } from '../registry/registry.js';
+import type { Call } from './app.js';
+import { contentLength } from './headers.js';
+import { queryValues } from './routes.js';
+
+export async function manifest(registry: Registry, c: Call, name: string, reference: string): Promise<void> {
+  const { req, res } = c;
+  switch (req.method) {
+    case 'GET':
+    case 'HEAD': {
+      const m = req.method === 'HEAD' ? await registry.manifests.stat(c.ns, name, reference) : await registry.manifests.get(c.ns, name, reference);
+      res.statusCode = 200;
+      res.setHeader('Content-Type', m.mediaType);
+      res.setHeader('Content-Length', m.size);
+      res.setHeader('Docker-Content-Digest', m.digest);
+      res.setHeader('ETag', `"${m.digest}"`);
+      return void res.end('body' in m ? m.body : undefined);
+    }
+    case 'PUT': {
+      // Counted before the body is read: a request carrying too many is refused without reading a byte of it.
+      const tags = queryValues(c.query, 'tag');
+      if (tags.length > MAX_TAG_PARAMETERS) {
+        throw new RegistryError('MANIFEST_INVALID', `at most ${MAX_TAG_PARAMETERS} tag parameters per request`, { tags: tags.length, limit: MAX_TAG_PARAMETERS });
+      }
+      const body = await readLimited(req, MAX_MANIFEST_SIZE);
+      const m = await registry.manifests.put(c.ns, name, reference, body, { contentType: req.headers['content-type'], tags });
+      res.setHeader('Location', `/v2/${name}/manifests/${m.digest}`);
+      res.setHeader('Docker-Content-Digest', m.digest);
+      if (m.subject) res.setHeader('OCI-Subject', m.subject);
+      // One header per tag applied (distribution-spec's tag parameters); a client that sees none pushes by tag.
+      if (reference.includes(':') && m.tags.length > 0) res.setHeader('OCI-Tag', m.tags);
+      return empty(c, 201);
+    }
+    case 'DELETE':
+      await registry.manifests.delete(c.ns, name, reference);
+      return empty(c, 202);
+    default:
+      throw new RegistryError('UNSUPPORTED', 'method not allowed on this endpoint');
+  }
+}
+
+/** Read a small request body whole, refusing (413) anything over `limit` without reading it all. */
+async function readLimited(req: Request, limit: number): Promise<Buffer> {
+  const tooLarge = () => new RegistryError('PAYLOAD_TOO_LARGE', 'manifest is larger than the registry accepts', { limit });
+  if ((contentLength(req.headers['content-length']) ?? 0) > limit) throw tooLarge();
+  const pieces: Buffer[] = [];
+  let size = 0;
+  for await (const piece of req as AsyncIterable<Buffer>) {
+    size += piece.length;
+    if (size > limit) throw tooLarge();
+    pieces.push(piece);
+  }
+  return Buffer.concat(pieces);
+}
+
+function empty(c: Call, status: number): void {
+  c.res.statusCode = status;
+  c.res.setHeader('Content-Length', 0);
+  c.res.end();
+}

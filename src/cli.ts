@@ -1,6 +1,6 @@
 #!/usr/bin/env -S node --single-threaded-gc
 /**
- * berth [-c FILE] [-d] serve|prune|fsck
+ * berth [-c FILE] [-d] [serve|prune|fsck]   (no command: serve, as zuul-registry's image runs it)
  *
  * Exit codes: 0 done, 1 the command failed, 2 bad usage or configuration.
  */
@@ -10,6 +10,7 @@ import https from 'node:https';
 import { parseArgs } from 'node:util';
 import { pino, type Logger } from 'pino';
 import { ConfigError, loadConfig, type Config } from './config/config.js';
+import { checkForServe, locateConfig } from './config/startup.js';
 import { runPrune } from './commands/prune.js';
 import { runFsck } from './commands/fsck.js';
 import { TokenIssuer } from './auth/tokens.js';
@@ -23,24 +24,25 @@ import { StorageOpenError, openStorage } from './storage/factory.js';
 import { InstrumentedDriver } from './observability/instrumented-driver.js';
 import { Metrics } from './observability/metrics.js';
 
-const USAGE = `usage: berth [-c FILE] [-d] <command>
+const USAGE = `usage: berth [-c FILE] [-d] [command]
 
 commands:
-  serve     run the registry
+  serve     run the registry (the default)
   prune [--dry-run] [--namespace NS]...
             delete expired uploads and manifests, then unreferenced blobs (for cron)
   fsck [--namespace NS]... [--repair] [--parallel N]
             re-hash every blob, check Swift segments and manifests' blobs; --repair quarantines corrupt blobs
 
 options:
-  -c, --config FILE   configuration file (default: etc/registry.yaml)
+  -c, --config FILE   configuration file (default: $BERTH_CONFIG, else /conf/registry.yaml
+                      if it exists, else etc/registry.yaml)
   -d, --debug         debug logging
   -h, --help          this help`;
 
 async function main(argv: string[]): Promise<number> {
   // Global options come before the command; what follows the command is the command's own.
   const at = argv.findIndex((a, i) => !a.startsWith('-') && !(i > 0 && ['-c', '--config'].includes(argv[i - 1])));
-  const [command, ...rest] = at < 0 ? [] : argv.slice(at);
+  const [command = 'serve', ...rest] = at < 0 ? [] : argv.slice(at);
   let parsed;
   try {
     parsed = parseArgs({
@@ -58,13 +60,16 @@ async function main(argv: string[]): Promise<number> {
   }
   // The server logs to stdout; one-shot commands keep stdout for their report and log to stderr.
   const log = pino({ level: values.debug ? 'debug' : 'info', base: { pid: process.pid } }, pino.destination(command === 'serve' ? 1 : 2));
-  if (!command || !['serve', 'prune', 'fsck'].includes(command) || (command === 'serve' && rest.length > 0)) {
-    process.stderr.write(`berth: ${command ? `unknown command or arguments: ${[command, ...rest].join(' ')}` : 'no command given'}\n${USAGE}\n`);
+  if (!['serve', 'prune', 'fsck'].includes(command) || (command === 'serve' && rest.length > 0)) {
+    process.stderr.write(`berth: unknown command or arguments: ${[command, ...rest].join(' ')}\n${USAGE}\n`);
     return 2;
   }
   let config: Config;
   try {
-    config = loadConfig(values.config ?? 'etc/registry.yaml');
+    const { file, from } = locateConfig(values.config);
+    config = loadConfig(file);
+    log.info({ config: file, from }, 'configuration loaded');
+    if (command === 'serve') for (const { msg, ...fields } of checkForServe(config)) log.warn(fields, msg);
   } catch (err) {
     if (err instanceof ConfigError) {
       process.stderr.write(`berth: configuration error: ${err.message}\n`);

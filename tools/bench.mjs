@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 // Berth against raw Swift and CNCF Distribution, in one run, on a fresh single-node Swift (tools/swift-aio.sh).
-// usage: tools/bench [--size-mib 512] [--runs 3] [--out bench.json] [--concurrency 2,4] [--no-distribution]
+// usage: tools/bench [--size-mib 512] [--runs 3] [--out .bench/bench.json] [--concurrency 2,4] [--no-distribution]
 //                    [--small-seconds 5] [--only berth-swift,raw,...]
 // Medians of --runs runs per contender, contenders alternating. Prints one table (seconds, MiB/s, ratios) and
 // writes it as JSON. Not a test: figures drift ±30% between runs on shared machines, compare ratios of one run.
@@ -9,7 +9,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import { createReadStream, createWriteStream, existsSync, readdirSync, readFileSync } from 'node:fs';
 import { mkdir, mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { cpus } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import { parseArgs, promisify } from 'node:util';
 import { createGzip } from 'node:zlib';
@@ -22,7 +22,7 @@ const { values: args } = parseArgs({
   options: {
     'size-mib': { type: 'string', default: '512' },
     runs: { type: 'string', default: '3' },
-    out: { type: 'string', default: 'bench.json' },
+    out: { type: 'string', default: '.bench/bench.json' },
     concurrency: { type: 'string', default: '2,4' },
     'no-distribution': { type: 'boolean', default: false },
     'small-seconds': { type: 'string', default: '5' },
@@ -494,6 +494,7 @@ if (small) {
 }
 const table = lines.join('\n');
 process.stdout.write(table + '\n');
+await mkdir(dirname(args.out), { recursive: true });
 await writeFile(args.out, JSON.stringify({ sizeMiB: MiB, runs: RUNS, rows, ratios, small, raw: results }, null, 2));
 log(`wrote ${args.out}`);
 await rm(work, { recursive: true, force: true });

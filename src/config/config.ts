@@ -4,11 +4,12 @@
  */
 import { readFileSync } from 'node:fs';
 import { dirname, resolve } from 'node:path';
+import { substituteEnv, type Unresolved } from './env.js';
 import { loadYaml } from './yaml.js';
 
 export interface UserConfig {
   name: string;
-  /** Plain or bcrypt ("$2..."); absent when the htpasswd file holds it. */
+  /** Plain or bcrypt ("$2..."); absent when the htpasswd file holds it; '' only for a read user (no password). */
   pass?: string;
   access: 'read' | 'write';
   namespace?: string;
@@ -46,6 +47,8 @@ export interface Config {
   uploadExpiry: number;
   /** Per-namespace settings: an `expiration` override, and whether anonymous clients may read it. */
   namespaces: Record<string, NamespaceConfig>;
+  /** `%(ZUUL_REGISTRY_...)` placeholders whose variable was unset: still in the values, as written. */
+  unresolved: Unresolved[];
 }
 
 export interface NamespaceConfig {
@@ -68,7 +71,7 @@ const NAMESPACE_RE = /^[a-z0-9_][a-z0-9_-]{0,63}$/;
 export const DEFAULTS = { address: '0.0.0.0', port: 9000, uploadExpiry: 3600 };
 
 /** Load and validate a config file; relative storage paths resolve against the file's directory. */
-export function loadConfig(file: string): Config {
+export function loadConfig(file: string, env: NodeJS.ProcessEnv = process.env): Config {
   let text: string;
   try {
     text = readFileSync(file, 'utf8');
@@ -81,18 +84,24 @@ export function loadConfig(file: string): Config {
   } catch (err) {
     throw new ConfigError(file, `not valid YAML: ${(err as Error).message}`);
   }
-  return parseConfig(doc, dirname(resolve(file)));
+  return parseConfig(doc, dirname(resolve(file)), env);
 }
 
 type Obj = Record<string, unknown>;
 
-export function parseConfig(doc: unknown, baseDir = process.cwd()): Config {
+/** Validate a parsed document, after replacing `%(ZUUL_REGISTRY_...)` placeholders from `env`. */
+export function parseConfig(raw: unknown, baseDir = process.cwd(), env: NodeJS.ProcessEnv = process.env): Config {
+  const { doc, unresolved } = substituteEnv(raw, env);
   const top = object(doc, '(top level)');
   keys(top, '(top level)', ['registry']);
   const r = object(top.registry, 'registry');
+  if (r.shadow !== undefined) {
+    throw new ConfigError('registry.shadow', "was zuul-registry's early pull-through option (never finished there); Berth does not proxy upstream registries: remove it (clients fall back to the upstream registry when the image is missing here)");
+  }
   keys(r, 'registry', ['address', 'port', 'public-url', 'tls-cert', 'tls-key', 'secret', 'users', 'storage', 'expiration', 'upload-expiry', 'namespaces', 'htpasswd']);
 
-  const port = r.port === undefined ? DEFAULTS.port : integer(r.port, 'registry.port', 0, 65535);
+  // Templates often quote it ('9000').
+  const port = r.port === undefined ? DEFAULTS.port : integer(typeof r.port === 'string' && /^[0-9]{1,5}$/.test(r.port) ? Number(r.port) : r.port, 'registry.port', 0, 65535);
   const publicUrl = optionalString(r['public-url'], 'registry.public-url');
   if (publicUrl !== undefined && !/^https?:\/\/[^/\s]+(\/.*)?$/.test(publicUrl)) {
     throw new ConfigError('registry.public-url', 'must be an http:// or https:// URL');
@@ -112,9 +121,10 @@ export function parseConfig(doc: unknown, baseDir = process.cwd()): Config {
     users: users(r.users, r.htpasswd !== undefined),
     htpasswd: r.htpasswd === undefined ? undefined : resolve(baseDir, string(r.htpasswd, 'registry.htpasswd')),
     storage: storage(r.storage, baseDir),
-    expiration: r.expiration === undefined || r.expiration === null ? undefined : integer(r.expiration, 'registry.expiration', 1),
+    expiration: expiration(r),
     uploadExpiry: r['upload-expiry'] === undefined ? DEFAULTS.uploadExpiry : integer(r['upload-expiry'], 'registry.upload-expiry', 1),
     namespaces: namespaces(r.namespaces),
+    unresolved,
   };
   if (config.users.length > 0 && !config.secret) throw new ConfigError('registry.secret', 'is required when users are configured (it signs tokens)');
   const names = config.users.map((u) => u.name);
@@ -135,8 +145,13 @@ function users(value: unknown, haveHtpasswd: boolean): UserConfig[] {
     const access = o.access ?? 'read';
     if (access !== 'read' && access !== 'write') throw new ConfigError(`${where}.access`, 'must be "read" or "write"');
     const user: UserConfig = { name: string(o.name, `${where}.name`), access };
-    if (o.pass !== undefined || !haveHtpasswd) user.pass = string(o.pass, `${where}.pass`);
     const namespace = optionalString(o.namespace, `${where}.namespace`);
+    if (o.pass === '') {
+      // zuul-registry's example "anonymous" reader: anyone may log in as them, so only to read the default namespace.
+      if (access === 'write') throw new ConfigError(`${where}.pass`, 'an empty password is refused for a write user');
+      if (namespace !== undefined) throw new ConfigError(`${where}.pass`, 'an empty password is refused for a user with a namespace (anyone could read it)');
+      user.pass = '';
+    } else if (o.pass !== undefined || !haveHtpasswd) user.pass = string(o.pass, `${where}.pass`);
     if (namespace !== undefined) {
       if (!NAMESPACE_RE.test(namespace)) throw new ConfigError(`${where}.namespace`, 'must match [a-z0-9_][a-z0-9_-]{0,63}');
       user.namespace = namespace;
@@ -165,16 +180,28 @@ function namespaces(value: unknown): Record<string, NamespaceConfig> {
   return result;
 }
 
+/** `registry.expiration`, or zuul-registry's `storage.expiration` (where its storage layer reads it). */
+function expiration(r: Obj): number | undefined {
+  const read = (value: unknown, key: string) => (value === undefined || value === null ? undefined : integer(value, key, 1));
+  const top = read(r.expiration, 'registry.expiration');
+  const s = r.storage && typeof r.storage === 'object' ? (r.storage as Obj) : {};
+  const inStorage = read(s.expiration, 'registry.storage.expiration');
+  if (top !== undefined && inStorage !== undefined && top !== inStorage) {
+    throw new ConfigError('registry.storage.expiration', `is ${inStorage} but registry.expiration is ${top}: give one of them`);
+  }
+  return top ?? inStorage;
+}
+
 function storage(value: unknown, baseDir: string): StorageConfig {
   if (value === undefined) throw new ConfigError('registry.storage', 'is required');
   const o = object(value, 'registry.storage');
   const driver = string(o.driver, 'registry.storage.driver');
   if (driver === 'filesystem') {
-    keys(o, 'registry.storage', ['driver', 'root']);
+    keys(o, 'registry.storage', ['driver', 'root', 'expiration']);
     return { driver, root: resolve(baseDir, string(o.root, 'registry.storage.root')) };
   }
   if (driver === 'swift') {
-    keys(o, 'registry.storage', ['driver', 'cloud', 'container', 'segment-size', 'clouds-file', 'temp-url-key', 'temp-url-expiry', 'request-timeout']);
+    keys(o, 'registry.storage', ['driver', 'cloud', 'container', 'segment-size', 'clouds-file', 'temp-url-key', 'temp-url-expiry', 'request-timeout', 'expiration']);
     const s: StorageConfig = { driver, cloud: string(o.cloud, 'registry.storage.cloud'), container: string(o.container, 'registry.storage.container') };
     if (o['segment-size'] !== undefined) {
       // Swift refuses objects over 5 GiB; SLO segments under 1 MiB are throttled.

@@ -5,9 +5,15 @@
 import { createHash, randomBytes } from 'node:crypto';
 import { Readable } from 'node:stream';
 import { afterAll, beforeAll, beforeEach, afterEach, describe, expect, test } from 'vitest';
-import { AlreadyExists, ChecksumMismatch, PathNotFound, SizeMismatch, type StorageDriver } from '../../src/storage/driver.js';
+import { AlreadyExists, ChecksumMismatch, DriverError, PathNotFound, SizeMismatch, type StorageDriver } from '../../src/storage/driver.js';
 
 export type DriverFactory = () => Promise<StorageDriver>;
+
+/** A write given up because its signal fired: an AbortError or the driver's own error, never a TypeError or the like. */
+const isAbort = (e: unknown) => (e as Error)?.name === 'AbortError' || e instanceof DriverError;
+/** A write failed by its body: the body's own error, or the driver's error wrapping it. */
+const isBodyError = (e: unknown) =>
+  /client went away/.test(String((e as Error)?.message)) || /client went away/.test(String(((e as Error)?.cause as Error)?.message)) || e instanceof DriverError;
 
 const md5 = (b: Buffer) => createHash('md5').update(b).digest('hex');
 
@@ -224,7 +230,7 @@ export function runDriverSuite(name: string, factory: DriverFactory): void {
         driver.concat(`${root}/bad/data`, [{ path: `${root}/bad/p0`, size: p.length + 1, md5: md5(p) }]),
       ).rejects.toSatisfy((e) => e instanceof SizeMismatch || e instanceof ChecksumMismatch);
       expect(await driver.stat(`${root}/bad/data`)).toBeNull();
-      await expect(driver.concat(`${root}/bad/data`, [{ path: `${root}/bad/missing`, size: 1, md5: md5(Buffer.from('x')) }])).rejects.toBeDefined();
+      await expect(driver.concat(`${root}/bad/data`, [{ path: `${root}/bad/missing`, size: 1, md5: md5(Buffer.from('x')) }])).rejects.toBeInstanceOf(PathNotFound);
       expect(await driver.stat(`${root}/bad/data`)).toBeNull();
       for (const o of await listAll(driver, `${root}/bad`)) await driver.delete(o.path);
     });
@@ -254,18 +260,18 @@ export function runDriverSuite(name: string, factory: DriverFactory): void {
           if (sent >= 1 << 20) ac.abort();
         },
       });
-      await expect(driver.put(`${root}/keep`, body, { signal: ac.signal })).rejects.toBeDefined();
+      await expect(driver.put(`${root}/keep`, body, { signal: ac.signal })).rejects.toSatisfy(isAbort);
       expect((await driver.read(`${root}/keep`)).toString()).toBe('old content');
       const ac2 = new AbortController();
       const body2 = new Readable({ read() { this.push(randomBytes(65536)); if (!ac2.signal.aborted) ac2.abort(); } });
-      await expect(driver.put(`${root}/fresh`, body2, { signal: ac2.signal })).rejects.toBeDefined();
+      await expect(driver.put(`${root}/fresh`, body2, { signal: ac2.signal })).rejects.toSatisfy(isAbort);
       expect(await driver.stat(`${root}/fresh`)).toBeNull();
       await driver.delete(`${root}/keep`);
     });
 
     test('a body stream that errors fails the put and leaves nothing', async () => {
       const body = new Readable({ read() { this.destroy(new Error('client went away')); } });
-      await expect(driver.put(`${root}/err`, body)).rejects.toBeDefined();
+      await expect(driver.put(`${root}/err`, body)).rejects.toSatisfy(isBodyError);
       expect(await driver.stat(`${root}/err`)).toBeNull();
     });
 
@@ -295,7 +301,7 @@ export function runDriverSuite(name: string, factory: DriverFactory): void {
 
     test('keys that could escape are refused', async () => {
       for (const bad of ['../x', `${root}/../../etc/passwd`, `/abs`, `${root}//x`, `${root}/./x`, '']) {
-        await expect(driver.put(bad, Buffer.from('x'))).rejects.toBeDefined();
+        await expect(driver.put(bad, Buffer.from('x'))).rejects.toBeInstanceOf(DriverError);
       }
     });
   });

@@ -5,6 +5,7 @@ import { promisify } from 'node:util';
 import { loadCloud } from '../../src/storage/swift/clouds.js';
 import { SwiftDriver, type SwiftOptions } from '../../src/storage/swift/driver.js';
 import { login } from '../../src/storage/swift/auth.js';
+import { MemoryDriver } from '../../src/storage/memory.js';
 import { startServer, type TestServer } from './server.js';
 
 const run = promisify(execFile);
@@ -45,12 +46,19 @@ export async function dropContainer(container: string): Promise<void> {
   await (await swiftRaw(container, { method: 'DELETE' })).arrayBuffer();
 }
 
-/** The backends every HTTP and e2e suite runs on. */
-export const BACKENDS = ['filesystem', 'swift'] as const;
-export type Backend = (typeof BACKENDS)[number];
+/** `npm run test:fast` (BERTH_TEST_TIER=fast): no Swift, no clients; the core on memory and the filesystem. */
+const FAST = process.env.BERTH_TEST_TIER === 'fast';
 
-/** A test server on a backend: a fresh filesystem root, or a fresh Swift container dropped at close. */
-export async function startServerOn(backend: Backend): Promise<TestServer> {
+export type Backend = 'filesystem' | 'swift';
+export type InProcessBackend = Backend | 'memory';
+/** The backends of suites that run `berth serve` (a configuration file names the storage). */
+export const BACKENDS: Backend[] = FAST ? ['filesystem'] : ['filesystem', 'swift'];
+/** The backends of suites that run the app in this process: the in-memory driver too. */
+export const IN_PROCESS_BACKENDS: InProcessBackend[] = ['memory', ...BACKENDS];
+
+/** A test server on a backend: a fresh in-memory store or filesystem root, or a fresh Swift container dropped at close. */
+export async function startServerOn(backend: InProcessBackend): Promise<TestServer> {
+  if (backend === 'memory') return startServer(new MemoryDriver());
   if (backend === 'filesystem') return startServer();
   const container = freshContainer();
   const server = await startServer(await swiftDriver(container));

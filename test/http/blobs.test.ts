@@ -9,7 +9,7 @@ import { join } from 'node:path';
 import { DriverError } from '../../src/storage/driver.js';
 import { FilesystemDriver } from '../../src/storage/filesystem.js';
 import { md5, overriding, pushBlob, rawGet, sha256, startServer, type TestServer } from '../helpers/server.js';
-import { BACKENDS, startServerOn } from '../helpers/swift.js';
+import { IN_PROCESS_BACKENDS, startServerOn } from '../helpers/swift.js';
 
 let s: TestServer;
 
@@ -39,7 +39,7 @@ async function startUpload(repo: string) {
   return `${s.url}${res.headers.get('location')}`;
 }
 
-describe.each(BACKENDS)('blob API on %s', (backend) => {
+describe.each(IN_PROCESS_BACKENDS)('blob API on %s', (backend) => {
   beforeAll(async () => {
     s = await startServerOn(backend);
   });

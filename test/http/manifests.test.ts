@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { paths } from '../../src/registry/paths.js';
 import { pushBlob, pushImage, sha256, startServer, type TestServer } from '../helpers/server.js';
-import { BACKENDS, startServerOn } from '../helpers/swift.js';
+import { IN_PROCESS_BACKENDS, startServerOn } from '../helpers/swift.js';
 
 let s: TestServer;
 
@@ -41,7 +41,7 @@ async function storedObjects(): Promise<string[]> {
   return all.sort();
 }
 
-describe.each(BACKENDS)('manifest API on %s', (backend) => {
+describe.each(IN_PROCESS_BACKENDS)('manifest API on %s', (backend) => {
   beforeAll(async () => {
     s = await startServerOn(backend);
   });

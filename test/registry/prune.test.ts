@@ -5,7 +5,7 @@ import { paths } from '../../src/registry/paths.js';
 import { AlreadyExists } from '../../src/storage/driver.js';
 import { Pruner, type PruneOptions, type PruneReport } from '../../src/registry/prune.js';
 import { overriding, pushBlob, pushImage, sha256, type TestServer } from '../helpers/server.js';
-import { BACKENDS, startServerOn } from '../helpers/swift.js';
+import { IN_PROCESS_BACKENDS, startServerOn } from '../helpers/swift.js';
 
 const HOUR = 3600;
 const OCI_MANIFEST = 'application/vnd.oci.image.manifest.v1+json';
@@ -14,7 +14,7 @@ const silent = { debug() {}, info() {}, warn() {} };
 /** Lets storage timestamps of what comes before and after differ (not a timing assertion). */
 const pause = () => new Promise((r) => setTimeout(r, 30));
 
-describe.each(BACKENDS)('prune on %s', (backend) => {
+describe.each(IN_PROCESS_BACKENDS)('prune on %s', (backend) => {
   let s: TestServer;
   let cutoff: number;
   beforeEach(async () => {

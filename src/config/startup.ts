@@ -1,0 +1,40 @@
+/**
+ * What `berth serve` checks beyond the file's shape: values that only matter to a running server (a prune from
+ * cron may run without the environment that holds the secret). Refusals are ConfigErrors (exit 2); warnings are
+ * returned for the caller to log.
+ */
+import { existsSync } from 'node:fs';
+import { ConfigError, type Config } from './config.js';
+
+export interface Warning {
+  msg: string;
+  [field: string]: unknown;
+}
+
+/** Refuse what must not be served; return what should be said at start-up. */
+export function checkForServe(config: Config): Warning[] {
+  const warnings: Warning[] = [];
+  for (const { key, variable } of config.unresolved) {
+    if (key === 'registry.secret' || /^registry\.users\[\d+\]\.pass$/.test(key)) {
+      throw new ConfigError(key, `the placeholder %(${variable}) was not replaced: the environment variable ${variable} is not set (Berth never uses the placeholder's text as a ${key.endsWith('pass') ? 'password' : 'secret'})`);
+    }
+    warnings.push({ msg: 'placeholder left as written: its environment variable is not set', key, variable });
+  }
+  for (const u of config.users) {
+    if (u.pass === '') warnings.push({ msg: 'read user with an empty password: anyone may log in as them and read the default namespace', user: u.name });
+  }
+  return warnings;
+}
+
+/**
+ * The configuration file to use: `-c`, else $BERTH_CONFIG, else /conf/registry.yaml when it exists (where
+ * zuul-registry's container image reads it), else etc/registry.yaml.
+ */
+export function locateConfig(explicit: string | undefined, env: NodeJS.ProcessEnv = process.env, exists = existsSync): { file: string; from: string } {
+  if (explicit !== undefined) return { file: explicit, from: '-c' };
+  if (env.BERTH_CONFIG) return { file: env.BERTH_CONFIG, from: 'BERTH_CONFIG' };
+  if (exists(CONTAINER_CONFIG)) return { file: CONTAINER_CONFIG, from: 'container default' };
+  return { file: 'etc/registry.yaml', from: 'default' };
+}
+
+export const CONTAINER_CONFIG = '/conf/registry.yaml';

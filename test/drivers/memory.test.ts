@@ -1,0 +1,4 @@
+import { MemoryDriver } from '../../src/storage/memory.js';
+import { runDriverSuite } from './suite.js';
+
+runDriverSuite('memory', async () => new MemoryDriver());

@@ -10,6 +10,8 @@ import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { existsSync, openSync, closeSync, readFileSync } from 'node:fs';
 import { chmod, mkdir, readFile, rm, symlink, writeFile, copyFile } from 'node:fs/promises';
+import https from 'node:https';
+import net from 'node:net';
 import { networkInterfaces, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
@@ -173,4 +175,46 @@ export async function selfSignedCert(dir: string, ips: string[], names: string[]
   const key = join(dir, 'tls.key');
   await run('openssl', ['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-days', '2', '-subj', `/CN=${ips[0] ?? names[0]}`, '-addext', `subjectAltName=${san}`, '-keyout', key, '-out', cert]);
   return { cert, key };
+}
+
+/**
+ * Berth's image from etc/container/Containerfile, built under `d` on a base imported from the cached Debian root
+ * file system (tools/container-rootfs.sh: debootstrap once per machine, with this machine's Node 20). Needs a
+ * built dist/. Returns the image's name.
+ */
+export async function buildBerthImage(d: Dockerd, name = 'berth-test/berth:latest'): Promise<string> {
+  const rootfs = (await run('tools/container-rootfs.sh', [], { timeout: 900_000, maxBuffer: 1 << 24 })).stdout.trim().split('\n').pop()!;
+  const base = `berth-test/debian-node:${/rootfs-([0-9a-f]+)\.tar$/.exec(rootfs)![1]}`;
+  await d.docker(['import', rootfs, base]);
+  const context = join(d.dir, 'image-context');
+  await run(process.execPath, ['tools/container-context.mjs', context]);
+  // The legacy builder (no bridge here; the Containerfile has no RUN step, so no network is needed).
+  await d.docker(['build', '--network', 'none', '-f', join(context, 'Containerfile'), '--build-arg', `BASE=${base}`, '-t', name, context]);
+  await rm(context, { recursive: true, force: true });
+  return name;
+}
+
+/** A TCP port free right now (for a server whose port must be known before it starts, e.g. in a container). */
+export function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const s = net.createServer();
+    s.once('error', reject);
+    s.listen(0, () => {
+      const { port } = s.address() as net.AddressInfo;
+      s.close(() => resolve(port));
+    });
+  });
+}
+
+/** An HTTPS request verified against `ca`; resolves with the status, headers and body. */
+export function httpsRequest(url: string, ca: Buffer, init: { method?: string; headers?: Record<string, string>; body?: string } = {}): Promise<{ status: number; headers: Record<string, string | string[] | undefined>; body: string }> {
+  return new Promise((resolve, reject) => {
+    const req = https.request(url, { ca, method: init.method ?? 'GET', headers: init.headers }, (res) => {
+      let body = '';
+      res.on('data', (c) => (body += c));
+      res.on('end', () => resolve({ status: res.statusCode!, headers: res.headers, body }));
+    });
+    req.on('error', reject);
+    req.end(init.body);
+  });
 }

@@ -19,7 +19,7 @@ import { sendError, toErrorBody } from './errors.js';
 import { byteRange, chunkRange, contentLength, uploadRange } from './headers.js';
 import { parseRoute, queryValue, type Route } from './routes.js';
 import { inRequest } from '../observability/context.js';
-import { DigestMismatch, verifying } from '../registry/verify.js';
+import { DigestMismatch } from '../registry/verify.js';
 import type { Metrics } from '../observability/metrics.js';
 
 export interface AppOptions {
@@ -49,6 +49,7 @@ export function createApp(registry: Registry, opts: AppOptions): (req: Request, 
   const access = opts.access ?? new Access({ users: new Users([], DEFAULT_NAMESPACE, undefined, opts.log), tokens: null, defaultNamespace: DEFAULT_NAMESPACE, log: opts.log });
   const metrics = opts.metrics;
   const others = otherEndpoints(registry, access, opts);
+  const carryRequestIds = registry.driver.namesRequests === true;
 
   return (req, res) => {
     const id = randomUUID();
@@ -71,7 +72,7 @@ export function createApp(registry: Registry, opts: AppOptions): (req: Request, 
     // Express's router costs more than the rest of a small request (measured: 4.8k HEAD/s through a bare Express
     // app with six routes against 23k/s for the same handler on node:http), so the API does not go through it.
     const api = /^\/v2(\/|$)/i.test(path);
-    inRequest(id, () => (api ? apiRequest(registry, access, opts, req, res, exchange, path.slice(3) || '/') : others(req, res)));
+    inRequest(id, () => (api ? apiRequest(registry, access, opts, req, res, exchange, path.slice(3) || '/') : others(req, res)), carryRequestIds);
   };
 }
 
@@ -310,8 +311,7 @@ async function getBlob(registry: Registry, c: Call, name: string, digest: string
   }
   const { body } = await registry.blobs.read(c.ns, digest, range);
   try {
-    // A whole blob is checked against its digest as it goes out (a range cannot be).
-    await (range ? pipeline(body, res) : pipeline(body, verifying(digest), res));
+    await pipeline(body, res);
   } catch (err) {
     if (err instanceof DigestMismatch) {
       c.log.error({ req: c.requestId, blob: digest, ns: c.ns, actual: err.actual }, 'stored blob does not match its digest; response aborted (run berth fsck)');

@@ -7,6 +7,7 @@ export class InstrumentedDriver implements StorageDriver {
   readonly name: string;
   readonly maxObjectSize: number;
   readonly reportsMd5: boolean;
+  readonly namesRequests?: boolean;
   readonly signedUrl?: (path: string, seconds: number) => Promise<string | null>;
   readonly verify?: (path: string) => Promise<string[]>;
   readonly segments?: (path: string) => Promise<string[]>;
@@ -18,6 +19,7 @@ export class InstrumentedDriver implements StorageDriver {
     this.name = inner.name;
     this.maxObjectSize = inner.maxObjectSize;
     this.reportsMd5 = inner.reportsMd5;
+    this.namesRequests = inner.namesRequests;
     if (inner.signedUrl) this.signedUrl = (path, seconds) => this.timed('signed_url', () => inner.signedUrl!(path, seconds));
     if (inner.verify) this.verify = (path) => this.timed('verify', () => inner.verify!(path));
     if (inner.segments) this.segments = (path) => this.timed('segments', () => inner.segments!(path));

@@ -4,9 +4,11 @@
  * data goes when prune finds nothing that references it).
  */
 import type { Readable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
 import type { ByteRange, StorageDriver } from '../storage/driver.js';
 import { blobUnknown } from './errors.js';
 import { checkDigest, paths } from './paths.js';
+import { verifying } from './verify.js';
 
 export interface BlobInfo {
   digest: string;
@@ -53,9 +55,18 @@ export class Blobs {
     return this.driver.signedUrl(paths.blobData(ns, digest), this.redirectSeconds);
   }
 
-  /** The blob's bytes, for a caller that has just checked it with `stat`. */
+  /**
+   * The blob's bytes, for a caller that has just checked it with `stat`. A whole blob is checked against its digest
+   * as it streams: wrong bytes end the stream with DigestMismatch before its last piece (a range cannot be checked;
+   * fsck covers those bytes).
+   */
   async read(ns: string, digest: string, range?: ByteRange): Promise<{ body: Readable; size: number }> {
-    return this.driver.get(paths.blobData(ns, digest), range);
+    const stored = await this.driver.get(paths.blobData(ns, digest), range);
+    if (range) return stored;
+    const checked = verifying(digest);
+    // Errors of either end reach the other: storage failing ends the checked stream, a reader leaving stops storage.
+    pipeline(stored.body, checked).catch(() => {});
+    return { body: checked, size: stored.size };
   }
 
   /** The blob as `repo` sees it; BLOB_UNKNOWN unless linked there and stored. */
@@ -64,11 +75,6 @@ export class Blobs {
     const [linked, data] = await Promise.all([this.links.linked(ns, repo, digest), this.driver.stat(paths.blobData(ns, digest))]);
     if (!linked || !data) throw blobUnknown(digest);
     return { digest, size: data.size };
-  }
-
-  async open(ns: string, repo: string, digest: string, range?: ByteRange): Promise<{ body: Readable; size: number }> {
-    await this.stat(ns, repo, digest);
-    return this.driver.get(paths.blobData(ns, digest), range);
   }
 
   /** Remove the blob from one repository. */

@@ -72,6 +72,11 @@ export interface StorageDriver {
    * an md5 of each upload chunk worth computing: it is what those reports are checked against.
    */
   readonly reportsMd5: boolean;
+  /**
+   * Whether the backend records which registry request each storage call serves (Swift: X-Trans-Id-Extra). Only then
+   * does the HTTP layer carry the request id across awaits, which costs every promise. Absent: false.
+   */
+  readonly namesRequests?: boolean;
 
   /** Write body to path atomically: readers see the old object or the whole new one, never a part. */
   put(path: string, body: Readable | Buffer, opts?: PutOptions): Promise<StoredObject>;

@@ -26,7 +26,7 @@ import {
 } from '../driver.js';
 import { AuthError, login, type Session } from './auth.js';
 import type { CloudAuth } from './clouds.js';
-import { carryRequestIds, transactionSuffix } from '../../observability/context.js';
+import { transactionSuffix } from '../../observability/context.js';
 import { planManifests, planMerges, sloEtag, type Segment } from './slo.js';
 
 export interface SwiftOptions {
@@ -74,6 +74,8 @@ export class SwiftDriver implements StorageDriver {
   readonly name = 'swift';
   readonly maxObjectSize: number;
   readonly reportsMd5 = true;
+  /** Each request names the registry request it serves in X-Trans-Id-Extra, so Swift's logs can be matched. */
+  readonly namesRequests = true;
   private session: Session | undefined;
   private loggingIn: Promise<Session> | undefined;
   private readonly httpAgent = new http.Agent({ keepAlive: true, maxSockets: 64 });
@@ -82,7 +84,6 @@ export class SwiftDriver implements StorageDriver {
   private readonly timeoutMs: number;
 
   private constructor(private readonly opts: SwiftOptions) {
-    carryRequestIds(); // for X-Trans-Id-Extra
     this.maxObjectSize = opts.segmentSize ?? DEFAULT_SEGMENT_SIZE;
     this.timeoutMs = opts.requestTimeoutMs ?? DEFAULT_TIMEOUT_MS;
   }

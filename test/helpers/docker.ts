@@ -128,7 +128,8 @@ export async function startDockerd(settings: DaemonSettings = {}): Promise<Docke
     docker,
     dockerResult,
     async configure(next) {
-      await writeFile(daemonJson, JSON.stringify(next));
+      // A key left out keeps its old value across a reload: write every one.
+      await writeFile(daemonJson, JSON.stringify({ 'registry-mirrors': [], 'insecure-registries': [], ...next }));
       process.kill(child.pid!, 'SIGHUP');
       const want = next['registry-mirrors'] ?? [];
       for (let i = 0; i < 100; i++) {

@@ -10,7 +10,7 @@ import https from 'node:https';
 import { parseArgs } from 'node:util';
 import { pino, type Logger } from 'pino';
 import { ConfigError, loadConfig, type Config } from './config/config.js';
-import { checkForServe, locateConfig } from './config/startup.js';
+import { anonymousPull, checkForServe, locateConfig } from './config/startup.js';
 import { runPrune } from './commands/prune.js';
 import { runFsck } from './commands/fsck.js';
 import { TokenIssuer } from './auth/tokens.js';
@@ -159,9 +159,10 @@ function buildAccess(config: Config, log: Logger): Access {
   const publicNamespace = Object.entries(config.namespaces).find(([, n]) => n.public)?.[0];
   return new Access({
     users,
-    tokens: config.secret ? new TokenIssuer(config.secret, service) : null,
+    tokens: config.secret ? new TokenIssuer(config.secret, service, { refreshSeconds: config.refreshTokenExpiry }) : null,
     defaultNamespace: DEFAULT_NAMESPACE,
     publicNamespace,
+    anonymousPull: anonymousPull(config).allowed,
     publicUrl: config.publicUrl,
     log,
   });

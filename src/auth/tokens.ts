@@ -2,7 +2,12 @@
  * Bearer tokens as Docker clients expect them (the distribution token spec): a JWT signed with the configured
  * secret (HS256 only; `none` and every other algorithm are refused), carrying the tenant's namespace and the
  * actions granted per repository.
+ *
+ * Refresh tokens (the spec's offline tokens, which docker keeps in config.json as a long-lived credential) are
+ * JWTs of another issuer, bound to the user's credential entry as it was when they were issued: a keyed hash of
+ * the password entry, access and namespace, so that a password change, a removal or a change of access ends them.
  */
+import { createHmac, timingSafeEqual } from 'node:crypto';
 import { SignJWT, jwtVerify } from 'jose';
 
 export type Action = 'pull' | 'push' | 'delete' | '*';
@@ -22,16 +27,61 @@ export interface TokenClaims {
 
 const ALGORITHM = 'HS256';
 const ISSUER = 'berth';
+const REFRESH_ISSUER = 'berth-refresh';
 export const TOKEN_LIFETIME_SECONDS = 300;
+export const REFRESH_LIFETIME_SECONDS = 86_400;
+
+export interface TokenOptions {
+  /** Seconds a refresh token stays valid. */
+  refreshSeconds?: number;
+}
 
 export class TokenIssuer {
   private readonly key: Uint8Array;
+  private readonly bindingKey: Buffer;
+  readonly refreshSeconds: number;
 
   constructor(
     secret: string,
     readonly service: string,
+    opts: TokenOptions = {},
   ) {
     this.key = new TextEncoder().encode(secret);
+    // A key of its own: a binding in a token's readable payload must not help guess the password it hashes.
+    this.bindingKey = createHmac('sha256', secret).update('berth refresh-token binding').digest();
+    this.refreshSeconds = opts.refreshSeconds ?? REFRESH_LIFETIME_SECONDS;
+  }
+
+  /** A refresh token for `sub`, bound to `entry` (Users.current's description of their credential). */
+  async issueRefresh(sub: string, entry: string, now = Date.now()): Promise<string> {
+    const iat = Math.floor(now / 1000);
+    return new SignJWT({ bind: this.binding(entry) })
+      .setProtectedHeader({ alg: ALGORITHM, typ: 'JWT' })
+      .setIssuer(REFRESH_ISSUER)
+      .setSubject(sub)
+      .setAudience(this.service)
+      .setIssuedAt(iat)
+      .setExpirationTime(iat + this.refreshSeconds)
+      .setJti(crypto.randomUUID())
+      .sign(this.key);
+  }
+
+  /** The user a refresh token names, or null if it is not one of ours, expired, or `entryOf` no longer matches. */
+  async verifyRefresh(token: string, entryOf: (sub: string) => string | undefined): Promise<string | null> {
+    try {
+      const { payload } = await jwtVerify(token, this.key, { algorithms: [ALGORITHM], issuer: REFRESH_ISSUER, audience: this.service, requiredClaims: ['exp', 'sub'] });
+      const entry = entryOf(payload.sub!);
+      if (entry === undefined || typeof payload.bind !== 'string') return null;
+      const expected = Buffer.from(this.binding(entry));
+      const given = Buffer.from(payload.bind);
+      return given.length === expected.length && timingSafeEqual(given, expected) ? payload.sub! : null;
+    } catch {
+      return null;
+    }
+  }
+
+  private binding(entry: string): string {
+    return createHmac('sha256', this.bindingKey).update(entry).digest('base64url');
   }
 
   async issue(claims: TokenClaims, now = Date.now()): Promise<{ token: string; expiresIn: number; issuedAt: string }> {

@@ -110,6 +110,23 @@ export class Users {
     return { name: user.name, access: user.access, namespace: user.namespace ?? this.defaultNamespace };
   }
 
+  /**
+   * What a refresh token is bound to: the user's credential entry, access and namespace as configured now
+   * (undefined when they cannot log in). Any change to one of them ends the user's refresh tokens.
+   */
+  entryOf(name: string): string | undefined {
+    this.reloadHtpasswd(false);
+    const user = this.users.find((u) => u.name === name);
+    const secret = user && this.secretOf(user);
+    return user && secret !== undefined ? JSON.stringify([user.name, secret, user.access, user.namespace ?? this.defaultNamespace]) : undefined;
+  }
+
+  /** The identity of a configured user, without a password check (for a verified refresh token). */
+  identityOf(name: string): Identity | undefined {
+    const user = this.users.find((u) => u.name === name);
+    return user && { name: user.name, access: user.access, namespace: user.namespace ?? this.defaultNamespace };
+  }
+
   /** The user's password (plain or bcrypt), or undefined when they cannot log in. */
   private secretOf(user: UserConfig): string | undefined {
     const secret = user.pass ?? this.htpasswd.get(user.name);

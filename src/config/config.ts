@@ -47,6 +47,10 @@ export interface Config {
   uploadExpiry: number;
   /** Per-namespace settings: an `expiration` override, and whether anonymous clients may read it. */
   namespaces: Record<string, NamespaceConfig>;
+  /** Seconds a refresh token (an offline token, docker's stored credential) stays valid. */
+  refreshTokenExpiry: number;
+  /** May anonymous clients pull from the default namespace? Unset: zuul-registry's rule decides (config/startup.ts). */
+  anonymousPull?: boolean;
   /** `%(ZUUL_REGISTRY_...)` placeholders whose variable was unset: still in the values, as written. */
   unresolved: Unresolved[];
 }
@@ -68,7 +72,7 @@ export class ConfigError extends Error {
 
 const NAMESPACE_RE = /^[a-z0-9_][a-z0-9_-]{0,63}$/;
 
-export const DEFAULTS = { address: '0.0.0.0', port: 9000, uploadExpiry: 3600 };
+export const DEFAULTS = { address: '0.0.0.0', port: 9000, uploadExpiry: 3600, refreshTokenExpiry: 86_400 };
 
 /** Load and validate a config file; relative storage paths resolve against the file's directory. */
 export function loadConfig(file: string, env: NodeJS.ProcessEnv = process.env): Config {
@@ -98,7 +102,7 @@ export function parseConfig(raw: unknown, baseDir = process.cwd(), env: NodeJS.P
   if (r.shadow !== undefined) {
     throw new ConfigError('registry.shadow', "was zuul-registry's early pull-through option (never finished there); Berth does not proxy upstream registries: remove it (clients fall back to the upstream registry when the image is missing here)");
   }
-  keys(r, 'registry', ['address', 'port', 'public-url', 'tls-cert', 'tls-key', 'secret', 'users', 'storage', 'expiration', 'upload-expiry', 'namespaces', 'htpasswd']);
+  keys(r, 'registry', ['address', 'port', 'public-url', 'tls-cert', 'tls-key', 'secret', 'users', 'storage', 'expiration', 'upload-expiry', 'namespaces', 'htpasswd', 'anonymous-pull', 'refresh-token-expiry']);
 
   // Templates often quote it ('9000').
   const port = r.port === undefined ? DEFAULTS.port : integer(typeof r.port === 'string' && /^[0-9]{1,5}$/.test(r.port) ? Number(r.port) : r.port, 'registry.port', 0, 65535);
@@ -124,6 +128,8 @@ export function parseConfig(raw: unknown, baseDir = process.cwd(), env: NodeJS.P
     expiration: expiration(r),
     uploadExpiry: r['upload-expiry'] === undefined ? DEFAULTS.uploadExpiry : integer(r['upload-expiry'], 'registry.upload-expiry', 1),
     namespaces: namespaces(r.namespaces),
+    refreshTokenExpiry: r['refresh-token-expiry'] === undefined ? DEFAULTS.refreshTokenExpiry : integer(r['refresh-token-expiry'], 'registry.refresh-token-expiry', 60),
+    anonymousPull: optionalBoolean(r['anonymous-pull'], 'registry.anonymous-pull'),
     unresolved,
   };
   if (config.users.length > 0 && !config.secret) throw new ConfigError('registry.secret', 'is required when users are configured (it signs tokens)');
@@ -132,6 +138,9 @@ export function parseConfig(raw: unknown, baseDir = process.cwd(), env: NodeJS.P
   if (dup !== undefined) throw new ConfigError('registry.users', `user ${JSON.stringify(dup)} is listed twice`);
   const publics = Object.entries(config.namespaces).filter(([, n]) => n.public).map(([name]) => name);
   if (publics.length > 1) throw new ConfigError('registry.namespaces', `only one namespace can be public (anonymous clients read it); found ${publics.join(', ')}`);
+  if (config.anonymousPull && publics.length > 0) {
+    throw new ConfigError('registry.anonymous-pull', `anonymous clients read one namespace: the default one (anonymous-pull: true) or ${publics[0]} (public: true), not both`);
+  }
   return config;
 }
 
@@ -236,6 +245,11 @@ function string(value: unknown, key: string): string {
 }
 function optionalString(value: unknown, key: string): string | undefined {
   return value === undefined || value === null ? undefined : string(value, key);
+}
+function optionalBoolean(value: unknown, key: string): boolean | undefined {
+  if (value === undefined || value === null) return undefined;
+  if (typeof value !== 'boolean') throw new ConfigError(key, 'must be true or false');
+  return value;
 }
 function integer(value: unknown, key: string, min: number, max = Number.MAX_SAFE_INTEGER): number {
   if (typeof value !== 'number' || !Number.isInteger(value) || value < min || value > max) {

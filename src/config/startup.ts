@@ -20,10 +20,31 @@ export function checkForServe(config: Config): Warning[] {
     }
     warnings.push({ msg: 'placeholder left as written: its environment variable is not set', key, variable });
   }
+  const anonymous = anonymousPull(config);
+  if (anonymous.allowed) {
+    warnings.push({
+      msg: anonymous.implicit
+        ? "anyone may pull from the default namespace without credentials (zuul-registry's rule: write users only, no namespaces); set anonymous-pull: false to require them"
+        : 'anyone may pull from the default namespace without credentials (anonymous-pull: true)',
+    });
+  }
   for (const u of config.users) {
     if (u.pass === '') warnings.push({ msg: 'read user with an empty password: anyone may log in as them and read the default namespace', user: u.name });
   }
   return warnings;
+}
+
+/**
+ * zuul-registry's access rule, for a configuration zuul-registry itself could read (write users, no read-only user,
+ * no namespaces): reads need no credentials. `anonymous-pull` overrides it either way. Without users the registry
+ * is open anyway.
+ */
+export function anonymousPull(config: Config): { allowed: boolean; implicit: boolean } {
+  if (config.users.length === 0) return { allowed: false, implicit: false };
+  if (config.anonymousPull !== undefined) return { allowed: config.anonymousPull, implicit: false };
+  const zuulShaped =
+    config.users.every((u) => u.access === 'write' && u.namespace === undefined) && Object.keys(config.namespaces).length === 0;
+  return { allowed: zuulShaped, implicit: zuulShaped };
 }
 
 /**

@@ -16,6 +16,7 @@ import type { Registry } from '../registry/registry.js';
 import { Users } from '../auth/users.js';
 import { Access, AuthFailure } from './auth.js';
 import { sendError, toErrorBody } from './errors.js';
+import { tokenRoutes } from './token-endpoint.js';
 import { byteRange, chunkRange, contentLength, uploadRange } from './headers.js';
 import { parseRoute, queryValue, type Route } from './routes.js';
 import { inRequest } from '../observability/context.js';
@@ -134,12 +135,7 @@ function otherEndpoints(registry: Registry, access: Access, opts: AppOptions): e
       );
     });
   }
-  app.get('/auth/token', (req, res) => {
-    access.tokenEndpoint(req, res).catch((err) => {
-      opts.log.error({ req: requestIdOf(res), err }, 'token request failed');
-      sendError(res, toErrorBody(err));
-    });
-  });
+  tokenRoutes(app, access, opts.log, requestIdOf);
   // Every other path: clients parse the API's error envelope, not Express's HTML page. The code is the one an
   // unknown path under /v2 gets.
   app.use((req, res) => {

@@ -4,11 +4,13 @@
  * - No users configured: an open registry; everyone reads and writes the default namespace.
  * - Users configured: Basic credentials or a Bearer token from GET /auth/token are required. A user works in their
  *   own namespace only (one namespace per credential). Anonymous clients may read the public namespace, if one is
- *   configured and no read-only user exists (zuul-registry's rule).
+ *   configured and no read-only user exists.
+ * - With `anonymousPull` (zuul-registry's rule, see config/startup.ts), anonymous clients read the default namespace,
+ *   and a token request asking only to pull gets a read token without its credentials being looked at: the docker
+ *   engine sends its Docker Hub login to a mirror, and zuul-registry ignores it.
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { TLSSocket } from 'node:tls';
-import type { Request, Response } from 'express';
 import type { Logger } from 'pino';
 import { grants, type AccessEntry, type TokenClaims, type TokenIssuer } from '../auth/tokens.js';
 import type { Identity, Users } from '../auth/users.js';
@@ -30,6 +32,8 @@ export interface AccessOptions {
   tokens: TokenIssuer | null;
   defaultNamespace: string;
   publicNamespace?: string;
+  /** Anonymous clients pull from the default namespace; pull-only token requests skip the credential check. */
+  anonymousPull?: boolean;
   publicUrl?: string;
   log: Logger;
 }
@@ -53,7 +57,22 @@ export class Access {
     return !this.o.users.enabled;
   }
 
-  private get anonymousNamespace(): string | undefined {
+  get users(): Users {
+    return this.o.users;
+  }
+
+  get tokens(): TokenIssuer | null {
+    return this.o.tokens;
+  }
+
+  /** zuul-registry's rule (config/startup.ts): pull-only token requests are answered without a credential check. */
+  get anonymousPull(): boolean {
+    return Boolean(this.o.anonymousPull);
+  }
+
+  /** The namespace anonymous clients may read, if any. */
+  get anonymousNamespace(): string | undefined {
+    if (this.o.anonymousPull) return this.o.defaultNamespace;
     return this.o.users.hasReadOnlyUser ? undefined : this.o.publicNamespace;
   }
 
@@ -62,11 +81,7 @@ export class Access {
     const header = req.headers.authorization;
     if (header === undefined) return { kind: 'anonymous' };
     const basic = parseBasic(header);
-    if (basic) {
-      const identity = await this.o.users.check(basic.user, basic.password);
-      if (!identity) throw new AuthFailure(401, 'invalid username or password');
-      return { kind: 'user', identity };
-    }
+    if (basic) return { kind: 'user', identity: await this.login(basic.user, basic.password) };
     const bearer = /^Bearer ([A-Za-z0-9._~+/=-]{1,8192})$/.exec(header);
     if (bearer && this.o.tokens) {
       const claims = await this.o.tokens.verify(bearer[1]);
@@ -77,6 +92,13 @@ export class Access {
       return { kind: 'token', claims };
     }
     throw new AuthFailure(401, 'unsupported Authorization header');
+  }
+
+  /** One password check: Basic credentials, or the token endpoint's password grant. */
+  async login(user: string, password: string): Promise<Identity> {
+    const identity = await this.o.users.check(user, password);
+    if (!identity) throw new AuthFailure(401, 'invalid username or password');
+    return identity;
   }
 
   namespaceOf(p: Principal): string {
@@ -144,34 +166,6 @@ export class Access {
       }
     }
     return result;
-  }
-
-  /** GET /auth/token: Basic credentials (or none, for anonymous pull) in, a signed token out. */
-  async tokenEndpoint(req: Request, res: Response): Promise<void> {
-    const tokens = this.o.tokens;
-    if (!tokens || this.open) return sendError(res, { status: 404, code: 'UNSUPPORTED', message: 'this registry does not use token authentication' });
-    let p: Principal;
-    try {
-      p = await this.authenticate(req);
-    } catch (err) {
-      if (!(err instanceof AuthFailure)) throw err;
-      res.setHeader('WWW-Authenticate', 'Basic realm="berth"');
-      return sendError(res, { status: 401, code: 'UNAUTHORIZED', message: err.message });
-    }
-    if (p.kind === 'token') return sendError(res, { status: 400, code: 'UNSUPPORTED', message: 'use Basic credentials to get a token' });
-    if (p.kind === 'anonymous' && this.anonymousNamespace === undefined) {
-      res.setHeader('WWW-Authenticate', 'Basic realm="berth"');
-      return sendError(res, { status: 401, code: 'UNAUTHORIZED', message: 'authentication required' });
-    }
-    const service = req.query.service;
-    if (service !== undefined && service !== tokens.service) {
-      return sendError(res, { status: 400, code: 'UNSUPPORTED', message: 'unknown service', detail: { service: tokens.service } });
-    }
-    const raw = req.query.scope;
-    const scopes = (Array.isArray(raw) ? raw : raw === undefined ? [] : [raw]).filter((s): s is string => typeof s === 'string').flatMap((s) => s.split(' '));
-    const issued = await tokens.issue({ sub: p.kind === 'user' ? p.identity.name : '', ns: this.namespaceOf(p), access: this.grant(p, scopes) });
-    res.setHeader('Cache-Control', 'no-store');
-    res.json({ token: issued.token, access_token: issued.token, expires_in: issued.expiresIn, issued_at: issued.issuedAt });
   }
 
   /** Send a refusal with the OCI body and, for 401, the Bearer challenge. */

@@ -40,6 +40,7 @@ export interface AuthSetup {
   users: UserConfig[];
   secret?: string;
   publicNamespace?: string;
+  anonymousPull?: boolean;
   service?: string;
 }
 
@@ -58,6 +59,7 @@ export async function startServer(
         tokens: auth.secret ? new TokenIssuer(auth.secret, auth.service ?? 'berth') : null,
         defaultNamespace: DEFAULT_NAMESPACE,
         publicNamespace: auth.publicNamespace,
+        anonymousPull: auth.anonymousPull,
         log,
       })
     : undefined;

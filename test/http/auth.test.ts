@@ -9,7 +9,9 @@ import { pino, type Logger } from 'pino';
 import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
 import { TokenIssuer } from '../../src/auth/tokens.js';
 import { Users, checkWork, comparisonsFor } from '../../src/auth/users.js';
-import type { UserConfig } from '../../src/config/config.js';
+import { parseConfig, type UserConfig } from '../../src/config/config.js';
+import { anonymousPull } from '../../src/config/startup.js';
+import yaml from 'js-yaml';
 import { createApp } from '../../src/http/app.js';
 import { Access } from '../../src/http/auth.js';
 import { answerClientErrors } from '../../src/http/client-errors.js';
@@ -249,6 +251,104 @@ describe('anonymous reads of the public namespace', () => {
     expect(t.status).toBe(200);
     const payload = JSON.parse(Buffer.from(((await t.json()) as { token: string }).token.split('.')[1], 'base64url').toString());
     expect(payload.access).toEqual([{ type: 'repository', name: 'lib/base', actions: ['pull'] }]);
+  });
+});
+
+describe("zuul-registry's access rule: who may pull without credentials", () => {
+  const config = (body: string) => parseConfig(yaml.load(`registry:\n  secret: ${SECRET}\n${body}  storage: {driver: filesystem, root: d}\n`), '/srv', {});
+  const zuul = bcrypt.hashSync('zuul-pw', 4);
+  const writerOnly = `  users:\n    - {name: zuul, pass: '${zuul}', access: write}\n`;
+
+  it.each([
+    ['write users only (as run-buildset-registry renders it)', writerOnly, { allowed: true, implicit: true }],
+    ['write users and a read-only user', `${writerOnly}    - {name: r, pass: pw, access: read}\n`, { allowed: false, implicit: false }],
+    ["zuul-registry's example: a writer and the anonymous reader", `${writerOnly}    - {name: anonymous, pass: '', access: read}\n`, { allowed: false, implicit: false }],
+    ['a user with a namespace', `  users:\n    - {name: a, pass: pw, access: write, namespace: team}\n`, { allowed: false, implicit: false }],
+    ['a namespaces: section', `${writerOnly}  namespaces:\n    _local: {expiration: 60}\n`, { allowed: false, implicit: false }],
+    ['write users only, anonymous-pull: false', `${writerOnly}  anonymous-pull: false\n`, { allowed: false, implicit: false }],
+    ['a read-only user, anonymous-pull: true', `${writerOnly}    - {name: r, pass: pw, access: read}\n  anonymous-pull: true\n`, { allowed: true, implicit: false }],
+    ['no users (an open registry: the rule does not apply)', '', { allowed: false, implicit: false }],
+  ])('%s', (_, body, expected) => {
+    expect(anonymousPull(config(body))).toEqual(expected);
+  });
+
+  it('anonymous-pull: true and a public namespace cannot both be given (anonymous clients read one namespace)', () => {
+    expect(() => config(`  users:\n    - {name: a, pass: pw, access: write, namespace: pub}\n  namespaces:\n    pub: {public: true}\n  anonymous-pull: true\n`)).toThrow(/^registry\.anonymous-pull: /);
+  });
+
+  /** A server for a configuration, with the access rule the CLI would derive from it. */
+  async function serverFor(body: string) {
+    const c = config(body);
+    return startServer(undefined, { users: c.users, secret: SECRET, anonymousPull: anonymousPull(c).allowed });
+  }
+  const tokenRequest = (url: string, scope: string | undefined, headers: Record<string, string>) =>
+    fetch(`${url}/auth/token?service=berth${scope === undefined ? '' : `&scope=${encodeURIComponent(scope)}`}`, { headers });
+  const accessOf = async (res: Response) => JSON.parse(Buffer.from(((await res.json()) as { token: string }).token.split('.')[1], 'base64url').toString()).access;
+
+  describe('write users only', () => {
+    let s: TestServer;
+    beforeAll(async () => {
+      s = await serverFor(writerOnly);
+      await pushImage(s.url, 'library/busybox', 'latest', [randomBytes(64)], {}, basic('zuul', 'zuul-pw'));
+    });
+    afterAll(async () => s.close());
+    afterEach(() => vi.restoreAllMocks());
+
+    it('pulls need no credentials; pushes still do', async () => {
+      expect((await fetch(`${s.url}/v2/library/busybox/manifests/latest`)).status).toBe(200);
+      expect((await fetch(`${s.url}/v2/library/busybox/blobs/uploads/`, { method: 'POST' })).status).toBe(401);
+      // docker's first request: the challenge sends it to the token endpoint.
+      expect((await fetch(`${s.url}/v2/`)).status).toBe(401);
+    });
+
+    it("a pull-only token request gets a read token whatever it carries (none, wrong, another registry's), without any password check", async () => {
+      const check = vi.spyOn(Users.prototype, 'check');
+      const compare = vi.spyOn(bcrypt, 'compare');
+      for (const headers of [{}, basic('zuul', 'wrong'), basic('dockerhub-user', 'hub-pw'), { Authorization: 'Basic !!!' }]) {
+        const res = await tokenRequest(s.url, 'repository:library/busybox:pull', headers);
+        expect(res.status, JSON.stringify(headers)).toBe(200);
+        const token = ((await res.json()) as { token: string }).token;
+        expect((await fetch(`${s.url}/v2/library/busybox/manifests/latest`, { headers: { Authorization: `Bearer ${token}` } })).status).toBe(200);
+      }
+      expect(check).not.toHaveBeenCalled();
+      expect(compare).not.toHaveBeenCalled();
+    });
+
+    it('push scope and no scope (a login) still check the password', async () => {
+      const check = vi.spyOn(Users.prototype, 'check');
+      expect((await tokenRequest(s.url, 'repository:library/busybox:pull,push', basic('zuul', 'wrong'))).status).toBe(401);
+      expect((await tokenRequest(s.url, 'repository:library/busybox:pull repository:other:push', basic('zuul', 'wrong'))).status).toBe(401);
+      expect((await tokenRequest(s.url, undefined, basic('zuul', 'wrong'))).status).toBe(401);
+      expect(check).toHaveBeenCalledTimes(3);
+      const right = await tokenRequest(s.url, 'repository:library/busybox:pull,push', basic('zuul', 'zuul-pw'));
+      expect(await accessOf(right)).toEqual([{ type: 'repository', name: 'library/busybox', actions: ['pull', 'push'] }]);
+    });
+  });
+
+  it('anonymous-pull: false keeps pulls behind credentials, and pull-only token requests are checked', async () => {
+    const s = await serverFor(`${writerOnly}  anonymous-pull: false\n`);
+    try {
+      await pushImage(s.url, 'app', 'v1', [randomBytes(8)], {}, basic('zuul', 'zuul-pw'));
+      expect((await fetch(`${s.url}/v2/app/manifests/v1`)).status).toBe(401);
+      expect((await tokenRequest(s.url, 'repository:app:pull', basic('zuul', 'wrong'))).status).toBe(401);
+      expect((await tokenRequest(s.url, 'repository:app:pull', {})).status).toBe(401);
+      expect(await accessOf(await tokenRequest(s.url, 'repository:app:pull', basic('zuul', 'zuul-pw')))).toEqual([{ type: 'repository', name: 'app', actions: ['pull'] }]);
+    } finally {
+      await s.close();
+    }
+  });
+
+  it("a configuration with a namespace keeps today's rules: no anonymous pull, every token request checked", async () => {
+    const s = await serverFor(`  users:\n    - {name: zuul, pass: zuul-pw, access: write, namespace: ci}\n`);
+    try {
+      await pushImage(s.url, 'app', 'v1', [randomBytes(8)], {}, basic('zuul', 'zuul-pw'));
+      expect((await fetch(`${s.url}/v2/app/manifests/v1`)).status).toBe(401);
+      expect((await tokenRequest(s.url, 'repository:app:pull', basic('zuul', 'wrong'))).status).toBe(401);
+      expect((await tokenRequest(s.url, 'repository:app:pull', basic('other', 'x'))).status).toBe(401);
+      expect((await tokenRequest(s.url, 'repository:app:pull', {})).status).toBe(401);
+    } finally {
+      await s.close();
+    }
   });
 });
 

@@ -5,19 +5,17 @@
  * Exit codes: 0 done, 1 the command failed, 2 bad usage or configuration.
  */
 import { readFileSync } from 'node:fs';
-import http from 'node:http';
-import https from 'node:https';
 import { parseArgs } from 'node:util';
 import { pino, type Logger } from 'pino';
 import { ConfigError, loadConfig, type Config } from './config/config.js';
-import { anonymousPull, checkForServe, locateConfig } from './config/startup.js';
+import { anonymousPull, checkForServe, locateConfig, tokenAudience } from './config/startup.js';
 import { runPrune } from './commands/prune.js';
 import { runFsck } from './commands/fsck.js';
 import { TokenIssuer } from './auth/tokens.js';
 import { Users } from './auth/users.js';
 import { Access } from './http/auth.js';
 import { createApp } from './http/app.js';
-import { answerClientErrors } from './http/client-errors.js';
+import { createServer } from './http/server.js';
 import { DEFAULT_NAMESPACE } from './registry/paths.js';
 import { Registry } from './registry/registry.js';
 import { StorageOpenError, openStorage } from './storage/factory.js';
@@ -108,11 +106,7 @@ async function serve(config: Config, log: Logger): Promise<number> {
     blobRedirectSeconds: config.storage.driver === 'swift' && config.storage.tempUrlKey ? (config.storage.tempUrlExpiry ?? 300) : undefined,
   });
   const app = createApp(registry, { log, access, metrics });
-  const server = tls ? https.createServer(tls, app) : http.createServer(app);
-  answerClientErrors(server);
-  // Long uploads: no request timeout; idle keep-alive sockets are still reaped.
-  server.requestTimeout = 0;
-  server.keepAliveTimeout = 65_000;
+  const server = createServer(app, { tls, timeouts: config.timeouts, log });
   // Signals are taken before the port opens: a SIGTERM right after start-up still shuts down cleanly.
   const stopped = new Promise<void>((resolve) => {
     let stopping = false;
@@ -134,7 +128,7 @@ async function serve(config: Config, log: Logger): Promise<number> {
   });
   const address = server.address();
   const port = typeof address === 'object' && address ? address.port : config.port;
-  log.info({ address: config.address, port, storage: config.storage.driver, tls: Boolean(tls), gc: gcMode() }, 'berth listening');
+  log.info({ address: config.address, port, storage: config.storage.driver, tls: Boolean(tls), timeouts: config.timeouts, gc: gcMode() }, 'berth listening');
   // Test harnesses read the port from this line when the config asks for port 0.
   process.stdout.write(`berth listening on port ${port}\n`);
 
@@ -159,10 +153,11 @@ function buildAccess(config: Config, log: Logger): Access {
   const publicNamespace = Object.entries(config.namespaces).find(([, n]) => n.public)?.[0];
   return new Access({
     users,
-    tokens: config.secret ? new TokenIssuer(config.secret, service, { refreshSeconds: config.refreshTokenExpiry }) : null,
+    tokens: config.secret ? new TokenIssuer(config.secret, service, { audience: tokenAudience(config), refreshSeconds: config.refreshTokenExpiry }) : null,
     defaultNamespace: DEFAULT_NAMESPACE,
     publicNamespace,
     anonymousPull: anonymousPull(config).allowed,
+    namespaces: Object.keys(config.namespaces),
     publicUrl: config.publicUrl,
     log,
   });

@@ -32,6 +32,8 @@ export const TOKEN_LIFETIME_SECONDS = 300;
 export const REFRESH_LIFETIME_SECONDS = 86_400;
 
 export interface TokenOptions {
+  /** The `aud` claim, unique to the deployment (config/startup.ts tokenAudience); default: the service name. */
+  audience?: string;
   /** Seconds a refresh token stays valid. */
   refreshSeconds?: number;
 }
@@ -40,6 +42,7 @@ export class TokenIssuer {
   private readonly key: Uint8Array;
   private readonly bindingKey: Buffer;
   readonly refreshSeconds: number;
+  readonly audience: string;
 
   constructor(
     secret: string,
@@ -50,6 +53,7 @@ export class TokenIssuer {
     // A key of its own: a binding in a token's readable payload must not help guess the password it hashes.
     this.bindingKey = createHmac('sha256', secret).update('berth refresh-token binding').digest();
     this.refreshSeconds = opts.refreshSeconds ?? REFRESH_LIFETIME_SECONDS;
+    this.audience = opts.audience ?? service;
   }
 
   /** A refresh token for `sub`, bound to `entry` (Users.current's description of their credential). */
@@ -59,7 +63,7 @@ export class TokenIssuer {
       .setProtectedHeader({ alg: ALGORITHM, typ: 'JWT' })
       .setIssuer(REFRESH_ISSUER)
       .setSubject(sub)
-      .setAudience(this.service)
+      .setAudience(this.audience)
       .setIssuedAt(iat)
       .setExpirationTime(iat + this.refreshSeconds)
       .setJti(crypto.randomUUID())
@@ -69,7 +73,7 @@ export class TokenIssuer {
   /** The user a refresh token names, or null if it is not one of ours, expired, or `entryOf` no longer matches. */
   async verifyRefresh(token: string, entryOf: (sub: string) => string | undefined): Promise<string | null> {
     try {
-      const { payload } = await jwtVerify(token, this.key, { algorithms: [ALGORITHM], issuer: REFRESH_ISSUER, audience: this.service, requiredClaims: ['exp', 'sub'] });
+      const { payload } = await jwtVerify(token, this.key, { algorithms: [ALGORITHM], issuer: REFRESH_ISSUER, audience: this.audience, requiredClaims: ['exp', 'sub'] });
       const entry = entryOf(payload.sub!);
       if (entry === undefined || typeof payload.bind !== 'string') return null;
       const expected = Buffer.from(this.binding(entry));
@@ -90,7 +94,7 @@ export class TokenIssuer {
       .setProtectedHeader({ alg: ALGORITHM, typ: 'JWT' })
       .setIssuer(ISSUER)
       .setSubject(claims.sub)
-      .setAudience(this.service)
+      .setAudience(this.audience)
       .setIssuedAt(iat)
       .setNotBefore(iat - 5)
       .setExpirationTime(iat + TOKEN_LIFETIME_SECONDS)
@@ -99,10 +103,10 @@ export class TokenIssuer {
     return { token, expiresIn: TOKEN_LIFETIME_SECONDS, issuedAt: new Date(iat * 1000).toISOString() };
   }
 
-  /** The token's claims, or null if it is malformed, tampered with, expired, for another service, or not HS256. */
+  /** The token's claims, or null if it is malformed, tampered with, expired, for another audience, or not HS256. */
   async verify(token: string): Promise<TokenClaims | null> {
     try {
-      const { payload } = await jwtVerify(token, this.key, { algorithms: [ALGORITHM], issuer: ISSUER, audience: this.service, requiredClaims: ['exp', 'sub'] });
+      const { payload } = await jwtVerify(token, this.key, { algorithms: [ALGORITHM], issuer: ISSUER, audience: this.audience, requiredClaims: ['exp', 'sub'] });
       if (typeof payload.ns !== 'string' || !Array.isArray(payload.access)) return null;
       return { sub: payload.sub!, ns: payload.ns, access: payload.access as AccessEntry[] };
     } catch {

@@ -82,6 +82,11 @@ export class Users {
     return this.users.length > 0;
   }
 
+  /** The namespaces users work in. */
+  get namespaces(): string[] {
+    return [...new Set(this.users.map((u) => u.namespace ?? this.defaultNamespace))];
+  }
+
   /** True when some user has read-only access (zuul-registry's rule: then nobody reads anonymously). */
   get hasReadOnlyUser(): boolean {
     return this.users.some((u) => u.access === 'read');

@@ -53,6 +53,19 @@ export interface Config {
   anonymousPull?: boolean;
   /** `%(ZUUL_REGISTRY_...)` placeholders whose variable was unset: still in the values, as written. */
   unresolved: Unresolved[];
+  /** Seconds a connection may stay silent at each stage before it is closed (docs/security-network.md). */
+  timeouts: Timeouts;
+}
+
+export interface Timeouts {
+  /** TLS handshake, from the TCP connection. */
+  handshake: number;
+  /** Request line and headers, from the first byte of a request (or the connection). */
+  headers: number;
+  /** A keep-alive connection between requests. */
+  idle: number;
+  /** A request body with no byte received while Berth is ready to read it. */
+  bodyIdle: number;
 }
 
 export interface NamespaceConfig {
@@ -73,6 +86,8 @@ export class ConfigError extends Error {
 const NAMESPACE_RE = /^[a-z0-9_][a-z0-9_-]{0,63}$/;
 
 export const DEFAULTS = { address: '0.0.0.0', port: 9000, uploadExpiry: 3600, refreshTokenExpiry: 86_400 };
+/** Idle keep-alive outlasts the usual 60 s of load balancers, so they never reuse a connection Berth is closing. */
+export const DEFAULT_TIMEOUTS: Timeouts = { handshake: 10, headers: 10, idle: 65, bodyIdle: 60 };
 
 /** Load and validate a config file; relative storage paths resolve against the file's directory. */
 export function loadConfig(file: string, env: NodeJS.ProcessEnv = process.env): Config {
@@ -102,7 +117,7 @@ export function parseConfig(raw: unknown, baseDir = process.cwd(), env: NodeJS.P
   if (r.shadow !== undefined) {
     throw new ConfigError('registry.shadow', "was zuul-registry's early pull-through option (never finished there); Berth does not proxy upstream registries: remove it (clients fall back to the upstream registry when the image is missing here)");
   }
-  keys(r, 'registry', ['address', 'port', 'public-url', 'tls-cert', 'tls-key', 'secret', 'users', 'storage', 'expiration', 'upload-expiry', 'namespaces', 'htpasswd', 'anonymous-pull', 'refresh-token-expiry']);
+  keys(r, 'registry', ['address', 'port', 'public-url', 'tls-cert', 'tls-key', 'secret', 'users', 'storage', 'expiration', 'upload-expiry', 'namespaces', 'htpasswd', 'anonymous-pull', 'refresh-token-expiry', 'timeouts']);
 
   // Templates often quote it ('9000').
   const port = r.port === undefined ? DEFAULTS.port : integer(typeof r.port === 'string' && /^[0-9]{1,5}$/.test(r.port) ? Number(r.port) : r.port, 'registry.port', 0, 65535);
@@ -131,6 +146,7 @@ export function parseConfig(raw: unknown, baseDir = process.cwd(), env: NodeJS.P
     refreshTokenExpiry: r['refresh-token-expiry'] === undefined ? DEFAULTS.refreshTokenExpiry : integer(r['refresh-token-expiry'], 'registry.refresh-token-expiry', 60),
     anonymousPull: optionalBoolean(r['anonymous-pull'], 'registry.anonymous-pull'),
     unresolved,
+    timeouts: timeouts(r.timeouts),
   };
   if (config.users.length > 0 && !config.secret) throw new ConfigError('registry.secret', 'is required when users are configured (it signs tokens)');
   const names = config.users.map((u) => u.name);
@@ -199,6 +215,19 @@ function expiration(r: Obj): number | undefined {
     throw new ConfigError('registry.storage.expiration', `is ${inStorage} but registry.expiration is ${top}: give one of them`);
   }
   return top ?? inStorage;
+}
+
+function timeouts(value: unknown): Timeouts {
+  if (value === undefined || value === null) return { ...DEFAULT_TIMEOUTS };
+  const o = object(value, 'registry.timeouts');
+  keys(o, 'registry.timeouts', ['handshake', 'headers', 'idle', 'body-idle']);
+  const seconds = (key: string, fallback: number, max: number) => (o[key] === undefined ? fallback : integer(o[key], `registry.timeouts.${key}`, 1, max));
+  return {
+    handshake: seconds('handshake', DEFAULT_TIMEOUTS.handshake, 300),
+    headers: seconds('headers', DEFAULT_TIMEOUTS.headers, 300),
+    idle: seconds('idle', DEFAULT_TIMEOUTS.idle, 3600),
+    bodyIdle: seconds('body-idle', DEFAULT_TIMEOUTS.bodyIdle, 3600),
+  };
 }
 
 function storage(value: unknown, baseDir: string): StorageConfig {

@@ -3,6 +3,7 @@
  * cron may run without the environment that holds the secret). Refusals are ConfigErrors (exit 2); warnings are
  * returned for the caller to log.
  */
+import { createHash } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { ConfigError, type Config } from './config.js';
 
@@ -20,6 +21,10 @@ export function checkForServe(config: Config): Warning[] {
     }
     warnings.push({ msg: 'placeholder left as written: its environment variable is not set', key, variable });
   }
+  if (config.secret !== undefined) {
+    const weak = checkSecret(config.secret);
+    if (weak) warnings.push(weak);
+  }
   const anonymous = anonymousPull(config);
   if (anonymous.allowed) {
     warnings.push({
@@ -32,6 +37,34 @@ export function checkForServe(config: Config): Warning[] {
     if (u.pass === '') warnings.push({ msg: 'read user with an empty password: anyone may log in as them and read the default namespace', user: u.name });
   }
   return warnings;
+}
+
+/** The secrets of the shipped examples (etc/): a copy left unchanged signs tokens anyone can forge. */
+export const EXAMPLE_SECRETS = ['change-me', 'CHANGE-ME-to-a-long-random-string'];
+export const MIN_SECRET_BYTES = 16;
+export const GOOD_SECRET_BYTES = 32;
+const MAKE_ONE = 'make one with `openssl rand -hex 32`';
+
+/** Refuse a secret anyone could guess; a warning for one shorter than a good one (zuul-jobs makes 20 characters). */
+function checkSecret(secret: string): Warning | undefined {
+  const bytes = Buffer.byteLength(secret);
+  if (EXAMPLE_SECRETS.some((e) => e.toLowerCase() === secret.trim().toLowerCase())) {
+    throw new ConfigError('registry.secret', `is the example's text: anyone could sign tokens with it; ${MAKE_ONE}`);
+  }
+  if (bytes < MIN_SECRET_BYTES) throw new ConfigError('registry.secret', `is ${bytes} bytes; at least ${MIN_SECRET_BYTES} are required (it signs tokens); ${MAKE_ONE}`);
+  if (bytes < GOOD_SECRET_BYTES) return { msg: `registry.secret is shorter than ${GOOD_SECRET_BYTES} bytes; ${MAKE_ONE}`, bytes };
+  return undefined;
+}
+
+/**
+ * The audience of this deployment's tokens: its public URL, or else its listen address and port with a hash of
+ * the secret. Two deployments sharing a secret then refuse each other's tokens unless they also listen on the same
+ * address and port and have no public-url (set one to be sure).
+ */
+export function tokenAudience(config: Config): string {
+  if (config.publicUrl) return config.publicUrl;
+  const hash = createHash('sha256').update(`berth audience\0${config.secret ?? ''}`).digest('hex').slice(0, 16);
+  return `berth:${config.address}:${config.port}:${hash}`;
 }
 
 /**

@@ -34,6 +34,8 @@ export interface AccessOptions {
   publicNamespace?: string;
   /** Anonymous clients pull from the default namespace; pull-only token requests skip the credential check. */
   anonymousPull?: boolean;
+  /** The `namespaces:` section's names; with the default one, the public one and users' ones, all a token may name. */
+  namespaces?: string[];
   publicUrl?: string;
   log: Logger;
 }
@@ -51,7 +53,12 @@ export class AuthFailure extends Error {
 }
 
 export class Access {
-  constructor(private readonly o: AccessOptions) {}
+  /** A token for any other namespace is refused, even well signed: nothing here could have issued it. */
+  private readonly knownNamespaces: Set<string>;
+
+  constructor(private readonly o: AccessOptions) {
+    this.knownNamespaces = new Set([o.defaultNamespace, ...o.users.namespaces, ...(o.namespaces ?? []), ...(o.publicNamespace ? [o.publicNamespace] : [])]);
+  }
 
   get open(): boolean {
     return !this.o.users.enabled;
@@ -85,7 +92,7 @@ export class Access {
     const bearer = /^Bearer ([A-Za-z0-9._~+/=-]{1,8192})$/.exec(header);
     if (bearer && this.o.tokens) {
       const claims = await this.o.tokens.verify(bearer[1]);
-      if (!claims) {
+      if (!claims || !this.knownNamespaces.has(claims.ns)) {
         this.o.log.warn('invalid bearer token');
         throw new AuthFailure(401, 'invalid or expired token');
       }

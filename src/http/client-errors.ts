@@ -5,6 +5,7 @@
  */
 import { STATUS_CODES, type Server } from 'node:http';
 import type { Duplex } from 'node:stream';
+import { TLSSocket } from 'node:tls';
 
 const bare = (status: number) => `HTTP/1.1 ${status} ${STATUS_CODES[status]}\r\nConnection: close\r\n\r\n`;
 
@@ -30,12 +31,21 @@ function responseFor(code: string | undefined): string {
   }
 }
 
+/** Time an answered connection gets to take our last bytes before it is dropped anyway. */
+const LINGER_MS = 2000;
+
+type ClientSocket = Duplex & { _httpMessage?: { headersSent: boolean } | null; parser?: unknown; _secureEstablished?: boolean };
+
 export function answerClientErrors(server: Server): void {
-  server.on('clientError', (err: NodeJS.ErrnoException, socket: Duplex) => {
-    // As Node does: answer only if no response on this connection has started (pipelining), else the peer would
-    // read our bytes in the middle of another response.
-    const inFlight = (socket as Duplex & { _httpMessage?: { headersSent: boolean } | null })._httpMessage;
-    if (!socket.writable || inFlight?.headersSent) return void socket.destroy();
+  // HTTPS hands TLS failures (a handshake timeout among them) to this listener too.
+  server.on('clientError', (err: NodeJS.ErrnoException, socket: ClientSocket) => {
+    // Only a connection that speaks HTTP can take an answer: one still in its TLS handshake cannot, and end() would
+    // wait forever for a flush that never comes, keeping the descriptor. As Node does, nothing is sent either once a
+    // response on this connection has started (pipelining): the peer would read our bytes inside it.
+    const httpReady = Boolean(socket.parser) && !(socket instanceof TLSSocket && !(socket as ClientSocket)._secureEstablished);
+    if (!httpReady || !socket.writable || socket._httpMessage?.headersSent) return void socket.destroy();
     socket.end(responseFor(err.code), () => socket.destroy());
+    // A peer that does not read leaves end() unfinished: the descriptor is bounded all the same.
+    setTimeout(() => socket.destroy(), LINGER_MS).unref();
   });
 }

@@ -1,6 +1,6 @@
 /** The one table mapping registry error codes to HTTP statuses, and the OCI error envelope. */
 import type { ServerResponse as Response } from 'node:http';
-import { ChecksumMismatch, DriverError, SizeMismatch } from '../storage/driver.js';
+import { ChecksumMismatch, DriverError, SizeMismatch, StorageUnavailable } from '../storage/driver.js';
 import { RegistryError, type OciCode } from '../registry/errors.js';
 import { DigestMismatch } from '../registry/verify.js';
 
@@ -40,6 +40,10 @@ export interface ErrorBody {
 export function toErrorBody(err: unknown, status?: number): ErrorBody {
   if (err instanceof RegistryError) {
     return { status: status ?? STATUS[err.code], code: WIRE_CODE[err.code] ?? err.code, message: err.message, detail: err.detail };
+  }
+  if (err instanceof StorageUnavailable) {
+    // The cause (which container, which refusal) goes to the log with the request id, not to the client.
+    return { status: 503, code: 'UNAVAILABLE', message: 'storage is unavailable; retry later' };
   }
   if (err instanceof DriverError && err.retryable) {
     return { status: 503, code: 'UNAVAILABLE', message: 'storage is temporarily unavailable; retry' };

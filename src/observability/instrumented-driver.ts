@@ -11,6 +11,7 @@ export class InstrumentedDriver implements StorageDriver {
   readonly signedUrl?: (path: string, seconds: number) => Promise<string | null>;
   readonly verify?: (path: string) => Promise<string[]>;
   readonly segments?: (path: string) => Promise<string[]>;
+  readonly ready?: () => Promise<void>;
 
   constructor(
     private readonly inner: StorageDriver,
@@ -23,6 +24,7 @@ export class InstrumentedDriver implements StorageDriver {
     if (inner.signedUrl) this.signedUrl = (path, seconds) => this.timed('signed_url', () => inner.signedUrl!(path, seconds));
     if (inner.verify) this.verify = (path) => this.timed('verify', () => inner.verify!(path));
     if (inner.segments) this.segments = (path) => this.timed('segments', () => inner.segments!(path));
+    if (inner.ready) this.ready = () => this.timed('ready', () => inner.ready!());
   }
 
   private async timed<T>(op: string, fn: () => Promise<T>): Promise<T> {

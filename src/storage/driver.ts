@@ -117,6 +117,11 @@ export interface StorageDriver {
    * recursively), or [] when it holds its bytes itself. Optional: a backend without it never keeps parts.
    */
   segments?(path: string): Promise<string[]>;
+  /**
+   * Resolves when the backend can store: its root or container is there and reachable (throws StorageUnavailable
+   * otherwise). Optional: without it readiness only asks whether a stat is answered.
+   */
+  ready?(): Promise<void>;
   /** Free connections and timers. */
   close(): Promise<void>;
 }
@@ -170,5 +175,13 @@ export class DriverError extends Error {
   ) {
     super(message, options);
     this.name = 'DriverError';
+  }
+}
+
+/** The backend cannot serve at all (its container or root is gone, its credentials are refused, it is unreachable). */
+export class StorageUnavailable extends DriverError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super(message, true, options);
+    this.name = 'StorageUnavailable';
   }
 }

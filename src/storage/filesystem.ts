@@ -14,6 +14,7 @@ import {
   DriverError,
   PathNotFound,
   SizeMismatch,
+  StorageUnavailable,
   type ByteRange,
   type MoveOptions,
   type ObjectInfo,
@@ -131,6 +132,15 @@ export class FilesystemDriver implements StorageDriver {
     } catch (err) {
       if (isNotFound(err)) return null;
       throw err;
+    }
+  }
+
+  /** The root is a directory Berth can write (a lost mount or wrong owner shows here, not at the first push). */
+  async ready(): Promise<void> {
+    try {
+      await fs.access(this.root, fs.constants.R_OK | fs.constants.W_OK | fs.constants.X_OK);
+    } catch (err) {
+      throw new StorageUnavailable(`storage root ${this.root}: ${(err as NodeJS.ErrnoException).code ?? String(err)}`, { cause: err });
     }
   }
 

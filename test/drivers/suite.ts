@@ -299,6 +299,11 @@ export function runDriverSuite(name: string, factory: DriverFactory): void {
       await driver.delete(`${root}/lock`);
     });
 
+    test('a working backend says it is ready (readiness checks its root or container, not one key)', async () => {
+      expect(driver.ready).toBeTypeOf('function');
+      await expect(driver.ready!()).resolves.toBeUndefined();
+    });
+
     test('keys that could escape are refused', async () => {
       for (const bad of ['../x', `${root}/../../etc/passwd`, `/abs`, `${root}//x`, `${root}/./x`, '']) {
         await expect(driver.put(bad, Buffer.from('x'))).rejects.toBeInstanceOf(DriverError);

@@ -31,7 +31,7 @@ describe.each(BACKENDS)('podman and buildah against berth serve (%s)', (backend)
     await mkdir(dir);
     storage = await storageYaml(backend, dir);
     server = await spawnServe(
-      `registry:\n  address: 127.0.0.1\n  port: 0\n  secret: clients-test-secret\n  users:\n    - {name: ci, pass: ci-pw, access: write}\n${storage.yaml}`,
+      `registry:\n  address: 127.0.0.1\n  port: 0\n  secret: clients-test-secret-0123456789abcdef\n  users:\n    - {name: ci, pass: ci-pw, access: write}\n${storage.yaml}`,
       dir,
     );
     host = `127.0.0.1:${server.port}`;

@@ -69,4 +69,12 @@ describe('start-up as a container runs it', () => {
     expect(stderr).toMatch(/configuration error: registry\.secret: the placeholder %\(ZUUL_REGISTRY_SECRET\) was not replaced: the environment variable ZUUL_REGISTRY_SECRET is not set/);
     expect(lines.some((l) => l.msg === 'berth listening')).toBe(false);
   });
+
+  it('a weak secret stops start-up with exit 2, saying how to make one', async () => {
+    const file = join(dir, 'weak.yaml');
+    await writeFile(file, config(`  secret: "%(ZUUL_REGISTRY_SECRET)"\n  users:\n    - {name: zuul, pass: pw, access: write}\n`));
+    const { code, stderr } = await run(['-c', file], { cwd: dir, env: { ...baseEnv(), ZUUL_REGISTRY_SECRET: 'short' } });
+    expect(code).toBe(2);
+    expect(stderr).toMatch(/configuration error: registry\.secret: is 5 bytes; at least 16 are required .*openssl rand -hex 32/);
+  });
 });

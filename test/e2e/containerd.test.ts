@@ -45,7 +45,7 @@ describe.each(BACKENDS)('containerd (ctr) against berth serve (%s)', (backend) =
   beforeAll(async () => {
     storage = await storageYaml(backend, dir);
     server = await spawnServe(
-      `registry:\n  address: 127.0.0.1\n  port: 0\n  secret: ctr-test-secret\n  users:\n    - {name: ci, pass: ci-pw, access: write}\n${storage.yaml}`,
+      `registry:\n  address: 127.0.0.1\n  port: 0\n  secret: ctr-test-secret-0123456789abcdef0123\n  users:\n    - {name: ci, pass: ci-pw, access: write}\n${storage.yaml}`,
       dir,
     );
   });

@@ -20,7 +20,7 @@ const config = (d: string, cert = `${d}/tls.crt`) => `registry:
   port: 0
   tls-cert: ${cert}
   tls-key: ${d}/tls.key
-  secret: e2e-secret-value
+  secret: e2e-secret-value-0123456789abcdef
   users:
     - {name: alice, pass: alice-pw, access: write, namespace: tenant-a}
     - {name: bob, pass: bob-pw, access: write, namespace: tenant-b}

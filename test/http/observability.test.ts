@@ -1,6 +1,6 @@
 /** Health, readiness and Prometheus metrics, as an operator's monitoring sees them. */
 import { randomBytes } from 'node:crypto';
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdir, mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import http from 'node:http';
@@ -11,7 +11,7 @@ import { createApp } from '../../src/http/app.js';
 import { Registry } from '../../src/registry/registry.js';
 import { InstrumentedDriver } from '../../src/observability/instrumented-driver.js';
 import { Metrics } from '../../src/observability/metrics.js';
-import { DriverError, type StorageDriver } from '../../src/storage/driver.js';
+import { DriverError, StorageUnavailable, type StorageDriver } from '../../src/storage/driver.js';
 import { FilesystemDriver } from '../../src/storage/filesystem.js';
 import { pushImage, startServer, type TestServer } from '../helpers/server.js';
 
@@ -24,6 +24,7 @@ beforeAll(async () => {
   // Storage that can be switched off: only to make readiness fail on demand (a real outage is not on tap).
   const switchable: StorageDriver = Object.assign(Object.create(fs) as StorageDriver, {
     stat: (p: string) => (broken ? Promise.reject(new DriverError('storage is down', true)) : fs.stat(p)),
+    ready: () => (broken ? Promise.reject(new StorageUnavailable('storage is down')) : fs.ready()),
   });
   const metrics = new Metrics();
   s = await startServer(new InstrumentedDriver(switchable, metrics), undefined, {}, metrics);
@@ -50,6 +51,23 @@ describe('health, readiness, metrics', () => {
       expect((await fetch(`${s.url}/healthz`)).status).toBe(200);
     } finally {
       broken = false;
+    }
+  });
+
+  it('/readyz fails while the filesystem root is gone, and recovers when it is back', async () => {
+    const root = await mkdtemp(join(tmpdir(), 'berth-ready-'));
+    const t = await startServer(await FilesystemDriver.open(root));
+    try {
+      expect((await fetch(`${t.url}/readyz`)).status).toBe(200);
+      await rm(root, { recursive: true });
+      const gone = await fetch(`${t.url}/readyz`);
+      expect(gone.status).toBe(503);
+      expect(await gone.json()).toEqual({ status: 'unavailable', storage: 'filesystem' });
+      await mkdir(root);
+      expect((await fetch(`${t.url}/readyz`)).status).toBe(200);
+    } finally {
+      await t.close();
+      await rm(root, { recursive: true, force: true });
     }
   });
 

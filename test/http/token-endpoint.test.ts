@@ -208,3 +208,32 @@ describe("zuul-registry's rule through POST", () => {
     expect(check).toHaveBeenCalledTimes(1);
   });
 });
+
+describe('tokens are for this deployment and its namespaces only', () => {
+  let s: Awaited<ReturnType<typeof start>>;
+  const audience = 'berth:127.0.0.1:5000:0123456789abcdef';
+  const push = (token: string) => fetch(`${s.url}/v2/app/blobs/uploads/`, { method: 'POST', headers: { Authorization: `Bearer ${token}` } });
+  const forge = (issuer: TokenIssuer, ns: string) => issuer.issue({ sub: 'mallory', ns, access: [{ type: 'repository', name: 'app', actions: ['pull', 'push'] }] }).then((t) => t.token);
+  beforeAll(async () => {
+    s = await start([{ name: 'ci', pass: 'ci-pw', access: 'write', namespace: 'ci' }], { tokens: new TokenIssuer(SECRET, 'berth', { audience }) });
+  });
+  afterAll(async () => s.close());
+
+  it("tokens carry the deployment's audience; one signed with the same secret for another audience is refused", async () => {
+    const res = await fetch(`${s.url}/auth/token?service=berth&scope=repository:app:pull,push`, { headers: basic('ci', 'ci-pw') });
+    const { token } = (await res.json()) as TokenBody;
+    expect(claimsOf(token).aud).toBe(audience);
+    expect((await push(token)).status).toBe(202);
+    const elsewhere = new TokenIssuer(SECRET, 'berth', { audience: 'berth:127.0.0.1:5001:0123456789abcdef' });
+    expect((await push(await forge(elsewhere, 'ci'))).status).toBe(401);
+  });
+
+  it('a well-signed token for a namespace the configuration does not know is refused (it would create one prune never visits)', async () => {
+    const here = new TokenIssuer(SECRET, 'berth', { audience });
+    expect((await push(await forge(here, 'ci'))).status).toBe(202);
+    expect((await push(await forge(here, DEFAULT_NAMESPACE))).status).toBe(202);
+    const res = await push(await forge(here, 'invented'));
+    expect(res.status).toBe(401);
+    expect(((await res.json()) as ErrorBody).errors[0].code).toBe('UNAUTHORIZED');
+  });
+});

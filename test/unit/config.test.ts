@@ -1,11 +1,13 @@
 import { describe, expect, it } from 'vitest';
 import yaml from 'js-yaml';
 import { loadConfig, parseConfig } from '../../src/config/config.js';
-import { CONTAINER_CONFIG, checkForServe, locateConfig } from '../../src/config/startup.js';
+import { readFileSync, readdirSync } from 'node:fs';
+import { CONTAINER_CONFIG, EXAMPLE_SECRETS, checkForServe, locateConfig, tokenAudience } from '../../src/config/startup.js';
 import { loadCloud } from '../../src/storage/swift/clouds.js';
 
 const parse = (text: string, env: NodeJS.ProcessEnv = {}) => parseConfig(yaml.load(text), '/srv/berth', env);
 const FS = '  storage: {driver: filesystem, root: d}\n';
+const GOOD = 'a3f1c0de5b7e9d2468ace0135792bdf0a3f1c0de5b7e9d2468ace0135792bdf0';
 
 describe('config', () => {
   it('the shipped etc/registry.yaml loads: filesystem under ./data, port 9000', () => {
@@ -123,7 +125,7 @@ describe('config', () => {
     });
 
     it("zuul-registry's example anonymous reader (pass: '') is accepted with a warning; an empty password elsewhere is refused", () => {
-      const c = parse(`registry:\n  secret: s3cret\n  users:\n    - {name: zuul, pass: pw, access: write}\n    - {name: anonymous, pass: '', access: read}\n${FS}`);
+      const c = parse(`registry:\n  secret: ${GOOD}\n  users:\n    - {name: zuul, pass: pw, access: write}\n    - {name: anonymous, pass: '', access: read}\n${FS}`);
       expect(c.users[1]).toEqual({ name: 'anonymous', pass: '', access: 'read' });
       expect(checkForServe(c)).toEqual([{ msg: expect.stringContaining('empty password'), user: 'anonymous' }]);
       expect(() => parse(`registry:\n  secret: s3cret\n  users:\n    - {name: zuul, pass: '', access: write}\n${FS}`)).toThrow(/^registry\.users\[0\]\.pass: an empty password is refused for a write user/);
@@ -144,5 +146,58 @@ describe('config', () => {
       expect(locateConfig(undefined, {}, (f) => f === CONTAINER_CONFIG)).toEqual({ file: '/conf/registry.yaml', from: 'container default' });
       expect(locateConfig(undefined, { BERTH_CONFIG: '' }, none)).toEqual({ file: 'etc/registry.yaml', from: 'default' });
     });
+  });
+
+  describe('the signing secret', () => {
+    const withSecret = (secret: string, extra = '') => parse(`registry:\n  secret: '${secret}'\n  users:\n    - {name: ci, pass: pw, access: write, namespace: ci}\n${extra}${FS}`);
+
+    it('under 16 bytes is refused, saying how to make one', () => {
+      expect(() => checkForServe(withSecret('x'))).toThrow(/^registry\.secret: is 1 bytes; at least 16 are required .*openssl rand -hex 32/);
+      expect(() => checkForServe(withSecret('fifteen-bytes!!'))).toThrow(/^registry\.secret: is 15 bytes/);
+    });
+
+    it("every example's secret in etc/ is refused as it stands, whatever its case", () => {
+      const found = readdirSync('etc')
+        .filter((f) => f.endsWith('.yaml'))
+        .flatMap((f) => [...readFileSync(`etc/${f}`, 'utf8').matchAll(/^\s*#?\s*secret:\s*(\S+)/gm)].map((m) => m[1]));
+      expect(found.length).toBeGreaterThan(0);
+      for (const secret of [...found, ...EXAMPLE_SECRETS, 'change-me-to-a-long-random-string']) {
+        expect(() => checkForServe(withSecret(secret)), secret).toThrow(/^registry\.secret: is the example's text: .*openssl rand -hex 32/);
+      }
+    });
+
+    it('16 to 31 bytes is accepted with a warning (zuul-jobs makes 20 characters); 32 and more, silently', () => {
+      expect(checkForServe(withSecret('0123456789abcdefghij'))).toEqual([{ msg: expect.stringContaining('shorter than 32 bytes'), bytes: 20 }]);
+      expect(checkForServe(withSecret(GOOD))).toEqual([]);
+    });
+  });
+
+  describe("tokens' audience", () => {
+    const at = (extra: string, secret = GOOD) => tokenAudience(parse(`registry:\n  secret: ${secret}\n${extra}${FS}`));
+    it('is the public URL when there is one, else listen address, port and a hash of the secret', () => {
+      expect(at(`  public-url: https://reg.example.org:5000/\n`)).toBe('https://reg.example.org:5000');
+      const derived = at(`  address: 10.0.0.1\n  port: 5000\n`);
+      expect(derived).toMatch(/^berth:10\.0\.0\.1:5000:[0-9a-f]{16}$/);
+      expect(derived).not.toContain(GOOD.slice(0, 16));
+      expect(at(`  address: 10.0.0.1\n  port: 5000\n`)).toBe(derived);
+      for (const other of [at(`  address: 10.0.0.2\n  port: 5000\n`), at(`  address: 10.0.0.1\n  port: 5001\n`), at(`  address: 10.0.0.1\n  port: 5000\n`, GOOD.replace('a', 'b'))]) {
+        expect(other).not.toBe(derived);
+      }
+    });
+  });
+});
+
+describe('config: connection timeouts', () => {
+  const base = 'registry:\n  storage: {driver: filesystem, root: /d}\n';
+  it('defaults bound every stage of a connection; each can be set in seconds', () => {
+    expect(parse(base).timeouts).toEqual({ handshake: 10, headers: 10, idle: 65, bodyIdle: 60 });
+    expect(parse(`${base}  timeouts: {handshake: 3, body-idle: 120}\n`).timeouts).toEqual({ handshake: 3, headers: 10, idle: 65, bodyIdle: 120 });
+  });
+
+  it('refuses zero, fractions, unknown keys, and a handshake over five minutes, naming the key', () => {
+    expect(() => parse(`${base}  timeouts: {headers: 0}\n`)).toThrow(/registry\.timeouts\.headers: must be an integer from 1/);
+    expect(() => parse(`${base}  timeouts: {idle: 1.5}\n`)).toThrow(/registry\.timeouts\.idle/);
+    expect(() => parse(`${base}  timeouts: {request: 5}\n`)).toThrow(/registry\.timeouts\.request: unknown key/);
+    expect(() => parse(`${base}  timeouts: {handshake: 301}\n`)).toThrow(/registry\.timeouts\.handshake/);
   });
 });

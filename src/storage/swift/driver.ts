@@ -16,6 +16,7 @@ import {
   DriverError,
   PathNotFound,
   SizeMismatch,
+  StorageUnavailable,
   type ByteRange,
   type MoveOptions,
   type ObjectInfo,
@@ -120,6 +121,14 @@ export class SwiftDriver implements StorageDriver {
         throw new DriverError(`cannot set the temp-URL key on Swift container ${this.opts.container}: ${post.status} ${post.statusText}`);
       }
     }
+  }
+
+  /** The container exists and answers with our credentials. */
+  async ready(): Promise<void> {
+    const head = await this.call({ method: 'HEAD' });
+    await drain(head);
+    if (head.status === 404) throw new StorageUnavailable(`Swift container ${this.opts.container} does not exist`);
+    if (head.status !== 204 && head.status !== 200) throw failure(head, `HEAD container ${this.opts.container}`);
   }
 
   /** Each SLO segment (recursively through sub-manifests) HEADed and compared with the manifest's etag and size. */
@@ -232,7 +241,7 @@ export class SwiftDriver implements StorageDriver {
     if (res.status === 422) throw new ChecksumMismatch(key, md5 ?? '', 'refused by Swift (422)');
     // 202: a concurrent write with a newer timestamp already replaced ours (last writer wins, as on a filesystem).
     if (res.status === 202) return { size: sent() };
-    if (res.status !== 201) throw failure(res, `PUT ${key}`);
+    if (res.status !== 201) throw failure(res, `PUT ${key}`, this.opts.container);
     const etag = unquote(res.headers.get('etag'));
     if (md5 && etag !== md5) {
       await this.delete(key);
@@ -617,7 +626,7 @@ export class SwiftDriver implements StorageDriver {
     if (res.status === 422) throw new ChecksumMismatch(key, expected, 'SLO etag refused by Swift (422)');
     // 412: the object exists; 202: a concurrent write with a newer timestamp replaced ours.
     if (opts.ifAbsent && (res.status === 412 || res.status === 202)) return 'exists';
-    if (res.status !== 201) throw failure(res, `SLO manifest ${key}`);
+    if (res.status !== 201) throw failure(res, `SLO manifest ${key}`, this.opts.container);
     const etag = unquote(res.headers.get('etag'));
     if (etag !== expected) {
       await this.deleteQuietly(key, false);
@@ -641,7 +650,7 @@ export class SwiftDriver implements StorageDriver {
     try {
       return await this.loggingIn;
     } catch (err) {
-      if (err instanceof AuthError) throw new DriverError(`Swift login failed: ${err.message}`, err.retryable);
+      if (err instanceof AuthError) throw new StorageUnavailable(`Swift login failed: ${err.message}`, { cause: err });
       throw err;
     }
   }
@@ -680,7 +689,9 @@ export class SwiftDriver implements StorageDriver {
         res = await fetch(this.url(session, call), init);
       } catch (err) {
         if (call.signal?.aborted || !replayable || attempt >= RETRY_DELAYS_MS.length) {
-          throw new DriverError(`Swift ${call.method} ${call.key ?? ''} failed: ${(err as Error).message}`, true, { cause: err });
+          const message = `Swift ${call.method} ${call.key ?? ''} failed: ${(err as Error).message}`;
+          // Aborted by our caller (the client went away): not a verdict on Swift.
+          throw call.signal?.aborted ? new DriverError(message, true, { cause: err }) : new StorageUnavailable(message, { cause: err });
         }
         await sleep(RETRY_DELAYS_MS[attempt]);
         continue;
@@ -688,7 +699,7 @@ export class SwiftDriver implements StorageDriver {
       if (res.status === 401) {
         await drain(res);
         this.session = undefined;
-        if (!replayable || reauthenticated) throw new DriverError(`Swift refused the token for ${call.method} ${call.key ?? ''}`, true);
+        if (!replayable || reauthenticated) throw new StorageUnavailable(`Swift refused the token for ${call.method} ${call.key ?? ''}`);
         reauthenticated = true;
         await this.token(true);
         attempt--;
@@ -756,7 +767,9 @@ async function drain(res: Response): Promise<void> {
   }
 }
 
-function failure(res: Response, what: string): DriverError {
+/** A write answered 404 names a missing container (`container` given): the registry cannot store anything. */
+function failure(res: Response, what: string, container?: string): DriverError {
+  if (container !== undefined && res.status === 404) return new StorageUnavailable(`Swift ${what}: 404, container ${container} is missing`);
   return new DriverError(`Swift ${what}: ${res.status} ${res.statusText}`, res.status >= 500 || res.status === 429 || res.status === 408);
 }
 

@@ -33,6 +33,7 @@ const container = `berth-buildset-${randomBytes(4).toString('hex')}`;
 const secret = randomBytes(24).toString('hex');
 const password = randomBytes(12).toString('hex');
 let busyboxId: string;
+let image: string;
 
 /** What run-buildset-registry renders (its secret and password left to the environment). */
 const buildsetConfig = (ip: string, port: number) => `registry:
@@ -57,7 +58,7 @@ beforeAll(async () => {
   dir = join(tmpdir(), `berth-zuul-${randomBytes(6).toString('hex')}`);
   for (const d of ['conf', 'tls', 'storage', 'certs', 'cli-empty', 'cli-hub', 'cli-push']) await mkdir(join(dir, d), { recursive: true });
   dockerd = await startDockerd();
-  const image = await buildBerthImage(dockerd);
+  image = await buildBerthImage(dockerd);
   const ip = externalAddress() ?? '127.0.0.1';
   const port = await freePort();
   host = `${ip}:${port}`;
@@ -115,6 +116,14 @@ describe('the buildset registry from the image, configured as run-buildset-regis
     const literal = await dockerd.dockerResult(['login', '-u', 'zuul', '-p', '%(ZUUL_REGISTRY_PASSWORD)', host], env);
     expect(literal.code).toBe(1);
     expect((await dockerd.docker(['login', '-u', 'zuul', '-p', password, host], env)).stdout).toContain('Login Succeeded');
+  });
+
+  it("runs a command other than serve with the same /conf/registry.yaml (zuul's cron prune)", async () => {
+    // prettier-ignore
+    const r = await dockerd.docker(['run', '--rm', '--network', 'none', '-v', `${dir}/conf:/conf:ro`, '-v', `${dir}/storage:/storage`,
+      image, 'prune', '--dry-run']);
+    expect(r.stdout).toMatch(/namespace _local \(dry run/);
+    expect(r.stderr).toContain('/conf/registry.yaml');
   });
 });
 

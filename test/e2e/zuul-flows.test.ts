@@ -10,7 +10,7 @@
  * every 127.0.0.0/8 registry, and the point is to verify it as a job node does (the role installs the CA; here it goes
  * to /etc/docker/certs.d/<host:port>/, which docker, podman and skopeo all read, instead of the system store).
  */
-import { execFile } from 'node:child_process';
+import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { createHash, randomBytes, randomUUID } from 'node:crypto';
 import { copyFile, mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -207,7 +207,7 @@ describe('podman: the roles registries.conf', () => {
 
 describe('containerd: the roles hosts.toml', () => {
   let cdir: string;
-  let containerd: import('node:child_process').ChildProcess;
+  let containerd: ChildProcess;
   let socket: string;
   const ctr = (...args: string[]) => runResult('ctr', ['--address', socket, '--namespace', 'berth-zuul', ...args]);
 
@@ -230,9 +230,9 @@ describe('containerd: the roles hosts.toml', () => {
       join(cdir, 'config.toml'),
       `version = 2\nroot = "${cdir}/root"\nstate = "${cdir}/state"\ndisabled_plugins = ["io.containerd.grpc.v1.cri"]\n[grpc]\n  address = "${socket}"\n`,
     );
-    const { spawn } = await import('node:child_process');
     containerd = spawn('containerd', ['--config', join(cdir, 'config.toml')], { stdio: 'ignore' });
     for (let i = 0; i < 100 && (await ctr('version')).code !== 0; i++) await new Promise((r) => setTimeout(r, 100));
+    expect((await ctr('version')).code).toBe(0);
   });
   afterAll(async () => {
     containerd?.kill('SIGTERM');

@@ -1,13 +1,34 @@
 /**
  * Credentials: users from the config (plain or bcrypt passwords) and, optionally, an htpasswd file of bcrypt
- * entries, re-read when it changes. Every check does the same kinds of comparison whether the user exists or not
- * (see checkWork), and secrets are compared in constant time.
+ * entries, re-read when it changes. A first check of a name and password does the same kinds of comparison whether
+ * the user exists or not (see checkWork), and secrets are compared in constant time. bcrypt runs on a worker pool
+ * (bcrypt-pool.ts), recent results are cached (login-cache.ts) and failures are limited per address
+ * (login-limiter.ts); docs/security-logins.md says what each trades.
  */
 import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
 import { readFileSync, statSync } from 'node:fs';
 import bcrypt from 'bcryptjs';
 import type { Logger } from 'pino';
 import type { UserConfig } from '../config/config.js';
+import { PoolBusy, sharedBcryptPool, type BcryptPool } from './bcrypt-pool.js';
+import { LoginCache, type CacheOptions } from './login-cache.js';
+import { LoginLimiter, LoginRefused, type LimitOptions } from './login-limiter.js';
+
+export { LoginRefused } from './login-limiter.js';
+
+export interface LoginOptions {
+  /** Where bcrypt runs (default: the process's shared pool). */
+  pool?: BcryptPool;
+  cache?: CacheOptions;
+  limits?: LimitOptions;
+}
+
+/** Who is asking, for the rate limit and the log; `signal` aborts when the client goes away. */
+export interface LoginSource {
+  address?: string;
+  requestId?: string;
+  signal?: AbortSignal;
+}
 
 export interface Identity {
   name: string;
@@ -53,9 +74,17 @@ export function comparisonsFor(secret: string | undefined, work: CheckWork): Com
 
 const dummyDigest = randomBytes(32);
 const dummyHashes = new Map<number, string>();
+/**
+ * A well-formed hash of the given cost that no password matches (as good as: a random 184-bit hash). Comparing
+ * against it costs what comparing against a real one does, and making it costs nothing (hashing one would block).
+ */
 function dummyBcrypt(cost: number): string {
   let hash = dummyHashes.get(cost);
-  if (hash === undefined) dummyHashes.set(cost, (hash = bcrypt.hashSync(randomBytes(16).toString('hex'), cost)));
+  if (hash === undefined) {
+    const alphabet = './ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789';
+    const tail = [...randomBytes(31)].map((b) => alphabet[b & 63]).join('');
+    dummyHashes.set(cost, (hash = bcrypt.genSaltSync(cost) + tail));
+  }
   return hash;
 }
 
@@ -64,13 +93,20 @@ export class Users {
   private htpasswdStamp = '';
   private htpasswdCheckedAt = 0;
   private work: CheckWork = {};
+  private readonly pool: BcryptPool;
+  private readonly cache: LoginCache;
+  private readonly limiter: LoginLimiter;
 
   constructor(
     private readonly users: UserConfig[],
     private readonly defaultNamespace: string,
     private readonly htpasswdFile: string | undefined,
     private readonly log: Logger,
+    opts: LoginOptions = {},
   ) {
+    this.pool = opts.pool ?? sharedBcryptPool();
+    this.cache = new LoginCache(opts.cache);
+    this.limiter = new LoginLimiter(opts.limits);
     for (const u of users) {
       if (u.pass?.startsWith('$2') && !isBcrypt(u.pass)) log.error({ user: u.name }, 'pass looks like a bcrypt hash but is malformed; this user cannot log in');
     }
@@ -92,9 +128,41 @@ export class Users {
     return this.users.some((u) => u.access === 'read');
   }
 
-  async check(name: string, password: string): Promise<Identity | null> {
+  /**
+   * The identity for this name and password, or null. Throws LoginRefused when the caller's address has failed
+   * too often (or too many checks are waiting), before any work is done.
+   */
+  async check(name: string, password: string, from: LoginSource = {}): Promise<Identity | null> {
     this.reloadHtpasswd(false);
+    const ticket = this.limiter.reserve(from.address);
+    const generation = this.cache.generation;
+    const remembered = this.cache.lookup(name, password);
     const user = this.users.find((u) => u.name === name);
+    let ok: boolean;
+    if (remembered !== undefined) {
+      // Not a new guess either way: the token goes back.
+      ticket.refund();
+      ok = remembered === 'good';
+    } else {
+      try {
+        ok = await this.compare(user, password, ticket.priority, from.signal);
+      } catch (err) {
+        ticket.refund();
+        if (err instanceof PoolBusy) throw new LoginRefused(1, 'too many logins in progress; retry shortly');
+        throw err;
+      }
+      this.cache.remember(name, password, ok && user !== undefined, generation);
+      if (ok && user) ticket.refund();
+      else if (ticket.keep()) this.log.warn({ address: from.address, req: from.requestId }, 'too many failed logins from this address: its logins are refused for a while');
+    }
+    if (!ok || !user) {
+      this.log.warn({ user: name, address: from.address, req: from.requestId }, 'failed login');
+      return null;
+    }
+    return { name: user.name, access: user.access, namespace: user.namespace ?? this.defaultNamespace };
+  }
+
+  private async compare(user: UserConfig | undefined, password: string, priority: number, signal?: AbortSignal): Promise<boolean> {
     const secret = user && this.secretOf(user);
     let ok = secret !== undefined;
     // Every comparison runs, failed or not: stopping early would time the failure.
@@ -104,15 +172,11 @@ export class Users {
         // Digests on both sides: the comparison takes the same time whatever the lengths.
         match = timingSafeEqual(sha256(password), c.dummy ? dummyDigest : sha256(secret!));
       } else {
-        match = await bcrypt.compare(password, c.dummy ? dummyBcrypt(c.cost) : secret!);
+        match = await this.pool.compare(password, c.dummy ? dummyBcrypt(c.cost) : secret!, priority, signal);
       }
       if (!c.dummy) ok &&= match;
     }
-    if (!ok || !user) {
-      this.log.warn({ user: name }, 'failed login');
-      return null;
-    }
-    return { name: user.name, access: user.access, namespace: user.namespace ?? this.defaultNamespace };
+    return ok;
   }
 
   /**
@@ -146,8 +210,6 @@ export class Users {
     if (costs.size > 1) {
       this.log.warn({ costs: [...costs].sort((a, b) => a - b) }, 'bcrypt hashes of different costs: a cheaper one answers faster than an unknown name; rehash them with one cost');
     }
-    // Made now, not during the first request that needs it: hashing blocks.
-    if (this.work.bcryptCost !== undefined) dummyBcrypt(this.work.bcryptCost);
   }
 
   /** Re-read the htpasswd file when its size or time changed (checked at most once a second). */
@@ -173,6 +235,8 @@ export class Users {
       }
       this.htpasswd = entries;
       this.htpasswdStamp = stamp;
+      // A changed or removed password must stop working now, not when its cache entry expires.
+      this.cache.clear();
       this.log.info({ file: this.htpasswdFile, users: entries.size }, 'htpasswd loaded');
       if (!required) this.updateWork();
     } catch (err) {

@@ -108,7 +108,7 @@ function apiRequest(registry: Registry, access: Access, opts: AppOptions, req: R
   };
   const found = route;
   (async () => {
-    const principal = await access.authenticate(req);
+    const principal = await access.authenticate(req, exchange.id);
     const ns = access.namespaceOf(principal);
     recordPrincipal(exchange, principal, ns);
     access.authorize(principal, found, req.method ?? '');

@@ -13,7 +13,7 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { TLSSocket } from 'node:tls';
 import type { Logger } from 'pino';
 import { grants, type AccessEntry, type TokenClaims, type TokenIssuer } from '../auth/tokens.js';
-import type { Identity, Users } from '../auth/users.js';
+import { LoginRefused, type Identity, type Users } from '../auth/users.js';
 import { validName } from '../registry/paths.js';
 import { sendError } from './errors.js';
 import type { Route } from './routes.js';
@@ -40,13 +40,17 @@ export interface AccessOptions {
   log: Logger;
 }
 
-/** A refused request: 401 with a challenge so clients fetch a token, or 403 when credentials cannot help. */
+/**
+ * A refused request: 401 with a challenge so clients fetch a token, 403 when credentials cannot help, 429 when the
+ * client's address has failed to log in too often (`retryAfter` seconds).
+ */
 export class AuthFailure extends Error {
   constructor(
-    readonly status: 401 | 403,
+    readonly status: 401 | 403 | 429,
     message: string,
     readonly scope?: string,
     readonly insufficientScope = false,
+    readonly retryAfter?: number,
   ) {
     super(message);
   }
@@ -83,12 +87,13 @@ export class Access {
     return this.o.users.hasReadOnlyUser ? undefined : this.o.publicNamespace;
   }
 
-  async authenticate(req: IncomingMessage): Promise<Principal> {
+  /** `requestId` goes into the failed-login log line. */
+  async authenticate(req: IncomingMessage, requestId?: string): Promise<Principal> {
     if (this.open) return { kind: 'open' };
     const header = req.headers.authorization;
     if (header === undefined) return { kind: 'anonymous' };
     const basic = parseBasic(header);
-    if (basic) return { kind: 'user', identity: await this.login(basic.user, basic.password) };
+    if (basic) return { kind: 'user', identity: await this.login(req, basic.user, basic.password, requestId) };
     const bearer = /^Bearer ([A-Za-z0-9._~+/=-]{1,8192})$/.exec(header);
     if (bearer && this.o.tokens) {
       const claims = await this.o.tokens.verify(bearer[1]);
@@ -101,9 +106,23 @@ export class Access {
     throw new AuthFailure(401, 'unsupported Authorization header');
   }
 
-  /** One password check: Basic credentials, or the token endpoint's password grant. */
-  async login(user: string, password: string): Promise<Identity> {
-    const identity = await this.o.users.check(user, password);
+  /**
+   * One password check: Basic credentials, or the token endpoint's password grant. Failures are limited per client
+   * address (429), and a check still waiting for a bcrypt worker is dropped when its client disconnects.
+   */
+  async login(req: IncomingMessage, user: string, password: string, requestId?: string): Promise<Identity> {
+    const gone = new AbortController();
+    const abort = () => gone.abort(new AuthFailure(401, 'client went away'));
+    req.socket.once('close', abort);
+    let identity: Identity | null;
+    try {
+      identity = await this.o.users.check(user, password, { address: req.socket.remoteAddress, requestId, signal: gone.signal });
+    } catch (err) {
+      if (err instanceof LoginRefused) throw new AuthFailure(429, err.message, undefined, false, err.retryAfter);
+      throw err;
+    } finally {
+      req.socket.off('close', abort);
+    }
     if (!identity) throw new AuthFailure(401, 'invalid username or password');
     return identity;
   }
@@ -184,7 +203,8 @@ export class Access {
       if (failure.insufficientScope) challenge += ',error="insufficient_scope"';
       res.setHeader('WWW-Authenticate', challenge);
     }
-    const code = failure.status === 401 ? 'UNAUTHORIZED' : 'DENIED';
+    if (failure.retryAfter !== undefined) res.setHeader('Retry-After', String(failure.retryAfter));
+    const code = failure.status === 401 ? 'UNAUTHORIZED' : failure.status === 429 ? 'TOOMANYREQUESTS' : 'DENIED';
     sendError(res, { status: failure.status, code, message: failure.message }, head);
   }
 

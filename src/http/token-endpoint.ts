@@ -24,7 +24,7 @@ export function tokenRoutes(app: express.Express, access: Access, log: Logger, r
   const answer = (req: IncomingMessage, res: ServerResponse, parse: () => TokenRequest | string) => {
     const parsed = parse();
     if (typeof parsed === 'string') return sendError(res, { status: 400, code: 'UNSUPPORTED', message: parsed });
-    respond(access, req, res, parsed).catch((err) => {
+    respond(access, req, res, parsed, requestIdOf(res)).catch((err) => {
       log.error({ req: requestIdOf(res), err }, 'token request failed');
       sendError(res, toErrorBody(err));
     });
@@ -60,7 +60,7 @@ function fromForm(body: Record<string, unknown> | undefined): TokenRequest | str
   return 'grant_type must be password or refresh_token';
 }
 
-async function respond(access: Access, req: IncomingMessage, res: ServerResponse, r: TokenRequest): Promise<void> {
+async function respond(access: Access, req: IncomingMessage, res: ServerResponse, r: TokenRequest, requestId?: string): Promise<void> {
   const tokens = access.tokens;
   if (!tokens || access.open) return sendError(res, { status: 404, code: 'UNSUPPORTED', message: 'this registry does not use token authentication' });
   if (r.service !== undefined && r.service !== tokens.service) {
@@ -70,9 +70,10 @@ async function respond(access: Access, req: IncomingMessage, res: ServerResponse
   try {
     // zuul-registry's rule: the credentials are not even looked at (no password check to pay for, no failed login).
     const pullOnly = r.scopes.length > 0 && r.scopes.every((s) => /^repository:[^:]+:pull$/.test(s));
-    p = access.anonymousPull && pullOnly ? { kind: 'anonymous' } : await principalOf(access, req, r.grant);
+    p = access.anonymousPull && pullOnly ? { kind: 'anonymous' } : await principalOf(access, req, r.grant, requestId);
   } catch (err) {
     if (!(err instanceof AuthFailure)) throw err;
+    if (err.status === 429) return access.sendFailure(req, res, err, false);
     return refuse(res, err.message, r.scopes);
   }
   if (p.kind === 'token') return sendError(res, { status: 400, code: 'UNSUPPORTED', message: 'use Basic credentials to get a token' });
@@ -89,12 +90,12 @@ async function respond(access: Access, req: IncomingMessage, res: ServerResponse
   res.end(JSON.stringify(body));
 }
 
-async function principalOf(access: Access, req: IncomingMessage, grant: Grant): Promise<Principal> {
+async function principalOf(access: Access, req: IncomingMessage, grant: Grant, requestId?: string): Promise<Principal> {
   switch (grant.kind) {
     case 'header':
-      return access.authenticate(req);
+      return access.authenticate(req, requestId);
     case 'password':
-      return { kind: 'user', identity: await access.login(grant.username, grant.password) };
+      return { kind: 'user', identity: await access.login(req, grant.username, grant.password, requestId) };
     case 'refresh': {
       // Each refresh re-checks the user as configured now: removed, another password or another access ends it.
       const sub = await access.tokens!.verifyRefresh(grant.token, (name) => access.users.entryOf(name));

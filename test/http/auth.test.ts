@@ -8,6 +8,7 @@ import bcrypt from 'bcryptjs';
 import { pino, type Logger } from 'pino';
 import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
 import { TokenIssuer } from '../../src/auth/tokens.js';
+import { BcryptPool } from '../../src/auth/bcrypt-pool.js';
 import { Users, checkWork, comparisonsFor } from '../../src/auth/users.js';
 import { parseConfig, type UserConfig } from '../../src/config/config.js';
 import { anonymousPull } from '../../src/config/startup.js';
@@ -389,12 +390,14 @@ describe('password checks do the same work for known and unknown names', () => {
   });
 
   describe('Users.check runs exactly those comparisons', () => {
+    const pool = new BcryptPool({ size: 1 });
     afterEach(() => vi.restoreAllMocks());
+    afterAll(() => pool.close());
     const config = (list: [string, string][]): UserConfig[] => list.map(([name, pass]) => ({ name, pass, access: 'write' }));
 
     it('with a plain and a bcrypt user, every check (known, unknown, right or wrong password) runs one bcrypt comparison of the same cost', async () => {
-      const u = new Users(config([['plain', plain], ['hashed', hash4]]), DEFAULT_NAMESPACE, undefined, silent);
-      const compare = vi.spyOn(bcrypt, 'compare');
+      const u = new Users(config([['plain', plain], ['hashed', hash4]]), DEFAULT_NAMESPACE, undefined, silent, { pool });
+      const compare = vi.spyOn(pool, 'compare');
       const attempts: [string, string, boolean][] = [
         ['plain', plain, true],
         ['plain', 'wrong', false],
@@ -410,8 +413,8 @@ describe('password checks do the same work for known and unknown names', () => {
     });
 
     it('with plain users only, neither a known nor an unknown name costs a bcrypt comparison', async () => {
-      const u = new Users(config([['plain', plain]]), DEFAULT_NAMESPACE, undefined, silent);
-      const compare = vi.spyOn(bcrypt, 'compare');
+      const u = new Users(config([['plain', plain]]), DEFAULT_NAMESPACE, undefined, silent, { pool });
+      const compare = vi.spyOn(pool, 'compare');
       expect(await u.check('plain', plain)).toMatchObject({ name: 'plain' });
       expect(await u.check('plain', 'wrong')).toBeNull();
       expect(await u.check('nobody', plain)).toBeNull();
@@ -420,8 +423,8 @@ describe('password checks do the same work for known and unknown names', () => {
 
     it('a malformed bcrypt pass cannot log in (not even with the hash text) and costs what an unknown name costs', async () => {
       const broken = hash4.slice(0, -1);
-      const u = new Users(config([['broken', broken], ['hashed', hash4]]), DEFAULT_NAMESPACE, undefined, silent);
-      const compare = vi.spyOn(bcrypt, 'compare');
+      const u = new Users(config([['broken', broken], ['hashed', hash4]]), DEFAULT_NAMESPACE, undefined, silent, { pool });
+      const compare = vi.spyOn(pool, 'compare');
       expect(await u.check('broken', broken)).toBeNull();
       expect(compare.mock.calls.map(([, hash]) => bcrypt.getRounds(hash as string))).toEqual([4]);
     });

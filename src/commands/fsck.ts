@@ -8,7 +8,7 @@ import type { Config } from '../config/config.js';
 import { Fsck } from '../registry/fsck.js';
 import { validNamespace } from '../registry/paths.js';
 import { openStorage } from '../storage/factory.js';
-import { configuredNamespaces } from './prune.js';
+import { configuredNamespaces } from './namespaces.js';
 
 export const FSCK_USAGE = 'usage: berth [-c FILE] [-d] fsck [--namespace NS]... [--repair] [--parallel N]';
 

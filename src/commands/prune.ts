@@ -3,21 +3,16 @@
  * some failed or a namespace was locked by another prune (the rest still ran), 2 for bad usage.
  */
 import { parseArgs } from 'node:util';
+import { configuredNamespaces } from './namespaces.js';
 import type { Logger } from 'pino';
 import type { Config } from '../config/config.js';
-import { DEFAULT_NAMESPACE, validNamespace } from '../registry/paths.js';
+import { validNamespace } from '../registry/paths.js';
 import { Pruner, type PruneReport, type Tally } from '../registry/prune.js';
 import { openStorage } from '../storage/factory.js';
 
 export const PRUNE_USAGE = 'usage: berth [-c FILE] [-d] prune [--dry-run] [--namespace NS]...';
 
 /** The namespaces the configuration knows: the default one, each user's, and those with settings. */
-export function configuredNamespaces(config: Config): string[] {
-  const all = new Set<string>([DEFAULT_NAMESPACE, ...Object.keys(config.namespaces)]);
-  for (const u of config.users) if (u.namespace) all.add(u.namespace);
-  return [...all].sort();
-}
-
 export async function runPrune(config: Config, args: string[], log: Logger): Promise<number> {
   let values: { 'dry-run'?: boolean; namespace?: string[] };
   try {

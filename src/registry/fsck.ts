@@ -7,7 +7,8 @@
 import { createHash } from 'node:crypto';
 import { PathNotFound, type StorageDriver } from '../storage/driver.js';
 import { digestAlgorithm, parseBlobPath, parseRepoPath, paths, validDigest } from './paths.js';
-import { groups, needs } from './prune.js';
+import { groups } from './listing.js';
+import { needs } from './manifest-doc.js';
 
 export interface FsckProblem {
   kind: 'corrupt' | 'unreadable' | 'segment' | 'missing';

@@ -156,3 +156,24 @@ function annotations(value: unknown, where: string): Record<string, string> {
 function isForeignLayer(d: Descriptor): boolean {
   return d.mediaType.includes('nondistributable') || d.mediaType.includes('foreign');
 }
+
+/**
+ * The digests a stored manifest needs: config and layers, or the child manifests of an index. Lenient (prune and
+ * fsck read what was stored, validated when it was put): anything unreadable names nothing.
+ */
+export function needs(body: string): { digest: string; manifest: boolean }[] {
+  let doc: { config?: { digest?: unknown }; layers?: { digest?: unknown }[]; manifests?: { digest?: unknown }[] };
+  try {
+    doc = JSON.parse(body);
+  } catch {
+    return [];
+  }
+  const out: { digest: string; manifest: boolean }[] = [];
+  const push = (d: unknown, manifest: boolean) => {
+    if (typeof d === 'string' && validDigest(d)) out.push({ digest: d, manifest });
+  };
+  push(doc.config?.digest, false);
+  for (const l of Array.isArray(doc.layers) ? doc.layers : []) push(l?.digest, false);
+  for (const m of Array.isArray(doc.manifests) ? doc.manifests : []) push(m?.digest, true);
+  return out;
+}

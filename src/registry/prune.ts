@@ -18,6 +18,8 @@
 import { hostname } from 'node:os';
 import { randomBytes } from 'node:crypto';
 import { AlreadyExists, PathNotFound, type ObjectInfo, type StorageDriver } from '../storage/driver.js';
+import { groups } from './listing.js';
+import { needs } from './manifest-doc.js';
 import { parseBlobPath, parseRepoPath, paths, validDigest, validTag } from './paths.js';
 
 export interface PruneLog {
@@ -64,22 +66,6 @@ export interface PruneReport {
 
 const tally = (): Tally => ({ examined: 0, kept: 0, deleted: 0 });
 const PROGRESS_EVERY_MS = 5000;
-
-/** Consecutive listing entries that share a key (listings are in path order, so groups are contiguous). */
-export async function* groups<K>(entries: AsyncIterable<ObjectInfo>, keyOf: (o: ObjectInfo) => K | null): AsyncIterable<{ key: K; objects: ObjectInfo[] }> {
-  let current: { key: K; objects: ObjectInfo[] } | null = null;
-  for await (const o of entries) {
-    const key = keyOf(o);
-    if (key === null) continue;
-    if (current && current.key !== key) {
-      yield current;
-      current = null;
-    }
-    current ??= { key, objects: [] };
-    current.objects.push(o);
-  }
-  if (current) yield current;
-}
 
 export class Pruner {
   constructor(private readonly driver: StorageDriver) {}
@@ -419,22 +405,4 @@ class Run {
       await this.remove(o.path, { repository: parsed.repo, link: rest[1] });
     }
   }
-}
-
-/** The digests a manifest needs: config and layers, or the child manifests of an index. */
-export function needs(body: string): { digest: string; manifest: boolean }[] {
-  let doc: { config?: { digest?: unknown }; layers?: { digest?: unknown }[]; manifests?: { digest?: unknown }[] };
-  try {
-    doc = JSON.parse(body);
-  } catch {
-    return [];
-  }
-  const out: { digest: string; manifest: boolean }[] = [];
-  const push = (d: unknown, manifest: boolean) => {
-    if (typeof d === 'string' && validDigest(d)) out.push({ digest: d, manifest });
-  };
-  push(doc.config?.digest, false);
-  for (const l of Array.isArray(doc.layers) ? doc.layers : []) push(l?.digest, false);
-  for (const m of Array.isArray(doc.manifests) ? doc.manifests : []) push(m?.digest, true);
-  return out;
 }

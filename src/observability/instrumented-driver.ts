@@ -8,6 +8,10 @@ export class InstrumentedDriver implements StorageDriver {
   readonly maxObjectSize: number;
   readonly reportsMd5: boolean;
   readonly namesRequests?: boolean;
+  readonly atomicCreate: boolean;
+  readonly joinKeepsParts: boolean;
+  readonly deleteRemovesParts: boolean;
+  readonly listingConsistent: boolean;
   readonly signedUrl?: (path: string, seconds: number) => Promise<string | null>;
   readonly verify?: (path: string) => Promise<string[]>;
   readonly segments?: (path: string) => Promise<string[]>;
@@ -21,6 +25,10 @@ export class InstrumentedDriver implements StorageDriver {
     this.maxObjectSize = inner.maxObjectSize;
     this.reportsMd5 = inner.reportsMd5;
     this.namesRequests = inner.namesRequests;
+    this.atomicCreate = inner.atomicCreate;
+    this.joinKeepsParts = inner.joinKeepsParts;
+    this.deleteRemovesParts = inner.deleteRemovesParts;
+    this.listingConsistent = inner.listingConsistent;
     if (inner.signedUrl) this.signedUrl = (path, seconds) => this.timed('signed_url', () => inner.signedUrl!(path, seconds));
     if (inner.verify) this.verify = (path) => this.timed('verify', () => inner.verify!(path));
     if (inner.segments) this.segments = (path) => this.timed('segments', () => inner.segments!(path));

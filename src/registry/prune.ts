@@ -17,7 +17,8 @@
  */
 import { hostname } from 'node:os';
 import { randomBytes } from 'node:crypto';
-import { AlreadyExists, PathNotFound, type ObjectInfo, type StorageDriver } from '../storage/driver.js';
+import { PathNotFound, type ObjectInfo, type StorageDriver } from '../storage/driver.js';
+import { createExclusive } from '../storage/exclusive.js';
 import { groups } from './listing.js';
 import { needs } from './manifest-doc.js';
 import { parseBlobPath, parseRepoPath, paths, validDigest, validTag } from './paths.js';
@@ -123,17 +124,9 @@ class Run {
     }
     this.lockToken = randomBytes(12).toString('hex');
     const body = Buffer.from(JSON.stringify({ token: this.lockToken, pid: process.pid, host: hostname(), started: new Date().toISOString() }));
-    try {
-      await this.driver.put(path, body, { ifAbsent: true, contentType: 'application/json' });
-    } catch (err) {
-      if (!(err instanceof AlreadyExists)) throw err;
-      // A create whose answer was lost and that the driver retried finds our own lock: that is success.
-      if ((await this.lockHolder()) !== this.lockToken) return `another prune took ${path} first`;
-    }
-    await new Promise((r) => setTimeout(r, this.opts.lockSettleMs ?? 1000));
-    if ((await this.lockHolder()) !== this.lockToken) {
+    if (!(await createExclusive(this.driver, path, body, { settleMs: this.opts.lockSettleMs, contentType: 'application/json' }))) {
       this.lockToken = '';
-      return `another prune took ${path} at the same moment`;
+      return `another prune took ${path} first`;
     }
     return undefined;
   }
@@ -347,10 +340,10 @@ class Run {
     // A join keeps the parts of one upload: with one upload's parts present they are the data's own, and only
     // a second upload's directory needs the data's segment list (one request) to tell which is stray.
     const uploads = new Set(objects.map(rest).filter((r) => r.startsWith('parts/')).map((r) => r.split('/')[1]));
-    if (this.driver.segments && uploads.size < 2) return;
+    if (this.driver.joinKeepsParts && uploads.size < 2) return;
     let used: Set<string>;
     try {
-      used = new Set((await this.driver.segments?.(data.path)) ?? []);
+      used = new Set(this.driver.joinKeepsParts ? ((await this.driver.segments?.(data.path)) ?? []) : []);
     } catch (err) {
       this.report.failures++;
       this.opts.log.warn({ namespace: this.ns, blob: digest, err: (err as Error).message }, 'could not read the segments of a blob');
@@ -383,7 +376,7 @@ class Run {
       this.opts.log.warn({ namespace: this.ns, blob: digest, err: (err as Error).message }, 'could not tombstone blob');
       return false;
     }
-    // The data first (on Swift this removes the SLO's segments too), then what is left, the tombstone last.
+    // The data first (where deletes remove a join's parts, they go with it), then what is left, the tombstone last.
     let ok = true;
     if (data) ok = await this.remove(data.path, { blob: digest });
     for (const o of objects) {

@@ -77,6 +77,20 @@ export interface StorageDriver {
    * does the HTTP layer carry the request id across awaits, which costs every promise. Absent: false.
    */
   readonly namesRequests?: boolean;
+  /**
+   * Whether a create-only put or move (`ifAbsent`) is atomic: of several racing, exactly one succeeds. Swift: no (it
+   * checks If-None-Match, it does not lock), so `createExclusive` reads back after racing creates have landed.
+   */
+  readonly atomicCreate: boolean;
+  /**
+   * Whether `concat` keeps the parts as the joined object's own storage (Swift: SLO segments, listed by `segments`),
+   * rather than consuming them (the filesystem copies them into one file and deletes them).
+   */
+  readonly joinKeepsParts: boolean;
+  /** Whether deleting a joined object removes the parts it keeps (Swift's multipart delete does). */
+  readonly deleteRemovesParts: boolean;
+  /** Whether a listing made right after a write always includes it (Swift's container listings may lag). */
+  readonly listingConsistent: boolean;
 
   /** Write body to path atomically: readers see the old object or the whole new one, never a part. */
   put(path: string, body: Readable | Buffer, opts?: PutOptions): Promise<StoredObject>;

@@ -31,6 +31,12 @@ export class FilesystemDriver implements StorageDriver {
   readonly maxObjectSize = Number.MAX_SAFE_INTEGER;
   /** A put reports an md5 only when it was given one to check; local files have no checksum of their own. */
   readonly reportsMd5 = false;
+  /** link() refuses an existing target atomically. */
+  readonly atomicCreate = true;
+  /** A join copies its parts into one file and deletes them. */
+  readonly joinKeepsParts = false;
+  readonly deleteRemovesParts = false;
+  readonly listingConsistent = true;
 
   private constructor(private readonly root: string) {}
 

@@ -29,6 +29,10 @@ export class MemoryDriver implements StorageDriver {
   readonly name = 'memory';
   readonly maxObjectSize = Number.MAX_SAFE_INTEGER;
   readonly reportsMd5 = false;
+  readonly atomicCreate = true;
+  readonly joinKeepsParts = false;
+  readonly deleteRemovesParts = false;
+  readonly listingConsistent = true;
   private readonly objects = new Map<string, Entry>();
 
   async put(key: string, body: Readable | Buffer, opts: PutOptions = {}): Promise<StoredObject> {

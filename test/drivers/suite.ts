@@ -304,6 +304,41 @@ export function runDriverSuite(name: string, factory: DriverFactory): void {
       await expect(driver.ready!()).resolves.toBeUndefined();
     });
 
+    test('declared atomicCreate: of eight racing create-only puts exactly one succeeds where the driver says creates are atomic', async () => {
+      const outcomes = await Promise.allSettled(Array.from({ length: 8 }, (_, i) => driver.put(`${root}/race`, Buffer.from(`writer ${i}`), { ifAbsent: true })));
+      const won = outcomes.filter((o) => o.status === 'fulfilled').length;
+      for (const o of outcomes) if (o.status === 'rejected') expect(o.reason).toBeInstanceOf(AlreadyExists);
+      if (driver.atomicCreate) expect(won).toBe(1);
+      else expect(won).toBeGreaterThanOrEqual(1);
+      expect((await driver.read(`${root}/race`)).toString()).toMatch(/^writer [0-7]$/);
+      await driver.delete(`${root}/race`);
+    });
+
+    test('declared joinKeepsParts and deleteRemovesParts: a join keeps its parts, and a delete removes them, exactly as declared', async () => {
+      const data = [randomBytes(1 << 20), randomBytes(1 << 20)];
+      const parts = [];
+      for (const [i, d] of data.entries()) {
+        await driver.put(`${root}/j/parts/${i}`, d);
+        parts.push({ path: `${root}/j/parts/${i}`, size: d.length, md5: md5(d) });
+      }
+      await driver.concat(`${root}/j/data`, parts);
+      const kept = await Promise.all(parts.map(async (p) => (await driver.stat(p.path)) !== null));
+      expect(kept).toEqual([driver.joinKeepsParts, driver.joinKeepsParts]);
+      if (driver.joinKeepsParts) expect(await driver.segments?.(`${root}/j/data`)).toEqual(parts.map((p) => p.path));
+      await driver.delete(`${root}/j/data`);
+      const left = await Promise.all(parts.map(async (p) => (await driver.stat(p.path)) !== null));
+      expect(left).toEqual(driver.joinKeepsParts && !driver.deleteRemovesParts ? [true, true] : [false, false]);
+      for (const p of parts) await driver.delete(p.path);
+    });
+
+    test('declared listingConsistent: a listing right after a write includes it where the driver says listings are consistent', async () => {
+      await driver.put(`${root}/listed/a`, Buffer.from('a'));
+      const listed = (await listAll(driver, `${root}/listed`)).map((o) => o.path);
+      if (driver.listingConsistent) expect(listed).toEqual([`${root}/listed/a`]);
+      else expect([[], [`${root}/listed/a`]]).toContainEqual(listed);
+      await driver.delete(`${root}/listed/a`);
+    });
+
     test('keys that could escape are refused', async () => {
       for (const bad of ['../x', `${root}/../../etc/passwd`, `/abs`, `${root}//x`, `${root}/./x`, '']) {
         await expect(driver.put(bad, Buffer.from('x'))).rejects.toBeInstanceOf(DriverError);

@@ -39,6 +39,14 @@ export class SwiftDriver implements StorageDriver {
   readonly reportsMd5 = true;
   /** Each request names the registry request it serves in X-Trans-Id-Extra, so Swift's logs can be matched. */
   readonly namesRequests = true;
+  /** If-None-Match: * is checked, not locked: two racing creates may both succeed. */
+  readonly atomicCreate = false;
+  /** A join is an SLO over the parts, which stay where they are. */
+  readonly joinKeepsParts = true;
+  /** Deletes are multipart deletes: an SLO goes with its segments. */
+  readonly deleteRemovesParts = true;
+  /** Container listings are updated asynchronously by the object servers. */
+  readonly listingConsistent = false;
   private readonly client: SwiftClient;
   private readonly reads: SwiftReads;
   private readonly writes: SwiftWrites;

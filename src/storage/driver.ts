@@ -167,3 +167,14 @@ export class DriverError extends Error {
     this.name = 'DriverError';
   }
 }
+
+/**
+ * A write or move whose path leads through a symbolic link (filesystem): refused, so nothing outside the storage
+ * root is ever changed. Reads, listings and deletes treat such a path as absent instead.
+ */
+export class UnsafePath extends DriverError {
+  constructor(public readonly path: string) {
+    super(`refused: ${path} leads through a symbolic link in the storage root`);
+    this.name = 'UnsafePath';
+  }
+}

@@ -5,6 +5,7 @@
 import { readFileSync } from 'node:fs';
 import { dirname, resolve } from 'node:path';
 import { loadYaml } from './yaml.js';
+import { DEFAULT_LIMITS, type UploadLimits } from '../registry/upload-limits.js';
 
 export interface UserConfig {
   name: string;
@@ -46,6 +47,8 @@ export interface Config {
   uploadExpiry: number;
   /** Per-namespace settings: an `expiration` override, and whether anonymous clients may read it. */
   namespaces: Record<string, NamespaceConfig>;
+  /** What one upload or namespace may cost (registry.limits; docs/security-storage.md). */
+  limits: UploadLimits;
 }
 
 export interface NamespaceConfig {
@@ -90,7 +93,7 @@ export function parseConfig(doc: unknown, baseDir = process.cwd()): Config {
   const top = object(doc, '(top level)');
   keys(top, '(top level)', ['registry']);
   const r = object(top.registry, 'registry');
-  keys(r, 'registry', ['address', 'port', 'public-url', 'tls-cert', 'tls-key', 'secret', 'users', 'storage', 'expiration', 'upload-expiry', 'namespaces', 'htpasswd']);
+  keys(r, 'registry', ['address', 'port', 'public-url', 'tls-cert', 'tls-key', 'secret', 'users', 'storage', 'expiration', 'upload-expiry', 'namespaces', 'htpasswd', 'limits']);
 
   const port = r.port === undefined ? DEFAULTS.port : integer(r.port, 'registry.port', 0, 65535);
   const publicUrl = optionalString(r['public-url'], 'registry.public-url');
@@ -115,6 +118,7 @@ export function parseConfig(doc: unknown, baseDir = process.cwd()): Config {
     expiration: r.expiration === undefined || r.expiration === null ? undefined : integer(r.expiration, 'registry.expiration', 1),
     uploadExpiry: r['upload-expiry'] === undefined ? DEFAULTS.uploadExpiry : integer(r['upload-expiry'], 'registry.upload-expiry', 1),
     namespaces: namespaces(r.namespaces),
+    limits: limits(r.limits),
   };
   if (config.users.length > 0 && !config.secret) throw new ConfigError('registry.secret', 'is required when users are configured (it signs tokens)');
   const names = config.users.map((u) => u.name);
@@ -163,6 +167,18 @@ function namespaces(value: unknown): Record<string, NamespaceConfig> {
     result[name] = entry;
   }
   return result;
+}
+
+function limits(value: unknown): UploadLimits {
+  if (value === undefined || value === null) return { ...DEFAULT_LIMITS };
+  const o = object(value, 'registry.limits');
+  keys(o, 'registry.limits', ['chunks-per-upload', 'uploads-per-namespace', 'max-blob-size']);
+  const get = (key: string, fallback: number) => (o[key] === undefined ? fallback : integer(o[key], `registry.limits.${key}`, 1));
+  return {
+    chunksPerUpload: get('chunks-per-upload', DEFAULT_LIMITS.chunksPerUpload),
+    uploadsPerNamespace: get('uploads-per-namespace', DEFAULT_LIMITS.uploadsPerNamespace),
+    maxBlobSize: get('max-blob-size', DEFAULT_LIMITS.maxBlobSize),
+  };
 }
 
 function storage(value: unknown, baseDir: string): StorageConfig {

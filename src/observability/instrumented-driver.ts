@@ -1,6 +1,6 @@
 /** A storage driver that counts and times every operation of the driver it wraps, and changes nothing else. */
 import type { Readable } from 'node:stream';
-import { PathNotFound, type ByteRange, type MoveOptions, type ObjectInfo, type Part, type PutOptions, type StorageDriver, type StoredObject } from '../storage/driver.js';
+import { PathNotFound, type ByteRange, type Lock, type MoveOptions, type ObjectInfo, type Part, type PutOptions, type StorageDriver, type StoredObject } from '../storage/driver.js';
 import type { Metrics } from './metrics.js';
 
 export class InstrumentedDriver implements StorageDriver {
@@ -10,6 +10,7 @@ export class InstrumentedDriver implements StorageDriver {
   readonly signedUrl?: (path: string, seconds: number) => Promise<string | null>;
   readonly verify?: (path: string) => Promise<string[]>;
   readonly segments?: (path: string) => Promise<string[]>;
+  readonly tryLock?: (path: string, ttlMs: number) => Promise<Lock | null>;
 
   constructor(
     private readonly inner: StorageDriver,
@@ -21,6 +22,7 @@ export class InstrumentedDriver implements StorageDriver {
     if (inner.signedUrl) this.signedUrl = (path, seconds) => this.timed('signed_url', () => inner.signedUrl!(path, seconds));
     if (inner.verify) this.verify = (path) => this.timed('verify', () => inner.verify!(path));
     if (inner.segments) this.segments = (path) => this.timed('segments', () => inner.segments!(path));
+    if (inner.tryLock) this.tryLock = (path, ttlMs) => this.timed('lock', () => inner.tryLock!(path, ttlMs));
   }
 
   private async timed<T>(op: string, fn: () => Promise<T>): Promise<T> {

@@ -60,6 +60,12 @@ export interface MoveOptions {
   ifAbsent?: boolean;
 }
 
+/** A lock taken with `tryLock`, kept live by the driver until released. */
+export interface Lock {
+  /** Give the lock up (if it is still this holder's). */
+  release(): Promise<void>;
+}
+
 export interface StorageDriver {
   readonly name: string;
   /**
@@ -112,6 +118,12 @@ export interface StorageDriver {
    * recursively), or [] when it holds its bytes itself. Optional: a backend without it never keeps parts.
    */
   segments?(path: string): Promise<string[]>;
+  /**
+   * Take the lock named `path` unless another holder's is live: null if it is. The driver keeps it live while held;
+   * a holder that dies without releasing it loses it `ttlMs` later. Optional: a backend without it cannot lock
+   * across processes (Swift has no compare-and-swap), and callers then serialize only within their own process.
+   */
+  tryLock?(path: string, ttlMs: number): Promise<Lock | null>;
   /** Free connections and timers. */
   close(): Promise<void>;
 }

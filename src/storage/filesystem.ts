@@ -22,6 +22,7 @@ import {
   SizeMismatch,
   UnsafePath,
   type ByteRange,
+  type Lock,
   type MoveOptions,
   type ObjectInfo,
   type Part,
@@ -314,6 +315,58 @@ export class FilesystemDriver implements StorageDriver {
     }
     for (const part of parts) await this.delete(part.path);
     return { size: (await fs.lstat(target)).size };
+  }
+
+  /**
+   * A lock file created exclusively (link), holding a token; renewed (its time) while held. One older than `ttlMs`
+   * belonged to a process that died: it is renamed aside, which only one taker can do, and taken.
+   */
+  async tryLock(key: string, ttlMs: number): Promise<Lock | null> {
+    const file = this.file(key);
+    const token = randomBytes(12).toString('hex');
+    for (let attempt = 0; attempt < 3; attempt++) {
+      try {
+        await this.put(key, Buffer.from(token), { ifAbsent: true });
+        return this.heldLock(key, token, ttlMs);
+      } catch (err) {
+        if (!(err instanceof AlreadyExists)) throw err;
+      }
+      const st = await fs.lstat(file).catch((err) => (isNotFound(err) ? null : Promise.reject(err)));
+      if (st && st.mtimeMs > Date.now() - ttlMs) return null;
+      if (!st) continue;
+      const aside = path.join(path.dirname(file), TEMP_PREFIX + randomBytes(8).toString('hex'));
+      try {
+        await fs.rename(file, aside);
+      } catch (err) {
+        if (isNotFound(err)) continue;
+        throw err;
+      }
+      // Another taker may have replaced the stale lock with its own just before the rename: put that one back.
+      const moved = await fs.lstat(aside);
+      if (moved.mtimeMs > Date.now() - ttlMs) {
+        await fs.link(aside, file).catch(() => {});
+        await fs.rm(aside, { force: true });
+        return null;
+      }
+      await fs.rm(aside, { force: true });
+    }
+    return null;
+  }
+
+  private heldLock(key: string, token: string, ttlMs: number): Lock {
+    const ours = () => this.read(key).then((b) => b.toString() === token, () => false);
+    const renew = setInterval(() => {
+      void ours()
+        .then((yes) => (yes ? fs.utimes(this.file(key), new Date(), new Date()) : undefined))
+        .catch(() => {});
+    }, Math.max(ttlMs / 3, 10));
+    renew.unref();
+    return {
+      release: async () => {
+        clearInterval(renew);
+        if (await ours()) await this.delete(key);
+      },
+    };
   }
 
   async close(): Promise<void> {}

@@ -70,6 +70,7 @@ interface Call {
   timeoutMs?: number;
 }
 
+/** No `tryLock`: Swift has no compare-and-swap, so it cannot lock across processes (docs/security-storage.md). */
 export class SwiftDriver implements StorageDriver {
   readonly name = 'swift';
   readonly maxObjectSize: number;

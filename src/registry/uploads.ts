@@ -246,7 +246,7 @@ export class Uploads {
    * Finish the upload as blob `digest`. The digest comes from the saved SHA-256 state, never from re-reading the
    * data (sha512 uploads are the exception: they are verified by reading the chunks back before anything moves).
    */
-  commit(ns: string, repo: string, id: string, digest: string, finalBody?: Readable, opts: AppendOptions = {}): Promise<{ size: number }> {
+  async commit(ns: string, repo: string, id: string, digest: string, finalBody?: Readable, opts: AppendOptions = {}): Promise<{ size: number }> {
     checkDigest(digest);
     return this.exclusively(ns, repo, id, () => this.commitHeld(ns, repo, id, digest, finalBody, opts));
   }

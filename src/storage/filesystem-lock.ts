@@ -15,6 +15,9 @@ const ASIDE_PREFIX = '.tmp-';
 export async function tryLockFile(driver: StorageDriver, file: string, key: string, ttlMs: number): Promise<Lock | null> {
   const token = randomBytes(12).toString('hex');
   for (let attempt = 0; attempt < 3; attempt++) {
+    // A live lock is the common refusal (a waiter polls): answered by one stat, without writing a file to find out.
+    const live = await fs.lstat(file).catch(() => null);
+    if (live && live.mtimeMs > Date.now() - ttlMs) return null;
     try {
       await driver.put(key, Buffer.from(token), { ifAbsent: true });
       return held(driver, file, key, token, ttlMs);

@@ -38,9 +38,9 @@ const OPEN_READ = constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLO
 /** Where the kernel says what an open descriptor refers to (Linux); elsewhere the directory's realpath is checked. */
 const PROC_FD = existsSync('/proc/self/fd') ? '/proc/self/fd/' : null;
 const REAL_DIR_TTL_MS = 1000;
+const REAL_DIRS_MAX = 10_000;
 /** Parts up to this size are joined with one synchronous read each (a stream per part costs more than its data). */
 const SMALL_PART = 1 << 20;
-const REAL_DIRS_MAX = 10_000;
 
 export class FilesystemDriver implements StorageDriver {
   readonly name = 'filesystem';

@@ -1,10 +1,14 @@
-/** One request at a time per upload, within one process: a second PATCH while one runs gets 416, never a false 202. */
+/**
+ * One request at a time per upload, within one process: a second PATCH while one runs gets 416, never a false 202.
+ * Across processes on Swift (no lock) a lost chunk is caught at the commit instead.
+ */
 import { randomBytes } from 'node:crypto';
+import http from 'node:http';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { paths } from '../../src/registry/paths.js';
 import { parseRecord } from '../../src/registry/upload-record.js';
-import { md5, sha256, type TestServer } from '../helpers/server.js';
-import { BACKENDS, startServerOn } from '../helpers/swift.js';
+import { md5, sha256, startServer, type TestServer } from '../helpers/server.js';
+import { BACKENDS, dropContainer, freshContainer, startServerOn, swiftDriver } from '../helpers/swift.js';
 
 describe.each(BACKENDS)('concurrent requests on one upload (%s)', (backend) => {
   let s: TestServer;
@@ -35,5 +39,46 @@ describe.each(BACKENDS)('concurrent requests on one upload (%s)', (backend) => {
     const put = await fetch(`${s.url}${location}?digest=${sha256(winner)}`, { method: 'PUT' });
     expect(put.status).toBe(201);
     expect(md5(Buffer.from(await (await fetch(`${s.url}/v2/lock/app/blobs/${sha256(winner)}`)).arrayBuffer()))).toBe(md5(winner));
+  });
+});
+
+describe('concurrent PATCHes of one upload through two processes on Swift (no cross-process lock)', () => {
+  it('are not refused, but the chunk one of them loses fails the commit: DIGEST_INVALID, and no blob is stored', async () => {
+    const container = freshContainer();
+    // Two registries with their own drivers stand for two processes: they share nothing but the container.
+    const [a, b] = [await startServer(await swiftDriver(container)), await startServer(await swiftDriver(container))];
+    try {
+      const location = (await fetch(`${a.url}/v2/lock/swift/blobs/uploads/`, { method: 'POST' })).headers.get('location')!;
+      const [one, two] = [randomBytes(50_000), randomBytes(50_000)];
+      // Both bodies stay open until both requests have begun, so each reads the record before either writes it.
+      const sends = [a, b].map((s, i) => {
+        let finish!: () => void;
+        const answer = new Promise<number>((resolve, reject) => {
+          const body = [one, two][i];
+          const req = http.request(`${s.url}${location}`, { method: 'PATCH', headers: { 'Content-Length': body.length } }, (res) => {
+            res.resume();
+            resolve(res.statusCode!);
+          });
+          req.on('error', reject);
+          req.write(body.subarray(0, 1000));
+          finish = () => req.end(body.subarray(1000));
+        });
+        return { answer, finish: () => finish() };
+      });
+      await new Promise((r) => setTimeout(r, 500));
+      for (const s of sends) s.finish();
+      expect(await Promise.all(sends.map((s) => s.answer))).toEqual([202, 202]);
+      // The client believes it sent both; the record keeps one.
+      const put = await fetch(`${b.url}${location}?digest=${sha256(Buffer.concat([one, two]))}`, { method: 'PUT' });
+      expect(put.status).toBe(400);
+      expect(((await put.json()) as { errors: { code: string }[] }).errors[0].code).toBe('DIGEST_INVALID');
+      for (const digest of [sha256(Buffer.concat([one, two])), sha256(Buffer.concat([two, one]))]) {
+        expect((await fetch(`${a.url}/v2/lock/swift/blobs/${digest}`, { method: 'HEAD' })).status).toBe(404);
+      }
+    } finally {
+      await a.close();
+      await b.close();
+      await dropContainer(container);
+    }
   });
 });

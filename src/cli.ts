@@ -104,6 +104,8 @@ async function serve(config: Config, log: Logger): Promise<number> {
   const driver = new InstrumentedDriver(await openStorage(config.storage), metrics);
   const registry = new Registry(driver, {
     blobRedirectSeconds: config.storage.driver === 'swift' && config.storage.tempUrlKey ? (config.storage.tempUrlExpiry ?? 300) : undefined,
+    limits: config.limits,
+    uploadExpiry: config.uploadExpiry,
   });
   const app = createApp(registry, { log, access, metrics });
   const server = createServer(app, { tls, timeouts: config.timeouts, log });

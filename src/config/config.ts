@@ -6,6 +6,7 @@ import { readFileSync } from 'node:fs';
 import { dirname, resolve } from 'node:path';
 import { substituteEnv, type Unresolved } from './env.js';
 import { loadYaml } from './yaml.js';
+import { DEFAULT_LIMITS, type UploadLimits } from '../registry/upload-limits.js';
 
 export interface UserConfig {
   name: string;
@@ -55,6 +56,8 @@ export interface Config {
   unresolved: Unresolved[];
   /** Seconds a connection may stay silent at each stage before it is closed (docs/security-network.md). */
   timeouts: Timeouts;
+  /** What one upload or namespace may cost (registry.limits; docs/security-storage.md). */
+  limits: UploadLimits;
 }
 
 export interface Timeouts {
@@ -117,7 +120,7 @@ export function parseConfig(raw: unknown, baseDir = process.cwd(), env: NodeJS.P
   if (r.shadow !== undefined) {
     throw new ConfigError('registry.shadow', "was zuul-registry's early pull-through option (never finished there); Berth does not proxy upstream registries: remove it (clients fall back to the upstream registry when the image is missing here)");
   }
-  keys(r, 'registry', ['address', 'port', 'public-url', 'tls-cert', 'tls-key', 'secret', 'users', 'storage', 'expiration', 'upload-expiry', 'namespaces', 'htpasswd', 'anonymous-pull', 'refresh-token-expiry', 'timeouts']);
+  keys(r, 'registry', ['address', 'port', 'public-url', 'tls-cert', 'tls-key', 'secret', 'users', 'storage', 'expiration', 'upload-expiry', 'namespaces', 'htpasswd', 'anonymous-pull', 'refresh-token-expiry', 'timeouts', 'limits']);
 
   // Templates often quote it ('9000').
   const port = r.port === undefined ? DEFAULTS.port : integer(typeof r.port === 'string' && /^[0-9]{1,5}$/.test(r.port) ? Number(r.port) : r.port, 'registry.port', 0, 65535);
@@ -147,6 +150,7 @@ export function parseConfig(raw: unknown, baseDir = process.cwd(), env: NodeJS.P
     anonymousPull: optionalBoolean(r['anonymous-pull'], 'registry.anonymous-pull'),
     unresolved,
     timeouts: timeouts(r.timeouts),
+    limits: limits(r.limits),
   };
   if (config.users.length > 0 && !config.secret) throw new ConfigError('registry.secret', 'is required when users are configured (it signs tokens)');
   const names = config.users.map((u) => u.name);
@@ -227,6 +231,18 @@ function timeouts(value: unknown): Timeouts {
     headers: seconds('headers', DEFAULT_TIMEOUTS.headers, 300),
     idle: seconds('idle', DEFAULT_TIMEOUTS.idle, 3600),
     bodyIdle: seconds('body-idle', DEFAULT_TIMEOUTS.bodyIdle, 3600),
+  };
+}
+
+function limits(value: unknown): UploadLimits {
+  if (value === undefined || value === null) return { ...DEFAULT_LIMITS };
+  const o = object(value, 'registry.limits');
+  keys(o, 'registry.limits', ['chunks-per-upload', 'uploads-per-namespace', 'max-blob-size']);
+  const get = (key: string, fallback: number) => (o[key] === undefined ? fallback : integer(o[key], `registry.limits.${key}`, 1));
+  return {
+    chunksPerUpload: get('chunks-per-upload', DEFAULT_LIMITS.chunksPerUpload),
+    uploadsPerNamespace: get('uploads-per-namespace', DEFAULT_LIMITS.uploadsPerNamespace),
+    maxBlobSize: get('max-blob-size', DEFAULT_LIMITS.maxBlobSize),
   };
 }
 

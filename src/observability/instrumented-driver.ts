@@ -1,6 +1,6 @@
 /** A storage driver that counts and times every operation of the driver it wraps, and changes nothing else. */
 import type { Readable } from 'node:stream';
-import { PathNotFound, type ByteRange, type MoveOptions, type ObjectInfo, type Part, type PutOptions, type StorageDriver, type StoredObject } from '../storage/driver.js';
+import { PathNotFound, type ByteRange, type Lock, type MoveOptions, type ObjectInfo, type Part, type PutOptions, type StorageDriver, type StoredObject } from '../storage/driver.js';
 import type { Metrics } from './metrics.js';
 
 export class InstrumentedDriver implements StorageDriver {
@@ -16,6 +16,7 @@ export class InstrumentedDriver implements StorageDriver {
   readonly verify?: (path: string) => Promise<string[]>;
   readonly segments?: (path: string) => Promise<string[]>;
   readonly ready?: () => Promise<void>;
+  readonly tryLock?: (path: string, ttlMs: number) => Promise<Lock | null>;
 
   constructor(
     private readonly inner: StorageDriver,
@@ -33,6 +34,7 @@ export class InstrumentedDriver implements StorageDriver {
     if (inner.verify) this.verify = (path) => this.timed('verify', () => inner.verify!(path));
     if (inner.segments) this.segments = (path) => this.timed('segments', () => inner.segments!(path));
     if (inner.ready) this.ready = () => this.timed('ready', () => inner.ready!());
+    if (inner.tryLock) this.tryLock = (path, ttlMs) => this.timed('lock', () => inner.tryLock!(path, ttlMs));
   }
 
   private async timed<T>(op: string, fn: () => Promise<T>): Promise<T> {

@@ -5,6 +5,9 @@
  *     uploads/<uuid>/metadata                    the UploadRecord (JSON)
  *     uploads/<uuid>/<n>.<nonce>                 chunk objects, in record order (the nonce keeps two racing
  *                                                writers of chunk n from overwriting each other)
+ *     uploads/<uuid>/p<n>.<nonce>                a sealed page of the record's chunk entries (upload-record.ts)
+ *     uploads/<uuid>/lock                        held while a request writes to the upload (where the backend
+ *                                                can lock: the filesystem)
  *     blobs/<alg>:<hex>/data                     the blob (content-addressed; manifests are blobs too); a blob of
  *                                                one chunk is that chunk moved here
  *     blobs/<alg>:<hex>/parts/<uuid>/<n>         its parts: chunks moved here at commit (Swift SLO segments)
@@ -32,6 +35,7 @@ const DIGEST_RE: Record<string, RegExp> = { sha256: /^[a-f0-9]{64}$/, sha512: /^
 const UUID_RE = /^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/;
 const NAMESPACE_RE = /^[a-z0-9_][a-z0-9_-]{0,63}$/;
 export const CHUNK_OBJECT_RE = /^(?:0|[1-9][0-9]{0,8})\.[0-9a-f]{8}$/;
+export const PAGE_OBJECT_RE = /^p(?:0|[1-9][0-9]{0,8})\.[0-9a-f]{8}$/;
 
 export const DEFAULT_NAMESPACE = '_local';
 /** Distribution's limit; keeps every path well inside any backend's key length. */
@@ -112,6 +116,12 @@ export const paths = {
     if (!CHUNK_OBJECT_RE.test(object)) throw new Error(`invalid chunk object: ${JSON.stringify(object)}`);
     return `${ns(n)}/uploads/${uuid(id)}/${object}`;
   },
+  /** A sealed page of chunk entries; `object` is its name as the record holds it, "p<n>.<nonce>". */
+  uploadPage: (n: string, id: string, object: string) => {
+    if (!PAGE_OBJECT_RE.test(object)) throw new Error(`invalid page object: ${JSON.stringify(object)}`);
+    return `${ns(n)}/uploads/${uuid(id)}/${object}`;
+  },
+  uploadLock: (n: string, id: string) => `${ns(n)}/uploads/${uuid(id)}/lock`,
 
   blobs: (n: string) => `${ns(n)}/blobs`,
   blob: (n: string, d: string) => `${ns(n)}/blobs/${digest(d)}`,

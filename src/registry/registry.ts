@@ -6,6 +6,7 @@ import type { StorageDriver } from '../storage/driver.js';
 import { BlobLinks, Blobs } from './blobs.js';
 import { Manifests } from './manifests.js';
 import { parseRepoPath, paths } from './paths.js';
+import type { UploadLimits } from './upload-limits.js';
 import { Uploads } from './uploads.js';
 
 export class Registry {
@@ -15,11 +16,11 @@ export class Registry {
 
   constructor(
     readonly driver: StorageDriver,
-    opts: { blobRedirectSeconds?: number } = {},
+    opts: { blobRedirectSeconds?: number; limits?: UploadLimits; uploadExpiry?: number } = {},
   ) {
     const links = new BlobLinks(driver);
     this.blobs = new Blobs(driver, links, opts.blobRedirectSeconds);
-    this.uploads = new Uploads(driver, links);
+    this.uploads = new Uploads(driver, links, opts.limits, opts.uploadExpiry);
     this.manifests = new Manifests(driver, this.blobs);
   }
 

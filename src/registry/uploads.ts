@@ -14,32 +14,12 @@ import { PassThrough, type Readable } from 'node:stream';
 import { inlineMd5, md5Job, type Md5Job } from './native-hash.js';
 import { AlreadyExists, ChecksumMismatch, PathNotFound, SizeMismatch, type Part, type StorageDriver, type StoredObject } from '../storage/driver.js';
 import { RegistryError, uploadUnknown } from './errors.js';
-import { CHUNK_OBJECT_RE, checkDigest, digestAlgorithm, paths, validUploadId } from './paths.js';
-import { createBackgroundSha256, createSha256, parseSha256State, type Sha256State } from './sha256state.js';
+import { checkDigest, digestAlgorithm, paths, validUploadId } from './paths.js';
+import { UploadLocks } from './upload-lock.js';
+import { DEFAULT_LIMITS, OpenUploads, tooLarge, tooManyChunks, type UploadLimits } from './upload-limits.js';
+import { createBackgroundSha256, createSha256, type Sha256State } from './sha256state.js';
+import { chunkCount, RECORD_VERSION, recordSize, UploadRecords, type ChunkEntry, type UploadRecord } from './upload-record.js';
 import type { BlobLinks } from './blobs.js';
-
-export const RECORD_VERSION = 1;
-
-export interface ChunkEntry {
-  /** Object name beside the record: "<n>.<nonce>". */
-  object: string;
-  size: number;
-  /** md5 hex, recorded where the storage reports one (Swift's ETag) to check it against; absent elsewhere. */
-  md5?: string;
-}
-
-export interface UploadRecord {
-  v: typeof RECORD_VERSION;
-  repository: string;
-  /** ISO time the upload started, and of its last change (prune expires on `updated`). */
-  started: string;
-  updated: string;
-  chunks: ChunkEntry[];
-  /** SHA-256 state after the last chunk. */
-  sha256: Sha256State;
-  /** Set once a commit to this digest has begun moving chunks; the upload then only finishes that commit. */
-  committing?: string;
-}
 
 export interface AppendOptions {
   /** Content-Range start: must equal the current size. */
@@ -62,15 +42,24 @@ function md5Mismatch(path: string, hashed: string | undefined, stored: string | 
   return hashed !== undefined && stored !== undefined && hashed !== stored ? new ChecksumMismatch(path, hashed, stored) : null;
 }
 
-export const recordSize = (r: UploadRecord) => r.chunks.reduce((sum, c) => sum + c.size, 0);
-
 export class Uploads {
+  private readonly records: UploadRecords;
+  private readonly locks: UploadLocks;
+  private readonly open: OpenUploads;
+
   constructor(
     private readonly driver: StorageDriver,
     private readonly links: BlobLinks,
-  ) {}
+    private readonly limits: UploadLimits = DEFAULT_LIMITS,
+    uploadExpirySeconds = 3600,
+  ) {
+    this.records = new UploadRecords(driver);
+    this.locks = new UploadLocks(driver);
+    this.open = new OpenUploads(driver, limits, uploadExpirySeconds);
+  }
 
   async start(ns: string, repo: string): Promise<{ id: string }> {
+    await this.open.admit(ns);
     const id = randomUUID();
     const now = new Date().toISOString();
     const record: UploadRecord = { v: RECORD_VERSION, repository: repo, started: now, updated: now, chunks: [], sha256: createSha256().state() };
@@ -83,18 +72,43 @@ export class Uploads {
     return { size: recordSize(record) };
   }
 
+  append(ns: string, repo: string, id: string, body: Readable, opts: AppendOptions = {}): Promise<{ size: number }> {
+    return this.exclusively(ns, repo, id, () => this.appendHeld(ns, repo, id, body, opts));
+  }
+
+  /**
+   * Run `fn` as the only request writing to the upload. Another one gets what a chunk at the wrong offset gets:
+   * 416 with the upload's current size, so the client can see where it stands.
+   */
+  private async exclusively<T>(ns: string, repo: string, id: string, fn: () => Promise<T>): Promise<T> {
+    if (!validUploadId(id)) throw uploadUnknown(id);
+    const release = await this.locks.acquire(ns, id);
+    if (!release) {
+      const { size } = await this.status(ns, repo, id);
+      throw new RegistryError('RANGE_INVALID', 'another request is writing to this upload', { uuid: id, size });
+    }
+    try {
+      return await fn();
+    } finally {
+      await release();
+    }
+  }
+
   /**
    * Stream `body` onto the end of the upload. The body is split into objects of at most the driver's
    * maxObjectSize; after each object is stored and its md5 checked, the record is rewritten, so a client that
    * disconnects keeps every complete object and loses only the one in flight.
    */
-  async append(ns: string, repo: string, id: string, body: Readable, opts: AppendOptions = {}): Promise<{ size: number }> {
+  private async appendHeld(ns: string, repo: string, id: string, body: Readable, opts: AppendOptions): Promise<{ size: number }> {
     const record = await this.readRecord(ns, repo, id);
     if (record.committing) throw new RegistryError('BLOB_UPLOAD_INVALID', 'upload is being committed', { uuid: id });
     const size = recordSize(record);
     if (opts.offset !== undefined && opts.offset !== size) {
       throw new RegistryError('RANGE_INVALID', 'chunk does not start at the end of the upload', { uuid: id, offset: opts.offset, size });
     }
+    const { chunksPerUpload, maxBlobSize } = this.limits;
+    if (chunkCount(record) >= chunksPerUpload) throw tooManyChunks(id, chunksPerUpload);
+    if (size + (opts.length ?? 0) > maxBlobSize) throw tooLarge(maxBlobSize);
     // SHA-256 and md5 run on the thread pool beside the socket and storage work (native-hash.ts).
     const hash = createBackgroundSha256(record.sha256);
     // A body of known length is cut into equal objects, not full ones and a remainder: a remainder can be tiny, and
@@ -122,9 +136,10 @@ export class Uploads {
     opts.signal?.addEventListener('abort', onAbort, { once: true });
 
     // Objects are named by their index in the record; the next one opens while the one before is still finishing.
-    let nextIndex = record.chunks.length;
+    let nextIndex = chunkCount(record);
     /** `start`: where the object begins in this body. With a declared length its size is known before it streams. */
     const open = (start: number) => {
+      if (nextIndex >= chunksPerUpload) throw tooManyChunks(id, chunksPerUpload);
       const object = `${nextIndex++}.${randomBytes(4).toString('hex')}`;
       // A size up front spares Swift the chunked decoding (about a tenth of its CPU for a PUT, measured with curl).
       const size = opts.length === undefined ? undefined : Math.min(limit, opts.length - start);
@@ -183,6 +198,7 @@ export class Uploads {
       for await (const piece of body as AsyncIterable<Buffer>) {
         if (failure) throw failure;
         received += piece.length;
+        if (size + received > maxBlobSize) throw tooLarge(maxBlobSize);
         if (opts.length !== undefined && received > opts.length) {
           throw new RegistryError('SIZE_INVALID', 'body is longer than declared', { declared: opts.length });
         }
@@ -232,7 +248,11 @@ export class Uploads {
    */
   async commit(ns: string, repo: string, id: string, digest: string, finalBody?: Readable, opts: AppendOptions = {}): Promise<{ size: number }> {
     checkDigest(digest);
-    if (finalBody) await this.append(ns, repo, id, finalBody, opts);
+    return this.exclusively(ns, repo, id, () => this.commitHeld(ns, repo, id, digest, finalBody, opts));
+  }
+
+  private async commitHeld(ns: string, repo: string, id: string, digest: string, finalBody: Readable | undefined, opts: AppendOptions): Promise<{ size: number }> {
+    if (finalBody) await this.appendHeld(ns, repo, id, finalBody, opts);
     const record = await this.readRecord(ns, repo, id);
     if (record.committing && record.committing !== digest) {
       throw new RegistryError('BLOB_UPLOAD_INVALID', 'upload is being committed under another digest', { uuid: id });
@@ -255,36 +275,30 @@ export class Uploads {
     }
     await this.links.link(ns, repo, digest);
     await this.remove(ns, id);
+    this.open.finished(ns);
     return { size };
   }
 
-  async cancel(ns: string, repo: string, id: string): Promise<void> {
-    await this.readRecord(ns, repo, id);
-    await this.remove(ns, id);
+  cancel(ns: string, repo: string, id: string): Promise<void> {
+    return this.exclusively(ns, repo, id, async () => {
+      await this.readRecord(ns, repo, id);
+      await this.remove(ns, id);
+      this.open.finished(ns);
+    });
   }
 
-  async readRecord(ns: string, repo: string, id: string): Promise<UploadRecord> {
-    if (!validUploadId(id)) throw uploadUnknown(id);
-    let raw: Buffer;
-    try {
-      raw = await this.driver.read(paths.uploadRecord(ns, id));
-    } catch (err) {
-      if (err instanceof PathNotFound) throw uploadUnknown(id);
-      throw err;
-    }
-    const record = parseRecord(raw);
-    if (record.repository !== repo) throw uploadUnknown(id);
-    return record;
+  readRecord(ns: string, repo: string, id: string): Promise<UploadRecord> {
+    return this.records.read(ns, repo, id);
   }
 
-  private async writeRecord(ns: string, id: string, record: UploadRecord): Promise<void> {
-    await this.driver.put(paths.uploadRecord(ns, id), Buffer.from(JSON.stringify(record)), { contentType: 'application/json' });
+  private writeRecord(ns: string, id: string, record: UploadRecord): Promise<void> {
+    return this.records.write(ns, id, record);
   }
 
   private async digestOf(ns: string, id: string, record: UploadRecord, algorithm: 'sha256' | 'sha512'): Promise<string> {
     if (algorithm === 'sha256') return `sha256:${createSha256(record.sha256).digestHex()}`;
     const hash = createHash('sha512');
-    for (const chunk of record.chunks) {
+    for (const chunk of await this.records.chunks(ns, id, record)) {
       const { body } = await this.driver.get(paths.uploadChunk(ns, id, chunk.object));
       for await (const piece of body) hash.update(piece as Buffer);
     }
@@ -296,13 +310,14 @@ export class Uploads {
    * them. A retried commit finds already-moved chunks at their destination and goes on from there.
    */
   private async moveIntoBlob(ns: string, id: string, digest: string, record: UploadRecord): Promise<void> {
-    if (record.chunks.length === 1) return this.moveWhole(ns, id, digest, record.chunks[0]);
-    const parts: Part[] = record.chunks.map((c, i) => ({ path: paths.blobPart(ns, digest, id, i), size: c.size, md5: c.md5 }));
+    const chunks = await this.records.chunks(ns, id, record);
+    if (chunks.length === 1) return this.moveWhole(ns, id, digest, chunks[0]);
+    const parts: Part[] = chunks.map((c, i) => ({ path: paths.blobPart(ns, digest, id, i), size: c.size, md5: c.md5 }));
     let next = 0;
     const worker = async () => {
-      while (next < record.chunks.length) {
+      while (next < chunks.length) {
         const i = next++;
-        const chunk = record.chunks[i];
+        const chunk = chunks[i];
         const part = parts[i];
         let moved: StoredObject;
         try {
@@ -365,25 +380,4 @@ export class Uploads {
     await this.driver.delete(paths.uploadRecord(ns, id));
     for await (const o of this.driver.list(paths.upload(ns, id))) await this.driver.delete(o.path);
   }
-}
-
-export function parseRecord(raw: Buffer): UploadRecord {
-  let r: unknown;
-  try {
-    r = JSON.parse(raw.toString('utf8'));
-  } catch {
-    throw new Error('upload record is not JSON');
-  }
-  const rec = r as UploadRecord;
-  if (!rec || rec.v !== RECORD_VERSION || typeof rec.repository !== 'string' || !Array.isArray(rec.chunks)) {
-    throw new Error('upload record has an unknown format');
-  }
-  for (const c of rec.chunks) {
-    const md5Ok = c.md5 === undefined || /^[0-9a-f]{32}$/.test(c.md5);
-    if (typeof c.object !== 'string' || !CHUNK_OBJECT_RE.test(c.object) || !Number.isSafeInteger(c.size) || c.size < 0 || !md5Ok) {
-      throw new Error('upload record has a malformed chunk');
-    }
-  }
-  rec.sha256 = parseSha256State(rec.sha256);
-  return rec;
 }

@@ -60,6 +60,12 @@ export interface MoveOptions {
   ifAbsent?: boolean;
 }
 
+/** A lock taken with `tryLock`, kept live by the driver until released. */
+export interface Lock {
+  /** Give the lock up (if it is still this holder's). */
+  release(): Promise<void>;
+}
+
 export interface StorageDriver {
   readonly name: string;
   /**
@@ -136,6 +142,12 @@ export interface StorageDriver {
    * otherwise). Optional: without it readiness only asks whether a stat is answered.
    */
   ready?(): Promise<void>;
+  /**
+   * Take the lock named `path` unless another holder's is live: null if it is. The driver keeps it live while held;
+   * a holder that dies without releasing it loses it `ttlMs` later. Optional: a backend without it cannot lock
+   * across processes (Swift has no compare-and-swap), and callers then serialize only within their own process.
+   */
+  tryLock?(path: string, ttlMs: number): Promise<Lock | null>;
   /** Free connections and timers. */
   close(): Promise<void>;
 }
@@ -197,5 +209,16 @@ export class StorageUnavailable extends DriverError {
   constructor(message: string, options?: { cause?: unknown }) {
     super(message, true, options);
     this.name = 'StorageUnavailable';
+  }
+}
+
+/**
+ * A write or move whose path leads through a symbolic link (filesystem): refused, so nothing outside the storage
+ * root is ever changed. Reads, listings and deletes treat such a path as absent instead.
+ */
+export class UnsafePath extends DriverError {
+  constructor(public readonly path: string) {
+    super(`refused: ${path} leads through a symbolic link in the storage root`);
+    this.name = 'UnsafePath';
   }
 }

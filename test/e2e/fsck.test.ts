@@ -1,7 +1,7 @@
 /** fsck and read-time verification against corruption injected into real storage, on both backends. */
 import { execFile } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, rm, symlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
@@ -11,6 +11,7 @@ import { paths } from '../../src/registry/paths.js';
 import { FilesystemDriver } from '../../src/storage/filesystem.js';
 import { DriverError, type StorageDriver } from '../../src/storage/driver.js';
 import { md5, overriding, pushBlob, pushImage, sha256, startServer, type TestServer } from '../helpers/server.js';
+import { outsideTree } from '../helpers/outside.js';
 import { BACKENDS, dropContainer, freshContainer, swiftDriver } from '../helpers/swift.js';
 
 const run = promisify(execFile);
@@ -154,5 +155,35 @@ describe('berth fsck (the CLI)', () => {
     } finally {
       await rm(dir, { recursive: true, force: true });
     }
+  });
+});
+
+describe('fsck --repair never reaches outside the filesystem root through a symbolic link', () => {
+  let dir: string;
+  beforeEach(async () => {
+    dir = await mkdtemp(join(tmpdir(), 'berth-fsck-links-'));
+  });
+  afterEach(async () => rm(dir, { recursive: true, force: true }));
+
+  // Issue 16: a link at <ns>/blobs made fsck --repair move a file from outside the root into quarantine.
+  it.each(['<ns>', '<ns>/blobs', '<ns>/blobs/<digest>', '<ns>/blobs/<digest>/data', '<ns>/repos'])('a link at %s', async (at) => {
+    const tree = await outsideTree(join(dir, 'outside'));
+    const before = await tree.snapshot();
+    const root = join(dir, 'root');
+    const [link, target] = {
+      '<ns>': ['_local', ''],
+      '<ns>/blobs': ['_local/blobs', 'blobs'],
+      '<ns>/blobs/<digest>': [`_local/blobs/${tree.digest}`, `blobs/${tree.digest}`],
+      '<ns>/blobs/<digest>/data': [`_local/blobs/${tree.digest}/data`, `blobs/${tree.digest}/data`],
+      '<ns>/repos': ['_local/repos', 'repos'],
+    }[at]!;
+    await mkdir(join(root, link, '..'), { recursive: true });
+    await symlink(join(tree.dir, target), join(root, link));
+    const driver = await FilesystemDriver.open(root);
+    const report = await new Fsck(driver).check('_local', { repair: true });
+    expect(report.quarantined).toBe(0);
+    expect(report.problems.filter((p) => p.kind === 'corrupt')).toEqual([]);
+    expect(await tree.snapshot()).toEqual(before);
+    expect(await driver.stat(paths.quarantine('_local', tree.digest))).toBeNull();
   });
 });

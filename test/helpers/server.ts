@@ -47,7 +47,7 @@ export interface AuthSetup {
 export async function startServer(
   driver?: StorageDriver,
   auth?: AuthSetup,
-  registryOpts: { blobRedirectSeconds?: number } = {},
+  registryOpts: ConstructorParameters<typeof Registry>[1] = {},
   metrics?: Metrics,
 ): Promise<TestServer> {
   const root = await mkdtemp(join(tmpdir(), 'berth-http-'));

@@ -1,9 +1,14 @@
 /** Prune on both backends: expiry, mark and sweep, referrers and indexes, the push race, locks, dry runs. */
 import { randomBytes } from 'node:crypto';
+import { mkdir, mkdtemp, readdir, rm, symlink } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { paths } from '../../src/registry/paths.js';
-import { AlreadyExists } from '../../src/storage/driver.js';
+import { AlreadyExists, UnsafePath } from '../../src/storage/driver.js';
 import { Pruner, type PruneOptions, type PruneReport } from '../../src/registry/prune.js';
+import { FilesystemDriver } from '../../src/storage/filesystem.js';
+import { outsideTree } from '../helpers/outside.js';
 import { overriding, pushBlob, pushImage, sha256, type TestServer } from '../helpers/server.js';
 import { IN_PROCESS_BACKENDS, startServerOn } from '../helpers/swift.js';
 
@@ -266,5 +271,43 @@ describe.each(IN_PROCESS_BACKENDS)('prune on %s', (backend) => {
     const counts = (r: PruneReport) => ({ uploads: r.uploads, manifests: r.manifests, tags: r.tags, blobs: r.blobs, bytes: r.bytes });
     expect(counts(dry)).toEqual(counts(real));
     expect(await status('/v2/dry/manifests/old')).toBe(404);
+  });
+});
+
+describe('prune never reaches outside the filesystem root through a symbolic link', () => {
+  let dir: string;
+  beforeEach(async () => {
+    dir = await mkdtemp(join(tmpdir(), 'berth-prune-links-'));
+  });
+  afterEach(async () => rm(dir, { recursive: true, force: true }));
+
+  // Issue 16: a link at each of these made prune delete the (expired) files it led to.
+  it.each(['<ns>', '<ns>/uploads', '<ns>/blobs', '<ns>/repos', '<ns>/blobs/<digest>', '<ns>/uploads/<upload>'])('a link at %s', async (at) => {
+    const tree = await outsideTree(join(dir, 'outside'));
+    const before = await tree.snapshot();
+    const root = join(dir, 'root');
+    await mkdir(join(root, '_local', 'blobs'), { recursive: true });
+    const upload = (await readdir(join(tree.dir, 'uploads')))[0];
+    const [link, target] = {
+      '<ns>': ['_local', ''],
+      '<ns>/uploads': ['_local/uploads', 'uploads'],
+      '<ns>/blobs': ['_local/blobs', 'blobs'],
+      '<ns>/repos': ['_local/repos', 'repos'],
+      '<ns>/blobs/<digest>': [`_local/blobs/${tree.digest}`, `blobs/${tree.digest}`],
+      '<ns>/uploads/<upload>': [`_local/uploads/${upload}`, `uploads/${upload}`],
+    }[at]!;
+    await rm(join(root, link), { recursive: true, force: true });
+    await mkdir(join(root, link, '..'), { recursive: true });
+    await symlink(join(tree.dir, target), join(root, link));
+    const driver = await FilesystemDriver.open(root);
+    const pruning = new Pruner(driver).prune('_local', { expiration: HOUR, uploadExpiry: HOUR, log: silent, lockSettleMs: 10 });
+    if (at === '<ns>') {
+      // Its lock cannot be written there: the run is refused before it looks at anything.
+      await expect(pruning).rejects.toBeInstanceOf(UnsafePath);
+    } else {
+      const report = await pruning;
+      expect(report.uploads.deleted + report.tags.deleted + report.manifests.deleted + report.blobs.deleted).toBe(0);
+    }
+    expect(await tree.snapshot()).toEqual(before);
   });
 });

@@ -34,6 +34,18 @@ describe('config', () => {
     expect(c.tlsCert).toBe('/etc/berth/tls.crt');
   });
 
+  it('limits: defaults without the key; each may be set; a bad value names its key', () => {
+    const storage = '  storage: {driver: filesystem, root: data}\n';
+    expect(parse(`registry:\n${storage}`).limits).toEqual({ chunksPerUpload: 10_000, uploadsPerNamespace: 1_000, maxBlobSize: 100 * 1024 ** 3 });
+    expect(parse(`registry:\n${storage}  limits: {chunks-per-upload: 50, max-blob-size: 1048576}\n`).limits).toEqual({
+      chunksPerUpload: 50,
+      uploadsPerNamespace: 1_000,
+      maxBlobSize: 1048576,
+    });
+    expect(() => parse(`registry:\n${storage}  limits: {uploads-per-namespace: 0}\n`)).toThrow(/registry\.limits\.uploads-per-namespace/);
+    expect(() => parse(`registry:\n${storage}  limits: {chunks: 5}\n`)).toThrow(/registry\.limits\.chunks: unknown key/);
+  });
+
   it("accepts zuul-registry's keys unchanged", () => {
     const c = parse(`registry:
   address: 127.0.0.1

@@ -10,6 +10,8 @@ describe('storage paths', () => {
   it('pins every path of the layout', () => {
     expect(paths.uploadRecord('_local', U)).toBe(`_local/uploads/${U}/metadata`);
     expect(paths.uploadChunk('_local', U, '3.0badc0de')).toBe(`_local/uploads/${U}/3.0badc0de`);
+    expect(paths.uploadPage('_local', U, 'p2.0badc0de')).toBe(`_local/uploads/${U}/p2.0badc0de`);
+    expect(paths.uploadLock('_local', U)).toBe(`_local/uploads/${U}/lock`);
     expect(paths.blobData('t1', D)).toBe(`t1/blobs/${D}/data`);
     expect(paths.blobPart('t1', D, U, 7)).toBe(`t1/blobs/${D}/parts/${U}/7`);
     expect(paths.blobLink('t1', 'a/b', D)).toBe(`t1/repos/a/b/_blobs/${D}`);
@@ -25,6 +27,7 @@ describe('storage paths', () => {
     expect(() => paths.repo('../ns', 'app')).toThrow();
     expect(() => paths.upload('_local', '../..')).toThrow();
     expect(() => paths.uploadChunk('_local', U, '../metadata')).toThrow();
+    expect(() => paths.uploadPage('_local', U, '2.0badc0de')).toThrow();
   });
 
   it('validates names, tags and digests by the OCI grammar', () => {

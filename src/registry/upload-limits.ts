@@ -1,0 +1,95 @@
+/**
+ * Limits on what one client can make an upload cost: chunks per upload, open uploads per namespace, blob size.
+ * Each refusal is an OCI error a client can act on (docs/security-storage.md lists them).
+ */
+import type { StorageDriver } from '../storage/driver.js';
+import { RegistryError } from './errors.js';
+import { paths } from './paths.js';
+
+export interface UploadLimits {
+  /** Chunk objects one upload may hold (a PATCH can add several: bodies are cut at the backend's object size). */
+  chunksPerUpload: number;
+  /** Uploads of one namespace active within the upload expiry; a POST beyond it is refused. */
+  uploadsPerNamespace: number;
+  /** Bytes one blob may have. */
+  maxBlobSize: number;
+}
+
+export const DEFAULT_LIMITS: UploadLimits = {
+  // Far above what real clients send (one PATCH per layer; the chunkiest, 1,200, in the Swift tests).
+  chunksPerUpload: 10_000,
+  // A zuul buildset registry keeps every job's pushes in one namespace: far above what a busy CI keeps open.
+  uploadsPerNamespace: 1_000,
+  maxBlobSize: 100 * 1024 ** 3,
+};
+
+export const tooManyChunks = (id: string, max: number) =>
+  new RegistryError('BLOB_UPLOAD_INVALID', `the upload has reached the limit of ${max} chunks; finish it with PUT, or push again in larger chunks`, {
+    uuid: id,
+    limit: max,
+  });
+
+export const tooLarge = (max: number) =>
+  new RegistryError('PAYLOAD_TOO_LARGE', `a blob may have at most ${max} bytes`, { limit: max });
+
+/** How long a count of a namespace's open uploads is used before the uploads are listed again. */
+const COUNT_TTL_MS = 10_000;
+
+/**
+ * Open uploads per namespace, counted from a listing at most every COUNT_TTL_MS, plus the uploads this process
+ * started since, less those it finished. Other processes' new uploads show at the next listing, so the limit is approximate by design:
+ * it bounds an abuser, it does not meter a client exactly.
+ */
+export class OpenUploads {
+  private readonly counts = new Map<string, { count: number; until: number }>();
+  private readonly listing = new Map<string, Promise<number>>();
+
+  constructor(
+    private readonly driver: StorageDriver,
+    private readonly limits: UploadLimits,
+    /** Seconds of inactivity after which an upload is abandoned (prune deletes it); older ones do not count. */
+    private readonly expirySeconds: number,
+  ) {}
+
+  /** Count one more upload of `ns`, or refuse it with 429 TOOMANYREQUESTS when the namespace is at the limit. */
+  async admit(ns: string): Promise<void> {
+    let entry = this.counts.get(ns);
+    if (!entry || entry.until < Date.now()) {
+      const count = await this.list(ns);
+      entry = { count, until: Date.now() + COUNT_TTL_MS };
+      this.counts.set(ns, entry);
+    }
+    if (entry.count >= this.limits.uploadsPerNamespace) {
+      throw new RegistryError('TOOMANYREQUESTS', `too many open uploads in this namespace (limit ${this.limits.uploadsPerNamespace}); finish or cancel some, or retry later`, {
+        limit: this.limits.uploadsPerNamespace,
+      });
+    }
+    entry.count++;
+  }
+
+  /** An upload of `ns` finished or was cancelled here: it no longer counts. */
+  finished(ns: string): void {
+    const entry = this.counts.get(ns);
+    if (entry && entry.count > 0) entry.count--;
+  }
+
+  /** One listing at a time per namespace, shared by the requests that wait for it. */
+  private list(ns: string): Promise<number> {
+    let pending = this.listing.get(ns);
+    if (!pending) {
+      pending = this.countStored(ns).finally(() => this.listing.delete(ns));
+      this.listing.set(ns, pending);
+    }
+    return pending;
+  }
+
+  /** Records are rewritten on every change, so a record's time is its upload's last activity. */
+  private async countStored(ns: string): Promise<number> {
+    const since = Date.now() - this.expirySeconds * 1000;
+    let count = 0;
+    for await (const o of this.driver.list(paths.uploads(ns))) {
+      if (o.path.endsWith('/metadata') && o.modified.getTime() >= since) count++;
+    }
+    return count;
+  }
+}

@@ -1,0 +1,53 @@
+/**
+ * One request at a time per upload. Two PATCHes of one upload both read the same record; the later record write
+ * would drop the other's chunk after it had been answered 202. Within a process an in-memory set refuses the
+ * second; across processes the driver's lock does, where the backend has one (the filesystem; not Swift).
+ */
+import type { StorageDriver } from '../storage/driver.js';
+import { paths } from './paths.js';
+
+/** A holder that dies without releasing loses the lock this long after its last renewal. */
+const LOCK_TTL_MS = 30_000;
+/**
+ * How long a request waits for a busy upload before it is refused: a client whose connection dropped mid-chunk
+ * retries at once, often before the server has noticed and let go of the upload.
+ */
+const WAIT_MS = 2000;
+const POLL_MS = 50;
+
+export class UploadLocks {
+  private readonly held = new Set<string>();
+
+  constructor(private readonly driver: StorageDriver) {}
+
+  /** The release function, or null when another request holds the upload. `id` must be a valid upload id. */
+  async acquire(ns: string, id: string): Promise<(() => Promise<void>) | null> {
+    const key = paths.uploadLock(ns, id);
+    const until = Date.now() + WAIT_MS;
+    for (;;) {
+      const release = await this.tryAcquire(key);
+      if (release || Date.now() >= until) return release;
+      await new Promise((r) => setTimeout(r, POLL_MS));
+    }
+  }
+
+  private async tryAcquire(key: string): Promise<(() => Promise<void>) | null> {
+    if (this.held.has(key)) return null;
+    this.held.add(key);
+    try {
+      const lock = this.driver.tryLock ? await this.driver.tryLock(key, LOCK_TTL_MS) : { release: async () => {} };
+      if (!lock) {
+        this.held.delete(key);
+        return null;
+      }
+      return async () => {
+        this.held.delete(key);
+        // A lock not released expires: nothing to do for the request that held it.
+        await lock.release().catch(() => {});
+      };
+    } catch (err) {
+      this.held.delete(key);
+      throw err;
+    }
+  }
+}

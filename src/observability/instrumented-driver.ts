@@ -51,6 +51,10 @@ export class InstrumentedDriver implements StorageDriver {
     }
   }
 
+  objectSize(length?: number): number {
+    return this.inner.objectSize(length);
+  }
+
   put(path: string, body: Readable | Buffer, opts?: PutOptions): Promise<StoredObject> {
     return this.timed('put', () => this.inner.put(path, body, opts));
   }

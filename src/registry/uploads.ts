@@ -111,10 +111,7 @@ export class Uploads {
     if (size + (opts.length ?? 0) > maxBlobSize) throw tooLarge(maxBlobSize);
     // SHA-256 and md5 run on the thread pool beside the socket and storage work (native-hash.ts).
     const hash = createBackgroundSha256(record.sha256);
-    // A body of known length is cut into equal objects, not full ones and a remainder: a remainder can be tiny, and
-    // Swift throttles reads of an SLO with more than ten segments under 1 MiB.
-    const max = this.driver.maxObjectSize;
-    const limit = opts.length ? Math.ceil(opts.length / Math.ceil(opts.length / max)) : max;
+    const limit = this.driver.objectSize(opts.length || undefined);
     let received = 0;
     let current: {
       stream: PassThrough;
@@ -343,26 +340,17 @@ export class Uploads {
    */
   private async moveWhole(ns: string, id: string, digest: string, chunk: ChunkEntry): Promise<void> {
     const dst = paths.blobData(ns, digest);
-    let moved: StoredObject | undefined;
+    let moved: StoredObject;
     let ours = true;
-    for (let attempt = 0; !moved; attempt++) {
-      try {
-        moved = await this.driver.move(paths.uploadChunk(ns, id, chunk.object), dst, { ifAbsent: true });
-      } catch (err) {
-        if (!(err instanceof AlreadyExists) && !(err instanceof PathNotFound)) throw err;
-        const there = await this.driver.stat(dst);
-        if (there) {
-          moved = { size: there.size };
-          ours = false;
-        } else if (err instanceof PathNotFound || attempt >= 3) {
-          throw err;
-        } else {
-          // Seen on Swift with several commits of one digest at once: the object a create-only check found is
-          // briefly not there for the next HEAD (most likely the HEAD met another commit's overwrite removing the
-          // file it was about to open). Our chunk is still in place: try the move again.
-          await new Promise((r) => setTimeout(r, 100 * (attempt + 1)));
-        }
-      }
+    try {
+      moved = await this.driver.move(paths.uploadChunk(ns, id, chunk.object), dst, { ifAbsent: true });
+    } catch (err) {
+      // Another upload of the same bytes got there first, or this commit's earlier attempt moved the chunk already.
+      if (!(err instanceof AlreadyExists) && !(err instanceof PathNotFound)) throw err;
+      const there = (err instanceof AlreadyExists ? err.existing : undefined) ?? (await this.driver.stat(dst));
+      if (!there) throw err;
+      moved = { size: there.size };
+      ours = false;
     }
     const wrong =
       moved.size !== chunk.size

@@ -74,6 +74,12 @@ export interface StorageDriver {
    */
   readonly maxObjectSize: number;
   /**
+   * The size of the objects a body of `length` bytes (undefined: not known in advance) is cut into: at most
+   * maxObjectSize, and never more objects than maxObjectSize needs. A backend may cut a known length into equal
+   * objects instead of full ones and a remainder (Swift: a tiny remainder would be a throttled SLO segment).
+   */
+  objectSize(length?: number): number;
+  /**
    * Whether put and move report the md5 of what the backend stored (StoredObject.md5: Swift's ETag). Only then is
    * an md5 of each upload chunk worth computing: it is what those reports are checked against.
    */
@@ -160,9 +166,12 @@ export class PathNotFound extends Error {
   }
 }
 
-/** A create-only put found an object already there. */
+/** A create-only put or move found an object already there (`existing`: what it saw, where the driver knows). */
 export class AlreadyExists extends Error {
-  constructor(public readonly path: string) {
+  constructor(
+    public readonly path: string,
+    public readonly existing?: ObjectInfo,
+  ) {
     super(`object exists: ${path}`);
     this.name = 'AlreadyExists';
   }

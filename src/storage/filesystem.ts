@@ -46,6 +46,9 @@ const SMALL_PART = 1 << 20;
 export class FilesystemDriver implements StorageDriver {
   readonly name = 'filesystem';
   readonly maxObjectSize = Number.MAX_SAFE_INTEGER;
+  objectSize(): number {
+    return this.maxObjectSize;
+  }
   /** A put reports an md5 only when it was given one to check; local files have no checksum of their own. */
   readonly reportsMd5 = false;
   /** link() refuses an existing target atomically. */

@@ -28,6 +28,9 @@ interface Entry {
 export class MemoryDriver implements StorageDriver {
   readonly name = 'memory';
   readonly maxObjectSize = Number.MAX_SAFE_INTEGER;
+  objectSize(): number {
+    return this.maxObjectSize;
+  }
   readonly reportsMd5 = false;
   readonly atomicCreate = true;
   readonly joinKeepsParts = false;

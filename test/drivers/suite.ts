@@ -339,6 +339,16 @@ export function runDriverSuite(name: string, factory: DriverFactory): void {
       await driver.delete(`${root}/listed/a`);
     });
 
+    test('objectSize cuts a length into objects no larger than maxObjectSize, and no more of them than it needs', () => {
+      const max = driver.maxObjectSize;
+      expect(driver.objectSize()).toBe(max);
+      for (const n of [1, 4096, max, max + 1, 3 * max + 1].filter(Number.isSafeInteger)) {
+        const size = driver.objectSize(n);
+        expect(size).toBeLessThanOrEqual(max);
+        expect(Math.ceil(n / size)).toBe(Math.ceil(n / max));
+      }
+    });
+
     test('keys that could escape are refused', async () => {
       for (const bad of ['../x', `${root}/../../etc/passwd`, `/abs`, `${root}//x`, `${root}/./x`, '']) {
         await expect(driver.put(bad, Buffer.from('x'))).rejects.toBeInstanceOf(DriverError);

@@ -100,6 +100,14 @@ export class SwiftDriver implements StorageDriver {
     if (head.status !== 204 && head.status !== 200) throw failure(head, `HEAD container ${this.opts.container}`);
   }
 
+  /**
+   * A known length is cut into equal objects, not full ones and a remainder: a remainder can be tiny, and Swift
+   * throttles reads of an SLO with more than ten segments under 1 MiB.
+   */
+  objectSize(length?: number): number {
+    return length ? Math.ceil(length / Math.ceil(length / this.maxObjectSize)) : this.maxObjectSize;
+  }
+
   put(key: string, body: Readable | Buffer, opts?: PutOptions): Promise<StoredObject> {
     return this.writes.put(key, body, opts);
   }

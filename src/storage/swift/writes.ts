@@ -89,11 +89,32 @@ export class SwiftWrites {
     }
   }
 
-  /** Swift has no rename: a server-side copy (its ETag checked against the source's), then a delete. */
+  /**
+   * Swift has no rename: a server-side copy (its ETag checked against the source's), then a delete. A create-only
+   * move answers AlreadyExists only with what it saw at `dst`: with several commits of one digest at once, an object
+   * a create-only check found can be missing for the next HEAD for a moment (that HEAD met another commit's overwrite
+   * removing the file it was about to open), and then the move is tried again; the source is still in place.
+   */
   async move(src: string, dst: string, opts: MoveOptions = {}): Promise<StoredObject> {
     checkKey(src);
     checkKey(dst);
-    if (opts.ifAbsent && (await this.reads.stat(dst))) throw new AlreadyExists(dst);
+    if (!opts.ifAbsent) return this.copyAndDelete(src, dst, false);
+    for (let attempt = 0; ; attempt++) {
+      try {
+        return await this.copyAndDelete(src, dst, true);
+      } catch (err) {
+        if (!(err instanceof AlreadyExists)) throw err;
+        const existing = err.existing ?? (await this.reads.stat(dst));
+        if (existing) throw new AlreadyExists(dst, existing);
+        if (attempt >= 3) throw err;
+        await new Promise((r) => setTimeout(r, 100 * (attempt + 1)));
+      }
+    }
+  }
+
+  private async copyAndDelete(src: string, dst: string, ifAbsent: boolean): Promise<StoredObject> {
+    const found = ifAbsent ? await this.reads.stat(dst) : null;
+    if (found) throw new AlreadyExists(dst, found);
     const head = await this.client.call({ method: 'HEAD', key: src });
     await drain(head);
     if (head.status === 404) throw new PathNotFound(src);
@@ -111,7 +132,7 @@ export class SwiftWrites {
     if (copy.status === 404) throw new PathNotFound(src);
     // 202: a concurrent write to dst with a newer timestamp won. For a create-only move that is another creator
     // getting there first (two checks passed at once); the source stays, as AlreadyExists promises.
-    if (copy.status === 202 && opts.ifAbsent) throw new AlreadyExists(dst);
+    if (copy.status === 202 && ifAbsent) throw new AlreadyExists(dst);
     if (copy.status !== 201) throw failure(copy, `copy ${src} to ${dst}`);
     const etag = unquote(copy.headers.get('etag'));
     const sourceEtag = unquote(head.headers.get('etag'));

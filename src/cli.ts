@@ -7,6 +7,7 @@
 import { readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { pino, type Logger } from 'pino';
+import { DEFAULTS } from './config/defaults.js';
 import { ConfigError, loadConfig, type Config } from './config/config.js';
 import { anonymousPull, checkForServe, locateConfig, tokenAudience } from './config/startup.js';
 import { runPrune } from './commands/prune.js';
@@ -103,7 +104,7 @@ async function serve(config: Config, log: Logger): Promise<number> {
   const metrics = new Metrics();
   const driver = new InstrumentedDriver(await openStorage(config.storage), metrics);
   const registry = new Registry(driver, {
-    blobRedirectSeconds: config.storage.driver === 'swift' && config.storage.tempUrlKey ? (config.storage.tempUrlExpiry ?? 300) : undefined,
+    blobRedirectSeconds: config.storage.driver === 'swift' && config.storage.tempUrlKey ? (config.storage.tempUrlExpiry ?? DEFAULTS.swift.tempUrlExpiry) : undefined,
     limits: config.limits,
     uploadExpiry: config.uploadExpiry,
   });

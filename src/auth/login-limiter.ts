@@ -6,6 +6,7 @@
  * token comes back; Bearer tokens from it still work, and other addresses are never affected, whatever name was
  * tried: limiting by name would let anyone lock the single `zuul` user out.
  */
+import { DEFAULTS } from '../config/defaults.js';
 import { isIPv6 } from 'node:net';
 
 export interface LimitOptions {
@@ -17,7 +18,7 @@ export interface LimitOptions {
   maxAddresses?: number;
 }
 
-export const LOGIN_LIMIT_DEFAULTS: Required<LimitOptions> = { failures: 10, refillSeconds: 30, maxAddresses: 10_000 };
+export const LOGIN_LIMIT_DEFAULTS: Required<LimitOptions> = DEFAULTS.logins;
 
 /** A login refused before any check: the client should wait `retryAfter` seconds. */
 export class LoginRefused extends Error {

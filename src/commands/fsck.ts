@@ -2,6 +2,7 @@
  * `berth fsck [--namespace NS]... [--repair] [--parallel N]`: check a store, report each problem with its path.
  * Exit 0 when nothing is wrong, 1 when something is (even if repaired: someone should look), 2 for bad usage.
  */
+import { DEFAULTS } from '../config/defaults.js';
 import { parseArgs } from 'node:util';
 import type { Logger } from 'pino';
 import type { Config } from '../config/config.js';
@@ -25,7 +26,7 @@ export async function runFsck(config: Config, args: string[], log: Logger): Prom
     return 2;
   }
   const namespaces = values.namespace ?? configuredNamespaces(config);
-  const parallel = values.parallel === undefined ? 4 : Number(values.parallel);
+  const parallel = values.parallel === undefined ? DEFAULTS.fsckParallel : Number(values.parallel);
   if (namespaces.some((n) => !validNamespace(n)) || !Number.isInteger(parallel) || parallel < 1 || parallel > 64) {
     process.stderr.write(`berth: invalid --namespace or --parallel\n${FSCK_USAGE}\n`);
     return 2;

@@ -2,6 +2,8 @@
  * Configuration: YAML under a top-level `registry:` key, accepting zuul-registry's keys unchanged. Validated once
  * at start-up; any unknown key or bad value stops the process with the key's path in the message.
  */
+import { DEFAULTS } from './defaults.js';
+import { validNamespace } from '../registry/paths.js';
 import { readFileSync } from 'node:fs';
 import { dirname, resolve } from 'node:path';
 import { substituteEnv, type Unresolved } from './env.js';
@@ -86,11 +88,9 @@ export class ConfigError extends Error {
   }
 }
 
-const NAMESPACE_RE = /^[a-z0-9_][a-z0-9_-]{0,63}$/;
 
-export const DEFAULTS = { address: '0.0.0.0', port: 9000, uploadExpiry: 3600, refreshTokenExpiry: 86_400 };
-/** Idle keep-alive outlasts the usual 60 s of load balancers, so they never reuse a connection Berth is closing. */
-export const DEFAULT_TIMEOUTS: Timeouts = { handshake: 10, headers: 10, idle: 65, bodyIdle: 60 };
+export { DEFAULTS };
+export const DEFAULT_TIMEOUTS: Timeouts = DEFAULTS.timeouts;
 
 /** Load and validate a config file; relative storage paths resolve against the file's directory. */
 export function loadConfig(file: string, env: NodeJS.ProcessEnv = process.env): Config {
@@ -182,7 +182,7 @@ function users(value: unknown, haveHtpasswd: boolean): UserConfig[] {
       user.pass = '';
     } else if (o.pass !== undefined || !haveHtpasswd) user.pass = string(o.pass, `${where}.pass`);
     if (namespace !== undefined) {
-      if (!NAMESPACE_RE.test(namespace)) throw new ConfigError(`${where}.namespace`, 'must match [a-z0-9_][a-z0-9_-]{0,63}');
+      if (!validNamespace(namespace)) throw new ConfigError(`${where}.namespace`, 'must match [a-z0-9_][a-z0-9_-]{0,63}');
       user.namespace = namespace;
     }
     return user;
@@ -195,7 +195,7 @@ function namespaces(value: unknown): Record<string, NamespaceConfig> {
   const result: Record<string, NamespaceConfig> = {};
   for (const [name, v] of Object.entries(o)) {
     const where = `registry.namespaces.${name}`;
-    if (!NAMESPACE_RE.test(name)) throw new ConfigError(where, 'a namespace must match [a-z0-9_][a-z0-9_-]{0,63}');
+    if (!validNamespace(name)) throw new ConfigError(where, 'a namespace must match [a-z0-9_][a-z0-9_-]{0,63}');
     const n = object(v ?? {}, where);
     keys(n, where, ['expiration', 'public']);
     const entry: NamespaceConfig = {};

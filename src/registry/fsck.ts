@@ -4,6 +4,7 @@
  * blob to quarantine: it stops being served, and pushing it again stores it afresh. A blob that could not be read
  * (a 503, a reset, a stall) is only reported: the next read may well succeed, and a healthy blob must not be lost.
  */
+import { DEFAULTS } from '../config/defaults.js';
 import { createHash } from 'node:crypto';
 import { PathNotFound, type StorageDriver } from '../storage/driver.js';
 import { digestAlgorithm, parseBlobPath, parseRepoPath, paths, validDigest } from './paths.js';
@@ -56,7 +57,7 @@ export class Fsck {
         tick();
       });
       running.add(task);
-      if (running.size >= (opts.parallel ?? 4)) await Promise.race(running);
+      if (running.size >= (opts.parallel ?? DEFAULTS.fsckParallel)) await Promise.race(running);
     }
     await Promise.all(running);
 

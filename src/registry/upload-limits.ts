@@ -2,6 +2,7 @@
  * Limits on what one client can make an upload cost: chunks per upload, open uploads per namespace, blob size.
  * Each refusal is an OCI error a client can act on (docs/security-storage.md lists them).
  */
+import { DEFAULTS } from '../config/defaults.js';
 import type { StorageDriver } from '../storage/driver.js';
 import { RegistryError } from './errors.js';
 import { paths } from './paths.js';
@@ -15,13 +16,7 @@ export interface UploadLimits {
   maxBlobSize: number;
 }
 
-export const DEFAULT_LIMITS: UploadLimits = {
-  // Far above what real clients send (one PATCH per layer; the chunkiest, 1,200, in the Swift tests).
-  chunksPerUpload: 10_000,
-  // A zuul buildset registry keeps every job's pushes in one namespace: far above what a busy CI keeps open.
-  uploadsPerNamespace: 1_000,
-  maxBlobSize: 100 * 1024 ** 3,
-};
+export const DEFAULT_LIMITS: UploadLimits = DEFAULTS.limits;
 
 export const tooManyChunks = (id: string, max: number) =>
   new RegistryError('BLOB_UPLOAD_INVALID', `the upload has reached the limit of ${max} chunks; finish it with PUT, or push again in larger chunks`, {

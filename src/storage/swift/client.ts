@@ -7,13 +7,14 @@ import http from 'node:http';
 import https from 'node:https';
 import { Readable } from 'node:stream';
 import fetch, { type RequestInit, type Response } from 'node-fetch';
+import { DEFAULTS } from '../../config/defaults.js';
 import { DriverError, StorageUnavailable } from '../driver.js';
 import { transactionSuffix } from '../../observability/context.js';
 import { AuthError, login, type Session } from './auth.js';
 import type { CloudAuth } from './clouds.js';
 
 /** Deadline of requests without a streamed body (copies rewrite whole objects, so they get longer). */
-export const DEFAULT_TIMEOUT_MS = 120_000;
+export const DEFAULT_TIMEOUT_MS = DEFAULTS.swift.requestTimeout * 1000;
 export const COPY_TIMEOUT_MS = 30 * 60_000;
 /** Small requests run this many at a time (deletes, HEADs of segments, reads ahead of a merge). */
 export const PARALLEL_REQUESTS = 8;

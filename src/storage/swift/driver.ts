@@ -9,6 +9,7 @@
  */
 import type { Readable } from 'node:stream';
 import { DriverError, StorageUnavailable, type ByteRange, type MoveOptions, type ObjectInfo, type Part, type PutOptions, type StorageDriver, type StoredObject } from '../driver.js';
+import { DEFAULTS } from '../../config/defaults.js';
 import type { CloudAuth } from './clouds.js';
 import { SwiftClient, checkKey, drain, failure } from './client.js';
 import { SwiftReads } from './reads.js';
@@ -30,7 +31,7 @@ export interface SwiftOptions {
   requestTimeoutMs?: number;
 }
 
-export const DEFAULT_SEGMENT_SIZE = 64 * 1024 * 1024;
+export const DEFAULT_SEGMENT_SIZE = DEFAULTS.swift.segmentSize;
 
 /** No `tryLock`: Swift has no compare-and-swap, so it cannot lock across processes (docs/security-storage.md). */
 export class SwiftDriver implements StorageDriver {

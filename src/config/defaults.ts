@@ -1,0 +1,33 @@
+/**
+ * Every default in one place: what Berth does when the configuration, a command line or a caller says nothing.
+ * Durations are in seconds, as the configuration writes them; the code that needs milliseconds converts.
+ */
+export const DEFAULTS = {
+  address: '0.0.0.0',
+  port: 9000,
+  /** Uploads idle for longer are abandoned (prune deletes them). */
+  uploadExpiry: 3600,
+  /** A refresh token (docker's stored credential) stays valid this long. */
+  refreshTokenExpiry: 86_400,
+  /** Idle keep-alive outlasts the usual 60 s of load balancers, so they never reuse a connection Berth is closing. */
+  timeouts: { handshake: 10, headers: 10, idle: 65, bodyIdle: 60 },
+  limits: {
+    // Far above what real clients send (one PATCH per layer; the chunkiest, 1,200, in the Swift tests).
+    chunksPerUpload: 10_000,
+    // A zuul buildset registry keeps every job's pushes in one namespace: far above what a busy CI keeps open.
+    uploadsPerNamespace: 1_000,
+    maxBlobSize: 100 * 1024 ** 3,
+  },
+  /** Failed logins per client address before 429, refilled one per this many seconds; addresses remembered. */
+  logins: { failures: 10, refillSeconds: 30, maxAddresses: 10_000 },
+  swift: {
+    /** Largest chunk object and SLO segment. */
+    segmentSize: 64 * 1024 * 1024,
+    /** A metadata request's deadline, and the longest a streamed body may stall. */
+    requestTimeout: 120,
+    /** How long a temp-URL redirect stays valid. */
+    tempUrlExpiry: 300,
+  },
+  /** Blobs fsck reads at once. */
+  fsckParallel: 4,
+} as const;

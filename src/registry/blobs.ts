@@ -6,7 +6,7 @@
 import type { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import type { ByteRange, StorageDriver } from '../storage/driver.js';
-import { forEachLimited } from './concurrency.js';
+import { forEachLimited } from '../util/concurrency.js';
 import { blobUnknown } from './errors.js';
 import { checkDigest, paths } from './paths.js';
 import { verifying } from './verify.js';

@@ -8,6 +8,7 @@ import { DEFAULTS } from '../config/defaults.js';
 import { createHash } from 'node:crypto';
 import { PathNotFound, type StorageDriver } from '../storage/driver.js';
 import { digestAlgorithm, parseBlobPath, parseRepoPath, paths, validDigest } from './paths.js';
+import { forEachLimited } from '../util/concurrency.js';
 import { groups } from './listing.js';
 import { needs } from './manifest-doc.js';
 
@@ -48,18 +49,12 @@ export class Fsck {
     };
 
     // Blobs, with bounded parallelism; the listing streams, so at most `parallel` blobs are held at a time.
-    const running = new Set<Promise<void>>();
-    for await (const { key: digest, objects } of groups(this.driver.list(paths.blobs(ns)), (o) => parseBlobPath(ns, o.path)?.digest ?? null)) {
-      const data = objects.find((o) => parseBlobPath(ns, o.path)!.rest === 'data');
-      if (!data) continue;
-      const task = this.blob(ns, digest, report, opts).finally(() => {
-        running.delete(task);
-        tick();
-      });
-      running.add(task);
-      if (running.size >= (opts.parallel ?? DEFAULTS.fsckParallel)) await Promise.race(running);
-    }
-    await Promise.all(running);
+    const blobs = groups(this.driver.list(paths.blobs(ns)), (o) => parseBlobPath(ns, o.path)?.digest ?? null);
+    await forEachLimited(blobs, opts.parallel ?? DEFAULTS.fsckParallel, async ({ key: digest, objects }) => {
+      if (!objects.some((o) => parseBlobPath(ns, o.path)!.rest === 'data')) return;
+      await this.blob(ns, digest, report, opts);
+      tick();
+    });
 
     // Manifests: every revision's own bytes and the blobs it names must exist.
     for await (const o of this.driver.list(paths.repos(ns))) {

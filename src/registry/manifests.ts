@@ -5,7 +5,7 @@
 import { createHash } from 'node:crypto';
 import { PathNotFound, type StorageDriver } from '../storage/driver.js';
 import type { BlobLinks, Blobs } from './blobs.js';
-import { forEachLimited } from './concurrency.js';
+import { forEachLimited } from '../util/concurrency.js';
 import { RegistryError, manifestUnknown, nameUnknown } from './errors.js';
 import { type Descriptor, type RevisionMeta, parseManifest } from './manifest-doc.js';
 import { checkDigest, checkTag, digestAlgorithm, paths, validDigest, validTag } from './paths.js';

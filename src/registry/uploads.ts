@@ -20,6 +20,7 @@ import { DEFAULT_LIMITS, OpenUploads, tooLarge, tooManyChunks, type UploadLimits
 import { createBackgroundSha256, createSha256, type Sha256State } from './sha256state.js';
 import { chunkCount, RECORD_VERSION, recordSize, UploadRecords, type ChunkEntry, type UploadRecord } from './upload-record.js';
 import type { BlobLinks } from './blobs.js';
+import { forEachLimited } from '../util/concurrency.js';
 
 export interface AppendOptions {
   /** Content-Range start: must equal the current size. */
@@ -310,26 +311,21 @@ export class Uploads {
     const chunks = await this.records.chunks(ns, id, record);
     if (chunks.length === 1) return this.moveWhole(ns, id, digest, chunks[0]);
     const parts: Part[] = chunks.map((c, i) => ({ path: paths.blobPart(ns, digest, id, i), size: c.size, md5: c.md5 }));
-    let next = 0;
-    const worker = async () => {
-      while (next < chunks.length) {
-        const i = next++;
-        const chunk = chunks[i];
-        const part = parts[i];
-        let moved: StoredObject;
-        try {
-          moved = await this.driver.move(paths.uploadChunk(ns, id, chunk.object), part.path);
-        } catch (err) {
-          const there = err instanceof PathNotFound ? await this.driver.stat(part.path) : null;
-          if (!there) throw err;
-          moved = { size: there.size };
-        }
-        if (moved.size !== chunk.size) throw new SizeMismatch(part.path, chunk.size, moved.size);
-        const mismatch = md5Mismatch(part.path, chunk.md5, moved.md5);
-        if (mismatch) throw mismatch;
+    await forEachLimited(chunks.keys(), MOVE_PARALLELISM, async (i) => {
+      const chunk = chunks[i];
+      const part = parts[i];
+      let moved: StoredObject;
+      try {
+        moved = await this.driver.move(paths.uploadChunk(ns, id, chunk.object), part.path);
+      } catch (err) {
+        const there = err instanceof PathNotFound ? await this.driver.stat(part.path) : null;
+        if (!there) throw err;
+        moved = { size: there.size };
       }
-    };
-    await Promise.all(Array.from({ length: Math.min(MOVE_PARALLELISM, parts.length) }, worker));
+      if (moved.size !== chunk.size) throw new SizeMismatch(part.path, chunk.size, moved.size);
+      const mismatch = md5Mismatch(part.path, chunk.md5, moved.md5);
+      if (mismatch) throw mismatch;
+    });
     await this.driver.concat(paths.blobData(ns, digest), parts);
   }
 

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { forEachLimited } from '../../src/registry/concurrency.js';
+import { forEachLimited } from '../../src/util/concurrency.js';
 
 /** A task that waits for the test to release it, so the number running at once can be counted. */
 function gate() {

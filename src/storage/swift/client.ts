@@ -209,14 +209,6 @@ export function failure(res: Response, what: string, container?: string): Driver
   return new DriverError(`Swift ${what}: ${res.status} ${res.statusText}`, res.status >= 500 || res.status === 429 || res.status === 408);
 }
 
-export async function inParallel<T>(items: T[], limit: number, fn: (item: T) => Promise<void>): Promise<void> {
-  let next = 0;
-  const worker = async () => {
-    while (next < items.length) await fn(items[next++]);
-  };
-  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
-}
-
 /** Swift appends X-Trans-Id-Extra to its transaction id, so its logs name the Berth request behind each call. */
 function transactionHeader(): Record<string, string> {
   const suffix = transactionSuffix();

@@ -6,8 +6,9 @@ import { createHash } from 'node:crypto';
 import { PassThrough, Transform, pipeline, type Readable } from 'node:stream';
 import { finished } from 'node:stream/promises';
 import type { Response } from 'node-fetch';
+import { forEachLimited } from '../../util/concurrency.js';
 import { ChecksumMismatch, DriverError, PathNotFound, SizeMismatch, type ByteRange, type ObjectInfo } from '../driver.js';
-import { PARALLEL_REQUESTS, checkKey, drain, failure, inParallel, isSlo, modifiedOf, unquote, type IdleWatch, type SwiftClient } from './client.js';
+import { PARALLEL_REQUESTS, checkKey, drain, failure, isSlo, modifiedOf, unquote, type IdleWatch, type SwiftClient } from './client.js';
 
 const LIST_PAGE = 10_000;
 
@@ -207,7 +208,7 @@ export class SwiftReads {
     const listing = await this.sloListing(key);
     if (listing === null) return [`${key}: missing`];
     const problems: string[] = [];
-    await inParallel(listing, PARALLEL_REQUESTS, async (seg) => {
+    await forEachLimited(listing, PARALLEL_REQUESTS, async (seg) => {
       if (seg.subSlo) {
         problems.push(...(await this.verify(seg.path)));
         return;

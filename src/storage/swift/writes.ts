@@ -6,8 +6,9 @@
 import { createHash } from 'node:crypto';
 import { Readable, Transform } from 'node:stream';
 import type { Response } from 'node-fetch';
+import { forEachLimited } from '../../util/concurrency.js';
 import { AlreadyExists, ChecksumMismatch, DriverError, PathNotFound, SizeMismatch, type MoveOptions, type Part, type PutOptions, type StoredObject } from '../driver.js';
-import { COPY_TIMEOUT_MS, PARALLEL_REQUESTS, checkKey, drain, encodeKey, failure, inParallel, isSlo, unquote, type IdleWatch, type SwiftClient } from './client.js';
+import { COPY_TIMEOUT_MS, PARALLEL_REQUESTS, checkKey, drain, encodeKey, failure, isSlo, unquote, type IdleWatch, type SwiftClient } from './client.js';
 import type { SwiftReads } from './reads.js';
 import { planManifests, planMerges, sloEtag, type Segment } from './slo.js';
 
@@ -184,7 +185,7 @@ export class SwiftWrites {
       const written = await this.putManifest(dst, plan.top, { ifAbsent: true });
       if (written === 'exists') return await this.settleLostJoin(dst, dir);
       // The merged originals (plain objects) are no longer referenced by anything.
-      await inParallel([...mergePlan.merges.flatMap((m) => m.parts), ...empty], PARALLEL_REQUESTS, (p) => this.deletePlain(p.path));
+      await forEachLimited([...mergePlan.merges.flatMap((m) => m.parts), ...empty], PARALLEL_REQUESTS, (p) => this.deletePlain(p.path));
       return { size: written };
     } catch (err) {
       for (const m of merged) await this.deleteQuietly(m.path);
@@ -209,7 +210,7 @@ export class SwiftWrites {
     if (!listing.some((seg) => seg.path.startsWith(`${dir}/`))) {
       const leftovers: string[] = [];
       for await (const o of this.reads.list(dir)) leftovers.push(o.path);
-      await inParallel(leftovers, PARALLEL_REQUESTS, (key) => this.deleteQuietly(key, false));
+      await forEachLimited(leftovers, PARALLEL_REQUESTS, (key) => this.deleteQuietly(key, false));
     }
     if (listing.length === 0) return { size: (await this.reads.stat(dst))?.size ?? 0 };
     return { size: listing.reduce((n, seg) => n + seg.bytes, 0) };

@@ -8,40 +8,22 @@
  *   start ──▶ [record: 0 chunks] ──append──▶ [record: n chunks, state after n] ──commit──▶ [committing] ──▶ blob
  *                   └──────────────cancel / expiry (prune)──────────────┘
  */
-import { createHash, randomBytes, randomUUID } from 'node:crypto';
-import { once } from 'node:events';
-import { PassThrough, type Readable } from 'node:stream';
-import { inlineMd5, md5Job, type Md5Job } from './native-hash.js';
-import { AlreadyExists, ChecksumMismatch, PathNotFound, SizeMismatch, type Part, type StorageDriver, type StoredObject } from '../storage/driver.js';
+import { createHash, randomUUID } from 'node:crypto';
+import type { Readable } from 'node:stream';
+import { AlreadyExists, PathNotFound, SizeMismatch, type Part, type StorageDriver, type StoredObject } from '../storage/driver.js';
 import { RegistryError, uploadUnknown } from './errors.js';
 import { checkDigest, digestAlgorithm, paths, validUploadId } from './paths.js';
 import { UploadLocks } from './upload-lock.js';
 import { DEFAULT_LIMITS, OpenUploads, tooLarge, tooManyChunks, type UploadLimits } from './upload-limits.js';
-import { createBackgroundSha256, createSha256, type Sha256State } from './sha256state.js';
+import { createSha256 } from './sha256state.js';
 import { chunkCount, RECORD_VERSION, recordSize, UploadRecords, type ChunkEntry, type UploadRecord } from './upload-record.js';
 import type { BlobLinks } from './blobs.js';
 import { forEachLimited } from '../util/concurrency.js';
+import { ChunkWriter, md5Mismatch, type AppendOptions } from './chunk-writer.js';
 
-export interface AppendOptions {
-  /** Content-Range start: must equal the current size. */
-  offset?: number;
-  /** Declared body length (Content-Length or Content-Range); a body of another length fails. */
-  length?: number;
-  signal?: AbortSignal;
-}
-
-/** Bodies at least this long hash md5 on the thread pool; shorter ones on the request thread. */
-const POOLED_MD5_THRESHOLD = 4 * 1024 * 1024;
-
-/** Bytes gathered before one write to storage: per-write costs (streams, syscalls) dwarf a copy at 64 KiB. */
-const WRITE_BATCH = 1 << 20;
+export type { AppendOptions } from './chunk-writer.js';
 /** How many chunk moves run at once during commit. */
 const MOVE_PARALLELISM = 4;
-
-/** When both md5s are known and differ, storage holds other bytes than the ones hashed. */
-function md5Mismatch(path: string, hashed: string | undefined, stored: string | undefined): ChecksumMismatch | null {
-  return hashed !== undefined && stored !== undefined && hashed !== stored ? new ChecksumMismatch(path, hashed, stored) : null;
-}
 
 export class Uploads {
   private readonly records: UploadRecords;
@@ -110,134 +92,7 @@ export class Uploads {
     const { chunksPerUpload, maxBlobSize } = this.limits;
     if (chunkCount(record) >= chunksPerUpload) throw tooManyChunks(id, chunksPerUpload);
     if (size + (opts.length ?? 0) > maxBlobSize) throw tooLarge(maxBlobSize);
-    // SHA-256 and md5 run on the thread pool beside the socket and storage work (native-hash.ts).
-    const hash = createBackgroundSha256(record.sha256);
-    const limit = this.driver.objectSize(opts.length || undefined);
-    let received = 0;
-    let current: {
-      stream: PassThrough;
-      stored: Promise<StoredObject>;
-      md5: Md5Job | null;
-      size: number;
-      object: string;
-      abort: AbortController;
-      /** Received but not yet written: pieces go to storage in batches (one write per MiB, not per 64 KiB). */
-      batch: Buffer[];
-      batchBytes: number;
-    } | null = null;
-    // md5 only where the storage reports one to check it against: on the filesystem it would be a fifth of the CPU
-    // an upload costs, for a value nothing reads.
-    const pooled = opts.length === undefined || opts.length >= POOLED_MD5_THRESHOLD;
-    const newMd5 = !this.driver.reportsMd5 ? () => null : pooled ? md5Job : inlineMd5;
-    // A client that goes away aborts the object streaming now; one already complete still finishes.
-    const onAbort = () => current?.abort.abort(opts.signal?.reason);
-    opts.signal?.addEventListener('abort', onAbort, { once: true });
-
-    // Objects are named by their index in the record; the next one opens while the one before is still finishing.
-    let nextIndex = chunkCount(record);
-    /** `start`: where the object begins in this body. With a declared length its size is known before it streams. */
-    const open = (start: number) => {
-      if (nextIndex >= chunksPerUpload) throw tooManyChunks(id, chunksPerUpload);
-      const object = `${nextIndex++}.${randomBytes(4).toString('hex')}`;
-      // A size up front spares Swift the chunked decoding (about a tenth of its CPU for a PUT, measured with curl).
-      const size = opts.length === undefined ? undefined : Math.min(limit, opts.length - start);
-      const stream = new PassThrough({ highWaterMark: 1 << 20 });
-      // Failures surface through `stored` (the driver's put); an error event here must not go unhandled.
-      stream.on('error', () => {});
-      const abort = new AbortController();
-      const stored = this.driver.put(paths.uploadChunk(ns, id, object), stream, { signal: abort.signal, size });
-      stored.catch(() => {}); // observed when the object is closed; avoid an unhandled rejection meanwhile
-      return { stream, stored, md5: newMd5(), size: 0, object, abort, batch: [] as Buffer[], batchBytes: 0 };
-    };
-    const send = async (c: NonNullable<typeof current>) => {
-      if (c.batchBytes === 0) return;
-      const data = c.batch.length === 1 ? c.batch[0] : Buffer.concat(c.batch, c.batchBytes);
-      c.batch = [];
-      c.batchBytes = 0;
-      if (!c.stream.write(data)) await Promise.race([once(c.stream, 'drain'), c.stored]);
-    };
-    // A full object finishes (Swift's response, the md5 check, the record) while the next one already streams:
-    // waiting would stall the client for the storage's fsync at every object boundary. At most one finishes at a
-    // time, and records are written in object order.
-    let finishing: Promise<void> = Promise.resolve();
-    let failure: unknown;
-    const finish = async (c: NonNullable<typeof current>, state: Sha256State) => {
-      const [stored, md5] = await Promise.all([c.stored, c.md5?.digest()]);
-      const path = paths.uploadChunk(ns, id, c.object);
-      if (stored.size !== c.size) {
-        await this.driver.delete(path);
-        throw new SizeMismatch(path, c.size, stored.size);
-      }
-      const mismatch = md5Mismatch(path, md5, stored.md5);
-      if (mismatch) {
-        await this.driver.delete(path);
-        throw mismatch;
-      }
-      record.chunks.push({ object: c.object, size: c.size, md5 });
-      record.sha256 = state;
-      record.updated = new Date().toISOString();
-      await this.writeRecord(ns, id, record);
-    };
-    const close = async () => {
-      const c = current!;
-      await send(c);
-      current = null;
-      c.stream.end();
-      const state = await hash.state();
-      await finishing;
-      finishing = finish(c, state);
-      finishing.catch((err) => {
-        failure ??= err;
-        current?.abort.abort(err); // the object streaming now is not needed any more
-      });
-    };
-
-    try {
-      for await (const piece of body as AsyncIterable<Buffer>) {
-        if (failure) throw failure;
-        received += piece.length;
-        if (size + received > maxBlobSize) throw tooLarge(maxBlobSize);
-        if (opts.length !== undefined && received > opts.length) {
-          throw new RegistryError('SIZE_INVALID', 'body is longer than declared', { declared: opts.length });
-        }
-        let rest = piece;
-        while (rest.length > 0) {
-          current ??= open(received - rest.length);
-          const take = Math.min(rest.length, limit - current.size);
-          const slice = take === rest.length ? rest : rest.subarray(0, take);
-          const shaBusy = hash.update(slice);
-          const md5Busy = current.md5?.update(slice);
-          current.size += slice.length;
-          current.batch.push(slice);
-          current.batchBytes += slice.length;
-          if (current.batchBytes >= WRITE_BATCH) await send(current);
-          if (shaBusy) await shaBusy;
-          if (md5Busy) await md5Busy;
-          rest = rest.subarray(take);
-          // The last object of a declared length stays open until the body ends: a byte too many must fail it.
-          const last = opts.length !== undefined && received === opts.length && rest.length === 0;
-          if (current.size === limit && !last) await close();
-        }
-      }
-      if (opts.length !== undefined && received < opts.length) {
-        throw new RegistryError('SIZE_INVALID', 'body is shorter than declared', { declared: opts.length, received });
-      }
-      if (opts.signal?.aborted) throw new RegistryError('BLOB_UPLOAD_INVALID', 'client disconnected');
-      if (current) await close();
-      await finishing;
-    } catch (err) {
-      if (current) {
-        const c = current as NonNullable<typeof current>;
-        c.abort.abort(err);
-        c.stream.destroy(err as Error);
-      }
-      // Objects that were complete still count: the record keeps them, and the client resumes after them.
-      await finishing.catch(() => {});
-      throw failure ?? err;
-    } finally {
-      opts.signal?.removeEventListener('abort', onAbort);
-    }
-    return { size: recordSize(record) };
+    return new ChunkWriter(this.driver, ns, id, record, this.limits, opts, (r) => this.writeRecord(ns, id, r)).write(body);
   }
 
   /**

@@ -157,6 +157,14 @@ export function parseBlobPath(namespace: string, p: string): { digest: string; r
   return validDigest(d) ? { digest: d, rest: tail.slice(at + 1) } : null;
 }
 
+/** Parse a path under `<ns>/uploads/` back into the upload's id and the rest; null for anything else. */
+export function parseUploadPath(namespace: string, p: string): { id: string; rest: string } | null {
+  const prefix = `${ns(namespace)}/uploads/`;
+  if (!p.startsWith(prefix)) return null;
+  const [id, ...rest] = p.slice(prefix.length).split('/');
+  return id ? { id, rest: rest.join('/') } : null;
+}
+
 /** Parse a path under `<ns>/repos/` back into repository name and the rest; null for anything else. */
 export function parseRepoPath(namespace: string, p: string): { repo: string; rest: string } | null {
   const prefix = `${ns(namespace)}/repos/`;

@@ -21,7 +21,7 @@ import { PathNotFound, type ObjectInfo, type StorageDriver } from '../storage/dr
 import { createExclusive } from '../storage/exclusive.js';
 import { groups } from './listing.js';
 import { needs } from './manifest-doc.js';
-import { parseBlobPath, parseRepoPath, paths, validDigest, validTag } from './paths.js';
+import { parseBlobPath, parseRepoPath, parseUploadPath, paths, validDigest, validTag } from './paths.js';
 
 export interface PruneLog {
   debug(obj: object, msg: string): void;
@@ -190,9 +190,8 @@ class Run {
 
   /** Uploads idle for longer than the upload expiry: the record first (it must never name a missing chunk). */
   async uploads(): Promise<void> {
-    const prefix = `${paths.uploads(this.ns)}/`;
     const t = this.report.uploads;
-    for await (const { key: id, objects } of groups(this.driver.list(paths.uploads(this.ns)), (o) => o.path.slice(prefix.length).split('/')[0] || null)) {
+    for await (const { key: id, objects } of groups(this.driver.list(paths.uploads(this.ns)), (o) => parseUploadPath(this.ns, o.path)?.id ?? null)) {
       t.examined++;
       const bytes = objects.reduce((n, o) => n + o.size, 0);
       this.report.bytes.examined += bytes;

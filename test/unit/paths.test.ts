@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { RegistryError } from '../../src/registry/errors.js';
-import { checkDigest, checkName, parseRepoPath, paths, validName, validTag } from '../../src/registry/paths.js';
+import { checkDigest, checkName, parseRepoPath, parseUploadPath, paths, validName, validTag } from '../../src/registry/paths.js';
 
 const D = `sha256:${'a'.repeat(64)}`;
 const S = `sha256:${'b'.repeat(64)}`;
@@ -45,5 +45,13 @@ describe('storage paths', () => {
   it('parses repository paths back, even for names that look like layout directories', () => {
     expect(parseRepoPath('_local', `_local/repos/a/manifests/_blobs/${D}`)).toEqual({ repo: 'a/manifests', rest: `_blobs/${D}` });
     expect(parseRepoPath('_local', `_local/blobs/${D}/data`)).toBeNull();
+  });
+
+  it('parses upload paths back into the upload id', () => {
+    const id = '0a1b2c3d-0000-4000-8000-00000000000f';
+    expect(parseUploadPath('_local', `_local/uploads/${id}/metadata`)).toEqual({ id, rest: 'metadata' });
+    expect(parseUploadPath('_local', `_local/uploads/${id}/3.0a1b2c3d`)).toEqual({ id, rest: '3.0a1b2c3d' });
+    expect(parseUploadPath('_local', `_local/blobs/${D}/data`)).toBeNull();
+    expect(parseUploadPath('team', `_local/uploads/${id}/metadata`)).toBeNull();
   });
 });

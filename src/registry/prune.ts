@@ -42,7 +42,7 @@ export interface PruneOptions {
   progress?: (line: string) => void;
   /** A lock older than this belongs to a prune that died; it is taken over. */
   staleLockSeconds?: number;
-  /** Pause between writing the lock and reading it back (Swift's create-only put is not atomic under races). */
+  /** Pause before reading the lock back, where the driver says creates are not atomic (storage/exclusive.ts). */
   lockSettleMs?: number;
 }
 

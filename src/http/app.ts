@@ -268,7 +268,7 @@ async function startUpload(registry: Registry, c: Call, name: string): Promise<v
 }
 
 async function upload(registry: Registry, c: Call, name: string, id: string): Promise<void> {
-  const { req, res } = c;
+  const { req } = c;
   switch (req.method) {
     case 'GET': {
       const { size } = await registry.uploads.status(c.ns, name, id);

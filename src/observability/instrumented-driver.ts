@@ -10,6 +10,7 @@ export class InstrumentedDriver implements StorageDriver {
   readonly namesRequests?: boolean;
   readonly atomicCreate: boolean;
   readonly joinKeepsParts: boolean;
+  readonly joinsPartsAnywhere: boolean;
   readonly deleteRemovesParts: boolean;
   readonly listingConsistent: boolean;
   readonly signedUrl?: (path: string, seconds: number) => Promise<string | null>;
@@ -28,6 +29,7 @@ export class InstrumentedDriver implements StorageDriver {
     this.namesRequests = inner.namesRequests;
     this.atomicCreate = inner.atomicCreate;
     this.joinKeepsParts = inner.joinKeepsParts;
+    this.joinsPartsAnywhere = inner.joinsPartsAnywhere;
     this.deleteRemovesParts = inner.deleteRemovesParts;
     this.listingConsistent = inner.listingConsistent;
     if (inner.signedUrl) this.signedUrl = (path, seconds) => this.timed('signed_url', () => inner.signedUrl!(path, seconds));

@@ -99,6 +99,11 @@ export interface StorageDriver {
    * rather than consuming them (the filesystem copies them into one file and deletes them).
    */
   readonly joinKeepsParts: boolean;
+  /**
+   * Whether `concat` joins parts from a directory other than the destination's (where an upload wrote them), so a
+   * commit could skip moving them. All three backends can; the core still moves parts into the blob's directory.
+   */
+  readonly joinsPartsAnywhere: boolean;
   /** Whether deleting a joined object removes the parts it keeps (Swift's multipart delete does). */
   readonly deleteRemovesParts: boolean;
   /** Whether a listing made right after a write always includes it (Swift's container listings may lag). */
@@ -122,8 +127,9 @@ export interface StorageDriver {
    */
   move(src: string, dst: string, opts?: MoveOptions): Promise<StoredObject>;
   /**
-   * Make dst read as the parts joined in order. The parts must be at paths under dst's directory; they become
-   * owned by dst (a backend may keep them as segments, or consume them). Before dst becomes visible each part is
+   * Make dst read as the parts joined in order. The parts must sit in one directory, under dst's own unless the
+   * driver declares `joinsPartsAnywhere`; they become owned by dst (a backend may keep them as segments, listed by
+   * `segments`, or consume them). Before dst becomes visible each part is
    * checked against what is stored, as far as the backend can without re-reading data: Swift compares every
    * part's ETag with its md5 (ChecksumMismatch), the filesystem compares sizes (SizeMismatch).
    */

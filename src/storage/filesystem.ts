@@ -55,6 +55,7 @@ export class FilesystemDriver implements StorageDriver {
   readonly atomicCreate = true;
   /** A join copies its parts into one file and deletes them. */
   readonly joinKeepsParts = false;
+  readonly joinsPartsAnywhere = true;
   readonly deleteRemovesParts = false;
   readonly listingConsistent = true;
 

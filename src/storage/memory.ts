@@ -34,6 +34,7 @@ export class MemoryDriver implements StorageDriver {
   readonly reportsMd5 = false;
   readonly atomicCreate = true;
   readonly joinKeepsParts = false;
+  readonly joinsPartsAnywhere = true;
   readonly deleteRemovesParts = false;
   readonly listingConsistent = true;
   private readonly objects = new Map<string, Entry>();

@@ -331,6 +331,25 @@ export function runDriverSuite(name: string, factory: DriverFactory): void {
       for (const p of parts) await driver.delete(p.path);
     });
 
+    test('declared joinsPartsAnywhere: parts written in another directory (an upload\'s) join into the destination', async () => {
+      const data = [randomBytes(1 << 20), randomBytes(1 << 20)];
+      const parts = [];
+      for (const [i, d] of data.entries()) {
+        await driver.put(`${root}/uploads/u1/${i}.obj`, d);
+        parts.push({ path: `${root}/uploads/u1/${i}.obj`, size: d.length, md5: md5(d) });
+      }
+      const joined = driver.concat(`${root}/blobs/b1/data`, parts);
+      if (!driver.joinsPartsAnywhere) {
+        await expect(joined).rejects.toBeInstanceOf(DriverError);
+      } else {
+        expect((await joined).size).toBe(2 << 20);
+        expectSameBytes(await collect((await driver.get(`${root}/blobs/b1/data`)).body), Buffer.concat(data));
+        if (driver.joinKeepsParts) expect(await driver.segments?.(`${root}/blobs/b1/data`)).toEqual(parts.map((p) => p.path));
+        await driver.delete(`${root}/blobs/b1/data`);
+      }
+      for (const o of await listAll(driver, root)) await driver.delete(o.path);
+    });
+
     test('declared listingConsistent: a listing right after a write includes it where the driver says listings are consistent', async () => {
       await driver.put(`${root}/listed/a`, Buffer.from('a'));
       const listed = (await listAll(driver, `${root}/listed`)).map((o) => o.path);

@@ -44,6 +44,8 @@ export class SwiftDriver implements StorageDriver {
   readonly atomicCreate = false;
   /** A join is an SLO over the parts, which stay where they are. */
   readonly joinKeepsParts = true;
+  /** An SLO may name segments anywhere in the container (merged parts and sub-manifests go beside the parts). */
+  readonly joinsPartsAnywhere = true;
   /** Deletes are multipart deletes: an SLO goes with its segments. */
   readonly deleteRemovesParts = true;
   /** Container listings are updated asynchronously by the object servers. */

@@ -8,9 +8,6 @@ import { sendError, toErrorBody } from './errors.js';
 import { requestIdOf, setRoute as route } from './exchange.js';
 import { tokenRoutes } from './token-endpoint.js';
 
-/** A storage key outside every namespace (namespaces never start with '.'); a stat of it proves storage answers. */
-const READINESS_PROBE = '.readyz';
-
 export function otherEndpoints(registry: Registry, access: Access, opts: { log: Logger; metrics?: Metrics }): express.Express {
   const app = express();
   app.disable('x-powered-by');
@@ -22,10 +19,9 @@ export function otherEndpoints(registry: Registry, access: Access, opts: { log: 
   });
   app.get('/readyz', (_req, res) => {
     route(res, 'readyz');
-    // Ready means storage can store: a driver that can tell (Swift: the container exists) says so; a stat of an
-    // absent key only proves that storage answers.
+    // Ready means storage can store (its root or container is there and takes our credentials), not just answers.
     const driver = registry.driver;
-    (driver.ready ? driver.ready() : driver.stat(READINESS_PROBE)).then(
+    driver.ready().then(
       () => res.json({ status: 'ready', storage: driver.name }),
       (err: Error) => {
         opts.log.warn({ req: requestIdOf(res), err: err.message }, 'storage not ready');
@@ -48,7 +44,7 @@ export function otherEndpoints(registry: Registry, access: Access, opts: { log: 
       );
     });
   }
-  tokenRoutes(app, access, opts.log, requestIdOf);
+  tokenRoutes(app, access, opts.log);
   // Every other path: clients parse the API's error envelope, not Express's HTML page. The code is the one an
   // unknown path under /v2 gets.
   app.use((req, res) => {

@@ -9,6 +9,7 @@ import express from 'express';
 import type { Logger } from 'pino';
 import { type Access, AuthFailure, type Principal } from './auth.js';
 import { sendError, toErrorBody } from './errors.js';
+import { requestIdOf } from './exchange.js';
 
 type Grant = { kind: 'header' } | { kind: 'password'; username: string; password: string } | { kind: 'refresh'; token: string };
 
@@ -20,7 +21,7 @@ interface TokenRequest {
 }
 
 /** Mount GET and POST /auth/token on `app`. */
-export function tokenRoutes(app: express.Express, access: Access, log: Logger, requestIdOf: (res: ServerResponse) => string | undefined): void {
+export function tokenRoutes(app: express.Express, access: Access, log: Logger): void {
   const answer = (req: IncomingMessage, res: ServerResponse, parse: () => TokenRequest | string) => {
     const parsed = parse();
     if (typeof parsed === 'string') return sendError(res, { status: 400, code: 'UNSUPPORTED', message: parsed });

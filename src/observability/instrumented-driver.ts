@@ -16,7 +16,6 @@ export class InstrumentedDriver implements StorageDriver {
   readonly signedUrl?: (path: string, seconds: number) => Promise<string | null>;
   readonly verify?: (path: string) => Promise<string[]>;
   readonly segments?: (path: string) => Promise<string[]>;
-  readonly ready?: () => Promise<void>;
   readonly tryLock?: (path: string, ttlMs: number) => Promise<Lock | null>;
 
   constructor(
@@ -35,7 +34,6 @@ export class InstrumentedDriver implements StorageDriver {
     if (inner.signedUrl) this.signedUrl = (path, seconds) => this.timed('signed_url', () => inner.signedUrl!(path, seconds));
     if (inner.verify) this.verify = (path) => this.timed('verify', () => inner.verify!(path));
     if (inner.segments) this.segments = (path) => this.timed('segments', () => inner.segments!(path));
-    if (inner.ready) this.ready = () => this.timed('ready', () => inner.ready!());
     if (inner.tryLock) this.tryLock = (path, ttlMs) => this.timed('lock', () => inner.tryLock!(path, ttlMs));
   }
 
@@ -51,6 +49,10 @@ export class InstrumentedDriver implements StorageDriver {
     } finally {
       end();
     }
+  }
+
+  ready(): Promise<void> {
+    return this.timed('ready', () => this.inner.ready());
   }
 
   objectSize(length?: number): number {

@@ -151,9 +151,9 @@ export interface StorageDriver {
   segments?(path: string): Promise<string[]>;
   /**
    * Resolves when the backend can store: its root or container is there and reachable (throws StorageUnavailable
-   * otherwise). Optional: without it readiness only asks whether a stat is answered.
+   * otherwise). A stat of some key would not do: on Swift it answers 404 whether the object or the container is gone.
    */
-  ready?(): Promise<void>;
+  ready(): Promise<void>;
   /**
    * Take the lock named `path` unless another holder's is live: null if it is. The driver keeps it live while held;
    * a holder that dies without releasing it loses it `ttlMs` later. Optional: a backend without it cannot lock

@@ -107,6 +107,7 @@ async function serve(config: Config, log: Logger): Promise<number> {
     blobRedirectSeconds: config.storage.driver === 'swift' && config.storage.tempUrlKey ? (config.storage.tempUrlExpiry ?? DEFAULTS.swift.tempUrlExpiry) : undefined,
     limits: config.limits,
     uploadExpiry: config.uploadExpiry,
+    commit: config.storage.driver === 'swift' ? config.storage.commit : undefined,
   });
   const app = createApp(registry, { log, access, metrics });
   const server = createServer(app, { tls, timeouts: config.timeouts, log });

@@ -9,6 +9,7 @@ import { dirname, resolve } from 'node:path';
 import { substituteEnv, type Unresolved } from './env.js';
 import { loadYaml } from './yaml.js';
 import { DEFAULT_LIMITS, type UploadLimits } from '../registry/upload-limits.js';
+import type { CommitMode } from '../registry/upload-commit.js';
 
 export interface UserConfig {
   name: string;
@@ -32,6 +33,8 @@ export type StorageConfig =
       tempUrlExpiry?: number;
       /** Seconds a Swift request may take (metadata) or stall (streamed bodies); default 120. */
       requestTimeout?: number;
+      /** How an upload becomes a blob: its chunks copied into the blob's path (move), or joined where written (link). */
+      commit?: CommitMode;
     };
 
 export interface Config {
@@ -251,11 +254,14 @@ function storage(value: unknown, baseDir: string): StorageConfig {
   const o = object(value, 'registry.storage');
   const driver = string(o.driver, 'registry.storage.driver');
   if (driver === 'filesystem') {
-    keys(o, 'registry.storage', ['driver', 'root', 'expiration']);
+    if (o.commit !== undefined && o.commit !== 'move') {
+      throw new ConfigError('registry.storage.commit', 'link needs Swift (its joins keep the parts where they were written); the filesystem joins by copying, so only move applies');
+    }
+    keys(o, 'registry.storage', ['driver', 'root', 'expiration', 'commit']);
     return { driver, root: resolve(baseDir, string(o.root, 'registry.storage.root')) };
   }
   if (driver === 'swift') {
-    keys(o, 'registry.storage', ['driver', 'cloud', 'container', 'segment-size', 'clouds-file', 'temp-url-key', 'temp-url-expiry', 'request-timeout', 'expiration']);
+    keys(o, 'registry.storage', ['driver', 'cloud', 'container', 'segment-size', 'clouds-file', 'temp-url-key', 'temp-url-expiry', 'request-timeout', 'expiration', 'commit']);
     const s: StorageConfig = { driver, cloud: string(o.cloud, 'registry.storage.cloud'), container: string(o.container, 'registry.storage.container') };
     if (o['segment-size'] !== undefined) {
       // Swift refuses objects over 5 GiB; SLO segments under 1 MiB are throttled.
@@ -270,6 +276,10 @@ function storage(value: unknown, baseDir: string): StorageConfig {
     }
     if (o['temp-url-expiry'] !== undefined) s.tempUrlExpiry = integer(o['temp-url-expiry'], 'registry.storage.temp-url-expiry', 10, 86400);
     if (o['request-timeout'] !== undefined) s.requestTimeout = integer(o['request-timeout'], 'registry.storage.request-timeout', 1, 3600);
+    if (o.commit !== undefined) {
+      if (o.commit !== 'move' && o.commit !== 'link') throw new ConfigError('registry.storage.commit', `must be move or link, not ${JSON.stringify(o.commit)}`);
+      s.commit = o.commit;
+    }
     return s;
   }
   throw new ConfigError('registry.storage.driver', `unknown driver ${JSON.stringify(driver)} (filesystem or swift)`);

@@ -8,8 +8,12 @@
  *     uploads/<uuid>/p<n>.<nonce>                a sealed page of the record's chunk entries (upload-record.ts)
  *     uploads/<uuid>/lock                        held while a request writes to the upload (where the backend
  *                                                can lock: the filesystem)
+ *     uploads/<uuid>/owner                       commit: link: this upload's chunk objects (and the merged objects
+ *                                                and sub-manifests beside them) are the segments of blob <owner>;
+ *                                                it replaces the record once the blob is joined (upload-commit.ts)
  *     blobs/<alg>:<hex>/data                     the blob (content-addressed; manifests are blobs too); a blob of
- *                                                one chunk is that chunk moved here
+ *                                                one chunk is that chunk moved here; with commit: link, an SLO
+ *                                                naming the upload's chunk objects where they were written
  *     blobs/<alg>:<hex>/parts/<uuid>/<n>         its parts: chunks moved here at commit (Swift SLO segments)
  *     blobs/<alg>:<hex>/touched                  rewritten whenever a push commits, mounts or references the blob
  *     blobs/<alg>:<hex>/tombstone                written by prune before it deletes the blob (see prune.ts)
@@ -122,6 +126,7 @@ export const paths = {
     return `${ns(n)}/uploads/${uuid(id)}/${object}`;
   },
   uploadLock: (n: string, id: string) => `${ns(n)}/uploads/${uuid(id)}/lock`,
+  uploadOwner: (n: string, id: string) => `${ns(n)}/uploads/${uuid(id)}/owner`,
 
   blobs: (n: string) => `${ns(n)}/blobs`,
   blob: (n: string, d: string) => `${ns(n)}/blobs/${digest(d)}`,

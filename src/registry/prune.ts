@@ -21,7 +21,8 @@ import { PathNotFound, type ObjectInfo, type StorageDriver } from '../storage/dr
 import { createExclusive } from '../storage/exclusive.js';
 import { groups } from './listing.js';
 import { needs } from './manifest-doc.js';
-import { parseBlobPath, parseRepoPath, parseUploadPath, paths, validDigest, validTag } from './paths.js';
+import { parseBlobPath, parseRepoPath, paths, validDigest, validTag } from './paths.js';
+import { pruneUploads } from './prune-uploads.js';
 
 export interface PruneLog {
   debug(obj: object, msg: string): void;
@@ -188,29 +189,21 @@ class Run {
 
   // --- uploads ---
 
-  /** Uploads idle for longer than the upload expiry: the record first (it must never name a missing chunk). */
-  async uploads(): Promise<void> {
-    const t = this.report.uploads;
-    for await (const { key: id, objects } of groups(this.driver.list(paths.uploads(this.ns)), (o) => parseUploadPath(this.ns, o.path)?.id ?? null)) {
-      t.examined++;
-      const bytes = objects.reduce((n, o) => n + o.size, 0);
-      this.report.bytes.examined += bytes;
-      const lastActivity = Math.max(...objects.map((o) => o.modified.getTime()));
-      if (lastActivity >= this.graceCutoff) {
-        t.kept++;
-        this.report.bytes.kept += bytes;
-        continue;
-      }
-      const record = objects.find((o) => o.path.endsWith('/metadata'));
-      const ordered = record ? [record, ...objects.filter((o) => o !== record)] : objects;
-      let ok = true;
-      for (const o of ordered) ok = (await this.remove(o.path, { upload: id })) && ok;
-      if (ok) {
-        t.deleted++;
-        this.report.bytes.deleted += bytes;
-      }
-      this.tick('uploads');
-    }
+  /** Abandoned uploads, and the segments of blobs that no longer read from them (prune-uploads.ts). */
+  uploads(): Promise<void> {
+    return pruneUploads({
+      driver: this.driver,
+      ns: this.ns,
+      graceCutoff: this.graceCutoff,
+      tally: this.report.uploads,
+      bytes: this.report.bytes,
+      remove: (path, what) => this.remove(path, what),
+      warn: (obj, msg) => {
+        this.report.failures++;
+        this.opts.log.warn(obj, msg);
+      },
+      tick: (stage) => this.tick(stage),
+    });
   }
 
   // --- manifests ---

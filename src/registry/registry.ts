@@ -8,6 +8,7 @@ import { Manifests } from './manifests.js';
 import { parseRepoPath, paths } from './paths.js';
 import type { UploadLimits } from './upload-limits.js';
 import { Uploads } from './uploads.js';
+import type { CommitMode } from './upload-commit.js';
 
 export class Registry {
   readonly blobs: Blobs;
@@ -16,11 +17,11 @@ export class Registry {
 
   constructor(
     readonly driver: StorageDriver,
-    opts: { blobRedirectSeconds?: number; limits?: UploadLimits; uploadExpiry?: number } = {},
+    opts: { blobRedirectSeconds?: number; limits?: UploadLimits; uploadExpiry?: number; commit?: CommitMode } = {},
   ) {
     const links = new BlobLinks(driver);
     this.blobs = new Blobs(driver, links, opts.blobRedirectSeconds);
-    this.uploads = new Uploads(driver, links, opts.limits, opts.uploadExpiry);
+    this.uploads = new Uploads(driver, links, opts.limits, opts.uploadExpiry, opts.commit);
     this.manifests = new Manifests(driver, this.blobs);
   }
 

@@ -10,32 +10,33 @@
  */
 import { createHash, randomUUID } from 'node:crypto';
 import type { Readable } from 'node:stream';
-import { AlreadyExists, PathNotFound, SizeMismatch, type Part, type StorageDriver, type StoredObject } from '../storage/driver.js';
+import type { StorageDriver } from '../storage/driver.js';
 import { RegistryError, uploadUnknown } from './errors.js';
 import { checkDigest, digestAlgorithm, paths, validUploadId } from './paths.js';
 import { UploadLocks } from './upload-lock.js';
 import { DEFAULT_LIMITS, OpenUploads, tooLarge, tooManyChunks, type UploadLimits } from './upload-limits.js';
 import { createSha256 } from './sha256state.js';
-import { chunkCount, RECORD_VERSION, recordSize, UploadRecords, type ChunkEntry, type UploadRecord } from './upload-record.js';
+import { chunkCount, RECORD_VERSION, recordSize, UploadRecords, type UploadRecord } from './upload-record.js';
 import type { BlobLinks } from './blobs.js';
-import { forEachLimited } from '../util/concurrency.js';
-import { ChunkWriter, md5Mismatch, type AppendOptions } from './chunk-writer.js';
+import { ChunkWriter, type AppendOptions } from './chunk-writer.js';
+import { BlobCommit, type CommitMode, type Joined } from './upload-commit.js';
 
 export type { AppendOptions } from './chunk-writer.js';
-/** How many chunk moves run at once during commit. */
-const MOVE_PARALLELISM = 4;
 
 export class Uploads {
   private readonly records: UploadRecords;
   private readonly locks: UploadLocks;
   private readonly open: OpenUploads;
+  private readonly blobCommit: BlobCommit;
 
   constructor(
     private readonly driver: StorageDriver,
     private readonly links: BlobLinks,
     private readonly limits: UploadLimits = DEFAULT_LIMITS,
     uploadExpirySeconds = 3600,
+    commitMode: CommitMode = 'move',
   ) {
+    this.blobCommit = new BlobCommit(driver, commitMode);
     this.records = new UploadRecords(driver);
     this.locks = new UploadLocks(driver);
     this.open = new OpenUploads(driver, limits, uploadExpirySeconds);
@@ -119,15 +120,20 @@ export class Uploads {
     }
     await this.links.touch(ns, [digest]);
     const existing = await this.driver.stat(paths.blobData(ns, digest));
-    if (existing) {
+    let joined: Joined = 'moved';
+    if (existing && record.committing === digest && (await this.blobCommit.linkedHere(ns, id, digest))) {
+      joined = 'linked'; // an earlier attempt of this commit joined the blob and stopped before the record went
+    } else if (existing) {
       if (existing.size !== size) throw new RegistryError('SIZE_INVALID', 'a blob with this digest exists with another size', { digest });
     } else {
       record.committing = digest;
       await this.writeRecord(ns, id, record);
-      await this.moveIntoBlob(ns, id, digest, record);
+      joined = await this.blobCommit.join(ns, id, digest, await this.records.chunks(ns, id, record));
     }
     await this.links.link(ns, repo, digest);
-    await this.remove(ns, id);
+    // A linked blob reads from the upload's objects: only the record goes, its owner claim stays.
+    if (joined === 'linked') await this.removeRecord(ns, id, record);
+    else await this.remove(ns, id);
     this.open.finished(ns);
     return { size };
   }
@@ -158,60 +164,10 @@ export class Uploads {
     return `sha512:${hash.digest('hex')}`;
   }
 
-  /**
-   * Move every chunk into the blob's directory, checking each moved object against the recorded md5, then join
-   * them. A retried commit finds already-moved chunks at their destination and goes on from there.
-   */
-  private async moveIntoBlob(ns: string, id: string, digest: string, record: UploadRecord): Promise<void> {
-    const chunks = await this.records.chunks(ns, id, record);
-    if (chunks.length === 1) return this.moveWhole(ns, id, digest, chunks[0]);
-    const parts: Part[] = chunks.map((c, i) => ({ path: paths.blobPart(ns, digest, id, i), size: c.size, md5: c.md5 }));
-    await forEachLimited(chunks.keys(), MOVE_PARALLELISM, async (i) => {
-      const chunk = chunks[i];
-      const part = parts[i];
-      let moved: StoredObject;
-      try {
-        moved = await this.driver.move(paths.uploadChunk(ns, id, chunk.object), part.path);
-      } catch (err) {
-        const there = err instanceof PathNotFound ? await this.driver.stat(part.path) : null;
-        if (!there) throw err;
-        moved = { size: there.size };
-      }
-      if (moved.size !== chunk.size) throw new SizeMismatch(part.path, chunk.size, moved.size);
-      const mismatch = md5Mismatch(part.path, chunk.md5, moved.md5);
-      if (mismatch) throw mismatch;
-    });
-    await this.driver.concat(paths.blobData(ns, digest), parts);
-  }
-
-  /**
-   * A blob of one chunk is that chunk, moved to the blob's data path: nothing to join, and on Swift a plain object
-   * reads faster and cheaper than a one-segment SLO (a temp URL to it is a plain GET). If another upload of the
-   * same bytes got there first, that object stays and ours goes with the upload.
-   */
-  private async moveWhole(ns: string, id: string, digest: string, chunk: ChunkEntry): Promise<void> {
-    const dst = paths.blobData(ns, digest);
-    let moved: StoredObject;
-    let ours = true;
-    try {
-      moved = await this.driver.move(paths.uploadChunk(ns, id, chunk.object), dst, { ifAbsent: true });
-    } catch (err) {
-      // Another upload of the same bytes got there first, or this commit's earlier attempt moved the chunk already.
-      if (!(err instanceof AlreadyExists) && !(err instanceof PathNotFound)) throw err;
-      const there = (err instanceof AlreadyExists ? err.existing : undefined) ?? (await this.driver.stat(dst));
-      if (!there) throw err;
-      moved = { size: there.size };
-      ours = false;
-    }
-    const wrong =
-      moved.size !== chunk.size
-        ? new SizeMismatch(dst, chunk.size, moved.size)
-        : md5Mismatch(dst, chunk.md5, moved.md5);
-    if (wrong) {
-      // Not the bytes that were hashed: they must not stay at the digest's path (a GET would refuse them anyway).
-      if (ours) await this.driver.delete(dst);
-      throw wrong;
-    }
+  /** The record and its pages, leaving the chunk objects a linked blob reads from. */
+  private async removeRecord(ns: string, id: string, record: UploadRecord): Promise<void> {
+    await this.driver.delete(paths.uploadRecord(ns, id));
+    for (const page of record.pages ?? []) await this.driver.delete(paths.uploadPage(ns, id, page.object));
   }
 
   /** Delete the record first: a record must never point at a chunk that is gone. Leftover chunks are prune's. */

@@ -183,7 +183,10 @@ export class SwiftWrites {
       plan = planManifests(dir, segments, this.maxManifestSegments);
       for (const sub of plan.subManifests) await this.putManifest(sub.path, sub.segments);
       const written = await this.putManifest(dst, plan.top, { ifAbsent: true });
-      if (written === 'exists') return await this.settleLostJoin(dst, dir);
+      if (written === 'exists') {
+        const ours = [...parts.map((p) => p.path), ...merged.map((m) => m.path), ...plan.subManifests.map((m) => m.path)];
+        return await this.settleLostJoin(dst, dir, ours);
+      }
       // The merged originals (plain objects) are no longer referenced by anything.
       await forEachLimited([...mergePlan.merges.flatMap((m) => m.parts), ...empty], PARALLEL_REQUESTS, (p) => this.deletePlain(p.path));
       return { size: written };
@@ -201,16 +204,15 @@ export class SwiftWrites {
   }
 
   /**
-   * Another join of `dst` won the race: its manifest stays. Ours (its parts, merged parts and sub-manifests, all in
-   * `dir`) is removed unless the manifest there is our own from an earlier attempt of this commit.
+   * Another join of `dst` won the race: its manifest stays. Ours (`ours`: the parts, merged parts and sub-manifests,
+   * all in `dir`) is removed unless the manifest there is our own from an earlier attempt of this commit. Only
+   * those objects: the directory may hold others (an upload's record, when the parts are joined where written).
    */
-  private async settleLostJoin(dst: string, dir: string): Promise<StoredObject> {
+  private async settleLostJoin(dst: string, dir: string, ours: string[]): Promise<StoredObject> {
     const listing = await this.reads.sloListing(dst);
     if (listing === null) throw new PathNotFound(dst);
     if (!listing.some((seg) => seg.path.startsWith(`${dir}/`))) {
-      const leftovers: string[] = [];
-      for await (const o of this.reads.list(dir)) leftovers.push(o.path);
-      await forEachLimited(leftovers, PARALLEL_REQUESTS, (key) => this.deleteQuietly(key, false));
+      await forEachLimited(ours, PARALLEL_REQUESTS, (key) => this.deleteQuietly(key, false));
     }
     if (listing.length === 0) return { size: (await this.reads.stat(dst))?.size ?? 0 };
     return { size: listing.reduce((n, seg) => n + seg.bytes, 0) };

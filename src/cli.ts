@@ -132,7 +132,7 @@ async function serve(config: Config, log: Logger): Promise<number> {
   });
   const address = server.address();
   const port = typeof address === 'object' && address ? address.port : config.port;
-  log.info({ address: config.address, port, storage: config.storage.driver, tls: Boolean(tls), timeouts: config.timeouts, gc: gcMode() }, 'berth listening');
+  log.info({ address: config.address, port, storage: config.storage.driver, commit: config.storage.driver === 'swift' ? (config.storage.commit ?? 'move') : 'move', tls: Boolean(tls), timeouts: config.timeouts, gc: gcMode() }, 'berth listening');
   // Test harnesses read the port from this line when the config asks for port 0.
   process.stdout.write(`berth listening on port ${port}\n`);
 

@@ -4,6 +4,8 @@ import { loadConfig, parseConfig } from '../../src/config/config.js';
 import { readFileSync, readdirSync } from 'node:fs';
 import { CONTAINER_CONFIG, EXAMPLE_SECRETS, checkForServe, locateConfig, tokenAudience } from '../../src/config/startup.js';
 import { loadCloud } from '../../src/storage/swift/clouds.js';
+import { Registry } from '../../src/registry/registry.js';
+import { MemoryDriver } from '../../src/storage/memory.js';
 
 const parse = (text: string, env: NodeJS.ProcessEnv = {}) => parseConfig(yaml.load(text), '/srv/berth', env);
 const FS = '  storage: {driver: filesystem, root: d}\n';
@@ -44,6 +46,18 @@ describe('config', () => {
     });
     expect(() => parse(`registry:\n${storage}  limits: {uploads-per-namespace: 0}\n`)).toThrow(/registry\.limits\.uploads-per-namespace/);
     expect(() => parse(`registry:\n${storage}  limits: {chunks: 5}\n`)).toThrow(/registry\.limits\.chunks: unknown key/);
+  });
+
+  it('storage.commit: move or link on Swift; link refused where joins copy (the filesystem), anything else named', () => {
+    const swift = (extra: string) => parse(`registry:\n  storage: {driver: swift, cloud: prod, container: images${extra}}\n`).storage;
+    expect(swift('')).toEqual({ driver: 'swift', cloud: 'prod', container: 'images' });
+    expect(swift(', commit: link')).toMatchObject({ commit: 'link' });
+    expect(swift(', commit: move')).toMatchObject({ commit: 'move' });
+    expect(() => swift(', commit: copy')).toThrow(/^registry\.storage\.commit: must be move or link, not "copy"/);
+    expect(parse(`registry:\n  storage: {driver: filesystem, root: data, commit: move}\n`).storage.driver).toBe('filesystem');
+    expect(() => parse(`registry:\n  storage: {driver: filesystem, root: data, commit: link}\n`)).toThrow(/^registry\.storage\.commit: link needs Swift/);
+    // The core refuses it too, from the driver's declared capabilities rather than its name.
+    expect(() => new Registry(new MemoryDriver(), { commit: 'link' })).toThrow(/commit: link needs a backend whose joins keep their parts/);
   });
 
   it("accepts zuul-registry's keys unchanged", () => {

@@ -126,6 +126,16 @@ describe('commit: link on Swift', () => {
     expect((await fetch(`${link.url}${location}`)).status).toBe(404); // the upload is over
   });
 
+  it('a cross-repository mount of a linked blob links it without an upload directory, as in move mode', async () => {
+    const data = randomBytes(3 << 20);
+    const digest = await pushBlob(link.url, 'link/source', data);
+    const before = [...(await uploadDirs()).keys()];
+    const mount = await fetch(`${link.url}/v2/link/mounted/blobs/uploads/?mount=${digest}&from=link/source`, { method: 'POST' });
+    expect(mount.status).toBe(201);
+    expect([...(await uploadDirs()).keys()]).toEqual(before);
+    expect(await pulled(link, 'link/mounted', digest)).toBe(md5(data));
+  });
+
   it('merges runs of small chunks beside them (the originals go), so the SLO is never throttled', async () => {
     const chunks = Array.from({ length: 30 }, () => randomBytes(100 << 10));
     const data = Buffer.concat(chunks);

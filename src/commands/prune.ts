@@ -60,6 +60,7 @@ export function formatReport(r: PruneReport, dryRun: boolean, ms: number): strin
     head +
     `  ${''.padEnd(10)}${'examined'.padStart(14)}${'kept'.padStart(14)}${'deleted'.padStart(14)}\n` +
     row('uploads', r.uploads) +
+    (r.linked.examined > 0 ? row('linked', r.linked) : '') +
     row('manifests', r.manifests) +
     row('tags', r.tags) +
     row('blobs', r.blobs) +

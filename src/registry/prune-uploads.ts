@@ -13,6 +13,7 @@
  *   (`segments`, one request); everything else it does not read from goes, the record first.
  */
 import type { ObjectInfo, StorageDriver } from '../storage/driver.js';
+import type { Tally } from './prune.js';
 import { groups } from './listing.js';
 import { parseBlobPath, parseUploadPath, paths, validDigest } from './paths.js';
 
@@ -21,8 +22,10 @@ export interface UploadPruneRun {
   readonly ns: string;
   /** Objects older than this (ms since the epoch) are past the upload expiry. */
   readonly graceCutoff: number;
-  readonly tally: { examined: number; kept: number; deleted: number };
-  readonly bytes: { examined: number; kept: number; deleted: number };
+  /** Uploads, and (`linked`) directories claimed by a blob. */
+  readonly tally: Tally;
+  readonly linked: Tally;
+  readonly bytes: Tally;
   remove(path: string, what: object): Promise<boolean>;
   warn(obj: object, msg: string): void;
   tick(stage: string): void;
@@ -39,27 +42,28 @@ interface Claim {
 }
 
 export async function pruneUploads(run: UploadPruneRun): Promise<void> {
-  const { driver, ns, tally } = run;
+  const { driver, ns } = run;
   const claims: Claim[] = [];
   for await (const { key: id, objects } of groups(driver.list(paths.uploads(ns)), (o) => parseUploadPath(ns, o.path)?.id ?? null)) {
-    tally.examined++;
-    const bytes = objects.reduce((n, o) => n + o.size, 0);
-    run.bytes.examined += bytes;
     const rest = (o: ObjectInfo) => parseUploadPath(ns, o.path)!.rest;
     const owner = objects.find((o) => rest(o) === 'owner');
     const record = objects.find((o) => rest(o) === 'metadata');
+    const tally = owner ? run.linked : run.tally;
+    tally.examined++;
+    const bytes = objects.reduce((n, o) => n + o.size, 0);
+    run.bytes.examined += bytes;
     const judgedBy = owner ? owner.modified.getTime() : Math.max(...objects.map((o) => o.modified.getTime()));
     if (judgedBy >= run.graceCutoff) {
-      keep(run, bytes);
+      keep(run, tally, bytes);
       continue;
     }
     if (owner) {
       const blob = await claimedBlob(run, owner.path);
       if (blob) claims.push({ id, blob, hasRecord: !!record, objects: objects.filter((o) => o !== owner && o !== record).length, bytes });
-      else keep(run, bytes);
+      else keep(run, tally, bytes);
       continue;
     }
-    await removeUpload(run, id, objects, bytes);
+    await removeUpload(run, tally, id, objects, bytes);
     run.tick('uploads');
   }
   if (claims.length === 0) return;
@@ -72,9 +76,9 @@ export async function pruneUploads(run: UploadPruneRun): Promise<void> {
     const objects: ObjectInfo[] = [];
     for await (const o of driver.list(dir)) objects.push(o);
     if (!stored.has(c.blob) || c.objects === 0) {
-      await removeUpload(run, c.id, objects, c.bytes);
+      await removeUpload(run, run.linked, c.id, objects, c.bytes);
     } else if (!c.hasRecord && claimsOf.get(c.blob) === 1) {
-      keep(run, c.bytes);
+      keep(run, run.linked, c.bytes);
     } else {
       await removeUnread(run, c, objects);
     }
@@ -82,20 +86,20 @@ export async function pruneUploads(run: UploadPruneRun): Promise<void> {
   }
 }
 
-function keep(run: UploadPruneRun, bytes: number): void {
-  run.tally.kept++;
+function keep(run: UploadPruneRun, tally: Tally, bytes: number): void {
+  tally.kept++;
   run.bytes.kept += bytes;
 }
 
 /** The record first (it must never name a missing chunk), the claim last (it must never go while a segment stays). */
-async function removeUpload(run: UploadPruneRun, id: string, objects: ObjectInfo[], bytes: number): Promise<void> {
+async function removeUpload(run: UploadPruneRun, tally: Tally, id: string, objects: ObjectInfo[], bytes: number): Promise<void> {
   const rank = (o: ObjectInfo) => (o.path.endsWith('/metadata') ? 0 : o.path.endsWith('/owner') ? 2 : 1);
   let ok = true;
   for (const o of [...objects].sort((a, b) => rank(a) - rank(b))) ok = (await run.remove(o.path, { upload: id })) && ok;
   if (ok) {
-    run.tally.deleted++;
+    tally.deleted++;
     run.bytes.deleted += bytes;
-  } else keep(run, bytes);
+  } else keep(run, tally, bytes);
 }
 
 /** A claimed directory checked against what its blob reads from: the rest goes, the claim too if nothing is read. */
@@ -105,16 +109,16 @@ async function removeUnread(run: UploadPruneRun, claim: Claim, objects: ObjectIn
     read = new Set((await run.driver.segments?.(paths.blobData(run.ns, claim.blob))) ?? []);
   } catch (err) {
     run.warn({ namespace: run.ns, upload: claim.id, blob: claim.blob, err: (err as Error).message }, 'could not read what a blob reads from');
-    return keep(run, claim.bytes);
+    return keep(run, run.linked, claim.bytes);
   }
   const unread = objects.filter((o) => !read.has(o.path) && !o.path.endsWith('/owner'));
-  if (!objects.some((o) => read.has(o.path))) return removeUpload(run, claim.id, objects, claim.bytes);
+  if (!objects.some((o) => read.has(o.path))) return removeUpload(run, run.linked, claim.id, objects, claim.bytes);
   let freed = 0;
   const rank = (o: ObjectInfo) => (o.path.endsWith('/metadata') ? 0 : 1);
   for (const o of unread.sort((a, b) => rank(a) - rank(b))) {
     if (await run.remove(o.path, { upload: claim.id, stray: 'not read by its blob' })) freed += o.size;
   }
-  keep(run, claim.bytes - freed);
+  keep(run, run.linked, claim.bytes - freed);
   run.bytes.deleted += freed;
 }
 

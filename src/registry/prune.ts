@@ -58,6 +58,8 @@ export interface PruneReport {
   /** Another prune holds the namespace; nothing was done. */
   refused?: string;
   uploads: Tally;
+  /** Upload directories that hold a linked blob's segments (commit: link). */
+  linked: Tally;
   manifests: Tally;
   tags: Tally;
   blobs: Tally;
@@ -73,7 +75,7 @@ export class Pruner {
   constructor(private readonly driver: StorageDriver) {}
 
   async prune(ns: string, opts: PruneOptions): Promise<PruneReport> {
-    const report: PruneReport = { namespace: ns, uploads: tally(), manifests: tally(), tags: tally(), blobs: tally(), bytes: tally(), failures: 0 };
+    const report: PruneReport = { namespace: ns, uploads: tally(), linked: tally(), manifests: tally(), tags: tally(), blobs: tally(), bytes: tally(), failures: 0 };
     const run = new Run(this.driver, ns, opts, report);
     if (!opts.dryRun) {
       const refused = await run.lock();
@@ -196,6 +198,7 @@ class Run {
       ns: this.ns,
       graceCutoff: this.graceCutoff,
       tally: this.report.uploads,
+      linked: this.report.linked,
       bytes: this.report.bytes,
       remove: (path, what) => this.remove(path, what),
       warn: (obj, msg) => {

@@ -5,10 +5,11 @@
  *   against its recorded md5) and the parts are joined at blobs/<d>/data; a one-chunk blob is that chunk moved to
  *   the data path. The upload's directory is then removed whole.
  * - link (backends whose joins keep their parts, wherever they are: Swift): the chunks stay where the upload wrote
- *   them and blobs/<d>/data joins them in place. Before the join, uploads/<id>/owner claims the directory for the
- *   blob; after it the record goes and the claim stays. What a blob reads from is the driver's answer
- *   (`segments`), never a guess from paths: prune keeps a claimed directory while its blob is stored, and deleting
- *   the blob takes its segments with it (prune-uploads.ts).
+ *   them and blobs/<d>/data joins them in place; a blob of one object under the driver's `minJoinedSize` is still
+ *   moved (on Swift a small blob reads faster as a plain object than as a one-segment SLO). Before the join,
+ *   uploads/<id>/owner claims the directory for the blob; after it the record goes and the claim stays. What a
+ *   blob reads from is the driver's answer (`segments`), never a guess from paths: prune keeps a claimed directory
+ *   while its blob is stored, and deleting the blob takes its segments with it (prune-uploads.ts).
  */
 import { AlreadyExists, PathNotFound, SizeMismatch, type Part, type StorageDriver, type StoredObject } from '../storage/driver.js';
 import { forEachLimited } from '../util/concurrency.js';
@@ -35,7 +36,8 @@ export class BlobCommit {
 
   /** Make blobs/<digest>/data read as the chunks, in order. 'linked': it reads from the upload's own objects. */
   async join(ns: string, id: string, digest: string, chunks: ChunkEntry[]): Promise<Joined> {
-    if (this.mode === 'link') return this.link(ns, id, digest, chunks);
+    const small = chunks.length === 0 || (chunks.length === 1 && chunks[0].size < (this.driver.minJoinedSize ?? 0));
+    if (this.mode === 'link' && !small) return this.link(ns, id, digest, chunks);
     if (chunks.length === 1) await this.moveWhole(ns, id, digest, chunks[0]);
     else await this.moveParts(ns, id, digest, chunks);
     return 'moved';

@@ -106,6 +106,12 @@ export interface StorageDriver {
   readonly joinsPartsAnywhere: boolean;
   /** Whether deleting a joined object removes the parts it keeps (Swift's multipart delete does). */
   readonly deleteRemovesParts: boolean;
+  /**
+   * The smallest single object worth joining where it lies (as commit: link does) rather than moving to the joined
+   * object's path: a join of one part may read slower than the part itself (Swift: a one-segment SLO costs each read
+   * an extra request). Absent: 0.
+   */
+  readonly minJoinedSize?: number;
   /** Whether a listing made right after a write always includes it (Swift's container listings may lag). */
   readonly listingConsistent: boolean;
 

@@ -56,12 +56,18 @@ export const BACKENDS: Backend[] = FAST ? ['filesystem'] : ['filesystem', 'swift
 /** The backends of suites that run the app in this process: the in-memory driver too. */
 export const IN_PROCESS_BACKENDS: InProcessBackend[] = ['memory', ...BACKENDS];
 
+/**
+ * The commit mode of Swift servers the suites start (`BERTH_TEST_COMMIT=link npm test` runs every Swift suite in
+ * link mode; suites about one mode's layout pin it themselves).
+ */
+export const SWIFT_COMMIT: 'move' | 'link' = process.env.BERTH_TEST_COMMIT === 'link' ? 'link' : 'move';
+
 /** A test server on a backend: a fresh in-memory store or filesystem root, or a fresh Swift container dropped at close. */
 export async function startServerOn(backend: InProcessBackend): Promise<TestServer> {
   if (backend === 'memory') return startServer(new MemoryDriver());
   if (backend === 'filesystem') return startServer();
   const container = freshContainer();
-  const server = await startServer(await swiftDriver(container));
+  const server = await startServer(await swiftDriver(container), undefined, { commit: SWIFT_COMMIT });
   return {
     ...server,
     async close() {
@@ -79,7 +85,7 @@ export async function storageYaml(backend: Backend, dir: string): Promise<{ yaml
   const clouds = await ensureSwift();
   const container = freshContainer();
   return {
-    yaml: `  storage:\n    driver: swift\n    cloud: ${TEST_CLOUD}\n    container: ${container}\n    clouds-file: ${clouds}\n`,
+    yaml: `  storage:\n    driver: swift\n    cloud: ${TEST_CLOUD}\n    container: ${container}\n    clouds-file: ${clouds}\n    commit: ${SWIFT_COMMIT}\n`,
     cleanup: () => dropContainer(container),
   };
 }

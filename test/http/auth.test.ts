@@ -20,7 +20,7 @@ import { DEFAULT_NAMESPACE } from '../../src/registry/paths.js';
 import { Registry } from '../../src/registry/registry.js';
 import { FilesystemDriver } from '../../src/storage/filesystem.js';
 import { basic, pushBlob, pushImage, startServer, type AuthSetup, type TestServer } from '../helpers/server.js';
-import { BACKENDS, dropContainer, freshContainer, swiftDriver, type Backend } from '../helpers/swift.js';
+import { BACKENDS, dropContainer, freshContainer, SWIFT_COMMIT, swiftDriver, type Backend } from '../helpers/swift.js';
 
 const SECRET = 'test-secret-0123456789';
 const users = [
@@ -42,7 +42,7 @@ const silent = pino({ level: 'silent' });
 async function startServerWithAuth(backend: Backend, auth: AuthSetup): Promise<TestServer> {
   if (backend === 'filesystem') return startServer(undefined, auth);
   const container = freshContainer();
-  const server = await startServer(await swiftDriver(container), auth);
+  const server = await startServer(await swiftDriver(container), auth, { commit: SWIFT_COMMIT });
   return {
     ...server,
     async close() {

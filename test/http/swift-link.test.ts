@@ -126,6 +126,25 @@ describe('commit: link on Swift', () => {
     expect((await fetch(`${link.url}${location}`)).status).toBe(404); // the upload is over
   });
 
+  it('a blob of one object is a one-segment SLO in place from minJoinedSize (8 MiB) up, a plain object below it', async () => {
+    const big = await startServer(await swiftDriver(container, { segmentSize: 16 << 20 }), undefined, { commit: 'link' });
+    try {
+      const large = randomBytes(9 << 20);
+      const small = randomBytes((8 << 20) - 1);
+      const [largeDigest, smallDigest] = [await pushBlob(big.url, 'link/one', large), await pushBlob(big.url, 'link/one', small)];
+      const segments = await sloSegments(largeDigest);
+      expect(segments).toHaveLength(1);
+      expect(segments[0]).toMatch(/^_local\/uploads\/[0-9a-f-]{36}\/0\.[0-9a-f]{8}$/);
+      const head = await swiftRaw(`${container}/_local/blobs/${smallDigest}/data`, { method: 'HEAD' });
+      expect(head.headers.get('x-static-large-object')).toBeNull();
+      expect(head.headers.get('etag')).toBe(md5(small));
+      expect(await pulled(big, 'link/one', largeDigest)).toBe(md5(large));
+      expect(await pulled(big, 'link/one', smallDigest)).toBe(md5(small));
+    } finally {
+      await big.close();
+    }
+  });
+
   it('a cross-repository mount of a linked blob links it without an upload directory, as in move mode', async () => {
     const data = randomBytes(3 << 20);
     const digest = await pushBlob(link.url, 'link/source', data);

@@ -48,6 +48,8 @@ export class SwiftDriver implements StorageDriver {
   readonly joinsPartsAnywhere = true;
   /** Deletes are multipart deletes: an SLO goes with its segments. */
   readonly deleteRemovesParts = true;
+  /** A one-segment SLO costs each read an extra request: small blobs, read on every pull, are worth one copy. */
+  readonly minJoinedSize = DEFAULTS.swift.minLinkedSize;
   /** Container listings are updated asynchronously by the object servers. */
   readonly listingConsistent = false;
   private readonly client: SwiftClient;

@@ -1,14 +1,16 @@
 #!/usr/bin/env node
 // Berth against raw Swift and CNCF Distribution, in one run, on a fresh single-node Swift (tools/swift-aio.sh).
 // usage: tools/bench [--size-mib 512] [--runs 3] [--out .bench/bench.json] [--concurrency 2,4] [--no-distribution]
-//                    [--small-seconds 5] [--only berth-swift,raw,...]
+//                    [--small-seconds 5] [--only berth-swift,berth-swift-link-curl,raw,...]
 // Medians of --runs runs per contender, contenders alternating. Prints one table (seconds, MiB/s, ratios) and
 // writes it as JSON. Not a test: figures drift ±30% between runs on shared machines, compare ratios of one run.
+// Berth on Swift runs in both commit modes (storage.commit: move, the default, and link), side by side.
+// Layers of more than 2 GiB in all are written to disk rather than /dev/shm (tmpfs is RAM).
 import { execFile, spawn } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { createReadStream, createWriteStream, existsSync, readdirSync, readFileSync } from 'node:fs';
 import { mkdir, mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
-import { cpus } from 'node:os';
+import { cpus, tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import { parseArgs, promisify } from 'node:util';
@@ -32,9 +34,24 @@ const { values: args } = parseArgs({
 const SIZE_MIB = Number(args['size-mib']);
 const RUNS = Number(args.runs);
 const CONCURRENCY = args.concurrency.split(',').filter(Boolean).map(Number);
-const only = args.only ? new Set(args.only.split(',')) : null;
+const only = args.only ? new Set(args.only.split(',').filter(Boolean)) : null;
 const wanted = (name) => !only || only.has(name);
 const log = (...a) => process.stderr.write(`bench: ${a.join(' ')}\n`);
+// Every contender's name, so a misspelt --only fails before minutes of set-up rather than measuring nothing.
+const NAMES = [
+  'raw',
+  ...['berth-swift', 'berth-swift-link', 'berth-swift-tempurl', 'berth-fs', 'dist-swift', 'dist-fs'].flatMap((n) => [n, `${n}-curl`]),
+  ...CONCURRENCY.map((n) => `berth-swift-x${n}`),
+  'small',
+];
+const unknown = [...(only ?? [])].filter((n) => !NAMES.includes(n));
+if (unknown.length) {
+  process.stderr.write(`bench: --only ${unknown.join(',')}: unknown; one of ${NAMES.join(', ')}\n`);
+  process.exit(2);
+}
+// One image per concurrent push, only for the concurrency rows that run.
+const CONCURRENT = CONCURRENCY.filter((n) => wanted(`berth-swift-x${n}`));
+const IMAGE_COUNT = Math.max(1, ...CONCURRENT);
 const median = (xs) => {
   const s = [...xs].sort((a, b) => a - b);
   return s.length === 0 ? NaN : s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
@@ -46,19 +63,24 @@ const seconds = async (fn) => {
 };
 
 // ---------- set-up ----------
-const work = await mkdtemp(existsSync('/dev/shm') ? '/dev/shm/berth-bench-' : '/tmp/berth-bench-');
+const inRam = existsSync('/dev/shm') && SIZE_MIB * IMAGE_COUNT <= 2048;
+const work = await mkdtemp(inRam ? '/dev/shm/berth-bench-' : join(tmpdir(), 'berth-bench-'));
 process.on('exit', () => {
   try {
     execFile('rm', ['-rf', work]);
   } catch {}
 });
-log(`work dir ${work}; layer ${SIZE_MIB} MiB; ${RUNS} runs`);
+log(`work dir ${work}${inRam ? '' : ' (on disk: the layers would not fit in RAM)'}; layer ${SIZE_MIB} MiB; ${RUNS} runs`);
 if (!existsSync(join(repoRoot, 'dist/cli.js'))) await run('npm', ['run', 'build'], { cwd: repoRoot });
 const cloudsFile = (await run(join(repoRoot, 'tools/swift-aio.sh'), ['start'])).stdout.trim().split('\n').pop();
 const haveDistribution = !args['no-distribution'] && existsSync('/usr/bin/docker-registry');
 if (!args['no-distribution'] && !haveDistribution) log('docker-registry not installed (apt-get install docker-registry): Distribution rows skipped');
 
-/** A pre-gzipped layer of random bytes (skopeo sends it as is) in an OCI layout, and its digest. */
+/**
+ * A pre-gzipped layer of random bytes (skopeo sends it as is) in an OCI layout, and its digest. Streamed to its
+ * file 16 MiB at a time, so a 4 GiB layer never sits in memory. Level 0 (stored blocks): deflate cannot shrink
+ * random bytes anyway, and level 1 spent about 40 s per GiB here finding that out.
+ */
 async function makeImage(dir, tag, sizeMiB) {
   await mkdir(join(dir, 'blobs/sha256'), { recursive: true });
   const tmp = join(dir, 'layer.tmp');
@@ -70,7 +92,7 @@ async function makeImage(dir, tag, sizeMiB) {
       yield randomBytes(n);
     }
   }
-  await pipeline(random, createGzip({ level: 1 }), createWriteStream(tmp));
+  await pipeline(random, createGzip({ level: 0 }), createWriteStream(tmp));
   const hash = createHash('sha256');
   await pipeline(createReadStream(tmp), hash);
   const layerHex = hash.digest('hex');
@@ -99,7 +121,7 @@ async function makeImage(dir, tag, sizeMiB) {
 
 log('writing images');
 const images = [];
-for (let i = 0; i < Math.max(1, ...CONCURRENCY); i++) images.push(await makeImage(join(work, `img${i}`), 'bench', SIZE_MIB));
+for (let i = 0; i < IMAGE_COUNT; i++) images.push(await makeImage(join(work, `img${i}`), 'bench', SIZE_MIB));
 const MiB = images[0].layerSize / 2 ** 20;
 
 // ---------- raw Swift ----------
@@ -229,12 +251,13 @@ async function stop(child) {
 }
 
 let nextPort = 5100;
-async function startBerth(backend, { tempUrl = false } = {}) {
+/** commit: the Swift storage's commit mode (move, Berth's default, or link: chunks joined where they were written). */
+async function startBerth(backend, { tempUrl = false, commit } = {}) {
   const dir = await mkdtemp(join(work, 'berth-'));
   const container = `bench-berth-${randomBytes(4).toString('hex')}`;
   const storage =
     backend === 'swift'
-      ? `  storage:\n    driver: swift\n    cloud: berth-test\n    container: ${container}\n    clouds-file: ${cloudsFile}\n${tempUrl ? '    temp-url-key: bench-temp-url-key-0123456789\n' : ''}`
+      ? `  storage:\n    driver: swift\n    cloud: berth-test\n    container: ${container}\n    clouds-file: ${cloudsFile}\n${tempUrl ? '    temp-url-key: bench-temp-url-key-0123456789\n' : ''}${commit ? `    commit: ${commit}\n` : ''}`
       : `  storage:\n    driver: filesystem\n    root: ${join(work, 'berth-data-' + randomBytes(4).toString('hex'))}\n`;
   await writeFile(join(dir, 'registry.yaml'), `registry:\n  address: 127.0.0.1\n  port: 0\n${storage}`);
   const p = await startProcess('node', ['--single-threaded-gc', join(repoRoot, 'dist/cli.js'), '-c', join(dir, 'registry.yaml'), 'serve'], (line) => /berth listening on port (\d+)/.exec(line)?.[1]);
@@ -357,6 +380,7 @@ async function smallRequests() {
 const contenders = [
   ['raw', () => rawSwift()],
   ['berth-swift', () => pushPull(() => startBerth('swift'), images[0], 'berth-swift')],
+  ['berth-swift-link', () => pushPull(() => startBerth('swift', { commit: 'link' }), images[0], 'berth-swift-link')],
   ['berth-swift-tempurl', () => pushPull(() => startBerth('swift', { tempUrl: true }), images[0], 'berth-swift-tempurl')],
   ['berth-fs', () => pushPull(() => startBerth('filesystem'), images[0], 'berth-fs')],
   ...(haveDistribution
@@ -366,6 +390,7 @@ const contenders = [
       ]
     : []),
   ['berth-swift-curl', () => curlPushPull(() => startBerth('swift'), images[0])],
+  ['berth-swift-link-curl', () => curlPushPull(() => startBerth('swift', { commit: 'link' }), images[0])],
   ['berth-swift-tempurl-curl', () => curlPushPull(() => startBerth('swift', { tempUrl: true }), images[0])],
   ['berth-fs-curl', () => curlPushPull(() => startBerth('filesystem'), images[0])],
   ...(haveDistribution
@@ -374,7 +399,7 @@ const contenders = [
         ['dist-fs-curl', () => curlPushPull(() => startDistribution('filesystem'), images[0])],
       ]
     : []),
-  ...CONCURRENCY.map((n) => [`berth-swift-x${n}`, () => concurrentPushes(n)]),
+  ...CONCURRENT.map((n) => [`berth-swift-x${n}`, () => concurrentPushes(n)]),
 ].filter(([name]) => wanted(name));
 const results = Object.fromEntries(contenders.map(([n]) => [n, []]));
 for (let r = 0; r < RUNS; r++) {
@@ -405,6 +430,7 @@ if (raw) {
 }
 for (const [name, label] of [
   ['berth-swift', 'Berth on Swift'],
+  ['berth-swift-link', 'Berth on Swift, commit: link'],
   ['berth-swift-tempurl', 'Berth on Swift, pulls redirected to temp URLs'],
   ['dist-swift', 'Distribution on Swift'],
   ['berth-fs', 'Berth on filesystem'],
@@ -415,15 +441,16 @@ for (const [name, label] of [
 }
 for (const [name, label] of [
   ['berth-swift-curl', 'Berth on Swift, curl'],
+  ['berth-swift-link-curl', 'Berth on Swift, commit: link, curl'],
   ['berth-swift-tempurl-curl', 'Berth on Swift, curl, GET redirected to a temp URL'],
   ['dist-swift-curl', 'Distribution on Swift, curl'],
   ['berth-fs-curl', 'Berth on filesystem, curl'],
   ['dist-fs-curl', 'Distribution on filesystem, curl'],
 ]) {
   if (!results[name]?.length) continue;
-  rows.push({ name: label, key: name, push: med(name, 'push'), pull: med(name, 'pull'), commit: med(name, 'commit'), rssMB: maxOf(name, 'rssMB'), pushCpu: medCpu(name, 'pushCpu'), pullCpu: medCpu(name, 'pullCpu') });
+  rows.push({ name: label, key: name, push: med(name, 'push'), patch: med(name, 'patch'), pull: med(name, 'pull'), commit: med(name, 'commit'), rssMB: maxOf(name, 'rssMB'), pushCpu: medCpu(name, 'pushCpu'), pullCpu: medCpu(name, 'pullCpu') });
 }
-for (const n of CONCURRENCY) {
+for (const n of CONCURRENT) {
   const name = `berth-swift-x${n}`;
   if (!results[name]?.length) continue;
   const wall = med(name, 'wall');
@@ -465,17 +492,66 @@ if (find('dist-fs') && find('berth-fs')) {
   ratios.berthFsPushVsDistribution = find('dist-fs').push / find('berth-fs').push;
   ratios.berthFsPullVsDistribution = find('dist-fs').pull / find('berth-fs').pull;
 }
+// commit: link beside move (issue 18), with its targets. Both modes' s/GiB and push/PATCH, so they read side by side.
+const GiB = MiB / 1024;
+const link = find('berth-swift-link');
+const linkCurl = find('berth-swift-link-curl');
+const moveCurl = find('berth-swift-curl');
+if (link) ratios.linkSwiftCommitSecondsPerGiB = link.commit / GiB;
+if (link && find('dist-swift')) ratios.linkSwiftPushVsDistribution = find('dist-swift').push / link.push;
+if (link && find('berth-swift')) {
+  ratios.linkSwiftPushVsMove = find('berth-swift').push / link.push;
+  ratios.linkSwiftPullVsMove = find('berth-swift').pull / link.pull;
+}
+if (moveCurl) {
+  ratios.curlBerthSwiftCommitSecondsPerGiB = moveCurl.commit / GiB;
+  ratios.curlBerthSwiftPushVsPatch = moveCurl.push / moveCurl.patch;
+}
+if (linkCurl) {
+  ratios.curlLinkSwiftCommitSecondsPerGiB = linkCurl.commit / GiB;
+  ratios.curlLinkSwiftPushVsPatch = linkCurl.push / linkCurl.patch;
+}
+if (linkCurl && find('dist-swift-curl')) ratios.curlLinkSwiftPushVsDistribution = find('dist-swift-curl').push / linkCurl.push;
+if (linkCurl && moveCurl) {
+  ratios.curlLinkSwiftPushVsMove = moveCurl.push / linkCurl.push;
+  ratios.curlLinkSwiftPullVsMove = moveCurl.pull / linkCurl.pull;
+}
+if (raw && linkCurl) ratios.curlLinkSwiftPullVsRawSloGet = raw.sloGet / linkCurl.pull;
+// Issue 18's targets, judged on this run's figures (met or not: nothing here asserts them).
+const TARGETS = {
+  linkSwiftPushVsDistribution: ['>=', 1.2],
+  curlLinkSwiftPushVsDistribution: ['>=', 1.2],
+  curlLinkSwiftPushVsPatch: ['<=', 1.1],
+  linkSwiftCommitSecondsPerGiB: ['<=', 0.3],
+  curlLinkSwiftCommitSecondsPerGiB: ['<=', 0.3],
+  curlBerthSwiftPullVsRawSloGet: ['>=', 0.85],
+  curlLinkSwiftPullVsRawSloGet: ['>=', 0.85],
+  linkSwiftPullVsMove: ['~', 1],
+  curlLinkSwiftPullVsMove: ['~', 1],
+};
+const targets = {};
+for (const [key, [op, value]] of Object.entries(TARGETS)) {
+  if (ratios[key] === undefined || Number.isNaN(ratios[key])) continue;
+  // '~': within noise of move mode; runs differ by up to 20% here, so no line is drawn and nothing is judged.
+  targets[key] = op === '~' ? { op, value, met: null } : { op, value, met: op === '>=' ? ratios[key] >= value : ratios[key] <= value };
+}
+const finalPut = moveCurl || linkCurl ? { sizeMiB: MiB, move: moveCurl?.commit, link: linkCurl?.commit } : null;
 
 const f = (x, d = 2) => (x === undefined || Number.isNaN(x) ? '' : x.toFixed(d));
 const lines = [];
 lines.push(`layer ${f(MiB, 1)} MiB (gzip of random bytes), medians of ${RUNS} runs, ${new Date().toISOString()}`);
 lines.push('');
-lines.push('| contender | push s | push MiB/s | pull s | pull MiB/s | commit s | peak RSS MB |');
-lines.push('|---|---|---|---|---|---|---|');
+lines.push('| contender | push s | push MiB/s | PATCH s | pull s | pull MiB/s | commit s | peak RSS MB |');
+lines.push('|---|---|---|---|---|---|---|---|');
 for (const r of rows) {
   lines.push(
-    `| ${r.name} | ${f(r.push)} | ${f(r.aggregateMiBps ?? (r.push ? rate(r.push) : undefined), 0)} | ${f(r.pull)} | ${f(r.pull ? rate(r.pull) : undefined, 0)} | ${f(r.commit)} | ${f(r.rssMB, 0)} |`,
+    `| ${r.name} | ${f(r.push)} | ${f(r.aggregateMiBps ?? (r.push ? rate(r.push) : undefined), 0)} | ${f(r.patch)} | ${f(r.pull)} | ${f(r.pull ? rate(r.pull) : undefined, 0)} | ${f(r.commit)} | ${f(r.rssMB, 0)} |`,
   );
+}
+if (finalPut) {
+  const mode = (m, s) => (s === undefined ? `${m} not run` : `${m} ${f(s)} s (${f(s / GiB)} s/GiB)`);
+  lines.push('');
+  lines.push(`final PUT (commit) latency with curl: ${mode('move', finalPut.move)}, ${mode('link', finalPut.link)} for ${f(MiB, 0)} MiB`);
 }
 lines.push('');
 lines.push(`CPU seconds spent during each push and pull (medians), by the client (skopeo or curl), the registry process and Swift's servers, on a machine with ${cpus().length} CPUs that all three share:`);
@@ -485,9 +561,12 @@ lines.push('|---|---|---|');
 const cpuCell = (c) => (c ? `${f(c.client, 1)} / ${f(c.registry, 1)} / ${f(c.swift, 1)}` : '');
 for (const r of rows) if (r.pushCpu || r.pullCpu) lines.push(`| ${r.name} | ${cpuCell(r.pushCpu)} | ${cpuCell(r.pullCpu)} |`);
 lines.push('');
-lines.push('| ratio (higher is better for Berth) | value |');
-lines.push('|---|---|');
-for (const [k, v] of Object.entries(ratios)) lines.push(`| ${k} | ${f(v)} |`);
+lines.push('Ratios are the other side over Berth (higher is better for Berth), except SecondsPerGiB and PushVsPatch (lower is better). Targets are issue 18\'s, judged on this run alone:');
+lines.push('');
+lines.push('| ratio | value | target |');
+lines.push('|---|---|---|');
+const targetCell = (t) => (!t ? '' : t.op === '~' ? 'within noise of move mode (about 1)' : `${t.op === '>=' ? '≥' : '≤'} ${f(t.value)}: ${t.met ? 'met' : 'not met'}`);
+for (const [k, v] of Object.entries(ratios)) lines.push(`| ${k} | ${f(v)} | ${targetCell(targets[k])} |`);
 if (small) {
   lines.push('');
   lines.push(`small requests (Berth, filesystem, one process, 32 keep-alive connections): HEAD blob ${f(small.headBlobRps, 0)} req/s (${small.headErrors} errors), GET manifest ${f(small.getManifestRps, 0)} req/s (${small.getErrors} errors)`);
@@ -495,6 +574,6 @@ if (small) {
 const table = lines.join('\n');
 process.stdout.write(table + '\n');
 await mkdir(dirname(args.out), { recursive: true });
-await writeFile(args.out, JSON.stringify({ sizeMiB: MiB, runs: RUNS, rows, ratios, small, raw: results }, null, 2));
+await writeFile(args.out, JSON.stringify({ sizeMiB: MiB, runs: RUNS, rows, ratios, targets, finalPut, small, raw: results }, null, 2));
 log(`wrote ${args.out}`);
 await rm(work, { recursive: true, force: true });

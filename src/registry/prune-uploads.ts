@@ -75,7 +75,10 @@ export async function pruneUploads(run: UploadPruneRun): Promise<void> {
     const dir = paths.upload(ns, c.id);
     const objects: ObjectInfo[] = [];
     for await (const o of driver.list(dir)) objects.push(o);
-    if (!stored.has(c.blob) || c.objects === 0) {
+    // A listing may miss an object (Swift's container listings lag or come from a stale replica): ask the blob itself
+    // before taking away what it might read from.
+    const isStored = stored.has(c.blob) || (await driver.stat(paths.blobData(ns, c.blob))) !== null;
+    if (!isStored || c.objects === 0) {
       await removeUpload(run, run.linked, c.id, objects, c.bytes);
     } else if (!c.hasRecord && claimsOf.get(c.blob) === 1) {
       keep(run, run.linked, c.bytes);

@@ -145,6 +145,25 @@ describe('commit: link on Swift', () => {
     }
   });
 
+  it('a join past the manifest limit nests sub-manifests beside the chunks; sweeping the blob takes them all', async () => {
+    const nesting = await startServer(await swiftDriver(container, { segmentSize: 1 << 20, maxManifestSegments: 3 }), undefined, { commit: 'link' });
+    try {
+      const data = randomBytes((7 << 20) + 5);
+      const digest = await pushBlob(nesting.url, 'link/nested', data);
+      const [{ path: top }] = (await (await swiftRaw(`${container}/_local/blobs/${digest}/data?multipart-manifest=get&format=raw`)).json()) as { path: string }[];
+      const id = top.split('/')[4];
+      const read = await nesting.registry.driver.segments!(`_local/blobs/${digest}/data`);
+      expect(read.filter((p) => /\/manifest-\d+$/.test(p)).length).toBeGreaterThan(1);
+      expect(read.every((p) => p.startsWith(`_local/uploads/${id}/`))).toBe(true);
+      expect(await pulled(nesting, 'link/nested', digest)).toBe(md5(data));
+      expect(await new Fsck(nesting.registry.driver).check('_local').then((r) => r.problems.filter((p) => p.path.includes(digest)))).toEqual([]);
+      await nesting.registry.driver.delete(`_local/blobs/${digest}/data`);
+      expect((await uploadDirs()).get(id)).toEqual(['owner']);
+    } finally {
+      await nesting.close();
+    }
+  });
+
   it('a cross-repository mount of a linked blob links it without an upload directory, as in move mode', async () => {
     const data = randomBytes(3 << 20);
     const digest = await pushBlob(link.url, 'link/source', data);

@@ -11,7 +11,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { pushBlob, pushImage, sha256, spawnServe, type ServeProcess } from '../helpers/server.js';
-import { BACKENDS, storageYaml } from '../helpers/swift.js';
+import { BACKENDS, storageYaml, swiftRaw, type Backend } from '../helpers/swift.js';
+import type { CommitMode } from '../../src/registry/upload-commit.js';
 
 /**
  * Seconds. The configuration accepts 1 for both, so within the test prune really deletes idle uploads, sweeps
@@ -63,7 +64,15 @@ function tallied(runs: CliRun[], row: string): number[] {
   return sum;
 }
 
-describe.each(BACKENDS)('prune beside two server processes (%s)', (backend) => {
+/**
+ * Each backend in its default commit mode, and Swift with commit: link too: there a blob's segments stay in its
+ * upload's directory, which prune must keep while the blob is stored and a racing commit must not lose.
+ */
+const VARIANTS = BACKENDS.flatMap((backend): [label: string, backend: Backend, commit?: CommitMode][] =>
+  backend === 'swift' ? [[backend, backend], ['swift-link', backend, 'link']] : [[backend, backend]],
+);
+
+describe.each(VARIANTS)('prune beside two server processes (%s)', (label, backend, commit) => {
   let dir: string;
   let config: string;
   let storage: { yaml: string; cleanup(): Promise<void> };
@@ -72,7 +81,7 @@ describe.each(BACKENDS)('prune beside two server processes (%s)', (backend) => {
 
   beforeAll(async () => {
     dir = await mkdtemp(join(tmpdir(), 'berth-prune-procs-'));
-    storage = await storageYaml(backend, dir);
+    storage = await storageYaml(backend, dir, commit);
     const yaml = `registry:\n  address: 127.0.0.1\n  port: 0\n  expiration: ${EXPIRATION}\n  upload-expiry: ${UPLOAD_EXPIRY}\n${storage.yaml}`;
     config = join(dir, 'registry.yaml');
     await writeFile(config, yaml);
@@ -325,6 +334,13 @@ describe.each(BACKENDS)('prune beside two server processes (%s)', (backend) => {
     expect(checked.intact).toBeGreaterThan(0);
     const fsck = await berth('fsck');
     expect(fsck.code, `${fsck.stdout}\n${fsck.stderr}`).toBe(0);
+    if (commit === 'link') {
+      // The store really is in link mode: blobs read from claimed upload directories, nothing was moved to parts/.
+      const container = /container: (\S+)/.exec(storage.yaml)![1];
+      const names = ((await (await swiftRaw(`${container}?format=json&prefix=_local/&limit=10000`)).json()) as { name: string }[]).map((o) => o.name);
+      expect(names.filter((n) => /^_local\/uploads\/[^/]+\/owner$/.test(n)).length).toBeGreaterThan(0);
+      expect(names.filter((n) => n.includes('/parts/'))).toEqual([]);
+    }
 
     // With BERTH_TEST_LOG set (as for the servers' logs), what the race did: nothing here is asserted.
     if (process.env.BERTH_TEST_LOG) {
@@ -332,7 +348,7 @@ describe.each(BACKENDS)('prune beside two server processes (%s)', (backend) => {
       const claimed = runs.reduce((n, r) => n + r.stderr.split('a push claimed the blob').length - 1, 0);
       const at = Object.entries(marks).map(([k, t]) => `${k} +${((t - marks.fixture) / 1000).toFixed(1)}s`).join(', ');
       process.stderr.write(
-        `prune-processes ${backend}: ${at}; ${runs.length} prunes (${runs.filter(lockRefusal).length} refused for the lock); ` +
+        `prune-processes ${label}: ${at}; ${runs.length} prunes (${runs.filter(lockRefusal).length} refused for the lock); ` +
           `examined/kept/deleted summed: uploads ${row('uploads')}, tags ${row('tags')}, manifests ${row('manifests')}, blobs ${row('blobs')}; ` +
           `${claimed} blobs claimed by a push during a sweep; ` +
           `${pushed.filter((p) => p.status === 201).length}/${pushed.length} pushed (${pushed.filter((p) => p.attempts > 1).length} retried), ` +

@@ -1,15 +1,20 @@
 #!/usr/bin/env node
-// Two integrity scenarios against `berth serve` (a child process, loopback only), on Swift, the filesystem or both:
+// Two integrity scenarios against `berth serve` (a child process, loopback only), on Swift (commit: move, the
+// default), Swift with commit: link (swift-link), the filesystem, or several:
 // 1. N clients push one blob digest at the same moment (half in chunks with a simultaneous final PUT, half in one
 //    POST): all succeed, the blob reads back intact, no upload is left, and after `berth prune` (upload-expiry 1 s,
-//    run once the pushes are older than that) at most one upload's parts remain under the blob.
+//    run once the pushes are older than that) at most one upload's parts remain under the blob. In link mode the
+//    winning upload's directory holds the blob's segments instead: exactly one upload directory is left, claimed
+//    for the digest by its `owner` and without its record, every segment of the blob is in it, there is no parts
+//    directory, and prune keeps it (one claimed directory after prune, the blob intact).
 // 2. K images pushed, M of their layers corrupted behind Berth's back (filesystem: bytes overwritten in the data
 //    file, same size; Swift: one SLO segment, or a one-chunk blob's plain object, overwritten through the Swift API,
-//    same size): `berth fsck` reports
+//    same size; in link mode the segments are the upload's chunk objects): `berth fsck` reports
 //    each one (exit 1), no GET of them ends in a clean 200, `fsck --repair` quarantines them, a fresh fsck finds
 //    nothing else wrong (only the quarantined blobs missing), and pushing them again restores them (fsck exit 0).
-// usage: node tools/integrity-run.mjs [--backend swift|filesystem|both] [--clients 8] [--blob-mib 3] [--images 5]
+// usage: node tools/integrity-run.mjs [--backend swift|swift-link|filesystem|both|all] [--clients 8] [--blob-mib 3] [--images 5]
 //        [--corrupt 5] [--seed 3]
+// (both: swift and filesystem; all: swift, swift-link and filesystem)
 // (run `npm run build` first; on Swift it starts tools/swift-aio.sh). Prints one line per scenario and backend;
 // exits 1 when any promised figure is off.
 import { execFile, spawn } from 'node:child_process';
@@ -37,16 +42,16 @@ const { values: args } = parseArgs({
 const CLIENTS = Number(args.clients);
 const IMAGES = Number(args.images);
 const CORRUPT = Number(args.corrupt);
-const BACKENDS = args.backend === 'both' ? ['swift', 'filesystem'] : [args.backend];
+const BACKENDS = { both: ['swift', 'filesystem'], all: ['swift', 'swift-link', 'filesystem'] }[args.backend] ?? [args.backend];
 const LAYERS = 2; // per image: about 2.5 MB (three 1 MiB segments on Swift) and 300 KB (one)
 if (
-  !BACKENDS.every((b) => b === 'swift' || b === 'filesystem') ||
+  !BACKENDS.every((b) => ['swift', 'swift-link', 'filesystem'].includes(b)) ||
   !(CLIENTS >= 2 && CLIENTS <= 64) ||
   !(Number(args['blob-mib']) >= 1 && Number(args['blob-mib']) <= 256) ||
   !(IMAGES >= 1 && IMAGES <= 200) ||
   !(CORRUPT >= 1 && CORRUPT <= IMAGES * LAYERS)
 ) {
-  process.stderr.write('integrity-run: --backend swift|filesystem|both, --clients 2..64, --blob-mib 1..256, --images 1..200, --corrupt 1..2*images\n');
+  process.stderr.write('integrity-run: --backend swift|swift-link|filesystem|both|all, --clients 2..64, --blob-mib 1..256, --images 1..200, --corrupt 1..2*images\n');
   process.exit(2);
 }
 const t0 = Date.now();
@@ -74,7 +79,7 @@ function prng(label) {
 
 // ---- storage, seen directly (not through Berth) ----
 
-/** A fresh, empty store: its YAML, a lister and a corrupter that bypass Berth, and a cleanup. */
+/** A fresh, empty store: its YAML, a lister, a reader and a corrupter that bypass Berth, and a cleanup. */
 async function openStore(backend, work) {
   if (backend === 'filesystem') {
     const data = join(work, 'data');
@@ -90,6 +95,8 @@ async function openStore(backend, work) {
     return {
       yaml: `  storage:\n    driver: filesystem\n    root: ${data}\n`,
       list: (prefix) => walk(join(data, prefix), prefix),
+      read: (path) => readFile(join(data, path)).catch((e) => (e.code === 'ENOENT' ? null : Promise.reject(e))),
+      segments: async () => [],
       /** Invert 4 KiB in the middle of the data file, in place: same size, same inode, other bytes. */
       async corrupt(digest) {
         const f = await open(join(data, '_local/blobs', digest, 'data'), 'r+');
@@ -118,7 +125,9 @@ async function openStore(backend, work) {
   const pickSegment = prng('segment');
   const objectUrl = (name) => `${session.url}/${container}/${name.split('/').map(encodeURIComponent).join('/')}`;
   return {
-    yaml: `  storage:\n    driver: swift\n    cloud: berth-test\n    container: ${container}\n    clouds-file: ${clouds}\n    segment-size: 1048576\n`,
+    yaml:
+      `  storage:\n    driver: swift\n    cloud: berth-test\n    container: ${container}\n    clouds-file: ${clouds}\n    segment-size: 1048576\n` +
+      (backend === 'swift-link' ? '    commit: link\n' : ''),
     async list(prefix) {
       const out = [];
       for (let page = 0, marker = ''; page < 1000; page++) {
@@ -130,6 +139,24 @@ async function openStore(backend, work) {
         if (names.length === 0) break;
         out.push(...names);
         marker = names[names.length - 1];
+      }
+      return out;
+    },
+    async read(path) {
+      const res = await fetch(objectUrl(path), { headers, signal: AbortSignal.timeout(TIMEOUT_MS) });
+      if (res.status === 404) return null;
+      if (res.status !== 200) throw new Error(`GET ${path}: ${res.status}`);
+      return Buffer.from(await res.arrayBuffer());
+    },
+    /** The objects an SLO names, sub-manifests' segments included; [] for a plain object. */
+    async segments(path) {
+      const res = await fetch(`${objectUrl(path)}?multipart-manifest=get`, { headers, signal: AbortSignal.timeout(TIMEOUT_MS) });
+      if (res.status !== 200) throw new Error(`SLO manifest ${path}: ${res.status}`);
+      if (res.headers.get('x-static-large-object') !== 'True') return [];
+      const out = [];
+      for (const s of await res.json()) {
+        const name = s.name.slice(`/${container}/`.length);
+        out.push(name, ...(s.sub_slo ? await this.segments(name) : []));
       }
       return out;
     },
@@ -151,6 +178,8 @@ async function openStore(backend, work) {
       if (segments.length === 0) throw new Error(`${digest} has no plain segment to corrupt`);
       const seg = segments[Math.floor(pickSegment() * segments.length)];
       const name = seg.name.slice(`/${container}/`.length);
+      // In link mode the segments are the upload's chunk objects where they were written.
+      if (backend === 'swift-link' && !name.startsWith('_local/uploads/')) throw new Error(`${digest}: segment ${name} is not an upload's object`);
       const put = await fetch(objectUrl(name), { method: 'PUT', headers, body: randomBytes(seg.bytes), signal: AbortSignal.timeout(TIMEOUT_MS) });
       if (put.status !== 201) throw new Error(`PUT ${name}: ${put.status}`);
       return `segment ${name} (${seg.bytes} bytes)`;
@@ -246,6 +275,38 @@ function getBlob(s, repo, digest) {
 
 const partDirs = async (store, digest) => new Set((await store.list(`_local/blobs/${digest}/parts`)).map((p) => p.split('/')[4]));
 
+/**
+ * The upload directories that hold objects, but those claimed for a blob in `others`, and what each is: `claimed`
+ * when its owner names `digest`, `record` when its metadata is still there, and whether every segment of the blob
+ * is in it.
+ */
+async function uploadDirs(store, digest, others = []) {
+  const byId = new Map();
+  for (const p of await store.list('_local/uploads')) {
+    const id = p.split('/')[2];
+    byId.set(id, [...(byId.get(id) ?? []), p.split('/').slice(3).join('/')]);
+  }
+  const segments = await store.segments(`_local/blobs/${digest}/data`);
+  const out = [];
+  for (const [id, names] of byId) {
+    const owner = names.includes('owner') ? JSON.parse(String(await store.read(`_local/uploads/${id}/owner`))) : null;
+    if (others.includes(owner?.blob)) continue;
+    out.push({
+      id,
+      claimed: owner?.blob === digest,
+      record: names.includes('metadata'),
+      holdsBlob: segments.length > 0 && segments.every((p) => p.startsWith(`_local/uploads/${id}/`)),
+    });
+  }
+  return out;
+}
+/** Link mode's promise: one upload directory, claimed for the blob, without its record, holding all its segments. */
+const oneClaim = (dirs) => dirs.length === 1 && dirs[0].claimed && !dirs[0].record && dirs[0].holdsBlob;
+const describeDirs = (dirs) =>
+  dirs.length === 0
+    ? 'none'
+    : dirs.map((d) => `${d.claimed ? 'claimed' : 'unclaimed'}, ${d.record ? 'with' : 'no'} record, ${d.holdsBlob ? 'every' : 'NOT every'} segment in it`).join('; ');
+
 // ---- scenario 1: one digest, many clients at once ----
 
 /** One client's push, held at `gate` until every client is ready to commit, so that the commits race. */
@@ -284,7 +345,10 @@ async function oneDigestManyClients(backend) {
   const work = await mkdtemp(join(tmpdir(), 'berth-integrity-'));
   let store;
   let s;
+  const link = backend === 'swift-link';
   const fig = { succeeded: 0, intact: false, uploadsLeft: -1, partsBefore: -1, partsAfter: -1, pruneCode: -1, fsckCode: -1, crashed: null };
+  let dirsBefore = [];
+  let dirsAfter = [];
   try {
     store = await openStore(backend, work);
     s = await serve(store.yaml, work);
@@ -302,6 +366,7 @@ async function oneDigestManyClients(backend) {
     const first = await getBlob(s, 'same/blob', digest);
     fig.uploadsLeft = (await store.list('_local/uploads')).length;
     fig.partsBefore = (await partDirs(store, digest)).size;
+    if (link) dirsBefore = await uploadDirs(store, digest);
 
     // A manifest keeps the blob through prune; the parts of commits that lost the race are fair game once they are
     // older than upload-expiry (1 s here; Swift's Last-Modified has whole seconds, hence the wait).
@@ -314,6 +379,7 @@ async function oneDigestManyClients(backend) {
     fig.pruneCode = prune.code;
     if (prune.code !== 0) log(`${backend}: prune: ${prune.out}`);
     fig.partsAfter = (await partDirs(store, digest)).size;
+    if (link) dirsAfter = await uploadDirs(store, digest, [sha(configFor('one-digest'))]); // the config's own claim aside
     const again = await getBlob(s, 'same/blob', digest);
     fig.intact = first.outcome === 'clean' && first.intact && again.outcome === 'clean' && again.intact;
     const fsck = await berth(s.file, 'fsck');
@@ -325,12 +391,20 @@ async function oneDigestManyClients(backend) {
     await store?.cleanup();
     await rm(work, { recursive: true, force: true });
   }
-  const ok =
-    fig.succeeded === CLIENTS && fig.intact && fig.uploadsLeft === 0 && fig.partsAfter <= 1 && fig.pruneCode === 0 && fig.fsckCode === 0 && fig.crashed === null;
+  // Move mode: the uploads are gone, the parts of at most one are under the blob. Link mode: the winner's directory
+  // is the blob's segments, before and after prune, and no parts directory exists.
+  const layoutOk = link
+    ? oneClaim(dirsBefore) && oneClaim(dirsAfter) && dirsBefore[0].id === dirsAfter[0].id && fig.partsBefore === 0 && fig.partsAfter === 0
+    : fig.uploadsLeft === 0 && fig.partsAfter <= 1;
+  const ok = fig.succeeded === CLIENTS && fig.intact && layoutOk && fig.pruneCode === 0 && fig.fsckCode === 0 && fig.crashed === null;
+  const layout = link
+    ? `${dirsBefore.length} upload ${dirsBefore.length === 1 ? 'directory' : 'directories'} left (${describeDirs(dirsBefore)}), ` +
+      `${dirsAfter.length} after prune (${describeDirs(dirsAfter)}${dirsAfter.length === 1 && dirsBefore[0]?.id === dirsAfter[0].id ? ', the same' : ''}), ` +
+      `${fig.partsAfter} parts directories (${fig.partsBefore} before)`
+    : `${fig.uploadsLeft} uploads left, ${fig.partsAfter} parts ${fig.partsAfter === 1 ? 'directory' : 'directories'} after prune (${fig.partsBefore} before)`;
   const line =
     `${CLIENTS} clients pushing one digest (${backend}): ${fig.succeeded}/${CLIENTS} succeeded, ${fig.intact ? 1 : 0} intact blob, ` +
-    `${fig.uploadsLeft} uploads left, ${fig.partsAfter} parts ${fig.partsAfter === 1 ? 'directory' : 'directories'} after prune ` +
-    `(${fig.partsBefore} before), prune exit ${fig.pruneCode}, fsck exit ${fig.fsckCode}` +
+    `${layout}, prune exit ${fig.pruneCode}, fsck exit ${fig.fsckCode}` +
     (fig.crashed === null ? '' : `, server CRASHED (${fig.crashed})`);
   return { ok, line };
 }

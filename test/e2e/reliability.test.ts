@@ -43,17 +43,29 @@ describe('reliability tools, small', () => {
   });
 
   it('integrity-run: 8 clients pushing one digest leave one intact blob; fsck finds every corrupted blob and none is served', async () => {
-    const r = await toolWithin(290_000, 'integrity-run.mjs', '--backend', 'both', '--clients', '8', '--blob-mib', '1', '--images', '2', '--corrupt', '2', '--seed', '9');
+    // all: Swift in both commit modes and the filesystem.
+    const r = await toolWithin(410_000, 'integrity-run.mjs', '--backend', 'all', '--clients', '8', '--blob-mib', '1', '--images', '2', '--corrupt', '2', '--seed', '9');
     for (const backend of ['swift', 'filesystem']) {
       expect(r.out).toMatch(
         new RegExp(`^8 clients pushing one digest \\(${backend}\\): 8/8 succeeded, 1 intact blob, 0 uploads left, [01] parts director(y|ies) after prune \\(\\d+ before\\), prune exit 0, fsck exit 0$`, 'm'),
       );
+    }
+    // Link mode: the winner's upload directory holds the blob's segments, claimed, before and after prune.
+    const claimed = String.raw`claimed, no record, every segment in it`;
+    expect(r.out).toMatch(
+      new RegExp(
+        String.raw`^8 clients pushing one digest \(swift-link\): 8/8 succeeded, 1 intact blob, 1 upload directory left \(${claimed}\), ` +
+          String.raw`1 after prune \(${claimed}, the same\), 0 parts directories \(0 before\), prune exit 0, fsck exit 0$`,
+        'm',
+      ),
+    );
+    for (const backend of ['swift', 'swift-link', 'filesystem']) {
       expect(r.out).toMatch(
         new RegExp(`^fsck \\(${backend}\\): 2/2 corrupted blobs found \\(exit 1\\), 0 other problems, 0 served clean \\(of 4 GETs .*\\), 2 quarantined, clean after repair, 2/2 restored by a re-push, final fsck exit 0$`, 'm'),
       );
     }
     expect(r.code).toBe(0);
-  }, 300_000);
+  }, 420_000);
 });
 
 describe.each(BACKENDS)('concurrency and shutdown on %s', (backend) => {

@@ -6,6 +6,7 @@ import { loadCloud } from '../../src/storage/swift/clouds.js';
 import { SwiftDriver, type SwiftOptions } from '../../src/storage/swift/driver.js';
 import { login } from '../../src/storage/swift/auth.js';
 import { MemoryDriver } from '../../src/storage/memory.js';
+import type { CommitMode } from '../../src/registry/upload-commit.js';
 import { startServer, type TestServer } from './server.js';
 
 const run = promisify(execFile);
@@ -77,15 +78,19 @@ export async function startServerOn(backend: InProcessBackend): Promise<TestServ
   };
 }
 
-/** The `storage:` block of a config file for a backend (indented for `registry:`), and its cleanup. */
-export async function storageYaml(backend: Backend, dir: string): Promise<{ yaml: string; cleanup(): Promise<void> }> {
+/**
+ * The `storage:` block of a config file for a backend (indented for `registry:`), and its cleanup. `commit` is
+ * written only when given (link: Swift only, as the configuration demands).
+ */
+export async function storageYaml(backend: Backend, dir: string, commit?: CommitMode): Promise<{ yaml: string; cleanup(): Promise<void> }> {
+  const mode = commit ? `    commit: ${commit}\n` : '';
   if (backend === 'filesystem') {
-    return { yaml: `  storage:\n    driver: filesystem\n    root: ${dir}/data\n`, cleanup: async () => {} };
+    return { yaml: `  storage:\n    driver: filesystem\n    root: ${dir}/data\n${mode}`, cleanup: async () => {} };
   }
   const clouds = await ensureSwift();
   const container = freshContainer();
   return {
-    yaml: `  storage:\n    driver: swift\n    cloud: ${TEST_CLOUD}\n    container: ${container}\n    clouds-file: ${clouds}\n    commit: ${SWIFT_COMMIT}\n`,
+    yaml: `  storage:\n    driver: swift\n    cloud: ${TEST_CLOUD}\n    container: ${container}\n    clouds-file: ${clouds}\n    commit: ${commit ?? SWIFT_COMMIT}\n`,
     cleanup: () => dropContainer(container),
   };
 }

@@ -1,5 +1,5 @@
 /** The shared driver suite and Swift-specific behaviour (SLOs, auth, container), against a real Swift. */
-import { spawn } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -14,7 +14,9 @@ import { dropContainer, ensureSwift, freshContainer, swiftDriver, swiftRaw } fro
 import { runDriverSuite } from './suite.js';
 
 const containers: string[] = [];
+const proxies: ChildProcess[] = [];
 afterAll(async () => {
+  for (const p of proxies) p.kill(); // also those of a test that failed before its close()
   for (const c of containers) await dropContainer(c);
 });
 async function driverOnFreshContainer(opts = {}) {
@@ -33,6 +35,7 @@ async function driverThroughProxy(opts: Partial<SwiftOptions> = {}) {
   await ensureSwift();
   const dir = await mkdtemp(join(tmpdir(), 'berth-swift-proxy-'));
   const proxy = spawn('node', ['tools/fault-proxy.mjs', '--port', '0', '--log', join(dir, 'requests.log')], { stdio: ['ignore', 'pipe', 'ignore'] });
+  proxies.push(proxy);
   const port = await new Promise<number>((resolve) => proxy.stdout!.on('data', (d: Buffer) => resolve(Number(/port (\d+)/.exec(String(d))![1]))));
   await writeFile(join(dir, 'clouds.yaml'), `clouds:\n  via-proxy:\n    auth_type: v1password\n    auth:\n      auth_url: http://127.0.0.1:${port}/auth/v1.0\n      username: test:tester\n      password: testing\n`);
   const container = freshContainer();

@@ -9,8 +9,9 @@
 //   error     answer 500 or 503 without forwarding        reset     forward, then cut the connection mid-body
 //   stall     hold the request for --stall-ms             truncate  end a GET response early
 //   delay     add --delay-ms                              flip      flip one byte of a PUT body or GET response
-// Control while running: GET /__faults (rates and counts), POST /__faults with a JSON body of new rates
-// ({"error":0} etc.; {"off":true} sets every rate to 0). Prints "fault-proxy listening on port N" when ready.
+// Control while running: GET /__faults (rates and counts; `open`: requests whose response has not closed yet), POST
+// /__faults with a JSON body of new rates ({"error":0} etc.; {"off":true} sets every rate to 0). Prints
+// "fault-proxy listening on port N" when ready.
 import { appendFileSync } from 'node:fs';
 import http from 'node:http';
 import { Transform } from 'node:stream';
@@ -34,7 +35,7 @@ const { values } = parseArgs({
 });
 const KINDS = ['error', 'reset', 'stall', 'truncate', 'delay', 'flip'];
 const rates = Object.fromEntries(KINDS.map((k) => [k, Number(values[k])]));
-const counts = Object.fromEntries([...KINDS, 'requests'].map((k) => [k, 0]));
+const counts = Object.fromEntries([...KINDS, 'requests', 'open'].map((k) => [k, 0]));
 const upstream = new URL(values.upstream);
 const agent = new http.Agent({ keepAlive: true, maxSockets: 128 });
 
@@ -93,6 +94,8 @@ const server = http.createServer((req, res) => {
     return res.end(JSON.stringify({ rates, counts }));
   }
   counts.requests++;
+  counts.open++;
+  res.once('close', () => counts.open--);
   const fault = isObject(req.url) ? pick(req) : null;
   if (fault) counts[fault]++;
   if (values.log) appendFileSync(values.log, `${JSON.stringify({ method: req.method, url: req.url, fault, transExtra: req.headers['x-trans-id-extra'] })}\n`);

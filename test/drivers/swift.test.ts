@@ -1,15 +1,22 @@
 /** The shared driver suite and Swift-specific behaviour (SLOs, auth, container), against a real Swift. */
+import { spawn, type ChildProcess } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { afterAll, describe, expect, test } from 'vitest';
 import { ChecksumMismatch, DriverError, PathNotFound } from '../../src/storage/driver.js';
 import { Writable, type Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
-import { SwiftDriver } from '../../src/storage/swift/driver.js';
+import { loadCloud } from '../../src/storage/swift/clouds.js';
+import { SwiftDriver, type SwiftOptions } from '../../src/storage/swift/driver.js';
 import { dropContainer, ensureSwift, freshContainer, swiftDriver, swiftRaw } from '../helpers/swift.js';
 import { runDriverSuite } from './suite.js';
 
 const containers: string[] = [];
+const proxies: ChildProcess[] = [];
 afterAll(async () => {
+  for (const p of proxies) p.kill(); // also those of a test that failed before its close()
   for (const c of containers) await dropContainer(c);
 });
 async function driverOnFreshContainer(opts = {}) {
@@ -19,6 +26,52 @@ async function driverOnFreshContainer(opts = {}) {
 }
 
 runDriverSuite('swift', async () => (await driverOnFreshContainer()).driver);
+
+/**
+ * A driver whose requests pass through tools/fault-proxy.mjs (no faults): its log counts the GETs each object got, and
+ * its `open` count says how many requests are still open.
+ */
+async function driverThroughProxy(opts: Partial<SwiftOptions> = {}) {
+  await ensureSwift();
+  const dir = await mkdtemp(join(tmpdir(), 'berth-swift-proxy-'));
+  const proxy = spawn('node', ['tools/fault-proxy.mjs', '--port', '0', '--log', join(dir, 'requests.log')], { stdio: ['ignore', 'pipe', 'ignore'] });
+  proxies.push(proxy);
+  const port = await new Promise<number>((resolve) => proxy.stdout!.on('data', (d: Buffer) => resolve(Number(/port (\d+)/.exec(String(d))![1]))));
+  await writeFile(join(dir, 'clouds.yaml'), `clouds:\n  via-proxy:\n    auth_type: v1password\n    auth:\n      auth_url: http://127.0.0.1:${port}/auth/v1.0\n      username: test:tester\n      password: testing\n`);
+  const container = freshContainer();
+  containers.push(container);
+  const driver = await SwiftDriver.connect({ auth: loadCloud('via-proxy', join(dir, 'clouds.yaml')), container, ...opts });
+  const requests = async () => (await readFile(join(dir, 'requests.log'), 'utf8')).trim().split('\n').map((l) => JSON.parse(l) as { method: string; url: string });
+  return {
+    driver,
+    /** How many requests the log holds so far, to count from. */
+    mark: async () => (await requests()).length,
+    /** GETs of the object at `key` (no query string) since `from`. */
+    gets: async (key: string, from: number) => (await requests()).slice(from).filter((r) => r.method === 'GET' && r.url.endsWith(`/${container}/${key}`)).length,
+    open: async () => ((await (await fetch(`http://127.0.0.1:${port}/__faults`)).json()) as { counts: { open: number } }).counts.open,
+    async close() {
+      await driver.close();
+      proxy.kill();
+      await rm(dir, { recursive: true, force: true });
+    },
+  };
+}
+
+/** Polls `check` until it holds or about 10 s have passed; the caller asserts what it then sees. */
+async function until(check: () => Promise<boolean>): Promise<void> {
+  for (let i = 0; i < 200 && !(await check()); i++) await new Promise((r) => setTimeout(r, 50));
+}
+
+/** A reader of about 2 MiB/s, in pieces of at most 64 KiB, that is never stalled. */
+function slowReader(chunks: Buffer[]): Writable {
+  return new Writable({
+    highWaterMark: 1,
+    write(chunk: Buffer, _enc, done) {
+      chunks.push(chunk);
+      setTimeout(done, 30);
+    },
+  });
+}
 
 const md5 = (b: Buffer) => createHash('md5').update(b).digest('hex');
 
@@ -137,18 +190,47 @@ describe('swift driver specifics', () => {
     const { data, parts } = await putParts(driver, 'slow/parts', [3 << 20, 3 << 20, 1 << 20]);
     await driver.concat('slow/data', parts);
     const chunks: Buffer[] = [];
-    const slowReader = new Writable({
-      highWaterMark: 1,
-      write(chunk: Buffer, _enc, done) {
-        chunks.push(chunk);
-        setTimeout(done, 30); // about 2 MiB/s in pieces of at most 64 KiB
-      },
-    });
     const started = Date.now();
-    await pipeline((await driver.get('slow/data')).body, slowReader);
+    await pipeline((await driver.get('slow/data')).body, slowReader(chunks));
     expect(md5(Buffer.concat(chunks))).toBe(md5(data));
     expect(Date.now() - started).toBeGreaterThan(1500); // the reader was as slow as the test means it to be
     await driver.close();
+  }, 60_000);
+
+  test('a segment requested ahead is given up while a slow reader is still on the one before, and requested again when reached', async () => {
+    const swift = await driverThroughProxy({ requestTimeoutMs: 700 });
+    const { data, parts } = await putParts(swift.driver, 'ahead/parts', [3 << 20, 3 << 20, 1 << 20]);
+    await swift.driver.concat('ahead/data', parts);
+    const from = await swift.mark();
+    const chunks: Buffer[] = [];
+    await pipeline((await swift.driver.get('ahead/data')).body, slowReader(chunks));
+    expect(md5(Buffer.concat(chunks))).toBe(md5(data));
+    // The first segment once; each later one twice: ahead of need (given up after 350 ms), then when reached.
+    expect(await Promise.all(parts.map((p) => swift.gets(p.path, from)))).toEqual([1, 2, 2]);
+    await swift.close();
+  }, 60_000);
+
+  test('a fast reader gets each segment with one request, the next one opened ahead; stopping early cancels both', async () => {
+    const swift = await driverThroughProxy();
+    // Segments larger than the socket buffers hold, so a request left open ahead would stay open at the proxy.
+    const { data, parts } = await putParts(swift.driver, 'stop/parts', [24 << 20, 24 << 20, 1 << 20]);
+    await swift.driver.concat('stop/data', parts);
+    let from = await swift.mark();
+    expect(md5(await collect((await swift.driver.get('stop/data')).body))).toBe(md5(data));
+    expect(await Promise.all(parts.map((p) => swift.gets(p.path, from)))).toEqual([1, 1, 1]);
+
+    from = await swift.mark();
+    let read = 0;
+    for await (const piece of (await swift.driver.get('stop/data')).body) {
+      read += (piece as Buffer).length;
+      if ((await swift.gets(parts[1].path, from)) === 1) break; // stops (destroys the body) once the next is requested
+    }
+    // The second segment was requested while the reader was still on the first, and no further one.
+    expect(read).toBeLessThan(24 << 20);
+    expect(await Promise.all(parts.map((p) => swift.gets(p.path, from)))).toEqual([1, 1, 0]);
+    await until(async () => (await swift.open()) === 0);
+    expect(await swift.open()).toBe(0);
+    await swift.close();
   }, 60_000);
 
   test('a segment changed or removed behind its SLO fails a whole get, naming it, before any of its bytes are passed on', async () => {

@@ -5,7 +5,7 @@
 //    POST): all succeed, the blob reads back intact, no upload is left, and after `berth prune` (upload-expiry 1 s,
 //    run once the pushes are older than that) at most one upload's parts remain under the blob. In link mode the
 //    winning upload's directory holds the blob's segments instead: exactly one upload directory is left, claimed
-//    for the digest by its `owner` and without its record, every segment of the blob is in it, there is no parts
+//    for the digest by its `owner.<digest>` and without its record, every segment of the blob is in it, there is no parts
 //    directory, and prune keeps it (one claimed directory after prune, the blob intact).
 // 2. K images pushed, M of their layers corrupted behind Berth's back (filesystem: bytes overwritten in the data
 //    file, same size; Swift: one SLO segment, or a one-chunk blob's plain object, overwritten through the Swift API,
@@ -141,12 +141,6 @@ async function openStore(backend, work) {
         marker = names[names.length - 1];
       }
       return out;
-    },
-    async read(path) {
-      const res = await fetch(objectUrl(path), { headers, signal: AbortSignal.timeout(TIMEOUT_MS) });
-      if (res.status === 404) return null;
-      if (res.status !== 200) throw new Error(`GET ${path}: ${res.status}`);
-      return Buffer.from(await res.arrayBuffer());
     },
     /** The objects an SLO names, sub-manifests' segments included; [] for a plain object. */
     async segments(path) {
@@ -289,11 +283,12 @@ async function uploadDirs(store, digest, others = []) {
   const segments = await store.segments(`_local/blobs/${digest}/data`);
   const out = [];
   for (const [id, names] of byId) {
-    const owner = names.includes('owner') ? JSON.parse(String(await store.read(`_local/uploads/${id}/owner`))) : null;
-    if (others.includes(owner?.blob)) continue;
+    // The claim's name says the blob: owner.<digest>.
+    const owner = names.find((n) => n.startsWith('owner.'))?.slice('owner.'.length);
+    if (others.includes(owner)) continue;
     out.push({
       id,
-      claimed: owner?.blob === digest,
+      claimed: owner === digest,
       record: names.includes('metadata'),
       holdsBlob: segments.length > 0 && segments.every((p) => p.startsWith(`_local/uploads/${id}/`)),
     });

@@ -8,9 +8,9 @@
  *     uploads/<uuid>/p<n>.<nonce>                a sealed page of the record's chunk entries (upload-record.ts)
  *     uploads/<uuid>/lock                        held while a request writes to the upload (where the backend
  *                                                can lock: the filesystem)
- *     uploads/<uuid>/owner                       commit: link: this upload's chunk objects (and the merged objects
- *                                                and sub-manifests beside them) are the segments of blob <owner>;
- *                                                it replaces the record once the blob is joined (upload-commit.ts)
+ *     uploads/<uuid>/owner.<alg>:<hex>           commit: link: this upload's chunk objects (and the merged objects
+ *                                                and sub-manifests beside them) are that blob's segments; it
+ *                                                replaces the record once the blob is joined (upload-commit.ts)
  *     blobs/<alg>:<hex>/data                     the blob (content-addressed; manifests are blobs too); a blob of
  *                                                one chunk is that chunk moved here; with commit: link, an SLO
  *                                                naming the upload's chunk objects where they were written
@@ -126,7 +126,8 @@ export const paths = {
     return `${ns(n)}/uploads/${uuid(id)}/${object}`;
   },
   uploadLock: (n: string, id: string) => `${ns(n)}/uploads/${uuid(id)}/lock`,
-  uploadOwner: (n: string, id: string) => `${ns(n)}/uploads/${uuid(id)}/owner`,
+  /** commit: link: the claim that the upload's objects are blob `d`'s segments (named, so a listing says whose). */
+  uploadOwner: (n: string, id: string, d: string) => `${ns(n)}/uploads/${uuid(id)}/owner.${digest(d)}`,
 
   blobs: (n: string) => `${ns(n)}/blobs`,
   blob: (n: string, d: string) => `${ns(n)}/blobs/${digest(d)}`,
@@ -160,6 +161,12 @@ export function parseBlobPath(namespace: string, p: string): { digest: string; r
   if (at <= 0) return null;
   const d = tail.slice(0, at);
   return validDigest(d) ? { digest: d, rest: tail.slice(at + 1) } : null;
+}
+
+/** The blob an upload directory's object claims it for, if the object (`rest`, as parseUploadPath gives it) is a claim. */
+export function uploadOwnerOf(rest: string): string | null {
+  const d = rest.startsWith('owner.') ? rest.slice('owner.'.length) : '';
+  return validDigest(d) ? d : null;
 }
 
 /** Parse a path under `<ns>/uploads/` back into the upload's id and the rest; null for anything else. */

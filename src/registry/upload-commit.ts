@@ -7,9 +7,9 @@
  * - link (backends whose joins keep their parts, wherever they are: Swift): the chunks stay where the upload wrote
  *   them and blobs/<d>/data joins them in place; a blob of one object under the driver's `minJoinedSize` is still
  *   moved (on Swift a small blob reads faster as a plain object than as a one-segment SLO). Before the join,
- *   uploads/<id>/owner claims the directory for the blob; after it the record goes and the claim stays. What a
- *   blob reads from is the driver's answer (`segments`), never a guess from paths: prune keeps a claimed directory
- *   while its blob is stored, and deleting the blob takes its segments with it (prune-uploads.ts).
+ *   uploads/<id>/owner.<digest> claims the directory for the blob; after it the record goes and the claim stays.
+ *   What a blob reads from is the driver's answer (`segments`), never a guess from paths: prune keeps a claimed
+ *   directory while its blob is stored, and deleting the blob takes its segments with it (prune-uploads.ts).
  */
 import { AlreadyExists, PathNotFound, SizeMismatch, type Part, type StorageDriver, type StoredObject } from '../storage/driver.js';
 import { forEachLimited } from '../util/concurrency.js';
@@ -57,7 +57,7 @@ export class BlobCommit {
    */
   private async link(ns: string, id: string, digest: string, chunks: ChunkEntry[]): Promise<Joined> {
     const claim = { blob: digest, claimed: new Date().toISOString() };
-    await this.driver.put(paths.uploadOwner(ns, id), Buffer.from(JSON.stringify(claim)), { contentType: 'application/json' });
+    await this.driver.put(paths.uploadOwner(ns, id, digest), Buffer.from(JSON.stringify(claim)), { contentType: 'application/json' });
     const parts: Part[] = chunks.map((c) => ({ path: paths.uploadChunk(ns, id, c.object), size: c.size, md5: c.md5 }));
     await this.driver.concat(paths.blobData(ns, digest), parts);
     return (await this.linkedHere(ns, id, digest)) ? 'linked' : 'moved';

@@ -79,8 +79,8 @@ export async function startServerOn(backend: InProcessBackend): Promise<TestServ
 }
 
 /**
- * The `storage:` block of a config file for a backend (indented for `registry:`), and its cleanup. `commit` is
- * written only when given (link: Swift only, as the configuration demands).
+ * The `storage:` block of a config file for a backend (indented for `registry:`), and its cleanup. `commit` on Swift
+ * defaults to SWIFT_COMMIT; on the filesystem it is written only when given.
  */
 export async function storageYaml(backend: Backend, dir: string, commit?: CommitMode): Promise<{ yaml: string; cleanup(): Promise<void> }> {
   const mode = commit ? `    commit: ${commit}\n` : '';

@@ -115,9 +115,9 @@ describe('commit: link on Swift', () => {
     expect((await commit(link, location, digest)).status).toBe(201);
     const segments = await sloSegments(digest);
     expect(segments).toEqual(written.map((n) => `_local/uploads/${id}/${n}`));
-    expect((await uploadDirs()).get(id)!.sort()).toEqual([...written, 'owner'].sort());
+    expect((await uploadDirs()).get(id)!.sort()).toEqual([...written, `owner.${digest}`].sort());
     expect(await names(`_local/blobs/${digest}/parts/`)).toEqual([]);
-    const claim = JSON.parse(Buffer.from(await (await swiftRaw(`${container}/_local/uploads/${id}/owner`)).arrayBuffer()).toString());
+    const claim = JSON.parse(Buffer.from(await (await swiftRaw(`${container}/_local/uploads/${id}/owner.${digest}`)).arrayBuffer()).toString());
     expect(claim.blob).toBe(digest);
     expect(await pulled(link, 'link/slo', digest)).toBe(md5(data));
     expect(await pulled(move, 'link/slo', digest)).toBe(md5(data)); // a move-mode process reads it the same way
@@ -158,7 +158,7 @@ describe('commit: link on Swift', () => {
       expect(await pulled(nesting, 'link/nested', digest)).toBe(md5(data));
       expect(await new Fsck(nesting.registry.driver).check('_local').then((r) => r.problems.filter((p) => p.path.includes(digest)))).toEqual([]);
       await nesting.registry.driver.delete(`_local/blobs/${digest}/data`);
-      expect((await uploadDirs()).get(id)).toEqual(['owner']);
+      expect((await uploadDirs()).get(id)).toEqual([`owner.${digest}`]);
     } finally {
       await nesting.close();
     }
@@ -184,7 +184,7 @@ describe('commit: link on Swift', () => {
     const segments = await sloSegments(digest);
     expect(segments.length).toBeLessThan(10);
     for (const seg of segments) expect(seg.startsWith(`_local/uploads/${id}/`)).toBe(true);
-    expect((await uploadDirs()).get(id)!.sort()).toEqual([...segments.map((p) => p.split('/').pop()!), 'owner'].sort());
+    expect((await uploadDirs()).get(id)!.sort()).toEqual([...segments.map((p) => p.split('/').pop()!), `owner.${digest}`].sort());
     expect(await pulled(link, 'link/small', digest)).toBe(md5(data));
   });
 
@@ -225,7 +225,7 @@ describe('commit: link on Swift', () => {
     expect((await commit(crashing, location, digest)).status).toBe(201);
     const objects = (await uploadDirs()).get(id)!;
     expect(objects).not.toContain('metadata');
-    expect(objects).toContain('owner');
+    expect(objects).toContain(`owner.${digest}`);
     expect((await sloSegments(digest)).every((p) => p.startsWith(`_local/uploads/${id}/`))).toBe(true);
     expect(await pulled(link, 'link/retry', digest)).toBe(md5(data));
   });
@@ -271,20 +271,20 @@ describe('commit: link on Swift', () => {
     expect(await pulled(link, repo, loose)).toBe(404);
     let dirs = await uploadDirs();
     // Swept blobs took their segments; only their claims are left for the next prune.
-    expect(dirs.get(oldDir)).toEqual(['owner']);
-    expect(dirs.get(looseDir)).toEqual(['owner']);
+    expect(dirs.get(oldDir)).toEqual([`owner.${oldDigest}`]);
+    expect(dirs.get(looseDir)).toEqual([`owner.${loose}`]);
     expect(dirs.has(abandoned)).toBe(false);
     expect(dirs.get(uploadIdOf(active))).toContain('metadata');
     // The stopped commit's record went; the segments its blob reads from stayed.
     expect(dirs.get(keptDirs[1])).not.toContain('metadata');
-    expect(dirs.get(keptDirs[1])).toContain('owner');
+    expect(dirs.get(keptDirs[1])).toContain(`owner.${keptDigests[1]}`);
 
     const second = await prune();
     expect(second.failures).toBe(0);
     dirs = await uploadDirs();
     expect(dirs.has(oldDir)).toBe(false);
     expect(dirs.has(looseDir)).toBe(false);
-    for (const id of keptDirs) expect(dirs.get(id)).toContain('owner');
+    for (const [i, id] of keptDirs.entries()) expect(dirs.get(id)).toContain(`owner.${keptDigests[i]}`);
     for (const [i, d] of keptDigests.entries()) expect(await pulled(move, repo, d)).toBe(md5(kept[i]));
     expect(keptManifest).toMatch(/^sha256:/);
     const fsck = await new Fsck(link.registry.driver).check('_local');

@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { RegistryError } from '../../src/registry/errors.js';
-import { checkDigest, checkName, parseRepoPath, parseUploadPath, paths, validName, validTag } from '../../src/registry/paths.js';
+import { checkDigest, checkName, parseRepoPath, parseUploadPath, paths, uploadOwnerOf, validName, validTag } from '../../src/registry/paths.js';
 
 const D = `sha256:${'a'.repeat(64)}`;
 const S = `sha256:${'b'.repeat(64)}`;
@@ -12,6 +12,9 @@ describe('storage paths', () => {
     expect(paths.uploadChunk('_local', U, '3.0badc0de')).toBe(`_local/uploads/${U}/3.0badc0de`);
     expect(paths.uploadPage('_local', U, 'p2.0badc0de')).toBe(`_local/uploads/${U}/p2.0badc0de`);
     expect(paths.uploadLock('_local', U)).toBe(`_local/uploads/${U}/lock`);
+    expect(paths.uploadOwner('_local', U, D)).toBe(`_local/uploads/${U}/owner.${D}`);
+    expect(uploadOwnerOf(`owner.${D}`)).toBe(D);
+    for (const rest of ['owner', 'owner.', 'owner.sha256:00', `x/owner.${D}`, 'metadata']) expect(uploadOwnerOf(rest)).toBeNull();
     expect(paths.blobData('t1', D)).toBe(`t1/blobs/${D}/data`);
     expect(paths.blobPart('t1', D, U, 7)).toBe(`t1/blobs/${D}/parts/${U}/7`);
     expect(paths.blobLink('t1', 'a/b', D)).toBe(`t1/repos/a/b/_blobs/${D}`);

@@ -34,10 +34,14 @@ export class BlobCommit {
     }
   }
 
-  /** Make blobs/<digest>/data read as the chunks, in order. 'linked': it reads from the upload's own objects. */
-  async join(ns: string, id: string, digest: string, chunks: ChunkEntry[]): Promise<Joined> {
+  /**
+   * Make blobs/<digest>/data read as the chunks, in order. 'linked': it reads from the upload's own objects.
+   * `marked` is the caller's write of the record as committing, which must be stored before anything moves or joins.
+   */
+  async join(ns: string, id: string, digest: string, chunks: ChunkEntry[], marked: Promise<void>): Promise<Joined> {
     const small = chunks.length === 0 || (chunks.length === 1 && chunks[0].size < (this.driver.minJoinedSize ?? 0));
-    if (this.mode === 'link' && !small) return this.link(ns, id, digest, chunks);
+    if (this.mode === 'link' && !small) return this.link(ns, id, digest, chunks, marked);
+    await marked;
     if (chunks.length === 1) await this.moveWhole(ns, id, digest, chunks[0]);
     else await this.moveParts(ns, id, digest, chunks);
     return 'moved';
@@ -51,16 +55,19 @@ export class BlobCommit {
   }
 
   /**
-   * Claim the upload's directory for the blob, then join the chunks where they are. Two uploads of one digest
-   * joining at once leave one manifest (the driver's create-only join); the loser learns it from what the blob
-   * reads from and answers 'moved', so its upload directory is removed whole.
+   * The upload's directory is claimed for the blob (`claimed` resolves when the claim is stored; the caller's own
+   * write goes alongside), then the chunks are joined where they are. Two uploads of one digest joining at once
+   * leave one manifest (the driver's create-only join): the loser is told, answers 'moved', and its directory is
+   * removed whole. Where the driver's creates are not atomic both may think they won; prune then finds the blob
+   * claimed twice and keeps only what it reads from.
    */
-  private async link(ns: string, id: string, digest: string, chunks: ChunkEntry[]): Promise<Joined> {
+  private async link(ns: string, id: string, digest: string, chunks: ChunkEntry[], alongside: Promise<void>): Promise<Joined> {
     const claim = { blob: digest, claimed: new Date().toISOString() };
-    await this.driver.put(paths.uploadOwner(ns, id, digest), Buffer.from(JSON.stringify(claim)), { contentType: 'application/json' });
+    const claimed = this.driver.put(paths.uploadOwner(ns, id, digest), Buffer.from(JSON.stringify(claim)), { contentType: 'application/json' });
+    await Promise.all([claimed, alongside]);
     const parts: Part[] = chunks.map((c) => ({ path: paths.uploadChunk(ns, id, c.object), size: c.size, md5: c.md5 }));
-    await this.driver.concat(paths.blobData(ns, digest), parts);
-    return (await this.linkedHere(ns, id, digest)) ? 'linked' : 'moved';
+    const joined = await this.driver.concat(paths.blobData(ns, digest), parts);
+    return joined.joinedElsewhere ? 'moved' : 'linked';
   }
 
   /**

@@ -126,9 +126,9 @@ export class Uploads {
     } else if (existing) {
       if (existing.size !== size) throw new RegistryError('SIZE_INVALID', 'a blob with this digest exists with another size', { digest });
     } else {
+      const chunks = await this.records.chunks(ns, id, record);
       record.committing = digest;
-      await this.writeRecord(ns, id, record);
-      joined = await this.blobCommit.join(ns, id, digest, await this.records.chunks(ns, id, record));
+      joined = await this.blobCommit.join(ns, id, digest, chunks, this.writeRecord(ns, id, record));
     }
     // A linked blob reads from the upload's objects: only the record goes, its owner claim stays.
     await Promise.all([this.links.link(ns, repo, digest), joined === 'linked' ? this.removeRecord(ns, id, record) : this.remove(ns, id)]);

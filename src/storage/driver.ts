@@ -19,6 +19,11 @@ export interface StoredObject {
   size: number;
   /** md5 hex of the stored bytes as reported by the backend (Swift's ETag), or undefined if the backend has none. */
   md5?: string;
+  /**
+   * `concat` only: another join of the same path won a race (two uploads of one digest), so the path reads from that
+   * join's parts, and these were removed. Where creates are not atomic (`atomicCreate`) both may miss it.
+   */
+  joinedElsewhere?: boolean;
 }
 
 /** A part of a concatenated object, as recorded when it was written. */

@@ -211,11 +211,10 @@ export class SwiftWrites {
   private async settleLostJoin(dst: string, dir: string, ours: string[]): Promise<StoredObject> {
     const listing = await this.reads.sloListing(dst);
     if (listing === null) throw new PathNotFound(dst);
-    if (!listing.some((seg) => seg.path.startsWith(`${dir}/`))) {
-      await forEachLimited(ours, PARALLEL_REQUESTS, (key) => this.deleteQuietly(key, false));
-    }
-    if (listing.length === 0) return { size: (await this.reads.stat(dst))?.size ?? 0 };
-    return { size: listing.reduce((n, seg) => n + seg.bytes, 0) };
+    const joinedElsewhere = !listing.some((seg) => seg.path.startsWith(`${dir}/`));
+    if (joinedElsewhere) await forEachLimited(ours, PARALLEL_REQUESTS, (key) => this.deleteQuietly(key, false));
+    if (listing.length === 0) return { size: (await this.reads.stat(dst))?.size ?? 0, joinedElsewhere };
+    return { size: listing.reduce((n, seg) => n + seg.bytes, 0), joinedElsewhere };
   }
 
   private async deleteQuietly(key: string, withSegments = true): Promise<void> {

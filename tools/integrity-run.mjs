@@ -387,14 +387,18 @@ async function oneDigestManyClients(backend) {
     await rm(work, { recursive: true, force: true });
   }
   // Move mode: the uploads are gone, the parts of at most one are under the blob. Link mode: the winner's directory
-  // is the blob's segments, before and after prune, and no parts directory exists.
+  // is the blob's segments, before and after prune, and no parts directory exists. Before prune another claimed
+  // directory may be left (a join that replaced the winner's after its check: Swift's create-only is not atomic),
+  // as move mode may leave a second parts directory; prune keeps only the one the blob reads from.
+  const holder = dirsBefore.find((d) => d.holdsBlob);
   const layoutOk = link
-    ? oneClaim(dirsBefore) && oneClaim(dirsAfter) && dirsBefore[0].id === dirsAfter[0].id && fig.partsBefore === 0 && fig.partsAfter === 0
+    ? dirsBefore.every((d) => d.claimed && !d.record) && dirsBefore.filter((d) => d.holdsBlob).length === 1 &&
+      oneClaim(dirsAfter) && holder.id === dirsAfter[0].id && fig.partsBefore === 0 && fig.partsAfter === 0
     : fig.uploadsLeft === 0 && fig.partsAfter <= 1;
   const ok = fig.succeeded === CLIENTS && fig.intact && layoutOk && fig.pruneCode === 0 && fig.fsckCode === 0 && fig.crashed === null;
   const layout = link
     ? `${dirsBefore.length} upload ${dirsBefore.length === 1 ? 'directory' : 'directories'} left (${describeDirs(dirsBefore)}), ` +
-      `${dirsAfter.length} after prune (${describeDirs(dirsAfter)}${dirsAfter.length === 1 && dirsBefore[0]?.id === dirsAfter[0].id ? ', the same' : ''}), ` +
+      `${dirsAfter.length} after prune (${describeDirs(dirsAfter)}${dirsAfter.length === 1 && holder?.id === dirsAfter[0].id ? ', the same' : ''}), ` +
       `${fig.partsAfter} parts directories (${fig.partsBefore} before)`
     : `${fig.uploadsLeft} uploads left, ${fig.partsAfter} parts ${fig.partsAfter === 1 ? 'directory' : 'directories'} after prune (${fig.partsBefore} before)`;
   const line =

@@ -58,9 +58,9 @@ export class BlobCommit {
    * The upload's directory is claimed for the blob (`claimed` resolves when the claim is stored; the caller's own
    * write goes alongside), then the chunks are joined where they are. Two uploads of one digest joining at once
    * leave one manifest (the driver's create-only join): the loser answers 'moved', and its directory is removed
-   * whole. Where creates are not atomic (Swift) two joins landing together may both succeed, the later one
-   * replacing the other: so unless the driver already said so, the blob is asked what it reads from. A join that
-   * lands after even that is left to prune, which finds the blob claimed twice and keeps only what it reads from.
+   * whole. Where creates are not atomic (Swift) two joins landing together may both succeed, the later replacing
+   * the other, as two move-mode joins may: the replaced one's directory is left to prune, which finds the blob
+   * claimed twice and keeps only what it reads from (reading the blob back here would cost every commit a request).
    */
   private async link(ns: string, id: string, digest: string, chunks: ChunkEntry[], alongside: Promise<void>): Promise<Joined> {
     const claim = { blob: digest, claimed: new Date().toISOString() };
@@ -68,8 +68,7 @@ export class BlobCommit {
     await Promise.all([claimed, alongside]);
     const parts: Part[] = chunks.map((c) => ({ path: paths.uploadChunk(ns, id, c.object), size: c.size, md5: c.md5 }));
     const joined = await this.driver.concat(paths.blobData(ns, digest), parts);
-    if (joined.joinedElsewhere) return 'moved';
-    return this.driver.atomicCreate || (await this.linkedHere(ns, id, digest)) ? 'linked' : 'moved';
+    return joined.joinedElsewhere ? 'moved' : 'linked';
   }
 
   /**

@@ -51,11 +51,11 @@ describe('reliability tools, small', () => {
       );
     }
     // Link mode: the winner's upload directory holds the blob's segments, claimed, before and after prune (a join
-    // that replaced the winner's after its check may leave a second claimed directory until prune).
+    // that replaced the winner's after its check may leave more claimed directories until prune).
     const claimed = String.raw`claimed, no record, every segment in it`;
     expect(r.out).toMatch(
       new RegExp(
-        String.raw`^8 clients pushing one digest \(swift-link\): 8/8 succeeded, 1 intact blob, [12] upload director(y|ies) left \(claimed, no record, [^)]*\), ` +
+        String.raw`^8 clients pushing one digest \(swift-link\): 8/8 succeeded, 1 intact blob, \d+ upload director(y|ies) left \(claimed, no record, [^)]*\), ` +
           String.raw`1 after prune \(${claimed}, the same\), 0 parts directories \(0 before\), prune exit 0, fsck exit 0$`,
         'm',
       ),

@@ -127,6 +127,25 @@ export async function pushBlob(url: string, repo: string, data: Buffer, headers:
   return digest;
 }
 
+/** Start an upload and PATCH `chunks` in order; returns the location to commit at. Throws on any other status. */
+export async function startChunkedUpload(url: string, repo: string, chunks: Buffer[]): Promise<string> {
+  const start = await fetch(`${url}/v2/${repo}/blobs/uploads/`, { method: 'POST' });
+  if (start.status !== 202) throw new Error(`start upload: ${start.status}`);
+  let location = start.headers.get('location')!;
+  let offset = 0;
+  for (const c of chunks) {
+    const res = await fetch(`${url}${location}`, {
+      method: 'PATCH',
+      headers: { 'Content-Range': `${offset}-${offset + c.length - 1}`, 'Content-Type': 'application/octet-stream' },
+      body: new Uint8Array(c),
+    });
+    if (res.status !== 202) throw new Error(`PATCH chunk at ${offset}: ${res.status}`);
+    offset += c.length;
+    location = res.headers.get('location')!;
+  }
+  return location;
+}
+
 /** Push a minimal OCI image (config + layers); returns the manifest, its bytes and digest. */
 export async function pushImage(url: string, repo: string, tag: string, layers: Buffer[], extra: Record<string, unknown> = {}, headers: Record<string, string> = {}) {
   const config = Buffer.from(JSON.stringify({ architecture: 'amd64', os: 'linux', rootfs: { type: 'layers', diff_ids: [] } }));

@@ -7,7 +7,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Fsck } from '../../src/registry/fsck.js';
 import { Pruner, type PruneOptions } from '../../src/registry/prune.js';
 import type { StorageDriver } from '../../src/storage/driver.js';
-import { md5, overriding, pushBlob, sha256, startServer, type TestServer } from '../helpers/server.js';
+import { md5, overriding, pushBlob, sha256, startChunkedUpload, startServer, type TestServer } from '../helpers/server.js';
 import { dropContainer, freshContainer, swiftDriver, swiftRaw } from '../helpers/swift.js';
 
 const SEGMENT = 2 * 1024 * 1024;
@@ -66,23 +66,6 @@ async function uploadDirs(): Promise<Map<string, string[]>> {
 }
 const uploadIdOf = (location: string) => /\/uploads\/([0-9a-f-]{36})/.exec(location)![1];
 
-async function startChunked(s: TestServer, repo: string, chunks: Buffer[]): Promise<string> {
-  const start = await fetch(`${s.url}/v2/${repo}/blobs/uploads/`, { method: 'POST' });
-  expect(start.status).toBe(202);
-  let location = start.headers.get('location')!;
-  let offset = 0;
-  for (const c of chunks) {
-    const res = await fetch(`${s.url}${location}`, {
-      method: 'PATCH',
-      headers: { 'Content-Range': `${offset}-${offset + c.length - 1}`, 'Content-Type': 'application/octet-stream' },
-      body: new Uint8Array(c),
-    });
-    expect(res.status).toBe(202);
-    offset += c.length;
-    location = res.headers.get('location')!;
-  }
-  return location;
-}
 const commit = (s: TestServer, location: string, digest: string) => fetch(`${s.url}${location}?digest=${digest}`, { method: 'PUT' });
 async function pulled(s: TestServer, repo: string, digest: string): Promise<string | number> {
   const res = await fetch(`${s.url}/v2/${repo}/blobs/${digest}`);
@@ -107,7 +90,7 @@ describe('commit: link on Swift', () => {
     const chunks = [randomBytes(3 << 20), randomBytes(100 << 10), randomBytes(5 << 20)];
     const data = Buffer.concat(chunks);
     const digest = sha256(data);
-    const location = await startChunked(link, 'link/slo', chunks);
+    const location = await startChunkedUpload(link.url, 'link/slo', chunks);
     const id = uploadIdOf(location);
     const written = (await uploadDirs()).get(id)!.filter((n) => n !== 'metadata');
     expect(written).toHaveLength(6); // 3 MiB -> 2 objects, 100 KiB -> 1, 5 MiB -> 3
@@ -178,7 +161,7 @@ describe('commit: link on Swift', () => {
     const chunks = Array.from({ length: 30 }, () => randomBytes(100 << 10));
     const data = Buffer.concat(chunks);
     const digest = sha256(data);
-    const location = await startChunked(link, 'link/small', chunks);
+    const location = await startChunkedUpload(link.url, 'link/small', chunks);
     const id = uploadIdOf(location);
     expect((await commit(link, location, digest)).status).toBe(201);
     const segments = await sloSegments(digest);
@@ -196,7 +179,7 @@ describe('commit: link on Swift', () => {
       const data = randomBytes(3 * SEGMENT + 12345);
       const digest = sha256(data);
       const halves = [data.subarray(0, SEGMENT + 7), data.subarray(SEGMENT + 7)];
-      const locations = await Promise.all([startChunked(first, 'link/race', halves), startChunked(second, 'link/race', [data])]);
+      const locations = await Promise.all([startChunkedUpload(first.url, 'link/race', halves), startChunkedUpload(second.url, 'link/race', [data])]);
       const before = new Set((await uploadDirs()).keys());
       const commits = await Promise.all([commit(first, locations[0], digest), commit(second, locations[1], digest)]);
       expect(commits.map((r) => r.status)).toEqual([201, 201]);
@@ -218,7 +201,7 @@ describe('commit: link on Swift', () => {
   it('a commit that joined the blob but stopped before its record went is finished by the retry, segments kept', async () => {
     const data = randomBytes(2 * SEGMENT + 999);
     const digest = sha256(data);
-    const location = await startChunked(crashing, 'link/retry', [data]);
+    const location = await startChunkedUpload(crashing.url, 'link/retry', [data]);
     armed = true;
     expect((await commit(crashing, location, digest)).status).toBe(500);
     const id = uploadIdOf(location);
@@ -238,7 +221,7 @@ describe('commit: link on Swift', () => {
     const kept = [layer(5 << 20), layer(3 << 20), layer(4 << 20)];
     const keptDigests = kept.map(sha256);
     await pushBlob(link.url, repo, kept[0]);
-    const stopped = await startChunked(crashing, repo, [kept[1]]);
+    const stopped = await startChunkedUpload(crashing.url, repo, [kept[1]]);
     armed = true;
     expect((await commit(crashing, stopped, keptDigests[1])).status).toBe(500);
     await pushBlob(move.url, repo, kept[2]);
@@ -248,8 +231,8 @@ describe('commit: link on Swift', () => {
     const oldDigest = await pushBlob(link.url, repo, old);
     await putManifest(link, repo, 'old', [{ digest: oldDigest, size: old.length }]);
     const loose = await pushBlob(link.url, repo, layer(3 << 20));
-    const abandoned = uploadIdOf(await startChunked(link, repo, [layer(1000)]));
-    const active = await startChunked(link, repo, [layer(1000)]);
+    const abandoned = uploadIdOf(await startChunkedUpload(link.url, repo, [layer(1000)]));
+    const active = await startChunkedUpload(link.url, repo, [layer(1000)]);
     const dirOf = async (digest: string) => (await sloSegments(digest))[0]?.split('/')[2];
     const oldDir = await dirOf(oldDigest);
     const looseDir = await dirOf(loose);

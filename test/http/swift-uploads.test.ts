@@ -2,7 +2,7 @@
 import { randomBytes } from 'node:crypto';
 import http from 'node:http';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { md5, pushBlob, sha256, startServer, type TestServer } from '../helpers/server.js';
+import { md5, pushBlob, sha256, startChunkedUpload, startServer, type TestServer } from '../helpers/server.js';
 import { dropContainer, freshContainer, swiftDriver, swiftRaw } from '../helpers/swift.js';
 
 const SEGMENT = 2 * 1024 * 1024;
@@ -22,30 +22,12 @@ async function objects(prefix: string): Promise<{ name: string; bytes: number; h
   return res.status === 204 ? [] : ((await res.json()) as { name: string; bytes: number; hash: string }[]);
 }
 
-async function upload(repo: string, chunks: Buffer[]): Promise<string> {
-  const start = await fetch(`${s.url}/v2/${repo}/blobs/uploads/`, { method: 'POST' });
-  expect(start.status).toBe(202);
-  let location = start.headers.get('location')!;
-  let offset = 0;
-  for (const c of chunks) {
-    const res = await fetch(`${s.url}${location}`, {
-      method: 'PATCH',
-      headers: { 'Content-Range': `${offset}-${offset + c.length - 1}`, 'Content-Type': 'application/octet-stream' },
-      body: new Uint8Array(c),
-    });
-    expect(res.status).toBe(202);
-    offset += c.length;
-    location = res.headers.get('location')!;
-  }
-  return location;
-}
-
 describe('uploads on Swift', () => {
   it('chunks of 3 MiB, 100 KiB and 5 MiB become an SLO under the blob path, and nothing stays under uploads/', async () => {
     const chunks = [randomBytes(3 << 20), randomBytes(100 << 10), randomBytes(5 << 20)];
     const data = Buffer.concat(chunks);
     const digest = sha256(data);
-    const location = await upload('swift/slo', chunks);
+    const location = await startChunkedUpload(s.url, 'swift/slo', chunks);
     // Chunks larger than the segment size were split into equal objects: 3 MiB -> 2, 100 KiB -> 1, 5 MiB -> 3.
     const chunkObjects = (await objects('_local/uploads/')).filter((o) => !o.name.endsWith('/metadata'));
     const third = Math.ceil((5 << 20) / 3);
@@ -83,7 +65,7 @@ describe('uploads on Swift', () => {
       const data = randomBytes(SEGMENT);
       const digest = sha256(data);
       // One PATCH of the segment size is one chunk (a plain object at the blob path); two halves are an SLO.
-      const locations = await Promise.all([upload('swift/race', [data]), upload('swift/race', [data.subarray(0, SEGMENT / 2), data.subarray(SEGMENT / 2)])]);
+      const locations = await Promise.all([startChunkedUpload(s.url, 'swift/race', [data]), startChunkedUpload(s.url, 'swift/race', [data.subarray(0, SEGMENT / 2), data.subarray(SEGMENT / 2)])]);
       const commits = await Promise.all(locations.map((l) => fetch(`${s.url}${l}?digest=${digest}`, { method: 'PUT' })));
       expect(commits.map((r) => r.status)).toEqual([201, 201]);
       expect(md5(Buffer.from(await (await fetch(`${s.url}/v2/swift/race/blobs/${digest}`)).arrayBuffer()))).toBe(md5(data));
@@ -97,7 +79,7 @@ describe('uploads on Swift', () => {
     const chunks = Array.from({ length: 12 }, () => randomBytes(SEGMENT + 100));
     const data = Buffer.concat(chunks);
     const digest = sha256(data);
-    const location = await upload('swift/halves', chunks);
+    const location = await startChunkedUpload(s.url, 'swift/halves', chunks);
     const put = await fetch(`${s.url}${location}?digest=${digest}`, { method: 'PUT' });
     expect(put.status).toBe(201);
     const manifest = (await (await swiftRaw(`${container}/_local/blobs/${digest}/data?multipart-manifest=get&format=raw`)).json()) as { size_bytes: number }[];
@@ -143,7 +125,7 @@ describe('uploads on Swift', () => {
     const chunks = Array.from({ length: 150 }, () => randomBytes(8000));
     const data = Buffer.concat(chunks);
     const digest = sha256(data);
-    const location = await upload('swift/many', chunks);
+    const location = await startChunkedUpload(s.url, 'swift/many', chunks);
     const put = await fetch(`${s.url}${location}?digest=${digest}`, { method: 'PUT' });
     expect(put.status).toBe(201);
     const manifest = (await (await swiftRaw(`${container}/_local/blobs/${digest}/data?multipart-manifest=get&format=raw`)).json()) as { size_bytes: number }[];
@@ -155,7 +137,7 @@ describe('uploads on Swift', () => {
   it('two uploads of the same blob committing at once leave one intact blob', async () => {
     const data = randomBytes(3 << 20);
     const digest = sha256(data);
-    const locations = await Promise.all([0, 1].map(() => upload('swift/same', [data.subarray(0, 1 << 20), data.subarray(1 << 20)])));
+    const locations = await Promise.all([0, 1].map(() => startChunkedUpload(s.url, 'swift/same', [data.subarray(0, 1 << 20), data.subarray(1 << 20)])));
     const puts = await Promise.all(locations.map((l) => fetch(`${s.url}${l}?digest=${digest}`, { method: 'PUT' })));
     expect(puts.map((p) => p.status)).toEqual([201, 201]);
     const got = Buffer.from(await (await fetch(`${s.url}/v2/swift/same/blobs/${digest}`)).arrayBuffer());
@@ -167,7 +149,7 @@ describe('uploads on Swift', () => {
     const chunks = [randomBytes(1 << 20), randomBytes(4096)];
     const data = Buffer.concat(chunks);
     const digest = sha256(data);
-    const location = await upload('swift/tampered', chunks);
+    const location = await startChunkedUpload(s.url, 'swift/tampered', chunks);
     const chunk = (await objects('_local/uploads/')).find((o) => o.bytes === 4096)!;
     const altered = await swiftRaw(`${container}/${chunk.name}`, { method: 'PUT', body: randomBytes(4096) });
     expect(altered.status).toBe(201);

@@ -55,8 +55,8 @@ export class BlobCommit {
   }
 
   /**
-   * The upload's directory is claimed for the blob (`claimed` resolves when the claim is stored; the caller's own
-   * write goes alongside), then the chunks are joined where they are. Two uploads of one digest joining at once
+   * The upload's directory is claimed for the blob, together with `alongside` (the caller's mark of the record as
+   * committing), then the chunks are joined where they are. Two uploads of one digest joining at once
    * leave one manifest (the driver's create-only join): the loser answers 'moved', and its directory is removed
    * whole. Where creates are not atomic (Swift) two joins landing together may both succeed, the later replacing
    * the other, as two move-mode joins may: the replaced one's directory is left to prune, which finds the blob

@@ -9,6 +9,7 @@ import { parseRepoPath, paths } from './paths.js';
 import type { UploadLimits } from './upload-limits.js';
 import { Uploads } from './uploads.js';
 import type { CommitMode } from './upload-commit.js';
+import type { LockService } from '../locks/lock-service.js';
 
 export class Registry {
   readonly blobs: Blobs;
@@ -17,11 +18,11 @@ export class Registry {
 
   constructor(
     readonly driver: StorageDriver,
-    opts: { blobRedirectSeconds?: number; limits?: UploadLimits; uploadExpiry?: number; commit?: CommitMode } = {},
+    opts: { blobRedirectSeconds?: number; limits?: UploadLimits; uploadExpiry?: number; commit?: CommitMode; locks?: LockService } = {},
   ) {
     const links = new BlobLinks(driver);
     this.blobs = new Blobs(driver, links, opts.blobRedirectSeconds);
-    this.uploads = new Uploads(driver, links, opts.limits, opts.uploadExpiry, opts.commit);
+    this.uploads = new Uploads(driver, links, opts.limits, opts.uploadExpiry, opts.commit, opts.locks);
     this.manifests = new Manifests(driver, this.blobs);
   }
 

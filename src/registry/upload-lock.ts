@@ -1,8 +1,10 @@
 /**
  * One request at a time per upload. Two PATCHes of one upload both read the same record; the later record write
  * would drop the other's chunk after it had been answered 202. Within a process an in-memory set refuses the
- * second; across processes the driver's lock does, where the backend has one (the filesystem; not Swift).
+ * second; across processes a lock service does where one is configured (memcached, the cluster primary), else the
+ * driver's lock where the backend has one (the filesystem; not Swift).
  */
+import type { LockService } from '../locks/lock-service.js';
 import type { StorageDriver } from '../storage/driver.js';
 import { paths } from './paths.js';
 
@@ -18,7 +20,10 @@ const POLL_MS = 50;
 export class UploadLocks {
   private readonly held = new Set<string>();
 
-  constructor(private readonly driver: StorageDriver) {}
+  constructor(
+    private readonly driver: StorageDriver,
+    private readonly service?: LockService,
+  ) {}
 
   /** The release function, or null when another request holds the upload. `id` must be a valid upload id. */
   async acquire(ns: string, id: string): Promise<(() => Promise<void>) | null> {
@@ -35,7 +40,11 @@ export class UploadLocks {
     if (this.held.has(key)) return null;
     this.held.add(key);
     try {
-      const lock = this.driver.tryLock ? await this.driver.tryLock(key, LOCK_TTL_MS) : { release: async () => {} };
+      const lock = this.service
+        ? await this.service.tryLock(key, LOCK_TTL_MS)
+        : this.driver.tryLock
+          ? await this.driver.tryLock(key, LOCK_TTL_MS)
+          : { release: async () => {} };
       if (!lock) {
         this.held.delete(key);
         return null;

@@ -18,6 +18,7 @@ import { DEFAULT_LIMITS, OpenUploads, tooLarge, tooManyChunks, type UploadLimits
 import { createSha256 } from './sha256state.js';
 import { chunkCount, RECORD_VERSION, recordSize, UploadRecords, type UploadRecord } from './upload-record.js';
 import type { BlobLinks } from './blobs.js';
+import type { LockService } from '../locks/lock-service.js';
 import { ChunkWriter, type AppendOptions } from './chunk-writer.js';
 import { BlobCommit, type CommitMode, type Joined } from './upload-commit.js';
 
@@ -35,10 +36,11 @@ export class Uploads {
     private readonly limits: UploadLimits = DEFAULT_LIMITS,
     uploadExpirySeconds = 3600,
     commitMode: CommitMode = 'move',
+    lockService?: LockService,
   ) {
     this.blobCommit = new BlobCommit(driver, commitMode);
     this.records = new UploadRecords(driver);
-    this.locks = new UploadLocks(driver);
+    this.locks = new UploadLocks(driver, lockService);
     this.open = new OpenUploads(driver, limits, uploadExpirySeconds);
   }
 

@@ -22,6 +22,7 @@ import { Registry } from './registry/registry.js';
 import { StorageOpenError, openStorage } from './storage/factory.js';
 import { InstrumentedDriver } from './observability/instrumented-driver.js';
 import { Metrics } from './observability/metrics.js';
+import { MemcachedLocks } from './locks/memcached.js';
 
 const USAGE = `usage: berth [-c FILE] [-d] [command]
 
@@ -103,11 +104,13 @@ async function serve(config: Config, log: Logger): Promise<number> {
   const access = buildAccess(config, log);
   const metrics = new Metrics();
   const driver = new InstrumentedDriver(await openStorage(config.storage), metrics);
+  const locks = config.locks ? await MemcachedLocks.connect(config.locks.memcached, { log, metrics }) : undefined;
   const registry = new Registry(driver, {
     blobRedirectSeconds: config.storage.driver === 'swift' && config.storage.tempUrlKey ? (config.storage.tempUrlExpiry ?? DEFAULTS.swift.tempUrlExpiry) : undefined,
     limits: config.limits,
     uploadExpiry: config.uploadExpiry,
     commit: config.storage.driver === 'swift' ? config.storage.commit : undefined,
+    locks,
   });
   const app = createApp(registry, { log, access, metrics });
   const server = createServer(app, { tls, timeouts: config.timeouts, log });
@@ -138,6 +141,7 @@ async function serve(config: Config, log: Logger): Promise<number> {
 
   await stopped;
   await registry.close();
+  await locks?.close();
   return 0;
 }
 

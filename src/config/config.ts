@@ -5,6 +5,7 @@
 import { DEFAULTS } from './defaults.js';
 import { validNamespace } from '../registry/paths.js';
 import { readFileSync } from 'node:fs';
+import { isIPv6 } from 'node:net';
 import { dirname, resolve } from 'node:path';
 import { substituteEnv, type Unresolved } from './env.js';
 import { loadYaml } from './yaml.js';
@@ -63,6 +64,13 @@ export interface Config {
   timeouts: Timeouts;
   /** What one upload or namespace may cost (registry.limits; docs/security-storage.md). */
   limits: UploadLimits;
+  /** A lock service across processes (registry.locks; docs/security-storage.md); none: the driver's lock, if any. */
+  locks?: LocksConfig;
+}
+
+export interface LocksConfig {
+  /** Every process must list the same servers (in any order): each lock's server is chosen by hashing over them. */
+  memcached: { host: string; port: number }[];
 }
 
 export interface Timeouts {
@@ -123,7 +131,7 @@ export function parseConfig(raw: unknown, baseDir = process.cwd(), env: NodeJS.P
   if (r.shadow !== undefined) {
     throw new ConfigError('registry.shadow', "was zuul-registry's early pull-through option (never finished there); Berth does not proxy upstream registries: remove it (clients fall back to the upstream registry when the image is missing here)");
   }
-  keys(r, 'registry', ['address', 'port', 'public-url', 'tls-cert', 'tls-key', 'secret', 'users', 'storage', 'expiration', 'upload-expiry', 'namespaces', 'htpasswd', 'anonymous-pull', 'refresh-token-expiry', 'timeouts', 'limits']);
+  keys(r, 'registry', ['address', 'port', 'public-url', 'tls-cert', 'tls-key', 'secret', 'users', 'storage', 'expiration', 'upload-expiry', 'namespaces', 'htpasswd', 'anonymous-pull', 'refresh-token-expiry', 'timeouts', 'limits', 'locks']);
 
   // Templates often quote it ('9000').
   const port = r.port === undefined ? DEFAULTS.port : integer(typeof r.port === 'string' && /^[0-9]{1,5}$/.test(r.port) ? Number(r.port) : r.port, 'registry.port', 0, 65535);
@@ -154,6 +162,7 @@ export function parseConfig(raw: unknown, baseDir = process.cwd(), env: NodeJS.P
     unresolved,
     timeouts: timeouts(r.timeouts),
     limits: limits(r.limits),
+    locks: locks(r.locks),
   };
   if (config.users.length > 0 && !config.secret) throw new ConfigError('registry.secret', 'is required when users are configured (it signs tokens)');
   const names = config.users.map((u) => u.name);
@@ -247,6 +256,30 @@ function limits(value: unknown): UploadLimits {
     uploadsPerNamespace: get('uploads-per-namespace', DEFAULT_LIMITS.uploadsPerNamespace),
     maxBlobSize: get('max-blob-size', DEFAULT_LIMITS.maxBlobSize),
   };
+}
+
+function locks(value: unknown): LocksConfig | undefined {
+  if (value === undefined || value === null) return undefined;
+  const o = object(value, 'registry.locks');
+  keys(o, 'registry.locks', ['memcached']);
+  const list = o.memcached;
+  if (!Array.isArray(list) || list.length === 0) throw new ConfigError('registry.locks.memcached', 'must be a non-empty list of HOST:PORT');
+  const servers = list.map((s, i) => hostPort(s, `registry.locks.memcached[${i}]`));
+  const names = servers.map((s) => `${s.host}:${s.port}`);
+  const dup = names.findIndex((n, i) => names.indexOf(n) !== i);
+  if (dup >= 0) throw new ConfigError(`registry.locks.memcached[${dup}]`, `${JSON.stringify(list[dup])} is listed twice`);
+  return { memcached: servers };
+}
+
+/** HOST:PORT with a DNS name, an IPv4 address or an IPv6 address in brackets. */
+function hostPort(value: unknown, key: string): { host: string; port: number } {
+  const m = typeof value === 'string' ? /^(?:\[([0-9a-fA-F:.]+)\]|([A-Za-z0-9.-]+)):([0-9]{1,5})$/.exec(value) : null;
+  const port = m ? Number(m[3]) : 0;
+  const host = m?.[1] ?? m?.[2]?.toLowerCase();
+  const label = /^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/;
+  const valid = host !== undefined && (m?.[1] !== undefined ? isIPv6(host) : host.length <= 253 && host.split('.').every((l) => label.test(l)));
+  if (!valid || port < 1 || port > 65535) throw new ConfigError(key, 'must be HOST:PORT (a name or an address; IPv6 in brackets: [::1]:11211)');
+  return { host, port };
 }
 
 function storage(value: unknown, baseDir: string): StorageConfig {

@@ -46,6 +46,18 @@ export class Metrics {
     buckets: [0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 30, 120],
     registers: [this.registry],
   });
+  readonly lockServiceErrors = new Counter({
+    name: 'berth_lock_service_errors_total',
+    help: 'Lock service (memcached) failures, by operation: acquire (the request went on without a lock across processes), renew, release, lost (a held lock was gone)',
+    labelNames: ['op'] as const,
+    registers: [this.registry],
+  });
+  readonly lockServers = new Gauge({
+    name: 'berth_lock_servers',
+    help: 'Configured lock service (memcached) servers, by state: up (the last request was answered) or down',
+    labelNames: ['state'] as const,
+    registers: [this.registry],
+  });
 
   constructor() {
     collectDefaultMetrics({ register: this.registry, prefix: 'berth_' });

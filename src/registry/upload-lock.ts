@@ -2,9 +2,10 @@
  * One request at a time per upload. Two PATCHes of one upload both read the same record; the later record write
  * would drop the other's chunk after it had been answered 202. Within a process an in-memory set refuses the
  * second; across processes a lock service does where one is configured (memcached, the cluster primary), else the
- * driver's lock where the backend has one (the filesystem; not Swift).
+ * driver's lock where the backend has one (the filesystem; not Swift). A service that cannot be reached is passed
+ * over for the driver's lock, or none: it is advisory, above the storage invariants.
  */
-import type { LockService } from '../locks/lock-service.js';
+import type { Lock, LockService } from '../locks/lock-service.js';
 import type { StorageDriver } from '../storage/driver.js';
 import { paths } from './paths.js';
 
@@ -40,11 +41,7 @@ export class UploadLocks {
     if (this.held.has(key)) return null;
     this.held.add(key);
     try {
-      const lock = this.service
-        ? await this.service.tryLock(key, LOCK_TTL_MS)
-        : this.driver.tryLock
-          ? await this.driver.tryLock(key, LOCK_TTL_MS)
-          : { release: async () => {} };
+      const lock = await this.acrossProcesses(key);
       if (!lock) {
         this.held.delete(key);
         return null;
@@ -59,4 +56,19 @@ export class UploadLocks {
       throw err;
     }
   }
+
+  private async acrossProcesses(key: string): Promise<Lock | null> {
+    if (this.service) {
+      try {
+        return await this.service.tryLock(key, LOCK_TTL_MS);
+      } catch {
+        // Unreachable (the service logs and counts that). Refusing every upload because a cache is down would be
+        // worse: the request goes on under the storage invariants, as without a service (docs/security-storage.md).
+      }
+    }
+    return this.driver.tryLock ? this.driver.tryLock(key, LOCK_TTL_MS) : NO_LOCK;
+  }
 }
+
+/** Where nothing locks across processes (Swift without a lock service): the in-memory set alone. */
+const NO_LOCK: Lock = { release: async () => {} };

@@ -32,6 +32,11 @@ export interface MemcachedLocksOptions {
 
 const KEY_PREFIX = 'berth:lock:';
 const WARN_EVERY_MS = 30_000;
+const CONSEQUENCE = {
+  acquire: 'requests on its uploads go on without a lock across processes',
+  renew: 'a held lock could not be renewed and expires after its TTL unless the server answers again',
+  release: 'a lock could not be released and expires after its TTL',
+};
 
 export class MemcachedLocks implements LockService {
   readonly name = 'memcached';
@@ -102,20 +107,24 @@ export class MemcachedLocks implements LockService {
   /** Counted always; logged at most once per server per WARN_EVERY_MS, with how many were not. */
   failed(op: 'acquire' | 'renew' | 'release', server: MemcachedConnection, err: unknown): void {
     this.opts.metrics?.lockServiceErrors.inc({ op });
-    const now = Date.now();
-    const last = this.lastWarned.get(server.name);
-    if (last && now - last.at < WARN_EVERY_MS) {
-      last.suppressed++;
-      return;
-    }
-    this.lastWarned.set(server.name, { at: now, suppressed: 0 });
-    const consequence = op === 'acquire' ? 'requests on its uploads go on without a lock across processes' : `the lock's ${op} failed; it expires by itself`;
-    this.opts.log?.warn({ server: server.name, op, err: (err as Error).message, suppressed: last?.suppressed ?? 0 }, `lock service unreachable: ${consequence}`);
+    this.warn(server.name, { server: server.name, op, err: (err as Error).message }, `lock service unreachable: ${CONSEQUENCE[op]}`);
   }
 
   lost(server: MemcachedConnection): void {
     this.opts.metrics?.lockServiceErrors.inc({ op: 'lost' });
-    this.opts.log?.warn({ server: server.name }, 'an upload lock was lost while held (evicted, expired or memcached restarted): the request goes on under the storage invariants');
+    const msg = 'an upload lock was lost while held (evicted, expired or memcached restarted): the request goes on under the storage invariants';
+    this.warn(`lost ${server.name}`, { server: server.name }, msg);
+  }
+
+  private warn(topic: string, fields: Record<string, unknown>, msg: string): void {
+    const now = Date.now();
+    const last = this.lastWarned.get(topic);
+    if (last && now - last.at < WARN_EVERY_MS) {
+      last.suppressed++;
+      return;
+    }
+    this.lastWarned.set(topic, { at: now, suppressed: 0 });
+    this.opts.log?.warn({ ...fields, suppressed: last?.suppressed ?? 0 }, msg);
   }
 
   private changed(server: MemcachedConnection): void {

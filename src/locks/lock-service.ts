@@ -14,6 +14,7 @@ export interface LockService {
   /**
    * Take the lock named `key` unless another holder's is live: null if it is. The service keeps it live while
    * held (renewing before `ttlMs` runs out); a holder that dies without releasing it loses it `ttlMs` later.
+   * Rejects when the service cannot answer: the caller then goes on without it (UploadLocks).
    */
   tryLock(key: string, ttlMs: number): Promise<Lock | null>;
   close?(): Promise<void>;

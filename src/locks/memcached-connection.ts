@@ -1,11 +1,10 @@
 /**
  * One memcached server over its text protocol: one TCP connection, replies read in the order the requests were
- * sent (memcached answers a connection's requests in order). Only what the lock service needs: add, gets, cas,
- * version.
+ * sent (memcached answers a connection's requests in order). Only what the lock service needs: add, gets, cas.
  *
  * Never hangs a caller: every request has a deadline. A timeout, a refused or reset connection, or a reply that
  * does not parse destroys the connection (later replies could no longer be matched to their requests) and fails
- * every request in flight; the server is then "down" for a backoff (100 ms doubling to 5 s) during which requests
+ * every request in flight; the server is then "down" for a backoff (250 ms doubling to 5 s) during which requests
  * fail at once, so a dead server costs a request nothing and a hung one costs one deadline per backoff.
  */
 import net from 'node:net';
@@ -31,7 +30,7 @@ export interface CasItem {
   cas: string;
 }
 
-const BACKOFF_FIRST_MS = 100;
+const BACKOFF_FIRST_MS = 250;
 const BACKOFF_MAX_MS = 5000;
 /** The lock service stores short tokens: a longer value or line is not a reply to any request of ours. */
 const MAX_VALUE_BYTES = 1024;
@@ -42,7 +41,7 @@ const KEY = /^[\x21-\x7e]{1,250}$/;
 
 interface Pending {
   expect: 'line' | 'item';
-  key?: string;
+  key: string;
   resolve(reply: string | CasItem | null): void;
   reject(err: Error): void;
   timer: NodeJS.Timeout;
@@ -80,17 +79,13 @@ export class MemcachedConnection {
     return (await this.request('item', key, Buffer.from(`gets ${key}\r\n`))) as CasItem | null;
   }
 
-  async version(): Promise<string> {
-    return (await this.request('line', undefined, Buffer.from('version\r\n'))) as string;
-  }
-
   close(): void {
     this.closed = true;
     this.drop(new MemcachedUnavailable(this.name, 'closed'));
   }
 
-  private request(expect: 'line' | 'item', key: string | undefined, bytes: Buffer): Promise<string | CasItem | null> {
-    if (key !== undefined && !KEY.test(key)) return Promise.reject(new Error(`not a memcached key: ${JSON.stringify(key)}`));
+  private request(expect: 'line' | 'item', key: string, bytes: Buffer): Promise<string | CasItem | null> {
+    if (!KEY.test(key)) return Promise.reject(new Error(`not a memcached key: ${JSON.stringify(key)}`));
     if (this.closed) return Promise.reject(new MemcachedUnavailable(this.name, 'closed'));
     const wait = this.downUntil - Date.now();
     if (wait > 0) return Promise.reject(new MemcachedUnavailable(this.name, `down, next attempt in ${wait} ms`));
@@ -138,7 +133,7 @@ export class MemcachedConnection {
       let reply: string | CasItem | null;
       let used: number;
       if (head.expect === 'line') {
-        if (!(STORAGE_REPLIES.has(line) || line.startsWith('VERSION '))) return this.fail(new MemcachedUnavailable(this.name, `unexpected reply ${JSON.stringify(line.slice(0, 80))}`));
+        if (!STORAGE_REPLIES.has(line)) return this.fail(new MemcachedUnavailable(this.name, `unexpected reply ${JSON.stringify(line.slice(0, 80))}`));
         reply = line;
         used = eol + 2;
       } else if (line === 'END') {

@@ -43,6 +43,8 @@ export class MemcachedLocks implements LockService {
   private readonly servers: MemcachedConnection[];
   private readonly held = new Set<HeldLock>();
   private readonly lastWarned = new Map<string, { at: number; suppressed: number }>();
+  /** Servers started with -C: `gets` answers cas 0 and every `cas` fails. */
+  readonly withoutCas = new Set<MemcachedConnection>();
 
   constructor(
     addresses: MemcachedServerAddress[],
@@ -53,13 +55,13 @@ export class MemcachedLocks implements LockService {
     this.gauge();
   }
 
-  /** A service whose servers have each been asked for their version once, so that the log and gauge start right. */
+  /** A service whose servers have each been tried once, so that the log and gauge start right. */
   static async connect(addresses: MemcachedServerAddress[], opts: MemcachedLocksOptions = {}): Promise<MemcachedLocks> {
     const locks = new MemcachedLocks(addresses, opts);
-    await Promise.all(locks.servers.map((s) => s.version().catch(() => {})));
+    await Promise.all(locks.servers.map((s) => locks.probe(s)));
     const down = locks.servers.filter((s) => !s.up).map((s) => s.name);
-    const fields = { servers: locks.servers.map((s) => s.name), down };
-    if (down.length) opts.log?.warn(fields, 'upload locks in memcached: some servers do not answer; uploads whose locks live there go on without one');
+    const fields = { servers: locks.servers.map((s) => s.name), down, withoutCas: [...locks.withoutCas].map((s) => s.name) };
+    if (down.length || locks.withoutCas.size) opts.log?.warn(fields, 'upload locks in memcached: some servers do not answer or run without CAS; uploads whose locks live there go on without one');
     else opts.log?.info(fields, 'upload locks in memcached');
     return locks;
   }
@@ -72,6 +74,11 @@ export class MemcachedLocks implements LockService {
   async tryLock(path: string, ttlMs: number): Promise<Lock | null> {
     const key = keyFor(path);
     const server = this.pick(key);
+    if (this.withoutCas.has(server)) {
+      const err = new Error(`memcached ${server.name} runs without CAS (-C): its locks could be neither renewed nor released`);
+      this.failed('acquire', server, err);
+      throw err;
+    }
     const token = Buffer.from(randomBytes(16).toString('hex'));
     let reply: string;
     try {
@@ -125,6 +132,19 @@ export class MemcachedLocks implements LockService {
     }
     this.lastWarned.set(topic, { at: now, suppressed: 0 });
     this.opts.log?.warn({ ...fields, suppressed: last?.suppressed ?? 0 }, msg);
+  }
+
+  /** One add, gets and release: whether the server answers, and whether it keeps CAS uniques. */
+  private async probe(server: MemcachedConnection): Promise<void> {
+    const key = `berth:probe:${randomBytes(8).toString('hex')}`;
+    try {
+      await server.store('add', key, 10, Buffer.from('1'));
+      const item = await server.gets(key);
+      if (item?.cas === '0') this.withoutCas.add(server);
+      else if (item) await server.store('cas', key, -1, Buffer.alloc(0), item.cas);
+    } catch {
+      // Down: counted in the gauge and named in the start-up log.
+    }
   }
 
   private changed(server: MemcachedConnection): void {
@@ -194,12 +214,13 @@ class HeldLock implements Lock {
     this.service.forget(this);
     await this.renewing;
     try {
-      // Another `cas` can only come from this holder, and the renewals are over: one retry covers a reply lost in between.
+      // EXISTS: the item changed between our gets and cas (renewals are over, so it expired and was taken): read again.
       for (let attempt = 0; attempt < 2; attempt++) {
         const item = await this.server.gets(this.key);
         if (!item || !item.value.equals(this.token)) return;
         if ((await this.server.store('cas', this.key, -1, Buffer.alloc(0), item.cas)) !== 'EXISTS') return;
       }
+      throw new Error('the lock changed under every release (a server without CAS?)');
     } catch (err) {
       this.service.failed('release', this.server, err);
     }

@@ -3,6 +3,7 @@
  * 11211: that one is Swift's (tools/swift-aio.sh).
  */
 import { spawn, type ChildProcess } from 'node:child_process';
+import { readdir, readFile } from 'node:fs/promises';
 import net from 'node:net';
 import { userInfo } from 'node:os';
 
@@ -15,8 +16,8 @@ export interface MemcachedServer {
   stop(): Promise<void>;
   /** Start it again on the same port, empty. */
   restart(): Promise<void>;
-  /** SIGSTOP: it keeps its connections and port but answers nothing, like a hung server. */
-  freeze(): void;
+  /** SIGSTOP, resolved once the kernel shows it stopped: it keeps its connections and port but answers nothing. */
+  freeze(): Promise<void>;
   thaw(): void;
 }
 
@@ -37,8 +38,8 @@ async function answering(port: number): Promise<boolean> {
   });
 }
 
-function launch(port: number): Promise<ChildProcess> {
-  const args = ['-p', String(port), '-l', '127.0.0.1', '-U', '0', '-t', '1', '-m', '8'];
+function launch(port: number, extra: string[]): Promise<ChildProcess> {
+  const args = ['-p', String(port), '-l', '127.0.0.1', '-U', '0', '-t', '1', '-m', '8', ...extra];
   if (userInfo().uid === 0) args.push('-u', 'root');
   const child = spawn('memcached', args, { stdio: 'ignore' });
   return (async () => {
@@ -52,12 +53,13 @@ function launch(port: number): Promise<ChildProcess> {
   })();
 }
 
-export async function startMemcached(): Promise<MemcachedServer> {
+/** `extra`: more memcached options (-C: no CAS). */
+export async function startMemcached(extra: string[] = []): Promise<MemcachedServer> {
   const port = await freePort();
   const server: MemcachedServer = {
     port,
     address: `127.0.0.1:${port}`,
-    child: await launch(port),
+    child: await launch(port, extra),
     async stop() {
       const child = server.child;
       if (child.exitCode !== null || child.signalCode !== null) return;
@@ -69,9 +71,22 @@ export async function startMemcached(): Promise<MemcachedServer> {
     },
     async restart() {
       await server.stop();
-      server.child = await launch(port);
+      server.child = await launch(port, extra);
     },
-    freeze: () => void server.child.kill('SIGSTOP'),
+    async freeze() {
+      server.child.kill('SIGSTOP');
+      // The signal takes effect when each thread is next scheduled: wait for the state "T" of every thread.
+      const state = async (task: string) => {
+        const stat = await readFile(`/proc/${server.child.pid}/task/${task}/stat`, 'latin1');
+        return stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3);
+      };
+      for (let i = 0; i < 200; i++) {
+        const states = await Promise.all((await readdir(`/proc/${server.child.pid}/task`)).map(state));
+        if (states.every((s) => s === 'T')) return;
+        await new Promise((r) => setTimeout(r, 10));
+      }
+      throw new Error('memcached did not stop');
+    },
     thaw: () => void server.child.kill('SIGCONT'),
   };
   return server;

@@ -1,4 +1,5 @@
 /** The memcached lock service against real memcached servers (own ports; never Swift's 11211). */
+import { randomUUID } from 'node:crypto';
 import net from 'node:net';
 import yaml from 'js-yaml';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
@@ -40,14 +41,17 @@ describe('memcached lock service', () => {
   const services: MemcachedLocks[] = [];
   /** A service as one Berth process would hold it. */
   const service = (servers: MemcachedServer[], opts: ConstructorParameters<typeof MemcachedLocks>[1] = {}) => {
-    const s = new MemcachedLocks(servers.map(at), { timeoutMs: 500, ...opts });
+    const s = new MemcachedLocks(servers.map(at), { timeoutMs: 2000, ...opts }); // generous: the test host is loaded
     services.push(s);
     return s;
   };
-  /** A lock path whose key lands on `m` among `servers`. */
+  /** A lock path not used before whose key lands on `m` among `servers`. */
   const pathOn = (m: MemcachedServer, servers: MemcachedServer[]) => {
     const probe = service(servers);
-    for (let i = 0; ; i++) if (probe.serverFor(`_local/uploads/u${i}/lock`) === m.address) return `_local/uploads/u${i}/lock`;
+    for (;;) {
+      const path = `_local/uploads/${randomUUID()}/lock`;
+      if (probe.serverFor(path) === m.address) return path;
+    }
   };
 
   beforeAll(async () => {
@@ -131,11 +135,11 @@ describe('memcached lock service', () => {
   });
 
   it('a hung server: a request fails at its deadline, the next ones at once while it backs off', async () => {
-    const a = service([m1], { timeoutMs: 300 });
+    const a = service([m1], { timeoutMs: 1000 });
     expect(await a.tryLock('_local/uploads/warm/lock', 30_000)).not.toBeNull(); // connected
-    m1.freeze();
+    await m1.freeze();
     try {
-      await expect(a.tryLock('_local/uploads/hung/lock', 30_000)).rejects.toThrow(/no reply within 300 ms/);
+      await expect(a.tryLock('_local/uploads/hung/lock', 30_000)).rejects.toThrow(/no reply within 1000 ms/);
       await expect(a.tryLock('_local/uploads/hung/lock', 30_000)).rejects.toThrow(/down, next attempt/);
     } finally {
       m1.thaw();
@@ -154,6 +158,20 @@ describe('memcached lock service', () => {
       await expect(a.tryLock('_local/uploads/x/lock', 30_000)).rejects.toThrow(/unexpected reply/);
     } finally {
       fake.close();
+    }
+  });
+
+  it('a server started without CAS (-C) is found at start-up and its locks are not taken (they could not be released)', async () => {
+    const noCas = await startMemcached(['-C']);
+    try {
+      const { log, lines } = capturedLog();
+      const a = await MemcachedLocks.connect([at(noCas), at(m1)], { log, timeoutMs: 2000 });
+      services.push(a);
+      expect(lines[0]).toMatchObject({ level: 'warn', obj: { down: [], withoutCas: [noCas.address] } });
+      await expect(a.tryLock(pathOn(noCas, [noCas, m1]), 30_000)).rejects.toThrow(/without CAS/);
+      expect(await a.tryLock(pathOn(m1, [noCas, m1]), 30_000)).not.toBeNull();
+    } finally {
+      await noCas.stop();
     }
   });
 

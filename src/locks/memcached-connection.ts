@@ -100,6 +100,8 @@ export class MemcachedConnection {
   private connect(): net.Socket {
     const socket = net.createConnection({ host: this.address.host, port: this.address.port });
     socket.setNoDelay(true);
+    // An idle connection never keeps the process alive (a request's deadline timer does while it waits).
+    socket.unref();
     socket.on('data', (d: Buffer) => {
       if (socket !== this.socket) return;
       this.buffer = this.buffer.length ? Buffer.concat([this.buffer, d]) : d;

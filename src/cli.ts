@@ -1,6 +1,6 @@
 #!/usr/bin/env -S node --single-threaded-gc
 /**
- * berth [-c FILE] [-d] [serve|prune|fsck]   (no command: serve, as zuul-registry's image runs it)
+ * berth [-c FILE] [-d] [serve|prune|fsck|usage]   (no command: serve, as zuul-registry's image runs it)
  *
  * Exit codes: 0 done, 1 the command failed, 2 bad usage or configuration.
  */
@@ -12,6 +12,7 @@ import { ConfigError, loadConfig, type Config } from './config/config.js';
 import { anonymousPull, checkForServe, locateConfig, tokenAudience } from './config/startup.js';
 import { runPrune } from './commands/prune.js';
 import { runFsck } from './commands/fsck.js';
+import { runUsage } from './commands/usage.js';
 import { TokenIssuer } from './auth/tokens.js';
 import { Users } from './auth/users.js';
 import { Access } from './http/auth.js';
@@ -23,6 +24,8 @@ import { StorageOpenError, openStorage } from './storage/factory.js';
 import { InstrumentedDriver } from './observability/instrumented-driver.js';
 import { Metrics } from './observability/metrics.js';
 import { MemcachedLocks } from './locks/memcached.js';
+import type { QuotaConfig } from './registry/quota.js';
+import { configuredNamespaces } from './commands/namespaces.js';
 
 const USAGE = `usage: berth [-c FILE] [-d] [command]
 
@@ -32,6 +35,9 @@ commands:
             delete expired uploads and manifests, then unreferenced blobs (for cron)
   fsck [--namespace NS]... [--repair] [--parallel N]
             re-hash every blob, check Swift segments and manifests' blobs; --repair quarantines corrupt blobs
+  usage [--namespace NS]... [--json] [--fresh]
+            bytes, blobs, manifests and tags per namespace and repository, as the last prune
+            recorded them (--fresh: walk the store now, and record that)
 
 options:
   -c, --config FILE   configuration file (default: $BERTH_CONFIG, else /conf/registry.yaml
@@ -60,7 +66,7 @@ async function main(argv: string[]): Promise<number> {
   }
   // The server logs to stdout; one-shot commands keep stdout for their report and log to stderr.
   const log = pino({ level: values.debug ? 'debug' : 'info', base: { pid: process.pid } }, pino.destination(command === 'serve' ? 1 : 2));
-  if (!['serve', 'prune', 'fsck'].includes(command) || (command === 'serve' && rest.length > 0)) {
+  if (!['serve', 'prune', 'fsck', 'usage'].includes(command) || (command === 'serve' && rest.length > 0)) {
     process.stderr.write(`berth: unknown command or arguments: ${[command, ...rest].join(' ')}\n${USAGE}\n`);
     return 2;
   }
@@ -81,6 +87,7 @@ async function main(argv: string[]): Promise<number> {
     if (command === 'serve') return await serve(config, log);
     if (command === 'prune') return await runPrune(config, rest, log);
     if (command === 'fsck') return await runFsck(config, rest, log);
+    if (command === 'usage') return await runUsage(config, rest, log);
   } catch (err) {
     if (err instanceof StorageOpenError) {
       process.stderr.write(`berth: ${err.message}\n`);
@@ -111,7 +118,9 @@ async function serve(config: Config, log: Logger): Promise<number> {
     uploadExpiry: config.uploadExpiry,
     commit: config.storage.driver === 'swift' ? config.storage.commit : undefined,
     locks,
+    quotas: quotaConfig(config),
   });
+  metrics.watchUsage(configuredNamespaces(config), registry.driver, registry.quotas);
   const app = createApp(registry, { log, access, metrics });
   const server = createServer(app, { tls, timeouts: config.timeouts, log });
   // Signals are taken before the port opens: a SIGTERM right after start-up still shuts down cleanly.
@@ -143,6 +152,12 @@ async function serve(config: Config, log: Logger): Promise<number> {
   await registry.close();
   await locks?.close();
   return 0;
+}
+
+/** Quotas by namespace and the default, or none when no namespace has one. */
+function quotaConfig(config: Config): QuotaConfig | undefined {
+  const byNamespace = Object.fromEntries(Object.entries(config.namespaces).filter(([, n]) => n.quota !== undefined).map(([name, n]) => [name, n.quota]));
+  return config.quota === undefined && Object.keys(byNamespace).length === 0 ? undefined : { byNamespace, fallback: config.quota };
 }
 
 /**

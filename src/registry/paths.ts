@@ -22,6 +22,9 @@
  *     repos/<name>/_manifests/tags/<tag>         the tag, holding the manifest digest
  *     repos/<name>/_referrers/<subject>/<digest> a manifest whose subject is <subject> (its descriptor, JSON)
  *     prune.lock                                 held by a running prune of the namespace
+ *     usage/last.json                            the namespace's usage as the last prune (or usage --fresh) found it
+ *     usage/live/<process>                       bytes one server process committed since then, in time buckets
+ *                                                (quota.ts), so every process can sum them between prunes
  *     quarantine/<alg>:<hex>/data                a blob fsck --repair found corrupt: kept for inspection, not served
  *     quarantine/<alg>:<hex>/data.json           or, where the backend cannot move it, a note of what was wrong
  *
@@ -38,6 +41,8 @@ const DIGEST_GRAMMAR_RE = /^[a-z0-9]+(?:[+._-][a-z0-9]+)*:[a-zA-Z0-9=_-]+$/;
 const DIGEST_RE: Record<string, RegExp> = { sha256: /^[a-f0-9]{64}$/, sha512: /^[a-f0-9]{128}$/ };
 const UUID_RE = /^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/;
 const NAMESPACE_RE = /^[a-z0-9_][a-z0-9_-]{0,63}$/;
+/** A server process's name in usage/live/: made by the process itself (quota.ts), never from a request. */
+const PROCESS_RE = /^[a-z0-9][a-z0-9.-]{0,127}$/;
 export const CHUNK_OBJECT_RE = /^(?:0|[1-9][0-9]{0,8})\.[0-9a-f]{8}$/;
 export const PAGE_OBJECT_RE = /^p(?:0|[1-9][0-9]{0,8})\.[0-9a-f]{8}$/;
 
@@ -104,6 +109,10 @@ function tag(t: string): string {
   if (!validTag(t)) throw new Error(`invalid tag: ${JSON.stringify(t)}`);
   return t;
 }
+function processName(p: string): string {
+  if (!PROCESS_RE.test(p)) throw new Error(`invalid process name: ${JSON.stringify(p)}`);
+  return p;
+}
 function index(n: number): string {
   if (!Number.isSafeInteger(n) || n < 0) throw new Error(`invalid index: ${n}`);
   return String(n);
@@ -137,6 +146,9 @@ export const paths = {
   blobPart: (n: string, d: string, id: string, i: number) => `${ns(n)}/blobs/${digest(d)}/parts/${uuid(id)}/${index(i)}`,
 
   pruneLock: (n: string) => `${ns(n)}/prune.lock`,
+  usageReport: (n: string) => `${ns(n)}/usage/last.json`,
+  usageLive: (n: string) => `${ns(n)}/usage/live`,
+  usageProcess: (n: string, p: string) => `${ns(n)}/usage/live/${processName(p)}`,
   quarantine: (n: string, d: string) => `${ns(n)}/quarantine/${digest(d)}/data`,
   quarantineNote: (n: string, d: string) => `${ns(n)}/quarantine/${digest(d)}/data.json`,
 

@@ -23,6 +23,7 @@ import { groups } from './listing.js';
 import { needs } from './manifest-doc.js';
 import { parseBlobPath, parseRepoPath, paths, validDigest, validTag } from './paths.js';
 import { pruneUploads } from './prune-uploads.js';
+import { UsageTally, writeUsage, type NamespaceUsage } from './usage.js';
 
 export interface PruneLog {
   debug(obj: object, msg: string): void;
@@ -66,6 +67,8 @@ export interface PruneReport {
   bytes: Tally;
   /** Deletions that failed (the run went on). */
   failures: number;
+  /** What the namespace stores after the run (not on a dry run); also stored at usage/last.json (usage.ts). */
+  usage?: NamespaceUsage;
 }
 
 const tally = (): Tally => ({ examined: 0, kept: 0, deleted: 0 });
@@ -86,6 +89,7 @@ export class Pruner {
       const marked = await run.manifests();
       await run.blobs(marked);
       await run.links(marked);
+      if (!opts.dryRun) await run.recordUsage();
     } finally {
       if (!opts.dryRun) await run.unlock();
     }
@@ -100,6 +104,7 @@ class Run {
   private readonly graceCutoff: number;
   private lockToken = '';
   private lastProgress = Date.now();
+  private readonly usage = new UsageTally();
 
   constructor(
     private readonly driver: StorageDriver,
@@ -142,6 +147,18 @@ class Run {
   /** The token in the lock, or undefined if there is none (or it cannot be read). */
   private lockHolder(): Promise<string | undefined> {
     return this.driver.read(paths.pruneLock(this.ns)).then((b) => (JSON.parse(b.toString()) as { token?: string }).token, () => undefined);
+  }
+
+  /** Store what the run kept as the namespace's usage; a failure to store it fails no deletion. */
+  async recordUsage(): Promise<void> {
+    const usage = this.usage.result(this.ns, 'prune');
+    this.report.usage = usage;
+    try {
+      await writeUsage(this.driver, usage);
+    } catch (err) {
+      this.report.failures++;
+      this.opts.log.warn({ namespace: this.ns, err: (err as Error).message }, 'could not store the usage figures');
+    }
   }
 
   // --- helpers ---
@@ -242,6 +259,10 @@ class Run {
     // Roots: fresh tags, and fresh revisions that are not referrers (a referrer's fate follows its subject).
     const keep = new Set<string>();
     const queue: string[] = [];
+    const mark = (d: string) => {
+      marked.add(d);
+      this.usage.need(repo, d);
+    };
     const add = (d: string) => {
       if (revisions.has(d) && !keep.has(d)) {
         keep.add(d);
@@ -254,10 +275,12 @@ class Run {
         const target = (await this.readText(o.path))?.trim();
         if (target && validDigest(target)) add(target);
         this.report.tags.kept++;
+        this.usage.tag(repo);
       } else if (await this.removeIfUnchanged(o, { repository: repo, tag })) {
         this.report.tags.deleted++;
       } else {
         this.report.tags.kept++;
+        this.usage.tag(repo);
       }
     }
     for (const [d, o] of revisions) {
@@ -267,24 +290,23 @@ class Run {
     // Close over index children and referrers of kept manifests; mark the blobs each kept manifest needs.
     while (queue.length > 0) {
       const d = queue.pop()!;
-      marked.add(d);
+      mark(d);
       for (const r of referrersOf.get(d) ?? []) add(r.digest);
       const body = await this.readText(paths.blobData(this.ns, d));
       if (body === null) continue;
       for (const child of needs(body)) {
-        marked.add(child.digest);
+        mark(child.digest);
         if (child.manifest) add(child.digest);
       }
     }
 
     for (const [d, o] of revisions) {
       this.report.manifests.examined++;
-      if (keep.has(d)) {
+      if (keep.has(d) || !(await this.removeIfUnchanged(o, { repository: repo, manifest: d }))) {
         this.report.manifests.kept++;
-      } else if (await this.removeIfUnchanged(o, { repository: repo, manifest: d })) {
-        this.report.manifests.deleted++;
+        this.usage.manifest(repo, o.modified);
       } else {
-        this.report.manifests.kept++;
+        this.report.manifests.deleted++;
       }
     }
     for (const [, list] of referrersOf) {
@@ -296,6 +318,7 @@ class Run {
 
   async blobs(marked: Set<string>): Promise<void> {
     const t = this.report.blobs;
+    this.usage.startBlobs();
     for await (const { key: digest, objects } of groups(this.driver.list(paths.blobs(this.ns)), (o) => parseBlobPath(this.ns, o.path)?.digest ?? null)) {
       const rest = (o: ObjectInfo) => parseBlobPath(this.ns, o.path)!.rest;
       const data = objects.find((o) => rest(o) === 'data');
@@ -307,6 +330,7 @@ class Run {
       if (marked.has(digest) || youngest >= this.graceCutoff) {
         t.kept++;
         this.report.bytes.kept += size;
+        if (data) this.usage.blob(digest, data.size);
         // A tombstone left by a prune that died mid-sweep would hide a kept blob from pushes.
         if (tombstone && !this.opts.dryRun) await this.remove(tombstone.path, { blob: digest, stale: 'tombstone' });
         if (data) await this.strayParts(digest, data, objects);
@@ -318,6 +342,7 @@ class Run {
       } else {
         t.kept++;
         this.report.bytes.kept += size;
+        if (data) this.usage.blob(digest, data.size);
       }
       this.tick('blobs');
     }

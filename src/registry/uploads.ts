@@ -21,6 +21,7 @@ import type { BlobLinks } from './blobs.js';
 import type { LockService } from '../locks/lock-service.js';
 import { ChunkWriter, type AppendOptions } from './chunk-writer.js';
 import { BlobCommit, type CommitMode, type Joined } from './upload-commit.js';
+import { isQuotaRefusal, type Quotas } from './quota.js';
 
 export type { AppendOptions } from './chunk-writer.js';
 
@@ -37,11 +38,13 @@ export class Uploads {
     uploadExpirySeconds = 3600,
     commitMode: CommitMode = 'move',
     lockService?: LockService,
+    private readonly quotas?: Quotas,
   ) {
     this.blobCommit = new BlobCommit(driver, commitMode);
     this.records = new UploadRecords(driver);
     this.locks = new UploadLocks(driver, lockService);
     this.open = new OpenUploads(driver, limits, uploadExpirySeconds);
+    quotas?.useListing(this.open);
   }
 
   async start(ns: string, repo: string): Promise<{ id: string }> {
@@ -59,7 +62,17 @@ export class Uploads {
   }
 
   append(ns: string, repo: string, id: string, body: Readable, opts: AppendOptions = {}): Promise<{ size: number }> {
-    return this.exclusively(ns, repo, id, () => this.appendHeld(ns, repo, id, body, opts));
+    return this.exclusively(ns, repo, id, () => this.refusable(ns, id, () => this.appendHeld(ns, repo, id, body, opts)));
+  }
+
+  /** An upload refused for its namespace's quota is removed: nothing of it stays to count (quota.ts). */
+  private async refusable<T>(ns: string, id: string, fn: () => Promise<T>): Promise<T> {
+    try {
+      return await fn();
+    } catch (err) {
+      if (isQuotaRefusal(err)) await this.remove(ns, id).then(() => (this.open.finished(ns), this.quotas?.finished(ns, id, 0)), () => {});
+      throw err;
+    }
   }
 
   /**
@@ -95,7 +108,8 @@ export class Uploads {
     const { chunksPerUpload, maxBlobSize } = this.limits;
     if (chunkCount(record) >= chunksPerUpload) throw tooManyChunks(id, chunksPerUpload);
     if (size + (opts.length ?? 0) > maxBlobSize) throw tooLarge(maxBlobSize);
-    return new ChunkWriter(this.driver, ns, id, record, this.limits, opts, (r) => this.writeRecord(ns, id, r)).write(body);
+    const metered = this.quotas ? await this.quotas.meter(ns, id, size, body, opts.length) : body;
+    return new ChunkWriter(this.driver, ns, id, record, this.limits, opts, (r) => this.writeRecord(ns, id, r)).write(metered);
   }
 
   /**
@@ -104,7 +118,7 @@ export class Uploads {
    */
   async commit(ns: string, repo: string, id: string, digest: string, finalBody?: Readable, opts: AppendOptions = {}): Promise<{ size: number }> {
     checkDigest(digest);
-    return this.exclusively(ns, repo, id, () => this.commitHeld(ns, repo, id, digest, finalBody, opts));
+    return this.exclusively(ns, repo, id, () => this.refusable(ns, id, () => this.commitHeld(ns, repo, id, digest, finalBody, opts)));
   }
 
   private async commitHeld(ns: string, repo: string, id: string, digest: string, finalBody: Readable | undefined, opts: AppendOptions): Promise<{ size: number }> {
@@ -123,11 +137,14 @@ export class Uploads {
     // The touch and the check may go together: prune's guard is the manifest PUT's check, which comes after both.
     const [, existing] = await Promise.all([this.links.touch(ns, [digest]), this.driver.stat(paths.blobData(ns, digest))]);
     let joined: Joined = 'moved';
+    let added = 0;
     if (existing && record.committing === digest && (await this.blobCommit.linkedHere(ns, id, digest))) {
       joined = 'linked'; // an earlier attempt of this commit joined the blob and stopped before the record went
     } else if (existing) {
       if (existing.size !== size) throw new RegistryError('SIZE_INVALID', 'a blob with this digest exists with another size', { digest });
     } else {
+      await this.quotas?.checkCommit(ns);
+      added = size;
       const chunks = await this.records.chunks(ns, id, record);
       record.committing = digest;
       joined = await this.blobCommit.join(ns, id, digest, chunks, this.writeRecord(ns, id, record));
@@ -135,6 +152,7 @@ export class Uploads {
     // A linked blob reads from the upload's objects: only the record goes, its owner claim stays.
     await Promise.all([this.links.link(ns, repo, digest), joined === 'linked' ? this.removeRecord(ns, id, record) : this.remove(ns, id)]);
     this.open.finished(ns);
+    this.quotas?.finished(ns, id, added);
     return { size };
   }
 
@@ -143,6 +161,7 @@ export class Uploads {
       await this.readRecord(ns, repo, id);
       await this.remove(ns, id);
       this.open.finished(ns);
+      this.quotas?.finished(ns, id, 0);
     });
   }
 

@@ -21,6 +21,9 @@ describe('storage paths', () => {
     expect(paths.manifestRevision('t1', 'a/b', D)).toBe(`t1/repos/a/b/_manifests/revisions/${D}`);
     expect(paths.tag('t1', 'a/b', 'v1.0')).toBe('t1/repos/a/b/_manifests/tags/v1.0');
     expect(paths.referrer('t1', 'a/b', S, D)).toBe(`t1/repos/a/b/_referrers/${S}/${D}`);
+    expect(paths.usageReport('t1')).toBe('t1/usage/last.json');
+    expect(paths.usageLive('t1')).toBe('t1/usage/live');
+    expect(paths.usageProcess('t1', 'host-1.1234.0badc0de')).toBe('t1/usage/live/host-1.1234.0badc0de');
   });
 
   it('refuses to build a path from anything unvalidated', () => {
@@ -31,6 +34,8 @@ describe('storage paths', () => {
     expect(() => paths.upload('_local', '../..')).toThrow();
     expect(() => paths.uploadChunk('_local', U, '../metadata')).toThrow();
     expect(() => paths.uploadPage('_local', U, '2.0badc0de')).toThrow();
+    expect(() => paths.usageProcess('_local', '../last.json')).toThrow();
+    expect(() => paths.usageProcess('_local', 'a/b')).toThrow();
   });
 
   it('validates names, tags and digests by the OCI grammar', () => {

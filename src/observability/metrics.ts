@@ -111,7 +111,8 @@ export class Metrics {
       labelNames: ['namespace'] as const,
       registers,
       async collect() {
-        await Promise.all(limited.map(async (ns) => this.set({ namespace: ns }, await quotas.usage(ns))));
+        // A namespace whose storage cannot be read now is left out of this scrape rather than failing it.
+        await Promise.all(limited.map((ns) => quotas.usage(ns).then((bytes) => this.set({ namespace: ns }, bytes), () => {})));
       },
     });
   }

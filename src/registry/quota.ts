@@ -35,6 +35,14 @@ export interface QuotaConfig {
   /** Bytes by namespace; a namespace not listed has `fallback`, and none if that is undefined. */
   byNamespace: Record<string, number | undefined>;
   fallback?: number;
+  /** Intervals (ms), for tests; the defaults are REFRESH_MS, FLUSH_MS and SKEW_MS. */
+  timing?: Partial<Timing>;
+}
+
+interface Timing {
+  refreshMs: number;
+  flushMs: number;
+  skewMs: number;
 }
 
 /** Bytes committed between `from` and `to` (ms since the epoch). */
@@ -83,11 +91,14 @@ export class Quotas {
   /** This process's name in usage/live/: host, pid and a nonce (a restarted process writes a new object). */
   readonly process = `${hostname().toLowerCase().replace(/[^a-z0-9.-]/g, '-').slice(0, 64) || 'host'}.${process.pid}.${randomBytes(4).toString('hex')}`;
 
+  private readonly timing: Timing;
+
   constructor(
     private readonly driver: StorageDriver,
     private readonly config: QuotaConfig,
-    private readonly timing = { refreshMs: REFRESH_MS, flushMs: FLUSH_MS, skewMs: SKEW_MS },
-  ) {}
+  ) {
+    this.timing = { refreshMs: REFRESH_MS, flushMs: FLUSH_MS, skewMs: SKEW_MS, ...config.timing };
+  }
 
   /** Open uploads are counted from the listing that limits their number (upload-limits.ts). */
   useListing(open: OpenUploads): void {

@@ -70,7 +70,10 @@ export class Uploads {
     try {
       return await fn();
     } catch (err) {
-      if (isQuotaRefusal(err)) await this.remove(ns, id).then(() => (this.open.finished(ns), this.quotas?.finished(ns, id, 0)), () => {});
+      if (!isQuotaRefusal(err)) throw err;
+      await this.remove(ns, id).catch(() => {});
+      this.open.finished(ns);
+      this.quotas?.finished(ns, id, 0);
       throw err;
     }
   }

@@ -157,7 +157,9 @@ async function serve(config: Config, log: Logger): Promise<number> {
 /** Quotas by namespace and the default, or none when no namespace has one. */
 function quotaConfig(config: Config): QuotaConfig | undefined {
   const byNamespace = Object.fromEntries(Object.entries(config.namespaces).filter(([, n]) => n.quota !== undefined).map(([name, n]) => [name, n.quota]));
-  return config.quota === undefined && Object.keys(byNamespace).length === 0 ? undefined : { byNamespace, fallback: config.quota };
+  if (config.quota === undefined && Object.keys(byNamespace).length === 0) return undefined;
+  const ms = config.quotaInterval * 1000;
+  return { byNamespace, fallback: config.quota, timing: { refreshMs: ms, flushMs: ms } };
 }
 
 /**

@@ -68,6 +68,8 @@ export interface Config {
   locks?: LocksConfig;
   /** Bytes a namespace may store unless its own `quota` says otherwise; undefined: no limit (docs/security-storage.md). */
   quota?: number;
+  /** Seconds between a server's writes and re-reads of the usage counters quotas are enforced with. */
+  quotaInterval: number;
 }
 
 export interface LocksConfig {
@@ -135,7 +137,7 @@ export function parseConfig(raw: unknown, baseDir = process.cwd(), env: NodeJS.P
   if (r.shadow !== undefined) {
     throw new ConfigError('registry.shadow', "was zuul-registry's early pull-through option (never finished there); Berth does not proxy upstream registries: remove it (clients fall back to the upstream registry when the image is missing here)");
   }
-  keys(r, 'registry', ['address', 'port', 'public-url', 'tls-cert', 'tls-key', 'secret', 'users', 'storage', 'expiration', 'upload-expiry', 'namespaces', 'htpasswd', 'anonymous-pull', 'refresh-token-expiry', 'timeouts', 'limits', 'locks', 'quota']);
+  keys(r, 'registry', ['address', 'port', 'public-url', 'tls-cert', 'tls-key', 'secret', 'users', 'storage', 'expiration', 'upload-expiry', 'namespaces', 'htpasswd', 'anonymous-pull', 'refresh-token-expiry', 'timeouts', 'limits', 'locks', 'quota', 'quota-interval']);
 
   // Templates often quote it ('9000').
   const port = r.port === undefined ? DEFAULTS.port : integer(typeof r.port === 'string' && /^[0-9]{1,5}$/.test(r.port) ? Number(r.port) : r.port, 'registry.port', 0, 65535);
@@ -168,6 +170,7 @@ export function parseConfig(raw: unknown, baseDir = process.cwd(), env: NodeJS.P
     limits: limits(r.limits),
     locks: locks(r.locks),
     quota: r.quota === undefined || r.quota === null ? undefined : size(r.quota, 'registry.quota'),
+    quotaInterval: r['quota-interval'] === undefined ? DEFAULTS.quotaInterval : integer(r['quota-interval'], 'registry.quota-interval', 1, 60),
   };
   if (config.users.length > 0 && !config.secret) throw new ConfigError('registry.secret', 'is required when users are configured (it signs tokens)');
   const names = config.users.map((u) => u.name);

@@ -33,6 +33,11 @@ export const DEFAULTS = {
      */
     minLinkedSize: 8 * 1024 * 1024,
   },
+  /**
+   * Seconds between a server's writes of what it committed (for quotas) and between its re-reads of everyone's:
+   * the largest overshoot of a quota grows with it (docs/security-storage.md, Quotas).
+   */
+  quotaInterval: 5,
   /** Blobs fsck reads at once. */
   fsckParallel: 4,
 } as const;

@@ -160,16 +160,24 @@ export class Quotas {
   /** Upload `id` became a new blob of `bytes` (0: the blob was stored already), or went (cancelled, refused). */
   finished(ns: string, id: string, bytes: number): void {
     const v = this.views.get(ns);
-    if (!v) return;
-    v.openBytes -= contribution(v, id);
-    v.local.delete(id);
-    v.gone.set(id, Date.now());
-    if (bytes > 0) {
-      const t = Date.now();
-      v.open = v.open ? { from: v.open.from, to: t, bytes: v.open.bytes + bytes } : { from: t, to: t, bytes };
-      v.dirty = true;
-      this.schedule();
+    if (v) {
+      v.openBytes -= contribution(v, id);
+      v.local.delete(id);
+      v.gone.set(id, Date.now());
     }
+    this.added(ns, bytes);
+  }
+
+  /** `bytes` more are stored for good (a committed blob, a new manifest): recorded for every process to count. */
+  added(ns: string, bytes: number): void {
+    if (bytes <= 0 || this.limit(ns) === undefined) return;
+    let v = this.views.get(ns);
+    // Kept even before this process has looked at the namespace: its first refresh keeps the buckets.
+    if (!v) this.views.set(ns, (v = blankView()));
+    const t = Date.now();
+    v.open = v.open ? { from: v.open.from, to: t, bytes: v.open.bytes + bytes } : { from: t, to: t, bytes };
+    v.dirty = true;
+    this.schedule();
   }
 
   /** Write what is pending now (at shutdown). */
@@ -202,7 +210,7 @@ export class Quotas {
     const [figure, listing] = await Promise.all([readUsage(this.driver, ns), this.open?.listing(ns, this.timing.refreshMs)]);
     const asOf = figure ? Date.parse(figure.asOf) : -Infinity;
     const covered = (b: Bucket) => b.to < asOf - this.timing.skewMs;
-    const v: NamespaceView = old ?? { refreshed: 0, baseline: 0, asOf, others: 0, buckets: [], dirty: false, listed: new Map(), local: new Map(), gone: new Map(), openBytes: 0 };
+    const v = old ?? blankView();
     const before = v.buckets.length;
     v.buckets = v.buckets.filter((b) => !covered(b));
     if (v.buckets.length !== before) v.dirty = true;
@@ -274,6 +282,10 @@ export class Quotas {
       }
     }
   }
+}
+
+function blankView(): NamespaceView {
+  return { refreshed: 0, baseline: 0, asOf: -Infinity, others: 0, buckets: [], dirty: false, listed: new Map(), local: new Map(), gone: new Map(), openBytes: 0 };
 }
 
 /** An open upload counts as the larger of its listed size and what this process wrote to it; a gone one, nothing. */

@@ -27,7 +27,7 @@ export class Registry {
     this.blobs = new Blobs(driver, links, opts.blobRedirectSeconds);
     if (opts.quotas) this.quotas = new Quotas(driver, opts.quotas);
     this.uploads = new Uploads(driver, links, opts.limits, opts.uploadExpiry, opts.commit, opts.locks, this.quotas);
-    this.manifests = new Manifests(driver, this.blobs);
+    this.manifests = new Manifests(driver, this.blobs, this.quotas);
   }
 
   /** Repository names of a namespace that hold at least one manifest, sorted, after `last`, at most `n`. */

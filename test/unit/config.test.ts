@@ -48,6 +48,19 @@ describe('config', () => {
     expect(() => parse(`registry:\n${storage}  limits: {chunks: 5}\n`)).toThrow(/registry\.limits\.chunks: unknown key/);
   });
 
+  it('quota: a default and per namespace, in bytes or with a unit; a bad value names its key', () => {
+    const storage = '  storage: {driver: filesystem, root: data}\n';
+    const c = parse(`registry:\n${storage}  quota: 20G\n  quota-interval: 2\n  namespaces:\n    big: {quota: 1.5T}\n    small: {quota: 500MB}\n    exact: {quota: 1048576}\n`);
+    expect(c.quota).toBe(20 * 1024 ** 3);
+    expect(c.quotaInterval).toBe(2);
+    expect([c.namespaces.big.quota, c.namespaces.small.quota, c.namespaces.exact.quota]).toEqual([1.5 * 1024 ** 4, 500e6, 1048576]);
+    expect(parse(`registry:\n${storage}`)).toMatchObject({ quota: undefined, quotaInterval: 5 });
+    expect(() => parse(`registry:\n${storage}  quota: 20X\n`)).toThrow(/^registry\.quota: must be a size in bytes/);
+    expect(() => parse(`registry:\n${storage}  namespaces:\n    t: {quota: -1}\n`)).toThrow(/^registry\.namespaces\.t\.quota: must be an integer/);
+    expect(() => parse(`registry:\n${storage}  namespaces:\n    t: {quota: 0}\n`)).toThrow(/^registry\.namespaces\.t\.quota/);
+    expect(() => parse(`registry:\n${storage}  quota-interval: 0\n`)).toThrow(/^registry\.quota-interval/);
+  });
+
   it('storage.commit: move or link on Swift; link refused where joins copy (the filesystem), anything else named', () => {
     const swift = (extra: string) => parse(`registry:\n  storage: {driver: swift, cloud: prod, container: images${extra}}\n`).storage;
     expect(swift('')).toEqual({ driver: 'swift', cloud: 'prod', container: 'images' });

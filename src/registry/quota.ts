@@ -23,7 +23,9 @@ import { readUsage } from './usage.js';
 export const REFRESH_MS = 5000;
 export const FLUSH_MS = 5000;
 /** Clocks of servers and prune may differ by this much without a committed byte being missed. */
-export const SKEW_MS = 60_000;
+export const SKEW_MS = 10_000;
+/** Another process's object that the figure covers entirely and that has not changed for this long is deleted. */
+const DEAD_MS = 60_000;
 /** Buckets a process keeps per namespace before merging its oldest (a merged bucket spans both). */
 const MAX_BUCKETS = 32;
 /** A listing begun this long after a write is trusted to show it (Swift's container listings may lag). */
@@ -244,9 +246,21 @@ export class Quotas {
         if (err instanceof PathNotFound) continue;
         throw err;
       }
-      for (const b of buckets) if (!covered(b)) sum += b.bytes;
+      const uncovered = buckets.filter((b) => !covered(b));
+      for (const b of uncovered) sum += b.bytes;
+      // A process gone (restarted, scaled down) leaves its object: once the figure covers it, it is only a cost.
+      if (uncovered.length === 0 && o.modified.getTime() < Date.now() - DEAD_MS) await this.removeUnchanged(o.path, o.modified);
     }
     return sum;
+  }
+
+  private async removeUnchanged(path: string, listed: Date): Promise<void> {
+    try {
+      const now = await this.driver.stat(path);
+      if (now && now.modified.getTime() <= listed.getTime()) await this.driver.delete(path);
+    } catch {
+      // Best effort: the next refresh tries again.
+    }
   }
 
   private schedule(): void {

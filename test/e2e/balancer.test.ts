@@ -7,13 +7,14 @@
  */
 import { execFile } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import http from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { startBalancer, type Balancer } from '../helpers/balancer.js';
+import { HAPROXY, startBalancer, type Balancer } from '../helpers/balancer.js';
+import { importBusybox, selfSignedCert, startDockerd } from '../helpers/docker.js';
 import { blobDigest, writeLayout } from '../helpers/oci-layout.js';
 import { basic, sha256 } from '../helpers/server.js';
 import { storageYaml } from '../helpers/swift.js';
@@ -135,6 +136,25 @@ describe('HAProxy (PROXY v2) in front of three berth serve on one Swift containe
     await expectFsckClean(lb);
   });
 
+  it('docker logs in, pushes and pulls through the balancer, and runs what it pulled', async () => {
+    const d = await startDockerd();
+    try {
+      const base = await importBusybox(d);
+      const tag = `${lb.host}/lb/docker:v1`;
+      await d.docker(['tag', base, tag]);
+      await d.docker(['login', '-u', 'alice', '-p', 'alice-pw', lb.host]);
+      const pushed = /digest: (sha256:[0-9a-f]{64})/.exec((await d.docker(['push', tag])).stdout)![1];
+      await d.docker(['rmi', tag, base]);
+      expect((await d.docker(['pull', tag])).stdout).toContain(pushed);
+      expect((await d.docker(['run', '--rm', '--network', 'none', tag, 'echo', 'pulled through haproxy'])).stdout.trim()).toBe('pulled through haproxy');
+    } catch (err) {
+      throw new Error(`${(err as Error).message}\nHAProxy's log:\n${lb.haproxyLog().slice(-4000)}`);
+    } finally {
+      await d.stop();
+    }
+    await expectFsckClean(lb);
+  }, 120_000);
+
   it('eight PATCHes racing at one offset: every stored blob has its digest\u2019s bytes; the upload commits a 202\u2019s bytes or fails cleanly', async () => {
     const outcomes: string[] = [];
     for (let round = 0; round < 3; round++) {
@@ -174,7 +194,7 @@ describe('HAProxy (PROXY v2) in front of three berth serve on one Swift containe
   it('a process killed mid-chunk: the client resumes through the others from the reported offset (lb-kill)', async () => {
     const CHUNK = 1024 * 1024;
     let recoveries = 0;
-    for (let n = 0; n < 3; n++) {
+    for (let n = 0; n < 2; n++) {
       const repo = `lb/kill${n}`;
       const blob = randomBytes(5 * CHUNK);
       let location = await startUpload(lb, repo);
@@ -216,7 +236,7 @@ describe('HAProxy (PROXY v2) in front of three berth serve on one Swift containe
       expect(put.status).toBe(201);
       expect(createHash('sha256').update((await blobBytes(lb, repo, digest))!).digest('hex')).toBe(digest.slice(7));
     }
-    expect(recoveries).toBeGreaterThanOrEqual(3);
+    expect(recoveries).toBeGreaterThanOrEqual(2);
     await expectFsckClean(lb);
   });
 
@@ -226,6 +246,19 @@ describe('HAProxy (PROXY v2) in front of three berth serve on one Swift containe
     expect(limited.length).toBeGreaterThan(0);
     for (const l of limited) expect(JSON.parse(l).address).toBe('127.0.0.2');
   });
+});
+
+it('etc/haproxy.cfg as shipped is valid for Debian\u2019s HAProxy (with a certificate in place)', async () => {
+  const dir = await mkdtemp(join(tmpdir(), 'berth-haproxy-cfg-'));
+  try {
+    const { cert, key } = await selfSignedCert(dir, ['127.0.0.1']);
+    await writeFile(join(dir, 'registry.pem'), Buffer.concat([await readFile(cert), await readFile(key)]));
+    const text = (await readFile('etc/haproxy.cfg', 'utf8')).replace('/etc/haproxy/certs/registry.pem', join(dir, 'registry.pem'));
+    await writeFile(join(dir, 'haproxy.cfg'), text);
+    await run(HAPROXY, ['-c', '-f', join(dir, 'haproxy.cfg')]);
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
 });
 
 describe('HAProxy (X-Forwarded-For) in front of three berth serve on a filesystem root', () => {

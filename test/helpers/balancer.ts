@@ -1,12 +1,12 @@
 /**
- * Debian's HAProxy (/usr/sbin/haproxy) in front of N `berth serve` processes (the built CLI) on one store: a config
- * generated for free loopback ports, round-robin, health checks on /readyz, the client address passed by PROXY v2
- * or X-Forwarded-For. Backends can be killed and restarted on their port; HAProxy's admin socket says which backend
+ * Debian's HAProxy (/usr/sbin/haproxy) in front of N `berth serve` processes (the built CLI) on one store:
+ * etc/haproxy.cfg on free loopback ports (round-robin, health checks on /readyz, the client address passed by PROXY
+ * v2 or X-Forwarded-For). Backends can be killed and restarted on their port; HAProxy's admin socket says which backend
  * is serving a request at a moment and which are up. Suites add cases by starting one of these with their own
  * storage and `registry:` settings (users, locks).
  */
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
-import { writeFile } from 'node:fs/promises';
+import { readFile, writeFile } from 'node:fs/promises';
 import net from 'node:net';
 import { join } from 'node:path';
 import { spawnServe, type ServeProcess } from './server.js';
@@ -35,6 +35,8 @@ export interface Balancer {
   configFile: string;
   /** What process `i` has written to stdout (its log) since it last started. */
   log(i: number): string;
+  /** HAProxy's log: one line per request with the server it went to and its status, and check results. */
+  haproxyLog(): string;
   /** The processes that have a request in progress, by HAProxy's count. */
   serving(): Promise<number[]>;
   /** SIGKILL process `i` (then call `killed`), and start it again on its port (HAProxy's checks bring it back). */
@@ -76,7 +78,7 @@ export async function startBalancer(o: BalancerOptions): Promise<Balancer> {
 
   const socket = join(o.dir, 'haproxy.sock');
   const cfg = join(o.dir, 'haproxy.cfg');
-  await writeFile(cfg, haproxyConfig(port, socket, o.forward, backends.map((b) => b.port)));
+  await writeFile(cfg, await haproxyConfig(port, socket, o.forward, backends.map((b) => b.port)));
   const haproxy: ChildProcess = spawn(HAPROXY, ['-db', '-f', cfg], { stdio: ['ignore', 'ignore', 'pipe'] });
   let haproxyErr = '';
   haproxy.stderr!.on('data', (d) => (haproxyErr += d));
@@ -115,6 +117,7 @@ export async function startBalancer(o: BalancerOptions): Promise<Balancer> {
     backends,
     configFile,
     log: (i) => logs[i],
+    haproxyLog: () => haproxyErr,
     serving: async () => (await servers()).filter((r) => r.scur > 0).map((r) => r.i),
     async killAndRestart(i, killed) {
       const { child, port: p } = backends[i];
@@ -143,36 +146,22 @@ export async function startBalancer(o: BalancerOptions): Promise<Balancer> {
 }
 
 /**
- * etc/haproxy.cfg's settings with the test's ports, quicker health checks, and an admin socket. A connection refused
- * by a process being restarted is retried on another (nothing was sent: safe for any request).
+ * etc/haproxy.cfg as shipped, with the test's ports, a log on stderr, an admin socket and quicker health checks
+ * (a restarted process is back within a second). A line the example no longer has fails here, loudly.
  */
-function haproxyConfig(port: number, socket: string, forward: BalancerOptions['forward'], ports: number[]): string {
-  const pass = forward === 'proxy-protocol' ? ' send-proxy-v2 check-send-proxy' : '';
-  return `global
-  stats socket ${socket} mode 600 level admin
-  maxconn 512
-
-defaults
-  mode http
-  timeout connect 2s
-  timeout client 120s
-  timeout server 120s
-  timeout http-request 10s
-  timeout http-keep-alive 10s
-  retries 3
-  option redispatch 1
-
-frontend registry
-  bind 127.0.0.1:${port}
-  default_backend berth
-
-backend berth
-  balance roundrobin
-  ${forward === 'x-forwarded-for' ? 'option forwardfor' : ''}
-  option httpchk
-  http-check send meth GET uri /readyz
-  http-check expect status 200
-  default-server inter 300ms fall 1 rise 1${pass}
-${ports.map((p, i) => `  server b${i} 127.0.0.1:${p} check`).join('\n')}
-`;
+async function haproxyConfig(port: number, socket: string, forward: BalancerOptions['forward'], ports: number[]): Promise<string> {
+  let text = await readFile('etc/haproxy.cfg', 'utf8');
+  const swap = (pattern: RegExp, by: string) => {
+    if (!pattern.test(text)) throw new Error(`etc/haproxy.cfg: no line matches ${pattern}`);
+    text = text.replace(pattern, by);
+  };
+  swap(/^  log \/dev\/log local0$/m, `  log stderr format raw local0 info\n  stats socket ${socket} mode 600 level admin`);
+  swap(/^  bind .*$/m, `  bind 127.0.0.1:${port}`);
+  swap(/^  default-server inter \S+ fall \d+ rise \d+/m, '  default-server inter 500ms fall 3 rise 1');
+  if (forward === 'x-forwarded-for') {
+    swap(/ send-proxy-v2 check-send-proxy$/m, '');
+    swap(/^  # option forwardfor$/m, '  option forwardfor');
+  }
+  swap(/^  server .*\n(?:  server .*\n)*/m, ports.map((p, i) => `  server b${i} 127.0.0.1:${p} check\n`).join(''));
+  return text;
 }

@@ -196,13 +196,13 @@ describe('HAProxy (PROXY v2) in front of three berth serve on one Swift containe
     let recoveries = 0;
     for (let n = 0; n < 2; n++) {
       const repo = `lb/kill${n}`;
-      const blob = randomBytes(5 * CHUNK);
+      const blob = randomBytes(3 * CHUNK);
       let location = await startUpload(lb, repo);
       let killed = false;
       let restarted: Promise<void> | undefined;
       for (let offset = 0; offset < blob.length; ) {
         const chunk = blob.subarray(offset, offset + CHUNK);
-        const kill = !killed && offset === 2 * CHUNK;
+        const kill = !killed && offset === CHUNK;
         const r = await request(lb.url, 'PATCH', location, {
           headers: patchHeaders(offset, chunk.length),
           body: (req) => {

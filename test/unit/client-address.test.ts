@@ -2,6 +2,7 @@
 import type { IncomingMessage } from 'node:http';
 import { describe, expect, it } from 'vitest';
 import { parseConfig } from '../../src/config/config.js';
+import { checkForServe } from '../../src/config/startup.js';
 import { ClientAddresses, clientAddressOf, recordClientAddress } from '../../src/http/client-address.js';
 
 const request = (peer: string, xff?: string) => ({ socket: { remoteAddress: peer }, headers: xff === undefined ? {} : { 'x-forwarded-for': xff } }) as unknown as IncomingMessage;
@@ -74,6 +75,13 @@ describe('registry.trusted-proxies', () => {
     expect(() => parse({ addresses: ['10.0.0.0/8/8'], 'x-forwarded-for': true })).toThrow(/addresses\[0\]/);
     expect(() => parse({ addresses: ['10.0.0.1'], 'proxy-protocol': 'yes' })).toThrow(/^registry\.trusted-proxies\.proxy-protocol: must be true or false/);
     expect(() => parse({ addresses: ['10.0.0.1'], forwarded: true })).toThrow(/^registry\.trusted-proxies\.forwarded: unknown key/);
+  });
+
+  it('warns at start-up when processes behind a balancer would each sign tokens for their own audience', () => {
+    const config = (publicUrl?: string) =>
+      parseConfig({ registry: { storage: { driver: 'filesystem', root: '/tmp/x' }, secret: 'a-long-enough-secret-0123456789abcdef', 'public-url': publicUrl, 'trusted-proxies': { addresses: ['10.0.0.1'], 'proxy-protocol': true } } });
+    expect(checkForServe(config())).toContainEqual({ msg: expect.stringContaining('trusted-proxies without public-url') });
+    expect(checkForServe(config('https://registry.example.com'))).toEqual([]);
   });
 
   it('refuses trusted proxies with neither way of passing the client', () => {

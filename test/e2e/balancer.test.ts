@@ -86,9 +86,15 @@ async function exhaustLogins(lb: Balancer, spoof?: () => Record<string, string>)
     expect(attempts).toBeLessThanOrEqual(3 * 10 + 3);
   }
   for (let i = 0; i < 3; i++) expect((await request(lb.url, 'GET', '/v2/', { from: '127.0.0.2', headers: ALICE })).status).toBe(429);
+  // The token endpoint's password check counts the same address.
+  const form = (from: string) =>
+    request(lb.url, 'POST', '/auth/token', { from, headers: { 'Content-Type': 'application/x-www-form-urlencoded' }, body: Buffer.from('grant_type=password&username=alice&password=alice-pw') });
+  expect((await form('127.0.0.2')).status).toBe(429);
   // Another client behind the same balancer: not refused, whatever the first one did.
   expect((await request(lb.url, 'GET', '/v2/', { from: '127.0.0.3', headers: basic('alice', 'wrong') })).status).toBe(401);
   for (let i = 0; i < 3; i++) expect((await request(lb.url, 'GET', '/v2/', { from: '127.0.0.3', headers: ALICE })).status).toBe(200);
+  const other = await form('127.0.0.3');
+  expect(other.status, other.body.toString()).toBe(200);
   return attempts;
 }
 

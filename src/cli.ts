@@ -17,6 +17,7 @@ import { Users } from './auth/users.js';
 import { Access } from './http/auth.js';
 import { createApp } from './http/app.js';
 import { createServer } from './http/server.js';
+import { ClientAddresses } from './http/client-address.js';
 import { DEFAULT_NAMESPACE } from './registry/paths.js';
 import { Registry } from './registry/registry.js';
 import { StorageOpenError, openStorage } from './storage/factory.js';
@@ -112,8 +113,9 @@ async function serve(config: Config, log: Logger): Promise<number> {
     commit: config.storage.driver === 'swift' ? config.storage.commit : undefined,
     locks,
   });
-  const app = createApp(registry, { log, access, metrics });
-  const server = createServer(app, { tls, timeouts: config.timeouts, log });
+  const clientAddresses = new ClientAddresses(config.trustedProxies);
+  const app = createApp(registry, { log, access, metrics, clientAddresses });
+  const server = createServer(app, { tls, timeouts: config.timeouts, log, clientAddresses });
   // Signals are taken before the port opens: a SIGTERM right after start-up still shuts down cleanly.
   const stopped = new Promise<void>((resolve) => {
     let stopping = false;

@@ -36,6 +36,10 @@ export function checkForServe(config: Config): Warning[] {
   for (const u of config.users) {
     if (u.pass === '') warnings.push({ msg: 'read user with an empty password: anyone may log in as them and read the default namespace', user: u.name });
   }
+  // Without it each process's tokens name its own address and port: the others behind the balancer refuse them.
+  if (config.trustedProxies && config.secret !== undefined && !config.publicUrl) {
+    warnings.push({ msg: 'trusted-proxies without public-url: processes behind one balancer need the same public-url (tokens carry it as their audience)' });
+  }
   return warnings;
 }
 

@@ -22,6 +22,7 @@ import { exchanges, logWhenFinished, recordPrincipal, type Exchange } from './ex
 import { inRequest } from '../observability/context.js';
 import { DigestMismatch } from '../registry/verify.js';
 import type { Metrics } from '../observability/metrics.js';
+import { ClientAddresses, recordClientAddress } from './client-address.js';
 
 export interface AppOptions {
   log: Logger;
@@ -29,6 +30,8 @@ export interface AppOptions {
   access?: Access;
   /** Prometheus metrics, served at /metrics; without them nothing is counted. */
   metrics?: Metrics;
+  /** Trusted proxies' word on the client address; without it the peer is the client. */
+  clientAddresses?: ClientAddresses;
 }
 
 /** Context of one API request. */
@@ -51,11 +54,13 @@ export function createApp(registry: Registry, opts: AppOptions): (req: Request, 
   const metrics = opts.metrics;
   const others = otherEndpoints(registry, access, opts);
   const carryRequestIds = registry.driver.namesRequests === true;
+  const clientAddresses = opts.clientAddresses ?? new ClientAddresses();
 
   return (req, res) => {
     const id = randomUUID();
     const path = targetPath(req.url ?? '/');
     const exchange: Exchange = { id, route: 'other' };
+    recordClientAddress(req, clientAddresses);
     exchanges.set(res, exchange);
     res.setHeader('X-Request-Id', id);
     logWhenFinished(req, res, exchange, path, opts.log, metrics);

@@ -1,11 +1,12 @@
-/** The manifest endpoint: GET, HEAD, PUT and DELETE /v2/<name>/manifests/<reference>. */
+/** The manifest endpoint (GET, HEAD, PUT and DELETE /v2/<name>/manifests/<reference>) and the referrers list. */
+import { once } from 'node:events';
 import type { IncomingMessage as Request } from 'node:http';
 import { RegistryError } from '../registry/errors.js';
-import { MAX_MANIFEST_SIZE, MAX_TAG_PARAMETERS } from '../registry/manifests.js';
+import { MAX_MANIFEST_SIZE, MAX_TAG_PARAMETERS, MEDIA_TYPES } from '../registry/manifests.js';
 import type { Registry } from '../registry/registry.js';
 import type { Call } from './app.js';
 import { contentLength } from './headers.js';
-import { queryValues } from './routes.js';
+import { queryValue, queryValues } from './routes.js';
 
 export async function manifest(registry: Registry, c: Call, name: string, reference: string): Promise<void> {
   const { req, res } = c;
@@ -40,6 +41,42 @@ export async function manifest(registry: Registry, c: Call, name: string, refere
       return empty(c, 202);
     default:
       throw new RegistryError('UNSUPPORTED', 'method not allowed on this endpoint');
+  }
+}
+
+/**
+ * GET /v2/<name>/referrers/<digest>: an image index of the referrers, one page at a time (the registry's page
+ * bounds are in registry/manifests.ts), with the spec's `Link: <...>; rel="next"` while more remain. The JSON is
+ * written as the entries are read, one at a time and at the client's pace: a response holds one entry in memory.
+ */
+export async function referrers(registry: Registry, c: Call, name: string, subject: string): Promise<void> {
+  const { req, res } = c;
+  if (req.method !== 'GET') throw new RegistryError('UNSUPPORTED', 'method not allowed on this endpoint');
+  const artifactType = queryValue(c.query, 'artifactType');
+  const last = queryValue(c.query, 'last');
+  const page = await registry.manifests.referrersPage(c.ns, name, subject, { artifactType, last });
+  // The first entry before the status: a storage failure there still gets an error response.
+  const entries = page.entries[Symbol.asyncIterator]();
+  let entry = await entries.next();
+  res.statusCode = 200;
+  res.setHeader('Content-Type', MEDIA_TYPES.ociIndex);
+  if (artifactType !== undefined) res.setHeader('OCI-Filters-Applied', 'artifactType');
+  if (page.next !== undefined) {
+    const query = new URLSearchParams(artifactType === undefined ? { last: page.next } : { artifactType, last: page.next });
+    res.setHeader('Link', `</v2/${name}/referrers/${subject}?${query}>; rel="next"`);
+  }
+  try {
+    let text = `{"schemaVersion":2,"mediaType":"${MEDIA_TYPES.ociIndex}","manifests":[`;
+    for (let first = true; !entry.done; first = false, entry = await entries.next()) {
+      text += (first ? '' : ',') + JSON.stringify(entry.value);
+      if (!res.write(text)) await once(res, 'drain', { signal: c.signal });
+      text = '';
+    }
+    res.end(`${text}]}`);
+  } catch (err) {
+    // Part of the list is sent: the response can only be cut short, so the client sees it incomplete.
+    if (!c.signal.aborted) c.log.warn({ req: c.requestId, err }, 'referrers response cut short');
+    res.destroy();
   }
 }
 

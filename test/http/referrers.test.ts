@@ -45,13 +45,13 @@ async function put(repo: string, doc: unknown): Promise<Response> {
 async function allPages(path: string) {
   const pages: { digests: string[]; bytes: number; link: string | null; filters: string | null }[] = [];
   for (let next: string | null = path; next; ) {
-    const res = await fetch(`${s.url}${next}`);
+    const res: Response = await fetch(`${s.url}${next}`);
     expect(res.status).toBe(200);
     expect(res.headers.get('content-type')).toBe(OCI_INDEX);
     const text = await res.text();
     const doc = JSON.parse(text) as { schemaVersion: number; mediaType: string; manifests: { digest: string }[] };
     expect([doc.schemaVersion, doc.mediaType]).toEqual([2, OCI_INDEX]);
-    const link = res.headers.get('link');
+    const link: string | null = res.headers.get('link');
     pages.push({ digests: doc.manifests.map((m) => m.digest), bytes: Buffer.byteLength(text), link, filters: res.headers.get('oci-filters-applied') });
     next = link === null ? null : /^<([^>]+)>; rel="next"$/.exec(link)![1];
   }

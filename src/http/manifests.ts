@@ -2,7 +2,8 @@
 import { once } from 'node:events';
 import type { IncomingMessage as Request } from 'node:http';
 import { RegistryError } from '../registry/errors.js';
-import { MAX_MANIFEST_SIZE, MAX_TAG_PARAMETERS, MEDIA_TYPES } from '../registry/manifests.js';
+import { JsonDepthScan } from '../registry/json-scan.js';
+import { MAX_JSON_DEPTH, MAX_MANIFEST_SIZE, MAX_TAG_PARAMETERS, MEDIA_TYPES, nestedTooDeep } from '../registry/manifests.js';
 import type { Registry } from '../registry/registry.js';
 import type { Call } from './app.js';
 import { contentLength } from './headers.js';
@@ -27,7 +28,7 @@ export async function manifest(registry: Registry, c: Call, name: string, refere
       if (tags.length > MAX_TAG_PARAMETERS) {
         throw new RegistryError('MANIFEST_INVALID', `at most ${MAX_TAG_PARAMETERS} tag parameters per request`, { tags: tags.length, limit: MAX_TAG_PARAMETERS });
       }
-      const body = await readLimited(req, MAX_MANIFEST_SIZE);
+      const body = await readManifestBody(c, MAX_MANIFEST_SIZE);
       const m = await registry.manifests.put(c.ns, name, reference, body, { contentType: req.headers['content-type'], tags });
       res.setHeader('Location', `/v2/${name}/manifests/${m.digest}`);
       res.setHeader('Docker-Content-Digest', m.digest);
@@ -80,15 +81,24 @@ export async function referrers(registry: Registry, c: Call, name: string, subje
   }
 }
 
-/** Read a small request body whole, refusing (413) anything over `limit` without reading it all. */
-async function readLimited(req: Request, limit: number): Promise<Buffer> {
+/**
+ * Read a manifest body whole, refusing anything over `limit` (413) and JSON nested past MAX_JSON_DEPTH (400) at the
+ * piece where it happens, without reading the rest: a hostile body costs the server one piece, not megabytes. The
+ * rest of such a body is never read, so the response closes the connection rather than leave it unusable.
+ */
+async function readManifestBody(c: Call, limit: number): Promise<Buffer> {
   const tooLarge = () => new RegistryError('PAYLOAD_TOO_LARGE', 'manifest is larger than the registry accepts', { limit });
-  if ((contentLength(req.headers['content-length']) ?? 0) > limit) throw tooLarge();
+  if ((contentLength(c.req.headers['content-length']) ?? 0) > limit) throw tooLarge();
+  const scan = new JsonDepthScan(MAX_JSON_DEPTH);
   const pieces: Buffer[] = [];
   let size = 0;
-  for await (const piece of req as AsyncIterable<Buffer>) {
+  for await (const piece of c.req as AsyncIterable<Buffer>) {
     size += piece.length;
     if (size > limit) throw tooLarge();
+    if (!scan.feed(piece)) {
+      c.res.setHeader('Connection', 'close');
+      throw nestedTooDeep();
+    }
     pieces.push(piece);
   }
   return Buffer.concat(pieces);

@@ -107,15 +107,18 @@ export function parseManifest(body: Buffer, contentType?: string): ManifestDoc {
   return { meta, blobs, children };
 }
 
+/** The refusal of a manifest nested past MAX_JSON_DEPTH (also given by the HTTP layer as the body arrives). */
+export function nestedTooDeep(): RegistryError {
+  return invalid(`a manifest may nest at most ${MAX_JSON_DEPTH} levels deep`, { limit: MAX_JSON_DEPTH });
+}
+
 function invalid(message: string, detail?: unknown): RegistryError {
   return new RegistryError('MANIFEST_INVALID', message, detail);
 }
 
 function parseJson(body: Buffer): Json {
   // Before the parse: its cost must not depend on how the brackets are arranged.
-  if (jsonDepth(body, MAX_JSON_DEPTH) > MAX_JSON_DEPTH) {
-    throw invalid(`a manifest may nest at most ${MAX_JSON_DEPTH} levels deep`, { limit: MAX_JSON_DEPTH });
-  }
+  if (jsonDepth(body, MAX_JSON_DEPTH) > MAX_JSON_DEPTH) throw nestedTooDeep();
   let doc: unknown;
   try {
     doc = JSON.parse(body.toString('utf8'));

@@ -11,7 +11,7 @@ import { MAX_ANNOTATIONS_BYTES, type Descriptor, type RevisionMeta, parseManifes
 import { checkDigest, checkTag, digestAlgorithm, paths, validDigest, validTag } from './paths.js';
 import { DigestMismatch } from './verify.js';
 
-export { MAX_ANNOTATIONS_BYTES, MAX_DESCRIPTORS, MAX_JSON_DEPTH, MEDIA_TYPES, type Descriptor, type RevisionMeta } from './manifest-doc.js';
+export { MAX_ANNOTATIONS_BYTES, MAX_DESCRIPTORS, MAX_JSON_DEPTH, MEDIA_TYPES, nestedTooDeep, type Descriptor, type RevisionMeta } from './manifest-doc.js';
 
 /** Distribution's limit, and what the OCI spec suggests as the least a registry should accept. */
 export const MAX_MANIFEST_SIZE = 4 * 1024 * 1024;

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { jsonDepth } from '../../src/registry/json-scan.js';
+import { JsonDepthScan, jsonDepth } from '../../src/registry/json-scan.js';
 
 const depth = (text: string, limit?: number) => jsonDepth(Buffer.from(text), limit);
 
@@ -40,5 +40,31 @@ describe('jsonDepth', () => {
 
   it('an unterminated string hides the brackets after it (JSON.parse refuses the document anyway)', () => {
     expect(depth('["abc, [[[[')).toBe(1);
+  });
+});
+
+describe('JsonDepthScan fed piece by piece', () => {
+  const inPieces = (text: string, size: number, limit = Infinity) => {
+    const scan = new JsonDepthScan(limit);
+    const bytes = Buffer.from(text);
+    let ok = true;
+    for (let i = 0; i < bytes.length; i += size) ok = scan.feed(bytes.subarray(i, i + size)) && ok;
+    return { depth: scan.deepest, ok };
+  };
+  const samples = ['{"a":[{"b":[1,2]},{}],"c":{}}', '["\\\\\\"[[[", [ ]]', '{"k\\"[":"v\\u005b["}', '["\\\\", [[ ]]]', '{"clé":["ünïcødé ✓ 🚀", {"日本":"[["}]}'];
+
+  it('gives the depth of the whole body at every piece size, escapes split across pieces included', () => {
+    for (const text of samples) {
+      for (const size of [1, 2, 3, 5, 7]) expect(inPieces(text, size).depth, `${text} in pieces of ${size}`).toBe(depth(text));
+    }
+  });
+
+  it('answers false from the piece that passes the limit on, and stays false', () => {
+    const scan = new JsonDepthScan(3);
+    expect(scan.feed(Buffer.from('[[['))).toBe(true);
+    expect(scan.feed(Buffer.from(']]]'))).toBe(true);
+    expect(scan.feed(Buffer.from('[[[['))).toBe(false);
+    expect(scan.feed(Buffer.from(']]]]'))).toBe(false);
+    expect(inPieces('"\\', 1, 3).ok).toBe(true);
   });
 });

@@ -1,13 +1,14 @@
 /**
  * Abuse: deeply nested manifest JSON (issue 24). Parallel clients, each from its own loopback address, PUT 4 MiB
- * bodies of nothing but `[` for a bounded time; then, as the baseline, the same clients PUT flat 4 MiB bodies (a
- * manifest whose `layers` is two million zeros) for the same time. A worker thread GETs another tenant's manifest
- * every 25 ms and samples the server's RSS, idle first and then through each phase.
+ * bodies of nothing but `[` for a bounded time; then (full scale only), as the baseline, the same clients PUT
+ * flat 4 MiB bodies (a manifest whose `layers` is two million zeros) for the same time. A worker thread GETs
+ * another tenant's manifest every 25 ms and samples the server's RSS, idle first and then through each phase.
  *
  * Held when every hostile PUT gets 400 MANIFEST_INVALID (or its connection closed: the server reads no more of a
- * body once it has gone too deep, so a client still sending may see the close first), the server's RSS stays under 300 MB, and the probe's p99
- * under the nested flood is within 3x its idle p99 (or under 50 ms) and no worse than 1.5x its p99 under the flat
- * flood (the point of the depth check: no body costs more than a flat one of the same size).
+ * body once it has gone too deep, so a client still sending may see the close first), the server's RSS stays
+ * under 300 MB, and the probe's p99 under the nested flood is within 3x its idle p99 (or under 50 ms) and, at full
+ * scale, no worse than 1.5x its p99 under the flat flood (the point of the depth check: no body costs more than a
+ * flat one of the same size).
  *
  * ctx: { url, user, password, scale, log, pid?, pidOf? }; returns { attack, held, detail }. Another tenant for
  * the probe: BERTH_ABUSE_PROBE_USER / BERTH_ABUSE_PROBE_PASSWORD (default: the same user, another repository).
@@ -25,7 +26,7 @@ const REPO = 'abuse/nested';
 export async function run(ctx) {
   const full = ctx.scale === 'full';
   const clients = full ? 6 : 2;
-  const seconds = full ? 20 : 3;
+  const seconds = full ? 20 : 2;
   const headers = await authorization(ctx.url, ctx.user, ctx.password, [REPO]);
   const nested = Buffer.alloc(SIZE, '[');
   const head = '{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","layers":[';
@@ -55,10 +56,11 @@ export async function run(ctx) {
     return { statuses, times };
   };
 
-  ctx.log(`nested-json: ${clients} clients, ${seconds} s of 4 MiB of '[', then ${seconds} s of flat 4 MiB bodies`);
+  ctx.log(`nested-json: ${clients} clients, ${seconds} s of 4 MiB of '['${full ? `, then ${seconds} s of flat 4 MiB bodies` : ''}`);
   const phases = {};
-  // Nested first: the flat phase's parses grow the heap, and its RSS would be counted against the nested one.
-  for (const [name, body] of [['nested', nested], ['flat', flat]]) {
+  // Nested first: the flat phase's parses grow the heap, and its RSS would be counted against the nested one. The
+  // flat baseline only at full scale: at small scale (the test suite's) the verdict needs the nested phase alone.
+  for (const [name, body] of full ? [['nested', nested], ['flat', flat]] : [['nested', nested]]) {
     // Idle as long as the flood: a longer window sees more of the machine's other load, so equal ones compare.
     const w = await watcher(ctx, `abuse/nested-probe-${name}`, seconds * 1000);
     await w.start();
@@ -72,11 +74,11 @@ export async function run(ctx) {
   const rssKnown = rss.samples > 0;
   const held =
     refused && n.watched.failures === 0 && (!rssKnown || rss.peak < RSS_LIMIT) &&
-    (n.probe.ratio <= RATIO_LIMIT || n.probe.attackP99 < FLOOR_MS) && n.probe.attackP99 <= Math.max(1.5 * f.probe.attackP99, FLOOR_MS);
+    (n.probe.ratio <= RATIO_LIMIT || n.probe.attackP99 < FLOOR_MS) && (!f || n.probe.attackP99 <= Math.max(1.5 * f.probe.attackP99, FLOOR_MS));
   const phase = (p) =>
     `${p.puts.times.length} PUTs ${JSON.stringify(p.puts.statuses)}${p.probe.cpu ? ` (server CPU ${((p.probe.cpu.seconds / p.puts.times.length) * 1000).toFixed(1)} ms each)` : ''}, PUT p50 ${percentile(p.puts.times, 50).toFixed(0)} ms, max ${percentile(p.puts.times, 100).toFixed(0)} ms; ` +
     `${p.probe.text}; RSS ${p.watched.rss.samples ? `${mb(p.watched.rss.first)} at the start, peak ${mb(p.watched.rss.peak)}` : 'unknown'}`;
-  const detail = `nested: ${phase(n)} | flat baseline: ${phase(f)}`;
+  const detail = `nested: ${phase(n)}${f ? ` | flat baseline: ${phase(f)}` : ''}`;
   return { attack: `${clients} clients PUT 4 MiB nested-bracket manifests`, held, detail };
 }
 

@@ -1,8 +1,9 @@
 /**
  * Abuse: referrers amplification (issue 24). A write user PUTs N artifact manifests naming one subject, each with
  * annotations just under the bound (MAX_ANNOTATIONS_BYTES, src/registry/manifest-doc.ts), and one over it; then
- * parallel clients, each from its own loopback address, GET the subject's referrers list for a bounded time,
- * following the `Link: <...>; rel="next"` pages, anonymously where the registry lets them (else with a token).
+ * parallel clients, each from its own loopback address and at most 20 requests a second, GET the subject's
+ * referrers list for a bounded time, following the `Link: <...>; rel="next"` pages, anonymously where the registry
+ * lets them (else with a token).
  * Meanwhile a worker thread GETs another tenant's manifest every 25 ms and samples the server's RSS.
  *
  * Held when the over-bound PUT gets 400 MANIFEST_INVALID, every referrers GET 200 with at most the page's byte
@@ -21,12 +22,14 @@ const RSS_LIMIT = 300 * 1024 * 1024;
 const RATIO_LIMIT = 3;
 const FLOOR_MS = 50;
 const REPO = 'abuse/referrers';
+/** Each client sends at most one GET per this many ms: a fixed rate, as from a few hosts. */
+const INTERVAL_MS = 50;
 
 export async function run(ctx) {
   const full = ctx.scale === 'full';
   const referrers = full ? 200 : 20;
   const clients = full ? 6 : 2;
-  const seconds = full ? 20 : 3;
+  const seconds = full ? 20 : 2;
   const headers = await authorization(ctx.url, ctx.user, ctx.password, [REPO]);
 
   const subject = await pushSmallImage(ctx.url, headers, REPO, 'subject');
@@ -83,7 +86,10 @@ export async function run(ctx) {
     Array.from({ length: clients }, async (_, i) => {
       const localAddress = `127.0.24.${i + 1}`;
       for (let path = first; Date.now() < until; ) {
+        const started = performance.now();
         const res = await send(ctx.url, { path, headers: getHeaders, localAddress }).catch((err) => ({ status: `error ${err.message}`, headers: {}, bytes: 0 }));
+        const took = performance.now() - started;
+        if (took < INTERVAL_MS) await new Promise((r) => setTimeout(r, INTERVAL_MS - took));
         statuses[res.status] = (statuses[res.status] ?? 0) + 1;
         pages++;
         bytes += res.bytes;

@@ -1,6 +1,5 @@
 /** The manifest endpoint (GET, HEAD, PUT and DELETE /v2/<name>/manifests/<reference>) and the referrers list. */
 import { once } from 'node:events';
-import type { IncomingMessage as Request } from 'node:http';
 import { RegistryError } from '../registry/errors.js';
 import { JsonDepthScan } from '../registry/json-scan.js';
 import { MAX_JSON_DEPTH, MAX_MANIFEST_SIZE, MAX_TAG_PARAMETERS, MEDIA_TYPES, nestedTooDeep } from '../registry/manifests.js';

@@ -33,6 +33,16 @@ export function checkForServe(config: Config): Warning[] {
         : 'anyone may pull from the default namespace without credentials (anonymous-pull: true)',
     });
   }
+  // zuul-registry's rule (http/auth.ts): a read-only user means nobody reads anonymously, public or not.
+  const publicNamespace = Object.entries(config.namespaces).find(([, n]) => n.public)?.[0];
+  const reader = config.users.find((u) => u.access === 'read');
+  if (publicNamespace !== undefined && reader !== undefined) {
+    warnings.push({
+      msg: 'public: true is ignored: a read-only user exists, so nobody pulls without credentials; remove the read-only user or the public flag',
+      namespace: publicNamespace,
+      user: reader.name,
+    });
+  }
   for (const u of config.users) {
     if (u.pass === '') warnings.push({ msg: 'read user with an empty password: anyone may log in as them and read the default namespace', user: u.name });
   }

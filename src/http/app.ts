@@ -8,14 +8,13 @@ import type { IncomingMessage as Request, ServerResponse as Response } from 'nod
 import { parse as parseQuery } from 'node:querystring';
 import type { Logger } from 'pino';
 import { RegistryError } from '../registry/errors.js';
-import { MEDIA_TYPES } from '../registry/manifests.js';
 import { DEFAULT_NAMESPACE, checkDigest, validName } from '../registry/paths.js';
 import type { Registry } from '../registry/registry.js';
 import { Users } from '../auth/users.js';
 import { Access, AuthFailure } from './auth.js';
 import { sendError, toErrorBody } from './errors.js';
 import { byteRange, chunkRange, contentLength, uploadRange } from './headers.js';
-import { manifest } from './manifests.js';
+import { manifest, referrers } from './manifests.js';
 import { parseRoute, queryValue, type Route } from './routes.js';
 import { otherEndpoints } from './endpoints.js';
 import { exchanges, logWhenFinished, recordPrincipal, type Exchange } from './exchange.js';
@@ -191,13 +190,8 @@ async function dispatch(registry: Registry, route: Route, c: Call): Promise<void
       if (more) c.res.setHeader('Link', nextLink(`/v2/${route.name}/tags/list`, page.n!, tags[tags.length - 1]));
       return sendJson(c, 200, { name: route.name, tags });
     }
-    case 'referrers': {
-      if (method !== 'GET') throw notAllowed();
-      const artifactType = queryValue(c.query, 'artifactType');
-      const manifests = await registry.manifests.referrers(c.ns, route.name, route.digest, artifactType);
-      if (artifactType !== undefined) c.res.setHeader('OCI-Filters-Applied', 'artifactType');
-      return sendJson(c, 200, { schemaVersion: 2, mediaType: MEDIA_TYPES.ociIndex, manifests }, MEDIA_TYPES.ociIndex);
-    }
+    case 'referrers':
+      return referrers(registry, c, route.name, route.digest);
   }
 }
 

@@ -164,7 +164,9 @@ export class Access {
       return;
     }
     if (route.kind === 'catalog') {
-      const ok = p.kind === 'token' ? grants(p.claims, 'registry', 'catalog', '*') : this.can(p, 'pull', '');
+      // Credentials always: anonymous readers pull by name; listing every repository helps only an enumerator.
+      // The token endpoint grants anonymous clients no catalog scope either (grant below).
+      const ok = p.kind === 'token' ? grants(p.claims, 'registry', 'catalog', '*') : p.kind === 'user';
       if (!ok) throw this.refuse(p, 'registry:catalog:*');
       return;
     }

@@ -158,6 +158,14 @@ describe('config', () => {
       expect(() => parse(`registry:\n  secret: s3cret\n  users:\n    - {name: r, pass: '', access: read, namespace: team}\n${FS}`)).toThrow(/^registry\.users\[0\]\.pass: .*namespace/);
     });
 
+    it('public: true beside a read-only user is said at start-up to be ignored (nobody pulls without credentials then)', () => {
+      const users = `  users:\n    - {name: w, pass: pw, access: write, namespace: pub}\n`;
+      const pub = `  namespaces:\n    pub: {public: true}\n`;
+      const withReader = parse(`registry:\n  secret: ${GOOD}\n${users}    - {name: r, pass: pw, access: read, namespace: pub}\n${pub}${FS}`);
+      expect(checkForServe(withReader)).toEqual([{ msg: expect.stringMatching(/^public: true is ignored: a read-only user exists/), namespace: 'pub', user: 'r' }]);
+      expect(checkForServe(parse(`registry:\n  secret: ${GOOD}\n${users}${pub}${FS}`))).toEqual([]);
+    });
+
     it('shadow: is refused saying what it was; other unknown keys (xstorage) stay errors naming their path', () => {
       expect(() => parse(`registry:\n  shadow:\n    docker.io: {hostname: registry-1.docker.io}\n${FS}`)).toThrow(/^registry\.shadow: was zuul-registry's early pull-through option.*Berth does not proxy upstream registries/);
       expect(() => parse(`registry:\n  xstorage: {driver: swift}\n${FS}`)).toThrow(/^registry\.xstorage: unknown key/);

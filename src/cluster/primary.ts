@@ -1,6 +1,6 @@
 /**
- * `workers: N` (N > 1): this process forks N workers that share the listening socket (node:cluster hands each
- * new connection to the next worker), restarts a worker that dies, and on SIGTERM drains them all. It serves no
+ * `workers: N` (N > 1): this process forks N workers that share the listening socket (each accepts from it),
+ * restarts a worker that dies, and on SIGTERM drains them all. It serves no
  * request itself: it holds what the workers must share (upload locks, failed-login buckets, the login cache) and
  * merges their metrics for a scrape answered by any of them.
  */
@@ -124,6 +124,11 @@ export function runPrimary(o: PrimaryOptions): Promise<number> {
     }, o.drainMs).unref();
   }
 
+  // Each worker accepts from the shared socket itself. With Node's round robin the primary accepts and hands each
+  // connection over, and one handed to a worker that has just died is leaked and hangs until the client gives up
+  // (tried: one connection per SIGKILLed worker, 5 kills in 5); the kernel spreads connections well enough here
+  // (docs/performance.md, "Workers").
+  cluster.schedulingPolicy = cluster.SCHED_NONE;
   process.on('SIGTERM', () => stop('SIGTERM'));
   process.on('SIGINT', () => stop('SIGINT'));
   log.info({ workers: o.workers }, 'starting workers');

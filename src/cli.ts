@@ -197,12 +197,15 @@ function buildAccess(config: Config, log: Logger, shared?: WorkerShare): Access 
   });
 }
 
-main(process.argv.slice(2)).then(
-  (code) => {
-    process.exitCode = code;
-  },
-  (err) => {
-    process.stderr.write(`berth: ${(err as Error).message}\n`);
-    process.exitCode = 1;
-  },
-);
+main(process.argv.slice(2))
+  .then(
+    (code) => {
+      process.exitCode = code;
+    },
+    (err) => {
+      process.stderr.write(`berth: ${(err as Error).message}\n`);
+      process.exitCode = 1;
+    },
+  )
+  // A worker's IPC channel would keep it alive after a failed start: the primary waits for its exit.
+  .finally(() => cluster.isWorker && process.connected && process.disconnect());

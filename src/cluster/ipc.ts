@@ -1,22 +1,24 @@
 /**
  * Calls over node:cluster's IPC channel between the primary and a worker, in both directions: a worker asks the
  * primary for the host's shared state (upload locks, failed-login buckets, the login cache, metrics), and the
- * primary asks each worker for its metrics. One message shape, tagged so that prom-client's or Node's own cluster
- * messages on the same channel are left alone. Messages on one channel arrive in the order sent: a worker's
+ * primary asks each worker for its metrics. One message shape, tagged so that other messages on the channel are
+ * left alone. Messages on one channel arrive in the order sent: a worker's
  * fire-and-forget `notify` reaches the primary before any call it makes afterwards.
  */
+import type { Serializable } from 'node:child_process';
+import type { Worker } from 'node:cluster';
 
 /** Sends one message to the peer; false when the channel is closed. */
 export type Send = (message: unknown) => boolean;
 
 /** The sender for `process` in a worker or a `cluster.Worker` in the primary. */
-export function sender(peer: { send?: NodeJS.Process['send'] } | import('node:cluster').Worker): Send {
+export function sender(peer: NodeJS.Process | Worker): Send {
   return (message) => {
-    const connected = 'isConnected' in peer ? peer.isConnected() : (peer as NodeJS.Process).connected;
-    if (!connected || !peer.send) return false;
+    if ('isConnected' in peer ? !peer.isConnected() : !peer.connected) return false;
     // With a callback, a send that fails as the channel closes is reported there, not as an 'error' event that
     // would end the process.
-    (peer.send as (m: unknown, h: undefined, o: object, cb: (err: Error | null) => void) => boolean)(message, undefined, {}, () => {});
+    if ('isConnected' in peer) peer.send(message as Serializable, undefined, {}, () => {});
+    else peer.send!(message, undefined, {}, () => {});
     return true;
   };
 }

@@ -26,7 +26,7 @@ import { Metrics } from './observability/metrics.js';
 import type { LockService } from './locks/lock-service.js';
 import type { StorageDriver } from './storage/driver.js';
 import { runPrimary } from './cluster/primary.js';
-import { joinCluster, type WorkerShare } from './cluster/worker.js';
+import { joinCluster, leaveCluster, type WorkerShare } from './cluster/worker.js';
 
 const USAGE = `usage: berth [-c FILE] [-d] [command]
 
@@ -115,8 +115,7 @@ async function serve(config: Config, log: Logger): Promise<number> {
     }
   }
   const metrics = new Metrics();
-  let stop: (signal: string) => void = () => {};
-  const shared = cluster.isWorker ? await joinCluster(metrics, () => stop('primary gone')) : undefined;
+  const shared = cluster.isWorker ? await joinCluster(metrics) : undefined;
   const access = buildAccess(config, log, shared);
   const driver = new InstrumentedDriver(await openStorage(config.storage), metrics);
   const registry = new Registry(driver, {
@@ -131,7 +130,7 @@ async function serve(config: Config, log: Logger): Promise<number> {
   // Signals are taken before the port opens: a SIGTERM right after start-up still shuts down cleanly.
   const stopped = new Promise<void>((resolve) => {
     let stopping = false;
-    stop = (signal: string) => {
+    const stop = (signal: string) => {
       // A second signal while draining changes nothing (the default action would kill uploads in flight).
       if (stopping) return void log.info({ signal }, 'already shutting down');
       stopping = true;
@@ -155,8 +154,6 @@ async function serve(config: Config, log: Logger): Promise<number> {
 
   await stopped;
   await registry.close();
-  // Its upload locks are released by now; without the IPC channel open the worker's event loop can end.
-  shared?.leave();
   return 0;
 }
 
@@ -207,5 +204,5 @@ main(process.argv.slice(2))
       process.exitCode = 1;
     },
   )
-  // A worker's IPC channel would keep it alive after a failed start: the primary waits for its exit.
-  .finally(() => cluster.isWorker && process.connected && process.disconnect());
+  // A worker's IPC channel would keep it alive once done (drained, or failed to start): the primary waits for it.
+  .finally(leaveCluster);

@@ -3,6 +3,7 @@
  * buckets, the login cache) and the answer to the primary's metrics requests. Called only in a cluster worker, so
  * a single process (`workers: 1`) never pays for IPC.
  */
+import cluster from 'node:cluster';
 import { ClusterLocks } from '../locks/cluster.js';
 import type { Metrics } from '../observability/metrics.js';
 import { Channel, sender } from './ipc.js';
@@ -14,26 +15,29 @@ export interface WorkerShare {
   locks: ClusterLocks;
   limiter: ClusterLimiter;
   loginCache: ClusterLoginCache;
-  /** Close the channel so that the process can exit once it has drained. */
-  leave(): void;
 }
 
-/** `onPrimaryGone` runs when the primary exits: the worker then drains and exits too. */
-export async function joinCluster(metrics: Metrics, onPrimaryGone: () => void): Promise<WorkerShare> {
+/**
+ * Should the primary die, Node ends its workers at once (exit 0 when their channel closes unasked): no worker
+ * outlives it holding the port without the shared state.
+ */
+export async function joinCluster(metrics: Metrics): Promise<WorkerShare> {
   const channel = new Channel(sender(process), { 'metrics.json': () => metrics.registry.getMetricsAsJSON() });
   process.on('message', (m) => channel.receive(m));
-  process.on('disconnect', () => {
-    channel.close();
-    onPrimaryGone();
-  });
   metrics.hostMetrics = () => channel.call<string>('metrics', null, 10_000);
   return {
     slot: Number(process.env.BERTH_WORKER) || 0,
     locks: new ClusterLocks(channel),
     limiter: new ClusterLimiter(channel),
     loginCache: await ClusterLoginCache.connect(channel),
-    leave: () => {
-      if (process.connected) process.disconnect();
-    },
   };
+}
+
+/**
+ * Close the channel so that the worker's process can end with its own exit code (a drained server: 0; a failed
+ * start: 1 or 2). Through cluster.worker, which tells the primary first: a bare process.disconnect() would make
+ * Node exit the worker with 0 at once.
+ */
+export function leaveCluster(): void {
+  if (cluster.worker && process.connected) cluster.worker.disconnect();
 }

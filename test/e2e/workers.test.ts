@@ -5,7 +5,7 @@
  */
 import { execFile } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { mkdtemp, readdir, readFile, rm } from 'node:fs/promises';
+import { mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import http from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -269,5 +269,18 @@ describe('workers: 2 on Swift', () => {
 
   it('eight PATCHes at one offset through both workers: exactly one 202 (the lock is the primary\'s)', async () => {
     await raceUntilBothWorkers(s);
+  });
+});
+
+describe('workers that cannot start', () => {
+  it('stop the primary with their exit code (2: a configuration the storage refuses), not a restart loop', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'berth-workers-bad-'));
+    try {
+      await writeFile(join(dir, 'clouds.yaml'), 'clouds: {}\n');
+      const yaml = `registry:\n  address: 127.0.0.1\n  port: 0\n  workers: 2\n  storage:\n    driver: swift\n    cloud: nowhere\n    container: c\n    clouds-file: ${join(dir, 'clouds.yaml')}\n`;
+      await expect(spawnServe(yaml, dir)).rejects.toThrow(/exited with 2: .*no cloud named "nowhere"/s);
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
   });
 });

@@ -158,10 +158,10 @@ async function serve(config: Config, log: Logger): Promise<number> {
 }
 
 /**
- * The one place where the upload lock service is chosen (docs/security-storage.md). The memcached service of
- * `locks:` comes first when configured: it serializes across hosts. Else, with workers, the primary's; but not
- * on a backend with a lock of its own (the filesystem's lock files), which already holds across workers and also
- * across processes on other hosts sharing the root, where the primary's would not.
+ * The one place where the upload lock service is chosen (docs/security-storage.md). A memcached service from
+ * `locks:` (issue 23's memcached change) goes first here: it serializes across hosts. Else, with workers, the
+ * primary's; but not on a backend with a lock of its own (the filesystem's lock files), which already holds across
+ * workers and also across processes on other hosts sharing the root, where the primary's would not.
  */
 function lockService(driver: StorageDriver, shared: WorkerShare | undefined): LockService | undefined {
   if (shared && !driver.tryLock) return shared.locks;

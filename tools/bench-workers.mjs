@@ -93,8 +93,10 @@ function spread(s, from) {
 }
 
 const servers = await Promise.all(settings.map(start));
+servers.forEach((s, i) => (s.index = i));
 const opts = { seconds: Number(args.seconds), connections: Number(args.connections) };
-const figures = Object.fromEntries(settings.map((w) => [w, { head: [], get: [], cpu: [] }]));
+// By position in --workers, so that a setting may be listed twice (1,2,1,2: how far apart are equal settings?).
+const figures = settings.map(() => ({ head: [], get: [], cpu: [] }));
 try {
   for (let r = 0; r < Number(args.rounds); r++) {
     const order = r % 2 ? [...servers].reverse() : servers;
@@ -107,21 +109,20 @@ try {
       if (head.errors || get.errors) throw new Error(`workers ${s.workers}: ${head.errors + get.errors} errors`);
       const requests = (head.rps + get.rps) * opts.seconds;
       const cpuMsPerRequest = ((cpuOf(s.child.pid) - cpu) * 1000) / requests;
-      figures[s.workers].head.push(head.rps);
-      figures[s.workers].get.push(get.rps);
-      figures[s.workers].cpu.push(cpuMsPerRequest);
+      figures[s.index].head.push(head.rps);
+      figures[s.index].get.push(get.rps);
+      figures[s.index].cpu.push(cpuMsPerRequest);
       line.push(`workers ${s.workers}: HEAD blob ${head.rps.toFixed(0)}, GET manifest ${get.rps.toFixed(0)} req/s, ${cpuMsPerRequest.toFixed(2)} CPU ms/request, per process ${spread(s, from).join('/')}`);
     }
     process.stdout.write(`round ${r + 1}: ${line.join('; ')}\n`);
   }
-  const [base, ...others] = settings;
-  for (const w of others) {
-    const ratio = (k) => median(figures[w][k].map((x, i) => x / figures[base][k][i])).toFixed(2);
-    process.stdout.write(`workers ${w} / workers ${base}, median of per-round ratios: HEAD blob ${ratio('head')}, GET manifest ${ratio('get')}\n`);
+  for (let j = 1; j < settings.length; j++) {
+    const ratio = (k) => median(figures[j][k].map((x, i) => x / figures[0][k][i])).toFixed(2);
+    process.stdout.write(`workers ${settings[j]} / workers ${settings[0]}, median of per-round ratios: HEAD blob ${ratio('head')}, GET manifest ${ratio('get')}\n`);
   }
-  for (const w of settings) {
-    process.stdout.write(`workers ${w} medians: HEAD blob ${median(figures[w].head).toFixed(0)}, GET manifest ${median(figures[w].get).toFixed(0)} req/s, ${median(figures[w].cpu).toFixed(2)} CPU ms/request\n`);
-  }
+  settings.forEach((w, j) => {
+    process.stdout.write(`workers ${w} medians: HEAD blob ${median(figures[j].head).toFixed(0)}, GET manifest ${median(figures[j].get).toFixed(0)} req/s, ${median(figures[j].cpu).toFixed(2)} CPU ms/request\n`);
+  });
 } finally {
   await Promise.all(servers.map((s) => new Promise((resolve) => (s.child.once('exit', resolve), s.child.kill('SIGTERM')))));
   await rm(work, { recursive: true, force: true });

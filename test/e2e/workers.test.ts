@@ -194,6 +194,32 @@ describe('workers: 2 on the filesystem', () => {
     expect(await metric(s.url, 'berth_worker_restarts_total')).toBe(1);
   });
 
+  it('a worker that keeps dying is started again after growing delays, each death logged', async () => {
+    const deaths = () => s.lines.filter((l) => l.msg === 'worker exited; starting another');
+    const before = deaths().length;
+    // The first victim names the slot; then, three times, the worker that replaced it there dies too.
+    let pid = (await childrenOf(s.child.pid!))[0];
+    let slot: unknown;
+    for (let i = 0; i < 4; i++) {
+      process.kill(pid, 'SIGKILL');
+      await until('the death logged', async () => deaths().length === before + i + 1, 30_000);
+      slot ??= deaths().pop()!.worker;
+      const died = pid;
+      await until('the next worker in the slot', async () => {
+        const started = s.lines.filter((l) => l.msg === 'berth listening' && l.worker === slot).pop();
+        pid = started?.pid as number;
+        return started !== undefined && pid !== died;
+      }, 30_000);
+    }
+    const logged = deaths().slice(before);
+    expect(logged.map((l) => l.worker)).toEqual([slot, slot, slot, slot]);
+    // Each lived well under 30 s: from the second death in a row on, at least 0.5 s, each wait twice the last.
+    const delays = logged.map((l) => l.restartInMs as number);
+    expect(delays[1]).toBeGreaterThanOrEqual(500);
+    expect([delays[2], delays[3]]).toEqual([2 * delays[1], 4 * delays[1]]);
+    expect((await request(`${s.url}/v2/`)).status).toBe(200);
+  });
+
   it('SIGTERM drains: a PATCH in flight finishes with 202, then the primary exits 0', async () => {
     const start = await request(`${s.url}/v2/w/drain/blobs/uploads/`, { method: 'POST' });
     const location = String(start.headers.location);

@@ -14,13 +14,17 @@ suite=bookworm
 cache=${BERTH_ROOTFS_CACHE:-/var/cache/berth-test}
 node_bin=$(readlink -f "$(command -v node)")
 
-# The Debian mirror apt uses here: the first deb822 URIs line or one-line deb entry for debian (not -security).
-mirror=$(
+# The Debian mirror apt uses here: the first deb822 URIs line or one-line deb entry for debian (not -security), or
+# $BERTH_DEBIAN_MIRROR. With neither, stop: the project names no package host of its own choosing.
+mirror=${BERTH_DEBIAN_MIRROR:-$(
   { grep -hs '^URIs:' /etc/apt/sources.list.d/*.sources | awk '{print $2}'
     grep -hs '^deb ' /etc/apt/sources.list /etc/apt/sources.list.d/*.list | awk '{print $2}'; } |
     grep -v -- '-security' | grep -m1 '/debian/\?$' || true
-)
-mirror=${mirror:-http://deb.debian.org/debian}
+)}
+if [ -z "$mirror" ]; then
+  echo "container-rootfs: the apt configuration (/etc/apt/sources.list, /etc/apt/sources.list.d/) names no Debian mirror; set BERTH_DEBIAN_MIRROR to one" >&2
+  exit 1
+fi
 
 key=$( { cat "$0"; echo "$suite $mirror"; "$node_bin" --version; stat -c %s "$node_bin"; } | sha256sum | cut -c1-16)
 tar_file="$cache/rootfs-$key.tar"

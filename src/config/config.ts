@@ -5,7 +5,8 @@
 import { DEFAULTS } from './defaults.js';
 import { validNamespace } from '../registry/paths.js';
 import { readFileSync } from 'node:fs';
-import { isIPv6 } from 'node:net';
+import { isIP, isIPv6 } from 'node:net';
+import { availableParallelism } from 'node:os';
 import { dirname, resolve } from 'node:path';
 import { substituteEnv, type Unresolved } from './env.js';
 import { loadYaml } from './yaml.js';
@@ -64,17 +65,30 @@ export interface Config {
   timeouts: Timeouts;
   /** What one upload or namespace may cost (registry.limits; docs/security-storage.md). */
   limits: UploadLimits;
+  /** Processes serving requests (`workers: N | auto`); above 1, a primary forks them (src/cluster/primary.ts). */
+  workers: number;
   /** A lock service across processes (registry.locks; docs/security-storage.md); none: the driver's lock, if any. */
   locks?: LocksConfig;
   /** Bytes a namespace may store unless its own `quota` says otherwise; undefined: no limit (docs/security-storage.md). */
   quota?: number;
   /** Seconds between a server's writes and re-reads of the usage counters quotas are enforced with. */
   quotaInterval: number;
+  /** Balancers whose word on the client address is taken, and how they give it (docs/security-network.md). */
+  trustedProxies?: TrustedProxies;
 }
 
 export interface LocksConfig {
   /** Every process must list the same servers (in any order): each lock's server is chosen by hashing over them. */
   memcached: { host: string; port: number }[];
+}
+
+export interface TrustedProxies {
+  /** Addresses and CIDR ranges (`10.0.0.5`, `10.1.0.0/16`, `fd00::/8`). */
+  addresses: string[];
+  /** Connections from them open with a PROXY protocol v2 header (HAProxy's `send-proxy-v2`); one without is closed. */
+  proxyProtocol: boolean;
+  /** Their requests carry X-Forwarded-For with the client's address appended (HAProxy's `option forwardfor`). */
+  forwardedFor: boolean;
 }
 
 export interface Timeouts {
@@ -137,7 +151,7 @@ export function parseConfig(raw: unknown, baseDir = process.cwd(), env: NodeJS.P
   if (r.shadow !== undefined) {
     throw new ConfigError('registry.shadow', "was zuul-registry's early pull-through option (never finished there); Berth does not proxy upstream registries: remove it (clients fall back to the upstream registry when the image is missing here)");
   }
-  keys(r, 'registry', ['address', 'port', 'public-url', 'tls-cert', 'tls-key', 'secret', 'users', 'storage', 'expiration', 'upload-expiry', 'namespaces', 'htpasswd', 'anonymous-pull', 'refresh-token-expiry', 'timeouts', 'limits', 'locks', 'quota', 'quota-interval']);
+  keys(r, 'registry', ['address', 'port', 'public-url', 'tls-cert', 'tls-key', 'secret', 'users', 'storage', 'expiration', 'upload-expiry', 'namespaces', 'htpasswd', 'anonymous-pull', 'refresh-token-expiry', 'timeouts', 'limits', 'locks', 'trusted-proxies', 'workers', 'quota', 'quota-interval']);
 
   // Templates often quote it ('9000').
   const port = r.port === undefined ? DEFAULTS.port : integer(typeof r.port === 'string' && /^[0-9]{1,5}$/.test(r.port) ? Number(r.port) : r.port, 'registry.port', 0, 65535);
@@ -171,6 +185,8 @@ export function parseConfig(raw: unknown, baseDir = process.cwd(), env: NodeJS.P
     locks: locks(r.locks),
     quota: r.quota === undefined || r.quota === null ? undefined : size(r.quota, 'registry.quota'),
     quotaInterval: r['quota-interval'] === undefined ? DEFAULTS.quotaInterval : integer(r['quota-interval'], 'registry.quota-interval', 1, 60),
+    trustedProxies: trustedProxies(r['trusted-proxies']),
+    workers: workers(r.workers),
   };
   if (config.users.length > 0 && !config.secret) throw new ConfigError('registry.secret', 'is required when users are configured (it signs tokens)');
   const names = config.users.map((u) => u.name);
@@ -253,6 +269,38 @@ function timeouts(value: unknown): Timeouts {
     idle: seconds('idle', DEFAULT_TIMEOUTS.idle, 3600),
     bodyIdle: seconds('body-idle', DEFAULT_TIMEOUTS.bodyIdle, 3600),
   };
+}
+
+function trustedProxies(value: unknown): TrustedProxies | undefined {
+  if (value === undefined || value === null) return undefined;
+  const where = 'registry.trusted-proxies';
+  const o = object(value, where);
+  keys(o, where, ['addresses', 'proxy-protocol', 'x-forwarded-for']);
+  if (!Array.isArray(o.addresses) || o.addresses.length === 0) throw new ConfigError(`${where}.addresses`, 'must be a non-empty list of addresses or CIDR ranges');
+  const addresses = o.addresses.map((a, i) => {
+    const key = `${where}.addresses[${i}]`;
+    const [address, prefix, extra] = string(a, key).split('/');
+    const family = isIP(address);
+    const max = family === 6 ? 128 : 32;
+    if (family === 0 || extra !== undefined || (prefix !== undefined && (!/^[0-9]{1,3}$/.test(prefix) || Number(prefix) > max))) {
+      throw new ConfigError(key, `${JSON.stringify(a)} is not an IP address or CIDR range (10.0.0.5, 10.1.0.0/16, fd00::/8)`);
+    }
+    return a as string;
+  });
+  const proxyProtocol = optionalBoolean(o['proxy-protocol'], `${where}.proxy-protocol`) ?? false;
+  const forwardedFor = optionalBoolean(o['x-forwarded-for'], `${where}.x-forwarded-for`) ?? false;
+  // Neither would trust them for nothing; guessing one would trust a header the balancer may pass through unchecked.
+  if (!proxyProtocol && !forwardedFor) throw new ConfigError(where, 'say how they pass the client address: proxy-protocol: true, x-forwarded-for: true, or both');
+  return { addresses, proxyProtocol, forwardedFor };
+}
+
+/** `auto`: one per core the process may use. More workers than cores only add context switches and memory. */
+function workers(value: unknown): number {
+  if (value === undefined || value === null) return DEFAULTS.workers;
+  if (value === 'auto') return availableParallelism();
+  const n = typeof value === 'string' && /^[0-9]{1,3}$/.test(value) ? Number(value) : value;
+  if (typeof n !== 'number' || !Number.isInteger(n) || n < 1 || n > 256) throw new ConfigError('registry.workers', 'must be auto or an integer from 1 to 256');
+  return n;
 }
 
 function limits(value: unknown): UploadLimits {

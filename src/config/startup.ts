@@ -33,8 +33,22 @@ export function checkForServe(config: Config): Warning[] {
         : 'anyone may pull from the default namespace without credentials (anonymous-pull: true)',
     });
   }
+  // zuul-registry's rule (http/auth.ts): a read-only user means nobody reads anonymously, public or not.
+  const publicNamespace = Object.entries(config.namespaces).find(([, n]) => n.public)?.[0];
+  const reader = config.users.find((u) => u.access === 'read');
+  if (publicNamespace !== undefined && reader !== undefined) {
+    warnings.push({
+      msg: 'public: true is ignored: a read-only user exists, so nobody pulls without credentials; remove the read-only user or the public flag',
+      namespace: publicNamespace,
+      user: reader.name,
+    });
+  }
   for (const u of config.users) {
     if (u.pass === '') warnings.push({ msg: 'read user with an empty password: anyone may log in as them and read the default namespace', user: u.name });
+  }
+  // Without it each process's tokens name its own address and port: the others behind the balancer refuse them.
+  if (config.trustedProxies && config.secret !== undefined && !config.publicUrl) {
+    warnings.push({ msg: 'trusted-proxies without public-url: processes behind one balancer need the same public-url (tokens carry it as their audience)' });
   }
   return warnings;
 }

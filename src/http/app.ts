@@ -8,20 +8,20 @@ import type { IncomingMessage as Request, ServerResponse as Response } from 'nod
 import { parse as parseQuery } from 'node:querystring';
 import type { Logger } from 'pino';
 import { RegistryError } from '../registry/errors.js';
-import { MEDIA_TYPES } from '../registry/manifests.js';
 import { DEFAULT_NAMESPACE, checkDigest, validName } from '../registry/paths.js';
 import type { Registry } from '../registry/registry.js';
 import { Users } from '../auth/users.js';
 import { Access, AuthFailure } from './auth.js';
 import { sendError, toErrorBody } from './errors.js';
 import { byteRange, chunkRange, contentLength, uploadRange } from './headers.js';
-import { manifest } from './manifests.js';
+import { manifest, referrers } from './manifests.js';
 import { parseRoute, queryValue, type Route } from './routes.js';
 import { otherEndpoints } from './endpoints.js';
 import { exchanges, logWhenFinished, recordPrincipal, type Exchange } from './exchange.js';
 import { inRequest } from '../observability/context.js';
 import { DigestMismatch } from '../registry/verify.js';
 import type { Metrics } from '../observability/metrics.js';
+import { ClientAddresses, recordClientAddress } from './client-address.js';
 
 export interface AppOptions {
   log: Logger;
@@ -29,6 +29,8 @@ export interface AppOptions {
   access?: Access;
   /** Prometheus metrics, served at /metrics; without them nothing is counted. */
   metrics?: Metrics;
+  /** Trusted proxies' word on the client address; without it the peer is the client. */
+  clientAddresses?: ClientAddresses;
 }
 
 /** Context of one API request. */
@@ -51,11 +53,13 @@ export function createApp(registry: Registry, opts: AppOptions): (req: Request, 
   const metrics = opts.metrics;
   const others = otherEndpoints(registry, access, opts);
   const carryRequestIds = registry.driver.namesRequests === true;
+  const clientAddresses = opts.clientAddresses ?? new ClientAddresses();
 
   return (req, res) => {
     const id = randomUUID();
     const path = targetPath(req.url ?? '/');
     const exchange: Exchange = { id, route: 'other' };
+    recordClientAddress(req, clientAddresses);
     exchanges.set(res, exchange);
     res.setHeader('X-Request-Id', id);
     logWhenFinished(req, res, exchange, path, opts.log, metrics);
@@ -186,13 +190,8 @@ async function dispatch(registry: Registry, route: Route, c: Call): Promise<void
       if (more) c.res.setHeader('Link', nextLink(`/v2/${route.name}/tags/list`, page.n!, tags[tags.length - 1]));
       return sendJson(c, 200, { name: route.name, tags });
     }
-    case 'referrers': {
-      if (method !== 'GET') throw notAllowed();
-      const artifactType = queryValue(c.query, 'artifactType');
-      const manifests = await registry.manifests.referrers(c.ns, route.name, route.digest, artifactType);
-      if (artifactType !== undefined) c.res.setHeader('OCI-Filters-Applied', 'artifactType');
-      return sendJson(c, 200, { schemaVersion: 2, mediaType: MEDIA_TYPES.ociIndex, manifests }, MEDIA_TYPES.ociIndex);
-    }
+    case 'referrers':
+      return referrers(registry, c, route.name, route.digest);
   }
 }
 

@@ -15,6 +15,7 @@ import type { Logger } from 'pino';
 import { grants, type AccessEntry, type TokenClaims, type TokenIssuer } from '../auth/tokens.js';
 import { LoginRefused, type Identity, type Users } from '../auth/users.js';
 import { validName } from '../registry/paths.js';
+import { clientAddressOf } from './client-address.js';
 import { sendError } from './errors.js';
 import type { Route } from './routes.js';
 
@@ -116,7 +117,7 @@ export class Access {
     req.socket.once('close', abort);
     let identity: Identity | null;
     try {
-      identity = await this.o.users.check(user, password, { address: req.socket.remoteAddress, requestId, signal: gone.signal });
+      identity = await this.o.users.check(user, password, { address: clientAddressOf(req), requestId, signal: gone.signal });
     } catch (err) {
       if (err instanceof LoginRefused) throw new AuthFailure(429, err.message, undefined, false, err.retryAfter);
       throw err;
@@ -163,7 +164,9 @@ export class Access {
       return;
     }
     if (route.kind === 'catalog') {
-      const ok = p.kind === 'token' ? grants(p.claims, 'registry', 'catalog', '*') : this.can(p, 'pull', '');
+      // Credentials always: anonymous readers pull by name; listing every repository helps only an enumerator.
+      // The token endpoint grants anonymous clients no catalog scope either (grant below).
+      const ok = p.kind === 'token' ? grants(p.claims, 'registry', 'catalog', '*') : p.kind === 'user';
       if (!ok) throw this.refuse(p, 'registry:catalog:*');
       return;
     }

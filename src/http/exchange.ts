@@ -4,6 +4,7 @@ import type { Socket } from 'node:net';
 import type { Logger } from 'pino';
 import type { Metrics } from '../observability/metrics.js';
 import type { Principal } from './auth.js';
+import { clientAddressOf } from './client-address.js';
 
 export interface Exchange {
   id: string;
@@ -38,7 +39,7 @@ export function logWhenFinished(req: Request, res: Response, exchange: Exchange,
   res.on('finish', () => {
     const seconds = Number(process.hrtime.bigint() - started) / 1e9;
     const { id, user, ns } = exchange;
-    log.info({ req: id, method: req.method, path, status: res.statusCode, ms: Math.round(seconds * 1e4) / 10, user, ns }, 'request');
+    log.info({ req: id, client: clientAddressOf(req), method: req.method, path, status: res.statusCode, ms: Math.round(seconds * 1e4) / 10, user, ns }, 'request');
     if (metrics) {
       metrics.requests.inc({ route: exchange.route, method: req.method, status: res.statusCode });
       metrics.requestSeconds.observe({ route: exchange.route, method: req.method }, seconds);

@@ -8,6 +8,8 @@ import tls from 'node:tls';
 import type { Logger } from 'pino';
 import type { Timeouts } from '../config/config.js';
 import { answerClientErrors } from './client-errors.js';
+import type { ClientAddresses } from './client-address.js';
+import { acceptProxyProtocol } from './proxy-protocol.js';
 
 /**
  * TLS 1.2 only with forward secrecy and authenticated encryption (Node's defaults also offer static-RSA and CBC
@@ -27,6 +29,8 @@ export interface ServerOptions {
   tls?: { cert: Buffer; key: Buffer };
   timeouts: Timeouts;
   log: Logger;
+  /** Trusted proxies; those that send PROXY v2 headers have them read before HTTP or TLS (proxy-protocol.ts). */
+  clientAddresses?: ClientAddresses;
 }
 
 export function createServer(listener: RequestListener, opts: ServerOptions): http.Server {
@@ -53,6 +57,8 @@ export function createServer(listener: RequestListener, opts: ServerOptions): ht
       )
     : http.createServer(common, listener);
   answerClientErrors(server);
+  const proxies = opts.clientAddresses;
+  if (proxies?.trust?.proxyProtocol) acceptProxyProtocol(server, { trusted: (a) => proxies.trusted(a), timeoutMs: t.headers * 1000, log: opts.log });
   watchBodies(server, t.bodyIdle * 1000, opts.log);
   return server;
 }

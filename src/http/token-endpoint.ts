@@ -23,7 +23,13 @@ interface TokenRequest {
 /** Mount GET and POST /auth/token on `app`. */
 export function tokenRoutes(app: express.Express, access: Access, log: Logger): void {
   const answer = (req: IncomingMessage, res: ServerResponse, parse: () => TokenRequest | string) => {
-    const parsed = parse();
+    let parsed: TokenRequest | string;
+    try {
+      parsed = parse();
+    } catch (err) {
+      if (!(err instanceof Repeated)) throw err;
+      parsed = err.message;
+    }
     if (typeof parsed === 'string') return sendError(res, { status: 400, code: 'UNSUPPORTED', message: parsed });
     respond(access, req, res, parsed, requestIdOf(res)).catch((err) => {
       log.error({ req: requestIdOf(res), err }, 'token request failed');
@@ -31,7 +37,10 @@ export function tokenRoutes(app: express.Express, access: Access, log: Logger): 
     });
   };
   app.get('/auth/token', (req, res) =>
-    answer(req, res, () => ({ grant: { kind: 'header' }, scopes: scopesOf(req.query.scope), service: first(req.query.service), offline: first(req.query.offline_token) === 'true' })),
+    answer(req, res, () => {
+      const query = req.query as Record<string, unknown>;
+      return { grant: { kind: 'header' }, scopes: scopesOf(query.scope), service: single(query, 'service'), offline: single(query, 'offline_token') === 'true' };
+    }),
   );
   // A small form: scopes for a few repositories, never megabytes.
   const form = express.urlencoded({ extended: false, limit: '16kb', parameterLimit: 64 });
@@ -44,7 +53,7 @@ export function tokenRoutes(app: express.Express, access: Access, log: Logger): 
 
 function fromForm(body: Record<string, unknown> | undefined): TokenRequest | string {
   if (!body) return 'POST /auth/token takes an application/x-www-form-urlencoded form';
-  const field = (name: string) => first(body[name]);
+  const field = (name: string) => single(body, name);
   const common = { scopes: scopesOf(body.scope), service: field('service'), offline: field('access_type') === 'offline' };
   const grantType = field('grant_type');
   if (grantType === 'password') {
@@ -116,8 +125,13 @@ function refuse(res: ServerResponse, message: string, scopes: string[]): void {
   sendError(res, { status: 401, code: 'UNAUTHORIZED', message, detail: { scope: scopes.join(' ') } });
 }
 
-function first(value: unknown): string | undefined {
-  const v = Array.isArray(value) ? value[0] : value;
+/** A parameter given more than once where one value is meant: which one wins is refused, not guessed. */
+class Repeated extends Error {}
+
+/** The one value of a parameter that is not a list (all but scope): a repeat is refused (400). */
+function single(params: Record<string, unknown>, name: string): string | undefined {
+  const v = params[name];
+  if (Array.isArray(v)) throw new Repeated(`parameter ${name} given more than once`);
   return typeof v === 'string' ? v : undefined;
 }
 

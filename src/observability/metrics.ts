@@ -2,8 +2,12 @@
  * Prometheus metrics (prom-client), one registry per process. Names follow Prometheus conventions: base units,
  * `_total` counters, `_seconds` histograms. Labels are bounded sets (route kinds, methods, statuses, operations),
  * never repository names or digests.
+ *
+ * With `workers: N`, a scrape answered by any worker returns the host's metrics: the worker asks the cluster
+ * primary, which gathers every worker's registry and merges them (aggregate() below; docs/metrics.md says how
+ * each metric is merged).
  */
-import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import { AggregatorRegistry, Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import type { StorageDriver } from '../storage/driver.js';
 import type { Quotas } from '../registry/quota.js';
 import { readUsage } from '../registry/usage.js';
@@ -11,8 +15,19 @@ import { readUsage } from '../registry/usage.js';
 /** A namespace's stored figure is read again at most this often, however often /metrics is scraped. */
 const USAGE_TTL_MS = 60_000;
 
+/** One registry's metrics as data: what a worker sends the primary. */
+export type MetricsJson = Awaited<ReturnType<Registry['getMetricsAsJSON']>>;
+
+/**
+ * Merged with a `worker` label (the worker's slot, 1..N, kept by its replacement) rather than summed: how much
+ * memory one worker holds and how late its event loop runs say which worker is in trouble; sum() gives the host.
+ */
+export const PER_WORKER = new Set(['berth_process_resident_memory_bytes', 'berth_nodejs_heap_size_used_bytes', 'berth_nodejs_eventloop_lag_p99_seconds']);
+
 export class Metrics {
   readonly registry = new Registry();
+  /** Where a clustered worker's scrape gets the host's text from (src/cluster/worker.ts sets it). */
+  hostMetrics?: () => Promise<string>;
   readonly requests = new Counter({
     name: 'berth_http_requests_total',
     help: 'HTTP requests answered, by route kind, method and status',
@@ -81,6 +96,8 @@ export class Metrics {
       help: 'Bytes of the distinct blobs of a namespace as the last prune (or berth usage --fresh) counted them',
       labelNames: ['namespace'] as const,
       registers,
+      // Every worker reads the same figures: merged as one, not summed (docs/metrics.md).
+      aggregator: 'max',
       async collect() {
         await Promise.all(
           namespaces.map(async (ns) => {
@@ -101,6 +118,8 @@ export class Metrics {
       help: 'Bytes a namespace may store (registry.quota, namespaces.NAME.quota)',
       labelNames: ['namespace'] as const,
       registers,
+      // Every worker reads the same figures: merged as one, not summed (docs/metrics.md).
+      aggregator: 'max',
       collect() {
         for (const ns of limited) this.set({ namespace: ns }, quotas.limit(ns)!);
       },
@@ -110,10 +129,34 @@ export class Metrics {
       help: 'Bytes a namespace uses as this process enforces its quota: the last figure, commits since, and open uploads',
       labelNames: ['namespace'] as const,
       registers,
+      // Every worker reads the same figures: merged as one, not summed (docs/metrics.md).
+      aggregator: 'max',
       async collect() {
         // A namespace whose storage cannot be read now is left out of this scrape rather than failing it.
         await Promise.all(limited.map((ns) => quotas.usage(ns).then((bytes) => this.set({ namespace: ns }, bytes), () => {})));
       },
     });
   }
+
+  /** What /metrics answers: this process's metrics, or the host's when clustered. */
+  render(): Promise<string> {
+    return this.hostMetrics ? this.hostMetrics() : this.registry.metrics();
+  }
+
+  get contentType(): string {
+    return this.registry.contentType;
+  }
+}
+
+/**
+ * One registry from every worker's: counters and histograms summed (prom-client's default, bucket by bucket),
+ * `berth_uploads_in_progress` summed (the host's uploads), PER_WORKER gauges kept apart by a `worker` label, and
+ * prom-client's process metrics by the aggregator each declares (memory and CPU summed, event loop lag averaged,
+ * start time omitted, version the first's).
+ */
+export function aggregate(workers: { slot: number; metrics: MetricsJson }[]): Registry {
+  const labelled = workers.map(({ slot, metrics }) =>
+    metrics.map((m) => (PER_WORKER.has(m.name) ? { ...m, values: m.values.map((v) => ({ ...v, labels: { ...v.labels, worker: String(slot) } })) } : m)),
+  );
+  return AggregatorRegistry.aggregate(labelled);
 }

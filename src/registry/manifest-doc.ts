@@ -3,6 +3,7 @@
  * this is in memory and comes before any storage read or write, so a refused manifest costs no I/O.
  */
 import { RegistryError } from './errors.js';
+import { jsonDepth } from './json-scan.js';
 import { validDigest } from './paths.js';
 
 export const MEDIA_TYPES = {
@@ -24,6 +25,23 @@ const EMPTY_CONFIG = 'application/vnd.oci.empty.v1+json';
  * one layer per cached step. 1,000 leaves room for all of them.
  */
 export const MAX_DESCRIPTORS = 1000;
+
+/**
+ * The deepest bracket nesting a manifest may have, checked by a byte scan before JSON.parse (json-scan.ts). Real
+ * manifests nest 4 to 6 deep (index, manifests, descriptor, platform or annotations); 64 is far above any of them.
+ */
+export const MAX_JSON_DEPTH = 64;
+
+/**
+ * The most bytes a manifest's own `annotations` may take, serialized as JSON. They are copied into the revision
+ * (read by every HEAD) and, for a manifest with a `subject`, into the referrers list, so they are bounded where they
+ * enter. Signers and attestations put a few hundred bytes there (notation's thumbprints, cosign's and BuildKit's
+ * created/ref names); 16 KiB leaves room for all of them, and bounds one referrers entry to about 17 KiB.
+ */
+export const MAX_ANNOTATIONS_BYTES = 16 * 1024;
+
+/** RFC 6838 names have at most 127 characters each side of the '/'; an artifactType is copied like annotations. */
+const MAX_MEDIA_TYPE_LENGTH = 255;
 
 export interface Descriptor {
   mediaType: string;
@@ -66,11 +84,11 @@ export function parseManifest(body: Buffer, contentType?: string): ManifestDoc {
     const layers = descriptors(doc.layers, 'layers', MAX_DESCRIPTORS - 1).filter((l) => !isForeignLayer(l));
     blobs = [config, ...layers];
     if (mediaType === MEDIA_TYPES.ociManifest) {
-      meta.artifactType = optionalString(doc.artifactType, 'artifactType') ?? (config.mediaType === EMPTY_CONFIG ? undefined : config.mediaType);
+      meta.artifactType = mediaTypeString(doc.artifactType, 'artifactType') ?? (config.mediaType === EMPTY_CONFIG ? undefined : config.mediaType);
     }
   } else {
     children = descriptors(doc.manifests, 'manifests', MAX_DESCRIPTORS);
-    meta.artifactType = optionalString(doc.artifactType, 'artifactType');
+    meta.artifactType = mediaTypeString(doc.artifactType, 'artifactType');
   }
   if (doc.subject !== undefined) {
     if (mediaType !== MEDIA_TYPES.ociManifest && mediaType !== MEDIA_TYPES.ociIndex) {
@@ -78,9 +96,20 @@ export function parseManifest(body: Buffer, contentType?: string): ManifestDoc {
     }
     meta.subject = descriptor(doc.subject, 'subject').digest;
   }
-  if (doc.annotations !== undefined) meta.annotations = annotations(doc.annotations, 'annotations');
+  if (doc.annotations !== undefined) {
+    meta.annotations = annotations(doc.annotations, 'annotations');
+    const bytes = Buffer.byteLength(JSON.stringify(meta.annotations));
+    if (bytes > MAX_ANNOTATIONS_BYTES) {
+      throw invalid(`a manifest's annotations may take at most ${MAX_ANNOTATIONS_BYTES} bytes of JSON`, { bytes, limit: MAX_ANNOTATIONS_BYTES });
+    }
+  }
   if (meta.artifactType === undefined) delete meta.artifactType;
   return { meta, blobs, children };
+}
+
+/** The refusal of a manifest nested past MAX_JSON_DEPTH (also given by the HTTP layer as the body arrives). */
+export function nestedTooDeep(): RegistryError {
+  return invalid(`a manifest may nest at most ${MAX_JSON_DEPTH} levels deep`, { limit: MAX_JSON_DEPTH });
 }
 
 function invalid(message: string, detail?: unknown): RegistryError {
@@ -88,6 +117,8 @@ function invalid(message: string, detail?: unknown): RegistryError {
 }
 
 function parseJson(body: Buffer): Json {
+  // Before the parse: its cost must not depend on how the brackets are arranged.
+  if (jsonDepth(body, MAX_JSON_DEPTH) > MAX_JSON_DEPTH) throw nestedTooDeep();
   let doc: unknown;
   try {
     doc = JSON.parse(body.toString('utf8'));
@@ -121,12 +152,12 @@ function resolveMediaType(doc: Json, contentType?: string): string {
 function descriptor(value: unknown, where: string): Descriptor {
   const d = value as Json | null;
   if (!d || typeof d !== 'object' || Array.isArray(d)) throw invalid(`${where} must be a descriptor`);
-  if (typeof d.mediaType !== 'string' || !/^[\w.+-]+\/[\w.+-]+$/.test(d.mediaType)) throw invalid(`${where}.mediaType is invalid`);
+  if (typeof d.mediaType !== 'string' || d.mediaType.length > MAX_MEDIA_TYPE_LENGTH || !/^[\w.+-]+\/[\w.+-]+$/.test(d.mediaType)) throw invalid(`${where}.mediaType is invalid`);
   if (typeof d.digest !== 'string' || !validDigest(d.digest)) throw invalid(`${where}.digest is invalid`, { digest: d.digest });
   if (typeof d.size !== 'number' || !Number.isSafeInteger(d.size) || d.size < 0) throw invalid(`${where}.size is invalid`);
   if (d.urls !== undefined && (!Array.isArray(d.urls) || d.urls.some((u) => typeof u !== 'string'))) throw invalid(`${where}.urls is invalid`);
   if (d.annotations !== undefined) annotations(d.annotations, `${where}.annotations`);
-  optionalString(d.artifactType, `${where}.artifactType`);
+  mediaTypeString(d.artifactType, `${where}.artifactType`);
   return d as unknown as Descriptor;
 }
 
@@ -143,6 +174,13 @@ function optionalString(value: unknown, where: string): string | undefined {
   if (value === undefined) return undefined;
   if (typeof value !== 'string') throw invalid(`${where} must be a string`);
   return value;
+}
+
+/** An artifactType: a string no longer than a media type can be (its shape is the client's business). */
+function mediaTypeString(value: unknown, where: string): string | undefined {
+  const s = optionalString(value, where);
+  if (s !== undefined && s.length > MAX_MEDIA_TYPE_LENGTH) throw invalid(`${where} is longer than ${MAX_MEDIA_TYPE_LENGTH} characters`, { limit: MAX_MEDIA_TYPE_LENGTH });
+  return s;
 }
 
 function annotations(value: unknown, where: string): Record<string, string> {

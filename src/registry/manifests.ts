@@ -7,12 +7,12 @@ import { PathNotFound, type StorageDriver } from '../storage/driver.js';
 import type { BlobLinks, Blobs } from './blobs.js';
 import { forEachLimited } from '../util/concurrency.js';
 import { RegistryError, manifestUnknown, nameUnknown } from './errors.js';
-import { type Descriptor, type RevisionMeta, parseManifest } from './manifest-doc.js';
+import { MAX_ANNOTATIONS_BYTES, type Descriptor, type RevisionMeta, parseManifest } from './manifest-doc.js';
 import { checkDigest, checkTag, digestAlgorithm, paths, validDigest, validTag } from './paths.js';
 import { DigestMismatch } from './verify.js';
 import type { Quotas } from './quota.js';
 
-export { MAX_DESCRIPTORS, MEDIA_TYPES, type Descriptor, type RevisionMeta } from './manifest-doc.js';
+export { MAX_ANNOTATIONS_BYTES, MAX_DESCRIPTORS, MAX_JSON_DEPTH, MEDIA_TYPES, nestedTooDeep, type Descriptor, type RevisionMeta } from './manifest-doc.js';
 
 /** Distribution's limit, and what the OCI spec suggests as the least a registry should accept. */
 export const MAX_MANIFEST_SIZE = 4 * 1024 * 1024;
@@ -23,6 +23,16 @@ export const MAX_MANIFEST_SIZE = 4 * 1024 * 1024;
 export const MAX_TAG_PARAMETERS = 64;
 /** Storage requests in flight for one manifest PUT's descriptors: enough to hide latency, too few to crowd others. */
 const DESCRIPTOR_CONCURRENCY = 8;
+
+/**
+ * A referrers page: at most this many entries, and this many stored bytes (the response is about as long). Typical
+ * entries (a signature, an SBOM) take 300 to 500 bytes, so 100 of them fit well under the byte bound; entries with
+ * annotations near MAX_ANNOTATIONS_BYTES come about 15 to a page.
+ */
+export const REFERRERS_PAGE_ENTRIES = 100;
+export const REFERRERS_PAGE_BYTES = 256 * 1024;
+/** The largest entry a PUT can store: annotations at their bound plus the descriptor's other fields. */
+const MAX_REFERRER_ENTRY_BYTES = MAX_ANNOTATIONS_BYTES + 1024;
 
 /** Memory for verified manifest bytes: a few thousand typical manifests (2-10 KB each). */
 const MANIFEST_CACHE_BYTES = 16 * 1024 * 1024;
@@ -66,6 +76,13 @@ export class ByteBoundedLru {
 
 export interface StoredManifest extends RevisionMeta {
   digest: string;
+}
+
+export interface ReferrersPage {
+  /** Read from storage one at a time, as they are consumed. */
+  entries: AsyncIterable<Descriptor>;
+  /** The `last` of the next page, when there is one. */
+  next?: string;
 }
 
 export class Manifests {
@@ -212,17 +229,43 @@ export class Manifests {
     return { tags, more };
   }
 
-  /** Descriptors of the manifests whose subject is `subject`, optionally only those of one artifactType. */
-  async referrers(ns: string, repo: string, subject: string, artifactType?: string): Promise<Descriptor[]> {
+  /**
+   * One page of the descriptors of the manifests whose subject is `subject`, after the referrer `last`. A page covers
+   * a window of the stored entries, at most REFERRERS_PAGE_ENTRIES of them and REFERRERS_PAGE_BYTES of stored
+   * bytes, planned from the listing alone so that `next` (the window's last digest, when entries remain) is known
+   * before any entry is read; the entries are then read one at a time as the caller consumes them, and those of
+   * another artifactType skipped (so a filtered page may hold fewer, even none, and still have a next one).
+   */
+  async referrersPage(ns: string, repo: string, subject: string, opts: { artifactType?: string; last?: string } = {}): Promise<ReferrersPage> {
     checkDigest(subject);
-    const result: Descriptor[] = [];
-    for await (const o of this.driver.list(paths.referrers(ns, repo, subject))) {
-      const raw = await this.readOptional(o.path);
-      if (raw === null) continue;
-      const d = JSON.parse(raw) as Descriptor;
-      if (artifactType === undefined || d.artifactType === artifactType) result.push(d);
+    if (opts.last !== undefined) checkDigest(opts.last);
+    const dir = paths.referrers(ns, repo, subject);
+    const window: string[] = [];
+    let bytes = 0;
+    let next: string | undefined;
+    for await (const o of this.driver.list(dir)) {
+      const digest = o.path.slice(dir.length + 1);
+      if (opts.last !== undefined && digest <= opts.last) continue;
+      // Written before annotations were bounded: reading it would cost what the bound is there to prevent.
+      if (o.size > MAX_REFERRER_ENTRY_BYTES || !validDigest(digest)) continue;
+      if (window.length >= REFERRERS_PAGE_ENTRIES || (window.length > 0 && bytes + o.size > REFERRERS_PAGE_BYTES)) {
+        next = window[window.length - 1];
+        break;
+      }
+      window.push(digest);
+      bytes += o.size;
     }
-    return result;
+    return { entries: this.readReferrers(ns, repo, subject, window, opts.artifactType), next };
+  }
+
+  private async *readReferrers(ns: string, repo: string, subject: string, digests: string[], artifactType?: string): AsyncGenerator<Descriptor> {
+    for (const d of digests) {
+      // Deleted since the listing: that referrer is simply gone.
+      const raw = await this.readOptional(paths.referrer(ns, repo, subject, d));
+      if (raw === null) continue;
+      const entry = JSON.parse(raw) as Descriptor;
+      if (artifactType === undefined || entry.artifactType === artifactType) yield entry;
+    }
   }
 
   async repositoryExists(ns: string, repo: string): Promise<boolean> {

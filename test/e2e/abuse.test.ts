@@ -43,7 +43,7 @@ describe('tools/abuse.mjs', () => {
   it('at small scale, every attack holds against a server with short timeouts', async () => {
     const args = ['tools/abuse.mjs', '--url', plain.url, '--tls-url', `https://127.0.0.1:${secure.port}`, '--user', 'mallory', '--scale', 'small'];
     args.push('--handshake', '2', '--headers', '2', '--body-idle', '2', '--root', join(dir, 'plain'));
-    const { stdout } = await run(process.execPath, args, { env: { ...process.env, BERTH_ABUSE_PASSWORD: 'mallory-pw' }, timeout: 300_000 }).catch((err: { stdout?: string; message: string }) => {
+    const { stdout } = await run(process.execPath, args, { env: { ...process.env, BERTH_ABUSE_PASSWORD: 'mallory-pw', BERTH_ABUSE_PROBE_USER: 'victim', BERTH_ABUSE_PROBE_PASSWORD: 'victim-pw' }, timeout: 300_000 }).catch((err: { stdout?: string; message: string }) => {
       throw new Error(`abuse runner failed: ${err.stdout ?? ''}${err.message}`);
     });
     const lines = stdout.trim().split('\n');
@@ -51,5 +51,7 @@ describe('tools/abuse.mjs', () => {
     expect(lines.some((l) => l.startsWith('50 idle plain connections -> held'))).toBe(true);
     expect(lines.some((l) => l.startsWith('50 half-open TLS connections -> held'))).toBe(true);
     expect(lines.some((l) => /^5 stalled PATCH \+ 5 stalled manifest PUT bodies -> held/.test(l))).toBe(true);
-  });
+    expect(lines.some((l) => /^2 parallel authorized referrers GETs of 20 annotated referrers -> held/.test(l))).toBe(true);
+    expect(lines.some((l) => l.startsWith('2 clients PUT 4 MiB nested-bracket manifests -> held'))).toBe(true);
+  }, 240_000);
 });

@@ -253,6 +253,24 @@ describe('anonymous reads of the public namespace', () => {
     const payload = JSON.parse(Buffer.from(((await t.json()) as { token: string }).token.split('.')[1], 'base64url').toString());
     expect(payload.access).toEqual([{ type: 'repository', name: 'lib/base', actions: ['pull'] }]);
   });
+
+  it('the catalog needs credentials on both paths: anonymous GET /v2/_catalog gets 401, an anonymous token carries no catalog scope', async () => {
+    const direct = await fetch(`${p.url}/v2/_catalog`);
+    expect(direct.status).toBe(401);
+    expect(direct.headers.get('www-authenticate')).toContain('scope="registry:catalog:*"');
+    const t = await fetch(`${p.url}/auth/token?service=berth&scope=registry:catalog:*`);
+    expect(t.status).toBe(200);
+    const token = ((await t.json()) as { token: string }).token;
+    expect(JSON.parse(Buffer.from(token.split('.')[1], 'base64url').toString()).access).toEqual([]);
+    const withToken = await fetch(`${p.url}/v2/_catalog`, { headers: { Authorization: `Bearer ${token}` } });
+    expect(withToken.status).toBe(401);
+    expect(withToken.headers.get('www-authenticate')).toContain('error="insufficient_scope"');
+    // The user of the namespace lists it, with Basic credentials or a token.
+    expect(await (await fetch(`${p.url}/v2/_catalog`, { headers: basic('w', 'pw') })).json()).toEqual({ repositories: ['lib/base'] });
+    const userToken = await fetch(`${p.url}/auth/token?service=berth&scope=registry:catalog:*`, { headers: basic('w', 'pw') });
+    const bearer = { Authorization: `Bearer ${((await userToken.json()) as { token: string }).token}` };
+    expect((await fetch(`${p.url}/v2/_catalog`, { headers: bearer })).status).toBe(200);
+  });
 });
 
 describe("zuul-registry's access rule: who may pull without credentials", () => {
@@ -300,6 +318,9 @@ describe("zuul-registry's access rule: who may pull without credentials", () => 
       expect((await fetch(`${s.url}/v2/library/busybox/blobs/uploads/`, { method: 'POST' })).status).toBe(401);
       // docker's first request: the challenge sends it to the token endpoint.
       expect((await fetch(`${s.url}/v2/`)).status).toBe(401);
+      // Reads by name only: the catalog needs credentials here too.
+      expect((await fetch(`${s.url}/v2/_catalog`)).status).toBe(401);
+      expect((await fetch(`${s.url}/v2/_catalog`, { headers: basic('zuul', 'zuul-pw') })).status).toBe(200);
     });
 
     it("a pull-only token request gets a read token whatever it carries (none, wrong, another registry's), without any password check", async () => {

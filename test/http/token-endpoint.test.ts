@@ -115,6 +115,26 @@ describe('POST /auth/token (OAuth2 form)', () => {
     }
   });
 
+  it('a parameter meant once (service, offline_token, a form field) given twice is refused with 400 naming it, even when both values would do', async () => {
+    const get = (query: string) => fetch(`${s.url}/auth/token?${query}`, { headers: basic('ci', 'ci-pw') });
+    const form = (body: string) => fetch(`${s.url}/auth/token`, { method: 'POST', headers: { 'Content-Type': 'application/x-www-form-urlencoded' }, body });
+    const cases: [Promise<Response>, string][] = [
+      [get('service=berth&service=elsewhere&scope=repository:app:pull'), 'service'],
+      [get('service=berth&service=berth'), 'service'],
+      [get('offline_token=true&offline_token=false'), 'offline_token'],
+      [form('grant_type=password&username=ci&password=ci-pw&service=berth&service=other'), 'service'],
+      [form('grant_type=password&username=ci&username=reader&password=ci-pw'), 'username'],
+    ];
+    for (const [pending, name] of cases) {
+      const res = await pending;
+      expect(res.status, name).toBe(400);
+      expect(((await res.json()) as ErrorBody).errors[0], name).toEqual({ code: 'UNSUPPORTED', message: `parameter ${name} given more than once` });
+    }
+    // Scope is a list: repeating it is how clients ask for several.
+    const several = await get('service=berth&scope=repository:app:pull&scope=repository:other:pull');
+    expect(several.status).toBe(200);
+  });
+
   it('an anonymous push-scope request gets a 401 with detail, which docker treats as final (no 50 s of retries)', async () => {
     const res = await fetch(`${s.url}/auth/token?service=berth&scope=repository:app:pull,push`);
     expect(res.status).toBe(401);

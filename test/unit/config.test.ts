@@ -1,5 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import yaml from 'js-yaml';
+import { availableParallelism } from 'node:os';
 import { loadConfig, parseConfig } from '../../src/config/config.js';
 import { readFileSync, readdirSync } from 'node:fs';
 import { CONTAINER_CONFIG, EXAMPLE_SECRETS, checkForServe, locateConfig, tokenAudience } from '../../src/config/startup.js';
@@ -59,6 +60,15 @@ describe('config', () => {
     expect(() => parse(`registry:\n${storage}  namespaces:\n    t: {quota: -1}\n`)).toThrow(/^registry\.namespaces\.t\.quota: must be an integer/);
     expect(() => parse(`registry:\n${storage}  namespaces:\n    t: {quota: 0}\n`)).toThrow(/^registry\.namespaces\.t\.quota/);
     expect(() => parse(`registry:\n${storage}  quota-interval: 0\n`)).toThrow(/^registry\.quota-interval/);
+  });
+
+  it('workers: 1 by default; a number (quoted too) or auto (one per core); anything else names the key', () => {
+    const storage = '  storage: {driver: filesystem, root: data}\n';
+    expect(parse(`registry:\n${storage}`).workers).toBe(1);
+    expect(parse(`registry:\n${storage}  workers: 3\n`).workers).toBe(3);
+    expect(parse(`registry:\n${storage}  workers: '2'\n`).workers).toBe(2);
+    expect(parse(`registry:\n${storage}  workers: auto\n`).workers).toBe(availableParallelism());
+    for (const bad of ['0', '-1', '1.5', 'many', '300']) expect(() => parse(`registry:\n${storage}  workers: ${bad}\n`)).toThrow('registry.workers: must be auto or an integer from 1 to 256');
   });
 
   it('storage.commit: move or link on Swift; link refused where joins copy (the filesystem), anything else named', () => {
@@ -169,6 +179,14 @@ describe('config', () => {
       expect(checkForServe(c)).toEqual([{ msg: expect.stringContaining('empty password'), user: 'anonymous' }]);
       expect(() => parse(`registry:\n  secret: s3cret\n  users:\n    - {name: zuul, pass: '', access: write}\n${FS}`)).toThrow(/^registry\.users\[0\]\.pass: an empty password is refused for a write user/);
       expect(() => parse(`registry:\n  secret: s3cret\n  users:\n    - {name: r, pass: '', access: read, namespace: team}\n${FS}`)).toThrow(/^registry\.users\[0\]\.pass: .*namespace/);
+    });
+
+    it('public: true beside a read-only user is said at start-up to be ignored (nobody pulls without credentials then)', () => {
+      const users = `  users:\n    - {name: w, pass: pw, access: write, namespace: pub}\n`;
+      const pub = `  namespaces:\n    pub: {public: true}\n`;
+      const withReader = parse(`registry:\n  secret: ${GOOD}\n${users}    - {name: r, pass: pw, access: read, namespace: pub}\n${pub}${FS}`);
+      expect(checkForServe(withReader)).toEqual([{ msg: expect.stringMatching(/^public: true is ignored: a read-only user exists/), namespace: 'pub', user: 'r' }]);
+      expect(checkForServe(parse(`registry:\n  secret: ${GOOD}\n${users}${pub}${FS}`))).toEqual([]);
     });
 
     it('shadow: is refused saying what it was; other unknown keys (xstorage) stay errors naming their path', () => {

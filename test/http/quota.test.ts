@@ -7,6 +7,8 @@ import http from 'node:http';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { MemoryDriver } from '../../src/storage/memory.js';
 import type { StorageDriver } from '../../src/storage/driver.js';
+import { Metrics } from '../../src/observability/metrics.js';
+import { Pruner } from '../../src/registry/prune.js';
 import { pushBlob, pushImage, sha256, startServer, type TestServer } from '../helpers/server.js';
 import { dropContainer, freshContainer, swiftDriver } from '../helpers/swift.js';
 
@@ -175,5 +177,21 @@ describe.each(BACKENDS)('quotas on $name', (backend) => {
     expect((await fetch(`${server.url}${location}`, { method: 'DELETE' })).status).toBe(204);
     // With the open upload gone, there is room again.
     expect(await pushBlob(server.url, 'app', one)).toBe(sha256(one));
+  });
+  it('/metrics shows the stored figure, the quota and the usage it is enforced against, per configured namespace', async () => {
+    await new Pruner(driver).prune('_local', { uploadExpiry: 3600, log: { debug() {}, info() {}, warn() {} } });
+    const metrics = new Metrics();
+    metrics.watchUsage(['_local', 'other-tenant'], driver, server.registry.quotas);
+    const before = await server.registry.quotas!.usage('_local');
+    const text = await metrics.render();
+    const after = await server.registry.quotas!.usage('_local');
+    const stored = /berth_namespace_stored_bytes\{namespace="_local"\} ([0-9]+)/.exec(text);
+    expect(Number(stored![1])).toBeGreaterThan(20_000);
+    expect(text).toContain(`berth_namespace_quota_bytes{namespace="_local"} ${QUOTA}`);
+    // The gauge reads the same view as refusals do (refreshed at most every 300 ms here: before or after the render).
+    const gauge = Number(/berth_namespace_usage_bytes\{namespace="_local"\} ([0-9]+)/.exec(text)![1]);
+    expect([before, after]).toContain(gauge);
+    // A namespace without a figure yet has no stored series; the label set is the configured namespaces.
+    expect(text).not.toMatch(/berth_namespace_stored_bytes\{namespace="other-tenant"\}/);
   });
 });

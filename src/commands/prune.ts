@@ -65,6 +65,7 @@ export function formatReport(r: PruneReport, dryRun: boolean, ms: number): strin
     row('tags', r.tags) +
     row('blobs', r.blobs) +
     row('bytes', r.bytes) +
+    (r.usage ? `  ${'stored'.padEnd(10)}${r.usage.bytes} bytes in ${r.usage.blobs} blobs, ${r.usage.manifests} manifests, ${r.usage.tags} tags\n` : '') +
     (r.failures > 0 ? `  ${r.failures} deletions failed (see the log)\n` : '')
   );
 }

@@ -136,8 +136,11 @@ async function oneRound(servers, client, round) {
       const extra = randomBytes(pick([50_000, MiB]));
       const late = slowPatch(b, location, offset, extra);
       await sleep(between(0, 300));
+      // A DELETE through the other process sometimes goes just before the PUT, sometimes just after it.
+      const cancelFirst = rand() < 0.15;
+      const early = cancelFirst ? status(b, 'DELETE', location) : null;
       const put = status(a, 'PUT', `${location}?digest=${digest}`);
-      const cancel = rand() < 0.3 ? status(b, 'DELETE', location) : null;
+      const cancel = early ?? (rand() < 0.2 ? status(b, 'DELETE', location) : null);
       await sleep(between(0, 200));
       late.finish();
       ok = (await put).status === 201;

@@ -161,14 +161,18 @@ async function removeUnread(run: UploadPruneRun, id: string, blobs: string[], ob
 
 /**
  * Cancel's and abandon's clearing of a sealed directory (uploads.ts), by prune's judgement: the blobs are those its
- * listed claims name and `blobs` (the seal's digest, read directly: a listing may not show a claim yet).
+ * listed claims name and what `blobs` answers (the seal's digest, read directly: a listing may not show a claim yet).
  */
-export async function clearUnread(driver: StorageDriver, ns: string, id: string, blobs: string[], keepSeal: boolean): Promise<void> {
+export async function clearUnread(driver: StorageDriver, ns: string, id: string, blobs: () => Promise<string[] | null>, keepSeal: boolean): Promise<boolean> {
   const objects: ObjectInfo[] = [];
   for await (const o of driver.list(paths.upload(ns, id))) objects.push(o);
+  // Asked after the listing, just before anything goes: null stops the clearing.
+  const named = await blobs();
+  if (named === null) return false;
   const claimed = objects.filter(isClaim).map((o) => uploadOwnerOf(parseUploadPath(ns, o.path)!.rest)!);
-  const read = await readBy(driver, ns, [...new Set([...blobs, ...claimed])]);
+  const read = await readBy(driver, ns, [...new Set([...named, ...claimed])]);
   for (const o of await unread(driver, objects, read, keepSeal)) await driver.delete(o.path);
+  return true;
 }
 
 /**

@@ -186,8 +186,11 @@ export class Uploads {
       await this.openRecord(ns, repo, id);
       const ours: Seal = { sealed: new Date().toISOString() };
       if ((await this.records.createSeal(ns, id, ours)) !== ours) throw uploadUnknown(id);
-      await this.clear(ns, id);
+      // Swift's create-only is not atomic: a commit's seal created at the same moment may have replaced ours. The
+      // seal is read again just before anything goes, and such a commit keeps the directory (the record is not its).
+      const stillOurs = await this.clear(ns, id, (seal) => seal?.sealed === ours.sealed && seal.digest === undefined);
       this.open.finished(ns);
+      if (!stillOurs) throw uploadUnknown(id);
     });
   }
 
@@ -243,9 +246,17 @@ export class Uploads {
    * A sealed directory cleared by cancel or abandon: whatever no blob reads from goes (prune's judgement, by the
    * claims listed and the seal's digest read directly); the seal stays as in `remove`.
    */
-  private async clear(ns: string, id: string): Promise<void> {
+  private async clear(ns: string, id: string, proceed: (seal: Seal | null) => boolean = () => true): Promise<boolean> {
     await this.driver.delete(paths.uploadRecord(ns, id));
-    const seal = await this.records.seal(ns, id);
-    await clearUnread(this.driver, ns, id, seal?.digest ? [seal.digest] : [], !this.driver.tryLock);
+    return clearUnread(
+      this.driver,
+      ns,
+      id,
+      async () => {
+        const seal = await this.records.seal(ns, id);
+        return proceed(seal) ? (seal?.digest ? [seal.digest] : []) : null;
+      },
+      !this.driver.tryLock,
+    );
   }
 }

@@ -5,8 +5,11 @@
  * the single source of truth and is written only after the chunk it describes is stored, so any server process
  * can take the next chunk: it reads the record, resumes SHA-256 from the saved state, and appends.
  *
- *   start ──▶ [record: 0 chunks] ──append──▶ [record: n chunks, state after n] ──commit──▶ [committing] ──▶ blob
- *                   └──────────────cancel / expiry (prune)──────────────┘
+ *   start ──▶ [record: 0 chunks] ──append──▶ [record: n chunks, state after n] ──commit──▶ [sealed: digest] ──▶ blob
+ *                   └──────cancel──▶ [sealed: cancelled]    expiry (prune) of either ─┘
+ *
+ * The seal (uploads/<uuid>/sealed, create-only, read beside the record by every request) ends the upload for good:
+ * only the retry of its commit goes on, from the record the seal holds (docs/security-storage.md).
  */
 import { createHash, randomUUID } from 'node:crypto';
 import type { Readable } from 'node:stream';

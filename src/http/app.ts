@@ -231,6 +231,9 @@ async function getBlob(registry: Registry, c: Call, name: string, digest: string
   } catch (err) {
     if (err instanceof DigestMismatch) {
       c.log.error({ req: c.requestId, blob: digest, ns: c.ns, actual: err.actual }, 'stored blob does not match its digest; response aborted (run berth fsck)');
+    } else if ((err as NodeJS.ErrnoException).code !== 'ERR_STREAM_PREMATURE_CLOSE') {
+      // Not the client going away (the response closing first): storage failed mid-stream.
+      c.log.error({ req: c.requestId, blob: digest, ns: c.ns, err }, 'blob read failed mid-stream; response aborted');
     }
     // The client went away, storage failed, or the bytes were wrong: the response is cut short, never completed.
     res.destroy();
@@ -255,7 +258,7 @@ async function startUpload(registry: Registry, c: Call, name: string): Promise<v
         registry.uploads.commit(c.ns, name, id, digest, c.req, { length: contentLength(c.req.headers['content-length']), signal: c.signal }),
       );
     } catch (err) {
-      await registry.uploads.cancel(c.ns, name, id).catch(() => {});
+      await registry.uploads.abandon(c.ns, name, id).catch(() => {});
       throw err;
     }
     return blobCreated(c, name, digest);

@@ -33,7 +33,8 @@ export function html(strings: TemplateStringsArray, ...values: Value[]): Html {
 
 /** A URL path under the page's prefix, each segment percent-encoded (repository names keep their slashes). */
 export function href(...segments: string[]): string {
-  return '/ui/' + segments.map((s) => s.split('/').map(encodeURIComponent).join('/')).join('/');
+  // ':' stays as it is (digests read better, and it is allowed in a path segment).
+  return '/ui/' + segments.map((s) => s.split('/').map((p) => encodeURIComponent(p).replace(/%3A/g, ':')).join('/')).join('/');
 }
 
 /** Bytes as people read them (binary units, one decimal), with the exact count kept for a title attribute. */
@@ -63,6 +64,7 @@ export function layout(title: string, body: Html, opts: { who?: string; signOut?
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>${title} · Berth</title>
 <link rel="stylesheet" href="/ui/style.css">
+<link rel="icon" href="/ui/icon.svg">
 </head>
 <body>
 <header><a class="brand" href="/ui/">Berth</a>${opts.who ? html`<span class="who">${opts.who}</span>` : ''}${opts.signOut ? html`<a href="/ui/signout">Sign out</a>` : ''}</header>
@@ -73,6 +75,9 @@ ${body}
 </html>
 `.text;
 }
+
+/** The tab's icon, same-origin (the CSP allows no data: URL): a dark blue square. */
+export const ICON = '<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 16 16"><rect width="16" height="16" rx="3" fill="#1f3a5f"/></svg>';
 
 export const STYLE = `
 body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",sans-serif;margin:0;color:#1d232a;background:#f6f7f9}

@@ -20,7 +20,7 @@ import type { Registry } from '../registry/registry.js';
 import { type Access, AuthFailure, type Principal } from '../http/auth.js';
 import { type Exchange, recordPrincipal } from '../http/exchange.js';
 import type { Route } from '../http/routes.js';
-import { type Html, STYLE, layout } from './html.js';
+import { type Html, ICON, STYLE, layout } from './html.js';
 import { ImageReader, TAGS_PER_PAGE } from './images.js';
 import { Sessions, sessionCookie, setCookie } from './session.js';
 import { type PullTarget, errorPage, imagePage, repositoriesPage, signInPage, tagsPage } from './views.js';
@@ -154,7 +154,7 @@ export function webPages(registry: Registry, access: Access, opts: WebOptions, l
       res.setHeader('Allow', rest === 'signin' ? 'GET, HEAD, POST' : 'GET, HEAD');
       return send(res, 405, 'Method not allowed', errorPage('Method not allowed', 'This page is read-only.'));
     }
-    if (rest === 'style.css') return sendStyle(res, method === 'HEAD');
+    if (Object.hasOwn(STATIC, rest)) return sendStatic(res, STATIC[rest], method === 'HEAD');
     if (rest === 'signin') return send(res, 200, 'Sign in', signInPage({ anonymous: access.anonymousNamespace !== undefined }));
     if (rest === 'signout') {
       res.setHeader('Set-Cookie', setCookie(undefined, secureCookie));
@@ -222,6 +222,9 @@ async function readForm(req: IncomingMessage): Promise<URLSearchParams | null> {
 
 function send(res: ServerResponse, status: number, title: string, body: Html, chrome: { who?: string; signOut?: boolean } = {}): void {
   const text = Buffer.from(layout(title, body, chrome));
+  // With no-referrer, browsers send "Origin: null" on the form's POST, which the Origin check must refuse; the
+  // page holding the form has no link elsewhere, so same-origin gives nothing away.
+  if (text.includes(FORM_MARK)) res.setHeader('Referrer-Policy', 'same-origin');
   res.statusCode = status;
   res.setHeader('Content-Type', 'text/html; charset=utf-8');
   res.setHeader('Content-Length', text.length);
@@ -239,11 +242,16 @@ function redirect(res: ServerResponse, location: string): void {
   res.end();
 }
 
-const STYLE_BYTES = Buffer.from(STYLE);
-function sendStyle(res: ServerResponse, head: boolean): void {
+const FORM_MARK = '<form method="post" action="/ui/signin">';
+const STATIC: Record<string, { type: string; bytes: Buffer }> = {
+  'style.css': { type: 'text/css; charset=utf-8', bytes: Buffer.from(STYLE) },
+  'icon.svg': { type: 'image/svg+xml', bytes: Buffer.from(ICON) },
+};
+
+function sendStatic(res: ServerResponse, file: { type: string; bytes: Buffer }, head: boolean): void {
   res.statusCode = 200;
-  res.setHeader('Content-Type', 'text/css; charset=utf-8');
+  res.setHeader('Content-Type', file.type);
   res.setHeader('Cache-Control', 'max-age=3600');
-  res.setHeader('Content-Length', STYLE_BYTES.length);
-  res.end(head ? undefined : STYLE_BYTES);
+  res.setHeader('Content-Length', file.bytes.length);
+  res.end(head ? undefined : file.bytes);
 }

@@ -56,7 +56,7 @@ function tagRow(repo: string, r: TagRow, expiration: number | undefined, now: Da
   return html`<tr data-tag="${r.tag}" data-digest="${m?.digest}" data-size="${m?.size}">
 <td><a href="${href('repo', repo, '-', 'manifest', r.tag)}">${r.tag}</a></td>
 <td class="digest" title="${m?.mediaType}">${m ? short(m.digest) : html`<span class="muted">unreadable</span>`}</td>
-<td>${m?.platforms ? platformList(m) : m?.artifactType ? html`<span class="muted">${m.artifactType}</span>` : ''}</td>
+<td>${m?.platforms ? platformList(m) : artifact(m?.artifactType) ? html`<span class="muted">${m!.artifactType}</span>` : ''}</td>
 <td class="num">${m?.size === undefined ? '' : html`<span title="${m.size} bytes">${formatBytes(m.size)}</span>`}</td>
 <td>${formatTime(r.pushed)}</td>
 <td>${expires === undefined ? html`<span class="muted">never</span>` : expires <= now ? 'at the next prune' : formatTime(expires)}</td>
@@ -92,7 +92,7 @@ export function imagePage(opts: { ns: string; repo: string; reference: string; i
 <table id="manifest">
 <tr><th>Digest</th><td class="digest" id="manifest-digest">${image.digest}</td></tr>
 <tr><th>Media type</th><td><code>${image.mediaType}</code></td></tr>
-${image.artifactType ? html`<tr><th>Artifact type</th><td><code>${image.artifactType}</code></td></tr>` : ''}
+${artifact(image.artifactType) ? html`<tr><th>Artifact type</th><td><code>${image.artifactType}</code></td></tr>` : ''}
 <tr><th>Size</th><td id="image-size" data-size="${image.size}">${image.size === undefined ? 'unknown' : html`${formatBytes(image.size)} <span class="muted">(${image.size} bytes${index ? ', the distinct blobs of every platform' : ', config and layers'})</span>`}</td></tr>
 ${image.subject ? html`<tr><th>Subject</th><td class="digest"><a href="${href('repo', repo, '-', 'manifest', image.subject)}">${image.subject}</a></td></tr>` : ''}
 ${Object.entries(image.annotations ?? {}).map(([k, v]) => html`<tr class="annotation"><th>${k}</th><td>${v}</td></tr>`)}
@@ -126,7 +126,7 @@ function layersTables(image: ImageDetail): Html {
   return html`<h2>Config</h2>
 ${
   c
-    ? html`<table id="config"><tr><th>Digest</th><td class="digest" data-digest="${c.digest}">${c.digest}</td></tr><tr><th>Media type</th><td><code>${c.mediaType}</code></td></tr><tr><th>Size</th><td class="num">${c.size} bytes</td></tr>
+    ? html`<table id="config"><tr><th>Digest</th><td class="digest" data-digest="${c.digest}">${c.digest}</td></tr><tr><th>Media type</th><td><code>${c.mediaType}</code></td></tr><tr><th>Size</th><td>${c.size} bytes</td></tr>
 ${Object.entries(image.configSummary ?? {}).map(([k, v]) => html`<tr><th>${k}</th><td><code>${v}</code></td></tr>`)}</table>`
     : ''
 }
@@ -149,6 +149,11 @@ function pullCommands(t: PullTarget, repo: string, reference: string, digest: st
   if (byTag.startsWith(':')) lines.push(`docker pull ${t.host}/${repo}@${digest}`);
   return html`<div id="pull">${lines.map((l) => html`<code class="cmd">${l}</code>`)}</div>
 ${t.insecure ? html`<p class="muted">This registry is served over plain HTTP: docker needs it listed under <code>insecure-registries</code>.</p>` : ''}`;
+}
+
+/** An artifact's type; the core gives an ordinary image its config's type, which says nothing here. */
+function artifact(type: string | undefined): string | undefined {
+  return type === 'application/vnd.oci.image.config.v1+json' ? undefined : type;
 }
 
 function short(digest: string): string {

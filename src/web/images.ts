@@ -1,23 +1,31 @@
 /**
  * What the pages show, read through the registry core: repositories, tags with their sizes and ages, and one
- * image's layers, config and referrers. Storage requests are bounded by what a page shows: one listing, then per
- * distinct manifest on the page its tag, revision and (once, then from the core's verified-bytes cache) its bytes,
- * and per platform of an index its revision and bytes (at most MAX_PLATFORMS_READ). A few at a time.
+ * image's layers, config and referrers.
+ *
+ * The tags page is the one that could cost much (a request per tag and per platform on Swift), so it remembers
+ * what cannot change: a manifest's summary by digest (content-addressed: computed once from bytes checked against
+ * the digest), and the digest a tag held as of its listing's modification time (a tag rewritten gets a new one,
+ * from whichever process). A render is then one listing, plus a read of each tag pushed since the last render and
+ * of each manifest never summarized (an index's platforms included, at most MAX_PLATFORMS_READ each). A few at a
+ * time. docs/web.md has the figures.
  */
 import { createHash } from 'node:crypto';
+import { PathNotFound } from '../storage/driver.js';
 import type { Registry } from '../registry/registry.js';
 import type { Descriptor } from '../registry/manifest-doc.js';
 import { MEDIA_TYPES } from '../registry/manifest-doc.js';
-import { digestAlgorithm, parseRepoPath, paths, validTag } from '../registry/paths.js';
+import { digestAlgorithm, parseRepoPath, paths, validDigest, validTag } from '../registry/paths.js';
 import { forEachLimited } from '../util/concurrency.js';
 
 /** Storage requests in flight for one page: enough to hide Swift's latency, too few to crowd pushes and pulls. */
-const PAGE_CONCURRENCY = 12;
+const PAGE_CONCURRENCY = 16;
 /** An index's platforms whose manifests are read for their sizes; a larger index shows the rest without one. */
 export const MAX_PLATFORMS_READ = 32;
 /** Configs larger than this are described, not read (real ones are a few KB). */
 const MAX_CONFIG_READ = 256 * 1024;
 export const TAGS_PER_PAGE = 50;
+/** Entries of each cache (a summary or a tag is a few hundred bytes: some MB at most). */
+const CACHE_ENTRIES = 20_000;
 
 export interface RepositoryRow {
   name: string;
@@ -63,6 +71,9 @@ type Doc = { config?: Descriptor; layers?: Descriptor[]; manifests?: Descriptor[
 const isIndex = (mediaType: string) => mediaType === MEDIA_TYPES.ociIndex || mediaType === MEDIA_TYPES.dockerList;
 
 export class ImageReader {
+  private readonly summaries = new Lru<ManifestSummary>(CACHE_ENTRIES);
+  private readonly tagDigests = new Lru<{ modified: number; digest: string }>(CACHE_ENTRIES);
+
   constructor(private readonly registry: Registry) {}
 
   /** The namespace's repositories with counts, from one walk of its repository tree (what the catalog walks). */
@@ -91,22 +102,75 @@ export class ImageReader {
     return tags.sort((a, b) => b.pushed.getTime() - a.pushed.getTime() || (a.tag < b.tag ? -1 : 1));
   }
 
-  /** Summaries of the manifests the given tags name; one read of each distinct manifest and platform. */
+  /** Summaries of the manifests the given tags name (a tag deleted meanwhile, or unreadable, has none). */
   async summarize(ns: string, repo: string, tags: { tag: string; pushed: Date }[]): Promise<TagRow[]> {
-    const memo = new Memo(this.registry, ns, repo);
+    const reads = new Map<string, Promise<ManifestSummary>>();
     const rows: TagRow[] = tags.map((t) => ({ ...t }));
     await forEachLimited(rows, PAGE_CONCURRENCY, async (row) => {
-      row.manifest = await memo.summary(row.tag).catch(() => undefined);
+      const digest = await this.tagDigest(ns, repo, row.tag, row.pushed.getTime()).catch(() => undefined);
+      if (digest === undefined) return;
+      let summary = reads.get(digest);
+      if (!summary) reads.set(digest, (summary = this.summary(ns, digest)));
+      row.manifest = await summary.catch(() => undefined);
     });
     return rows;
   }
 
-  /** One manifest by tag or digest: MANIFEST_UNKNOWN (a RegistryError) when there is none. */
+  private async tagDigest(ns: string, repo: string, tag: string, modified: number): Promise<string | undefined> {
+    const key = `${ns}/${repo}:${tag}`;
+    const known = this.tagDigests.get(key);
+    if (known && known.modified === modified) return known.digest;
+    const digest = (await this.registry.driver.read(paths.tag(ns, repo, tag))).toString('utf8').trim();
+    if (!validDigest(digest)) return undefined;
+    this.tagDigests.set(key, { modified, digest });
+    return digest;
+  }
+
+  private async summary(ns: string, digest: string): Promise<ManifestSummary> {
+    const key = `${ns}/${digest}`;
+    const known = this.summaries.get(key);
+    if (known) return known;
+    const m = await this.verified(ns, digest);
+    const summary = await this.summarize1(ns, digest, m.mediaType, m.doc, m.artifactType);
+    if (summary.size !== undefined) this.summaries.set(key, summary);
+    return summary;
+  }
+
+  /** A manifest's document from the namespace's blobs, only if its bytes hash to `digest`. */
+  private async verified(ns: string, digest: string): Promise<{ mediaType: string; artifactType?: string; doc: Doc }> {
+    const body = await this.registry.blobs.readSmall(ns, digest);
+    const algorithm = digestAlgorithm(digest);
+    if (`${algorithm}:${createHash(algorithm).update(body).digest('hex')}` !== digest) throw new PathNotFound(digest);
+    const doc = JSON.parse(body.toString('utf8')) as Doc & { mediaType?: string; artifactType?: string };
+    const mediaType = doc.mediaType ?? (Array.isArray(doc.manifests) ? MEDIA_TYPES.ociIndex : MEDIA_TYPES.ociManifest);
+    const artifactType = typeof doc.artifactType === 'string' ? doc.artifactType : undefined;
+    return { mediaType, artifactType, doc };
+  }
+
+  /** An image's size, or an index's platforms each with theirs and the total of their distinct blobs. */
+  private async summarize1(ns: string, digest: string, mediaType: string, doc: Doc, artifactType?: string): Promise<ManifestSummary> {
+    if (!isIndex(mediaType)) return { digest, mediaType, artifactType, size: imageSize(doc) };
+    const platforms: Platform[] = (doc.manifests ?? []).map((d) => ({ label: platformLabel(d), descriptor: d }));
+    const blobs = new Map<string, number>();
+    let complete = platforms.length <= MAX_PLATFORMS_READ;
+    await forEachLimited(platforms.slice(0, MAX_PLATFORMS_READ), PAGE_CONCURRENCY, async (p) => {
+      const child = await this.verified(ns, p.descriptor.digest).catch(() => undefined);
+      if (!child || isIndex(child.mediaType)) {
+        complete = false;
+        return;
+      }
+      p.size = imageSize(child.doc);
+      for (const b of [child.doc.config, ...(child.doc.layers ?? [])]) if (b) blobs.set(b.digest, b.size);
+    });
+    const size = complete ? [...blobs.values()].reduce((a, b) => a + b, 0) : undefined;
+    return { digest, mediaType, artifactType, size, platforms };
+  }
+
+  /** One manifest by tag or digest, through the API's own read: MANIFEST_UNKNOWN (a RegistryError) when there is none. */
   async image(ns: string, repo: string, reference: string): Promise<ImageDetail> {
-    const memo = new Memo(this.registry, ns, repo);
     const m = await this.registry.manifests.get(ns, repo, reference);
     const doc = JSON.parse(m.body.toString('utf8')) as Doc;
-    const [summary, referrers] = await Promise.all([memo.summarize(m.digest, m.mediaType, doc, m.artifactType), this.registry.manifests.referrers(ns, repo, m.digest)]);
+    const [summary, referrers] = await Promise.all([this.summarize1(ns, m.digest, m.mediaType, doc, m.artifactType), this.registry.manifests.referrers(ns, repo, m.digest)]);
     const detail: ImageDetail = { ...summary, manifestSize: m.body.length, annotations: m.annotations, subject: m.subject, referrers };
     if (!isIndex(m.mediaType)) {
       detail.config = doc.config;
@@ -149,51 +213,22 @@ export class ImageReader {
   }
 }
 
-/** One page's reads, each manifest read once however many tags or indexes name it. */
-class Memo {
-  private readonly manifests = new Map<string, Promise<{ digest: string; mediaType: string; artifactType?: string; doc: Doc }>>();
-
-  constructor(
-    private readonly registry: Registry,
-    private readonly ns: string,
-    private readonly repo: string,
-  ) {}
-
-  private manifest(reference: string) {
-    let p = this.manifests.get(reference);
-    if (!p) {
-      p = this.registry.manifests.get(this.ns, this.repo, reference).then((m) => ({
-        digest: m.digest,
-        mediaType: m.mediaType,
-        artifactType: m.artifactType,
-        doc: JSON.parse(m.body.toString('utf8')) as Doc,
-      }));
-      this.manifests.set(reference, p);
+/** A map that forgets its least recently used entries past `limit`. */
+class Lru<V> {
+  private readonly entries = new Map<string, V>();
+  constructor(private readonly limit: number) {}
+  get(key: string): V | undefined {
+    const v = this.entries.get(key);
+    if (v !== undefined) {
+      this.entries.delete(key);
+      this.entries.set(key, v);
     }
-    return p;
+    return v;
   }
-
-  async summary(reference: string): Promise<ManifestSummary> {
-    const m = await this.manifest(reference);
-    return this.summarize(m.digest, m.mediaType, m.doc, m.artifactType);
-  }
-
-  async summarize(digest: string, mediaType: string, doc: Doc, artifactType?: string): Promise<ManifestSummary> {
-    if (!isIndex(mediaType)) return { digest, mediaType, artifactType, size: imageSize(doc) };
-    const platforms: Platform[] = (doc.manifests ?? []).map((d) => ({ label: platformLabel(d), descriptor: d }));
-    const blobs = new Map<string, number>();
-    let complete = true;
-    await forEachLimited(platforms.slice(0, MAX_PLATFORMS_READ), PAGE_CONCURRENCY, async (p) => {
-      const child = await this.manifest(p.descriptor.digest).catch(() => undefined);
-      if (!child || isIndex(child.mediaType)) {
-        complete = false;
-        return;
-      }
-      p.size = imageSize(child.doc);
-      for (const b of [child.doc.config, ...(child.doc.layers ?? [])]) if (b) blobs.set(b.digest, b.size);
-    });
-    const size = complete && platforms.length <= MAX_PLATFORMS_READ ? [...blobs.values()].reduce((a, b) => a + b, 0) : undefined;
-    return { digest, mediaType, artifactType, size, platforms };
+  set(key: string, value: V): void {
+    this.entries.delete(key);
+    this.entries.set(key, value);
+    if (this.entries.size > this.limit) this.entries.delete(this.entries.keys().next().value!);
   }
 }
 

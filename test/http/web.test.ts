@@ -171,6 +171,16 @@ describe('web page', () => {
     expect(Math.abs(stamp[0] - Date.now())).toBeLessThan(600_000);
   });
 
+  it("a tag pushed again shows its new manifest (what the page remembers is keyed by the tag's write time)", async () => {
+    const a = basic('alice', 'alice-pw');
+    const first = await pushImage(s.url, 'moving', 'latest', [randomBytes(10)], {}, a);
+    expect(await (await page(s.url, '/ui/repo/moving', alice)).text()).toContain(`data-digest="${first.digest}"`);
+    const second = await pushImage(s.url, 'moving', 'latest', [randomBytes(20)], {}, a);
+    const html = await (await page(s.url, '/ui/repo/moving', alice)).text();
+    expect(html).toContain(`data-digest="${second.digest}"`);
+    expect(html).not.toContain(first.digest);
+  });
+
   it('values from manifests are shown escaped, never as markup', async () => {
     const html = await (await page(s.url, `/ui/repo/app/web/-/manifest/v1`, alice)).text();
     expect(html).not.toContain(XSS);

@@ -131,6 +131,10 @@ describe('web page', () => {
     expect((await signIn(s.url, 'alice', 'alice-pw', { Origin: 'http://evil.example' })).status).toBe(403);
     expect((await signIn(s.url, 'alice', 'alice-pw', { Origin: 'null' })).status).toBe(403);
     expect((await signIn(s.url, 'alice', 'alice-pw', { Origin: s.url, 'Sec-Fetch-Site': 'cross-site' })).status).toBe(403);
+    const huge = await fetch(`${s.url}/ui/signin`, { method: 'POST', headers: { Origin: s.url, 'Content-Type': 'application/x-www-form-urlencoded' }, body: `username=alice&password=${'x'.repeat(5000)}` });
+    expect(huge.status).toBe(400);
+    const json = await fetch(`${s.url}/ui/signin`, { method: 'POST', headers: { Origin: s.url, 'Content-Type': 'application/json' }, body: '{"username":"alice","password":"alice-pw"}' });
+    expect(json.status).toBe(400);
     const wrong = await signIn(s.url, 'alice', 'nope');
     expect(wrong.status).toBe(401);
     expect(wrong.headers.get('set-cookie')).toBeNull();

@@ -11,7 +11,7 @@ export interface PullTarget {
 
 export function signInPage(opts: { error?: string; user?: string; anonymous: boolean }): Html {
   return html`<h1>Sign in</h1>
-<p class="muted">Use the user name and password (or token) you give <code>docker login</code>.</p>
+<p class="muted">Use the user name and password you give <code>docker login</code>.</p>
 ${opts.error ? html`<p class="error" role="alert">${opts.error}</p>` : ''}
 <form method="post" action="/ui/signin">
 <label for="username">User name</label><input type="text" id="username" name="username" autocomplete="username" required value="${opts.user ?? ''}">

@@ -16,7 +16,7 @@ import { DEFAULT_NAMESPACE } from '../../src/registry/paths.js';
 import { Registry } from '../../src/registry/registry.js';
 import { FilesystemDriver } from '../../src/storage/filesystem.js';
 import { parsePage, type WebOptions } from '../../src/web/pages.js';
-import { setCookie } from '../../src/web/session.js';
+import { Sessions, setCookie } from '../../src/web/session.js';
 import { basic, pushImage, sha256 } from '../helpers/server.js';
 
 const SECRET = 'web-test-secret-0123456789abcdef0123456789';
@@ -266,5 +266,24 @@ describe('web sign-in and access', () => {
     } finally {
       await s.close();
     }
+  });
+});
+
+describe('web sessions', () => {
+  const entry = JSON.stringify(['u', 'pw', 'read', 'team-a']);
+
+  it('are bound to the user entry, expire, and are neither another deployment\'s nor API tokens', async () => {
+    const sessions = new Sessions(SECRET, 'berth');
+    const token = await sessions.issue('u', entry);
+    expect(await sessions.verify(token, () => entry)).toBe('u');
+    for (const other of [['u', 'pw2', 'read', 'team-a'], ['u', 'pw', 'write', 'team-a'], ['u', 'pw', 'read', 'team-b']]) {
+      expect(await sessions.verify(token, () => JSON.stringify(other)), JSON.stringify(other)).toBeNull();
+    }
+    expect(await sessions.verify(token, () => undefined)).toBeNull();
+    const old = await sessions.issue('u', entry, Date.now() - 1801_000);
+    expect(await sessions.verify(old, () => entry)).toBeNull();
+    expect(await new Sessions(SECRET, 'another-audience').verify(token, () => entry)).toBeNull();
+    expect(await new Sessions(`${SECRET}x`, 'berth').verify(token, () => entry)).toBeNull();
+    expect(await new TokenIssuer(SECRET, 'berth').verify(token)).toBeNull();
   });
 });

@@ -138,7 +138,8 @@ async function serve(config: Config, log: Logger): Promise<number> {
   });
   metrics.watchUsage(configuredNamespaces(config), registry.driver, registry.quotas);
   const clientAddresses = new ClientAddresses(config.trustedProxies);
-  const app = createApp(registry, { log, access, metrics, clientAddresses });
+  const web = { secret: config.secret, audience: tokenAudience(config), publicUrl: config.publicUrl, tls: Boolean(tls), expirationOf: (ns: string) => config.namespaces[ns]?.expiration ?? config.expiration };
+  const app = createApp(registry, { log, access, metrics, clientAddresses, web });
   const server = createServer(app, { tls, timeouts: config.timeouts, log, clientAddresses });
   // Signals are taken before the port opens: a SIGTERM right after start-up still shuts down cleanly.
   const stopped = new Promise<void>((resolve) => {

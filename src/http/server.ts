@@ -8,6 +8,7 @@ import tls from 'node:tls';
 import type { Logger } from 'pino';
 import type { Timeouts } from '../config/config.js';
 import { answerClientErrors } from './client-errors.js';
+import { watchSends } from './send-idle.js';
 
 /**
  * TLS 1.2 only with forward secrecy and authenticated encryption (Node's defaults also offer static-RSA and CBC
@@ -54,6 +55,7 @@ export function createServer(listener: RequestListener, opts: ServerOptions): ht
     : http.createServer(common, listener);
   answerClientErrors(server);
   watchBodies(server, t.bodyIdle * 1000, opts.log);
+  watchSends(server, t.sendIdle * 1000, opts.log);
   return server;
 }
 

@@ -22,7 +22,7 @@ import type { StorageDriver } from '../../src/storage/driver.js';
 import { FilesystemDriver } from '../../src/storage/filesystem.js';
 import { overriding, sha256 } from '../helpers/server.js';
 
-const TIMEOUTS: Timeouts = { handshake: 1, headers: 1, idle: 1, bodyIdle: 1 };
+const TIMEOUTS: Timeouts = { handshake: 1, headers: 1, idle: 1, bodyIdle: 1, sendIdle: 1 };
 const log = pino({ level: process.env.BERTH_TEST_LOG ?? 'silent' });
 
 let dir: string;

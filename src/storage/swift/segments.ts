@@ -6,7 +6,7 @@
 import { PassThrough, type Readable } from 'node:stream';
 import { finished } from 'node:stream/promises';
 import type { Response } from 'node-fetch';
-import { ChecksumMismatch, PathNotFound, SizeMismatch } from '../driver.js';
+import { ChecksumMismatch, PathNotFound, READ_CHUNK, SizeMismatch } from '../driver.js';
 import { failure, unquote, type IdleWatch, type SwiftClient } from './client.js';
 import type { SloEntry } from './reads.js';
 
@@ -25,7 +25,7 @@ interface Opened {
  * request in flight and the one opened ahead.
  */
 export function segmentStream(client: SwiftClient, segments: SloEntry[], aheadBytes = READ_AHEAD_BYTES): Readable {
-  const out = new PassThrough({ highWaterMark: 1 << 20 });
+  const out = new PassThrough({ highWaterMark: READ_CHUNK });
   // An opened-ahead response nobody reads would be dropped by our own stall watch or by Swift: give it up well before.
   const aheadIdleMs = Math.min(client.timeoutMs, SWIFT_CLIENT_TIMEOUT_MS) / 2;
   let current: IdleWatch | undefined;

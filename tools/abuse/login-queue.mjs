@@ -2,7 +2,8 @@
 // concurrent bad logins for ctx.user (full: 128 × 10, small: 16 × 4), while a client from another /24 (127.0.6.1)
 // asks for its first token with the right password. Held when that login answers 200 within 2 s. Also timed: one
 // check with a fresh wrong password from a third /24 (never cached, so it always waits its turn in the queue), and
-// the same check on the idle server before the flood (what one check costs here).
+// the same check on the idle server before the flood (what one check costs here). At small scale (CI, where users
+// usually have plain passwords and the machine is busy) the bound is 10 s: it checks the client is let in at all.
 //
 // Point it at a server whose ctx.user has a costly bcrypt password (cost 12, as the issue measured) that was not
 // used in the last 5 minutes: a cached right password answers at once and measures nothing (the detail says so).
@@ -11,7 +12,6 @@ import http from 'node:http';
 import https from 'node:https';
 import { performance } from 'node:perf_hooks';
 
-const LIMIT_MS = 2000;
 
 /** One GET /auth/token with Basic credentials; resolves with status and milliseconds (0: the socket failed). */
 function token(base, user, password, agent) {
@@ -34,6 +34,7 @@ export async function run(ctx) {
   const addresses = full ? 128 : 16;
   const concurrency = full ? 10 : 4;
   const floodSeconds = full ? 20 : 5;
+  const limitMs = full ? 2000 : 10_000;
   const base = new URL(ctx.tlsUrl ?? ctx.url);
   if (!/^127\./.test(base.hostname)) throw new Error('needs a loopback URL (the attackers bind 127.0.5.x)');
   const Agent = base.protocol === 'https:' ? https.Agent : http.Agent;
@@ -85,12 +86,12 @@ export async function run(ctx) {
 
   const ms = (x) => `${Math.round(x)} ms`;
   const refusedLater = later.filter((r) => r.status !== 200).length;
-  const held = legit.status === 200 && legit.ms <= LIMIT_MS && refusedLater === 0;
+  const held = legit.status === 200 && legit.ms <= limitMs && refusedLater === 0;
   return {
     attack: `login queue: ${addresses} addresses of 127.0.5.0/24 × ${concurrency} concurrent bad logins for "${ctx.user}"; a client from 127.0.6.1 logs in`,
     held,
     detail:
-      `first token ${legit.status} in ${ms(legit.ms)} (limit ${LIMIT_MS} ms)${legit.ms < 20 ? ' (a cache hit: restart the server to measure a first check)' : ''}; ` +
+      `first token ${legit.status} in ${ms(legit.ms)} (limit ${limitMs} ms)${legit.ms < 20 ? ' (a cache hit: restart the server to measure a first check)' : ''}; ` +
       `a fresh wrong password from 127.0.7.1 answered ${clean.status} in ${ms(clean.ms)} during the flood, ${idle.status} in ${ms(idle.ms)} idle; ` +
       `${later.length} later logins, ${refusedLater} refused; attackers' answers ${JSON.stringify(statuses)}`,
   };

@@ -9,7 +9,7 @@
 //          [--all-at-once [--rss-limit 500]]   (run the selected modules concurrently while polling /readyz and RSS)
 //
 // Every module in tools/abuse/*.mjs exports `async function run(ctx)` returning `{ attack, held, detail }` (or an
-// array of them). ctx: { url, tlsUrl, user, password, scale, log, timeouts, root, request, pidOf, fds, watchFds, basic }. Each module
+// array of them). ctx: { url, tlsUrl, user, password, scale, log, timeouts, root, maxBlobMib, request, pidOf, fds, watchFds, basic }. Each module
 // is bounded in time (small: 90 s, full: 600 s); one that throws or overruns is "broken". With --all-at-once every
 // selected module starts at the same time, and one more line says whether /readyz answered 200 throughout (every
 // 500 ms, within 5 s each) and the server's RSS stayed under --rss-limit MB. The user must be able to

@@ -96,6 +96,8 @@ export interface Timeouts {
   idle: number;
   /** A request body with no byte received while Berth is ready to read it. */
   bodyIdle: number;
+  /** A response whose client takes none of the bytes waiting for it (docs/security-network.md). */
+  sendIdle: number;
 }
 
 export interface NamespaceConfig {
@@ -252,13 +254,14 @@ function expiration(r: Obj): number | undefined {
 function timeouts(value: unknown): Timeouts {
   if (value === undefined || value === null) return { ...DEFAULT_TIMEOUTS };
   const o = object(value, 'registry.timeouts');
-  keys(o, 'registry.timeouts', ['handshake', 'headers', 'idle', 'body-idle']);
+  keys(o, 'registry.timeouts', ['handshake', 'headers', 'idle', 'body-idle', 'send-idle']);
   const seconds = (key: string, fallback: number, max: number) => (o[key] === undefined ? fallback : integer(o[key], `registry.timeouts.${key}`, 1, max));
   return {
     handshake: seconds('handshake', DEFAULT_TIMEOUTS.handshake, 300),
     headers: seconds('headers', DEFAULT_TIMEOUTS.headers, 300),
     idle: seconds('idle', DEFAULT_TIMEOUTS.idle, 3600),
     bodyIdle: seconds('body-idle', DEFAULT_TIMEOUTS.bodyIdle, 3600),
+    sendIdle: seconds('send-idle', DEFAULT_TIMEOUTS.sendIdle, 3600),
   };
 }
 

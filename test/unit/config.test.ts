@@ -234,8 +234,8 @@ describe('config', () => {
 describe('config: connection timeouts', () => {
   const base = 'registry:\n  storage: {driver: filesystem, root: /d}\n';
   it('defaults bound every stage of a connection; each can be set in seconds', () => {
-    expect(parse(base).timeouts).toEqual({ handshake: 10, headers: 10, idle: 65, bodyIdle: 60 });
-    expect(parse(`${base}  timeouts: {handshake: 3, body-idle: 120}\n`).timeouts).toEqual({ handshake: 3, headers: 10, idle: 65, bodyIdle: 120 });
+    expect(parse(base).timeouts).toEqual({ handshake: 10, headers: 10, idle: 65, bodyIdle: 60, sendIdle: 60 });
+    expect(parse(`${base}  timeouts: {handshake: 3, body-idle: 120, send-idle: 30}\n`).timeouts).toEqual({ handshake: 3, headers: 10, idle: 65, bodyIdle: 120, sendIdle: 30 });
   });
 
   it('refuses zero, fractions, unknown keys, and a handshake over five minutes, naming the key', () => {
@@ -243,5 +243,6 @@ describe('config: connection timeouts', () => {
     expect(() => parse(`${base}  timeouts: {idle: 1.5}\n`)).toThrow(/registry\.timeouts\.idle/);
     expect(() => parse(`${base}  timeouts: {request: 5}\n`)).toThrow(/registry\.timeouts\.request: unknown key/);
     expect(() => parse(`${base}  timeouts: {handshake: 301}\n`)).toThrow(/registry\.timeouts\.handshake/);
+    expect(() => parse(`${base}  timeouts: {send-idle: 0}\n`)).toThrow(/registry\.timeouts\.send-idle: must be an integer from 1/);
   });
 });

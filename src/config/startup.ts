@@ -16,8 +16,9 @@ export interface Warning {
 export function checkForServe(config: Config): Warning[] {
   const warnings: Warning[] = [];
   for (const { key, variable } of config.unresolved) {
-    if (key === 'registry.secret' || /^registry\.users\[\d+\]\.pass$/.test(key)) {
-      throw new ConfigError(key, `the placeholder %(${variable}) was not replaced: the environment variable ${variable} is not set (Berth never uses the placeholder's text as a ${key.endsWith('pass') ? 'password' : 'secret'})`);
+    // An upstream's credentials too: the placeholder's text would be sent upstream as a login.
+    if (key === 'registry.secret' || /^registry\.users\[\d+\]\.pass$/.test(key) || /^registry\.mirrors\[\d+\]\.(username|password)$/.test(key)) {
+      throw new ConfigError(key, `the placeholder %(${variable}) was not replaced: the environment variable ${variable} is not set (Berth never uses the placeholder's text as a ${/pass(word)?$/.test(key) ? 'password' : key.endsWith('username') ? 'user name' : 'secret'})`);
     }
     warnings.push({ msg: 'placeholder left as written: its environment variable is not set', key, variable });
   }

@@ -22,6 +22,9 @@ import { Registry } from './registry/registry.js';
 import { StorageOpenError, openStorage } from './storage/factory.js';
 import { InstrumentedDriver } from './observability/instrumented-driver.js';
 import { Metrics } from './observability/metrics.js';
+import { Mirror } from './mirror/mirror.js';
+import { mirrorMetrics } from './mirror/metrics.js';
+import { mirrorHook } from './http/mirror.js';
 
 const USAGE = `usage: berth [-c FILE] [-d] [command]
 
@@ -109,7 +112,10 @@ async function serve(config: Config, log: Logger): Promise<number> {
     uploadExpiry: config.uploadExpiry,
     commit: config.storage.driver === 'swift' ? config.storage.commit : undefined,
   });
-  const app = createApp(registry, { log, access, metrics });
+  // The pull-through cache exists only when upstreams are configured; the log names them, never their logins.
+  const mirror = config.mirrors.length > 0 ? new Mirror(config.mirrors, driver, mirrorMetrics(metrics), log) : undefined;
+  if (mirror) log.info({ mirrors: config.mirrors.map((m) => ({ registry: m.registry, url: m.url, login: m.username !== undefined })) }, 'pull-through cache enabled');
+  const app = createApp(registry, { log, access, metrics, mirror: mirror && mirrorHook(mirror) });
   const server = createServer(app, { tls, timeouts: config.timeouts, log });
   // Signals are taken before the port opens: a SIGTERM right after start-up still shuts down cleanly.
   const stopped = new Promise<void>((resolve) => {
@@ -137,6 +143,7 @@ async function serve(config: Config, log: Logger): Promise<number> {
   process.stdout.write(`berth listening on port ${port}\n`);
 
   await stopped;
+  mirror?.close();
   await registry.close();
   return 0;
 }

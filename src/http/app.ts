@@ -22,6 +22,7 @@ import { exchanges, logWhenFinished, recordPrincipal, type Exchange } from './ex
 import { inRequest } from '../observability/context.js';
 import { DigestMismatch } from '../registry/verify.js';
 import type { Metrics } from '../observability/metrics.js';
+import type { MirrorHook } from './mirror.js';
 
 export interface AppOptions {
   log: Logger;
@@ -29,6 +30,8 @@ export interface AppOptions {
   access?: Access;
   /** Prometheus metrics, served at /metrics; without them nothing is counted. */
   metrics?: Metrics;
+  /** The pull-through cache (registry.mirrors, http/mirror.ts); without it mirrored names are ordinary names. */
+  mirror?: MirrorHook;
 }
 
 /** Context of one API request. */
@@ -128,7 +131,8 @@ function apiRequest(registry: Registry, access: Access, opts: AppOptions, req: R
       log: opts.log,
       requestId: exchange.id,
     };
-    await dispatch(registry, found, call);
+    const routed = opts.mirror ? await opts.mirror(registry, found, call) : found;
+    if (routed) await dispatch(registry, routed, call);
   })().catch((err) => {
     if (err instanceof AuthFailure) return access.sendFailure(req, res, err, head);
     const body = toErrorBody(err);

@@ -40,6 +40,7 @@
  *     blobs/<alg>:<hex>/tombstone                written by prune before it deletes the item
  *     tags/<name>/_tag/<tag>                     JSON {digest, mediaType, size, checked}: the upstream's tag
  *                                                as last seen (<name> is the upstream's repository name)
+ *     prune.lock                                 held by a running prune of this upstream's cache
  */
 import { RegistryError } from './errors.js';
 
@@ -186,6 +187,7 @@ export const paths = {
   mirrorPulled: (m: string, d: string) => `${mirror(m)}/blobs/${digest(d)}/pulled`,
   mirrorTombstone: (m: string, d: string) => `${mirror(m)}/blobs/${digest(d)}/tombstone`,
   mirrorTags: (m: string) => `${mirror(m)}/tags`,
+  mirrorPruneLock: (m: string) => `${mirror(m)}/prune.lock`,
   mirrorTag: (m: string, r: string, t: string) => `${mirror(m)}/tags/${name(r)}/_tag/${tag(t)}`,
 };
 

@@ -253,3 +253,52 @@ describe('tags, TTL and a failing upstream', () => {
     expect(files.join('\n')).not.toMatch(/token/);
   });
 });
+
+describe('tenancy', () => {
+  it("a tenant's local push is served to that tenant only; another tenant gets the upstream's, and cannot reach a disallowed upstream", async () => {
+    const upImage = await pushImage(upstream.url, 'org/shared', 'v1', [Buffer.from('upstream layer of shared')], {}, UP);
+    const root = await mkdtemp(join(dir, 'tenants-'));
+    const driver = await FilesystemDriver.open(root);
+    const users = new Users(
+      [
+        { name: 'alice', pass: 'alice-pw', access: 'write', namespace: 'team-a' },
+        { name: 'bob', pass: 'bob-pw', access: 'write', namespace: 'team-b' },
+      ],
+      DEFAULT_NAMESPACE,
+      undefined,
+      log,
+    );
+    const access = new Access({ users, tokens: new TokenIssuer(SECRET, 'mirror'), defaultNamespace: DEFAULT_NAMESPACE, log });
+    const base = { url: upstream.url, username: 'up', password: 'up-password', tagTtl: 300, keep: MIRROR_DEFAULTS.keep, unprefixed: [] as string[], timeout: 5, maxBlobSize: MIRROR_DEFAULTS.maxBlobSize, maxFills: 4 };
+    const core = new Mirror([{ ...base, registry: 'quay.io' }, { ...base, registry: 'ghcr.io', namespaces: ['team-a'] }], driver, mirrorMetrics(undefined), log);
+    const served = await listen(createApp(new Registry(driver), { log, access, mirror: mirrorHook(core) }));
+    const alice = basic('alice', 'alice-pw');
+    const bob = basic('bob', 'bob-pw');
+    const digest = async (path: string, headers: Record<string, string>) => {
+      const res = await fetch(`${served.url}/v2/${path}`, { headers });
+      return res.status === 200 ? res.headers.get('docker-content-digest') : res.status;
+    };
+    try {
+      const secretLayer = Buffer.from("alice's private layer");
+      const local = await pushImage(served.url, 'quay.io/org/shared', 'v1', [secretLayer], {}, alice);
+      expect(await digest('quay.io/org/shared/manifests/v1', alice)).toBe(local.digest);
+      expect(await digest('quay.io/org/shared/manifests/v1', bob)).toBe(upImage.digest);
+      // Alice's blob is neither in Bob's namespace nor upstream.
+      expect(await digest(`quay.io/org/shared/blobs/${sha256(secretLayer)}`, bob)).toBe(404);
+      // Bob's push to a mirrored name lands in his namespace, not in the cache Alice reads.
+      const bobs = await pushImage(served.url, 'quay.io/org/shared', 'v2', [Buffer.from("bob's layer")], {}, bob);
+      expect(await digest('quay.io/org/shared/manifests/v2', bob)).toBe(bobs.digest);
+      expect(await digest('quay.io/org/shared/manifests/v2', alice)).toBe(404);
+      // ghcr.io is for team-a only: Bob's name is an ordinary (missing) local name, and the upstream is not asked.
+      const before = upstream.requests.length;
+      expect(await digest('ghcr.io/org/shared/manifests/v1', bob)).toBe(404);
+      expect(upstream.requests.length).toBe(before);
+      expect(await digest('ghcr.io/org/shared/manifests/v1', alice)).toBe(upImage.digest);
+      // Without credentials: refused before anything is looked up.
+      expect(await digest('quay.io/org/shared/manifests/v1', {})).toBe(401);
+    } finally {
+      await served.close();
+      core.close();
+    }
+  });
+});

@@ -16,6 +16,7 @@
  *       timeout: 30                      seconds an upstream request may wait for an answer or stall its body
  *       max-blob-size: 10737418240       larger blobs are refused, not fetched
  *       max-fills: 16                    blob fills from this upstream at once; more wait for a slot
+ *       max-fills-per-client: 8          fills one client address may have started and running; more get 429
  */
 import { readFileSync } from 'node:fs';
 import { resolve } from 'node:path';
@@ -40,6 +41,7 @@ export interface MirrorConfig {
   timeout: number;
   maxBlobSize: number;
   maxFills: number;
+  maxFillsPerClient: number;
 }
 
 export const MIRROR_DEFAULTS = {
@@ -48,10 +50,11 @@ export const MIRROR_DEFAULTS = {
   timeout: 30,
   maxBlobSize: 10 * 1024 ** 3,
   maxFills: 16,
+  maxFillsPerClient: 8,
 } as const;
 
 type Obj = Record<string, unknown>;
-const KEYS = ['registry', 'url', 'username', 'password', 'tag-ttl', 'keep', 'namespaces', 'unprefixed', 'ca', 'timeout', 'max-blob-size', 'max-fills'];
+const KEYS = ['registry', 'url', 'username', 'password', 'tag-ttl', 'keep', 'namespaces', 'unprefixed', 'ca', 'timeout', 'max-blob-size', 'max-fills', 'max-fills-per-client'];
 
 export function parseMirrors(value: unknown, baseDir: string): MirrorConfig[] {
   if (value === undefined || value === null) return [];
@@ -106,8 +109,9 @@ export function parseMirrors(value: unknown, baseDir: string): MirrorConfig[] {
       unprefixed,
       ca,
       timeout: integer(o.timeout, `${where}.timeout`, MIRROR_DEFAULTS.timeout, 1, 3600),
-      maxBlobSize: integer(o["max-blob-size"], `${where}.max-blob-size`, MIRROR_DEFAULTS.maxBlobSize, 1, Number.MAX_SAFE_INTEGER),
-      maxFills: integer(o["max-fills"], `${where}.max-fills`, MIRROR_DEFAULTS.maxFills, 1, 1024),
+      maxBlobSize: integer(o['max-blob-size'], `${where}.max-blob-size`, MIRROR_DEFAULTS.maxBlobSize, 1, Number.MAX_SAFE_INTEGER),
+      maxFills: integer(o['max-fills'], `${where}.max-fills`, MIRROR_DEFAULTS.maxFills, 1, 1024),
+      maxFillsPerClient: integer(o['max-fills-per-client'], `${where}.max-fills-per-client`, MIRROR_DEFAULTS.maxFillsPerClient, 1, 1024),
     };
   });
 }

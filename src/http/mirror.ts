@@ -44,7 +44,7 @@ export function mirrorHook(mirror: Mirror): MirrorHook {
       c.res.end(head ? undefined : m.body);
       return null;
     }
-    const blob = await mirror.blob(target.mirror, target.upstreamName, route.digest, head);
+    const blob = await mirror.blob(target.mirror, target.upstreamName, route.digest, head, c.req.socket.remoteAddress);
     const { res } = c;
     res.statusCode = 200;
     res.setHeader('Docker-Content-Digest', route.digest);

@@ -56,6 +56,8 @@ export class Mirror {
   private readonly fills = new Map<string, Promise<Fill>>();
   /** The Content-Length of each running fill, for the clients that join it. */
   private readonly fillSizes = new Map<string, number | undefined>();
+  /** Fills each client address started that are still running. */
+  private readonly clientFills = new Map<string, number>();
   private readonly manifestFlights = new Map<string, Promise<MirrorManifest>>();
 
   constructor(
@@ -192,8 +194,12 @@ export class Mirror {
 
   // --- blobs ---
 
-  /** A blob of an upstream repository: from the cache, from a fill in progress, or by starting one. */
-  async blob(m: MirrorConfig, name: string, digest: string, head: boolean): Promise<MirrorBlob> {
+  /**
+   * A blob of an upstream repository: from the cache, from a fill in progress, or by starting one. `client` (its
+   * address) may have at most max-fills-per-client fills of its own starting running: an anonymous client must not
+   * be able to fill storage or spend the upstream's allowance at will. Joining a running fill costs nothing.
+   */
+  async blob(m: MirrorConfig, name: string, digest: string, head: boolean, client = ''): Promise<MirrorBlob> {
     if (!validDigest(digest)) throw blobUnknown(digest);
     const size = await this.store.blobSize(m.registry, digest);
     if (size !== null) {
@@ -215,11 +221,22 @@ export class Mirror {
       }
       // Too late to read it from the start: wait for the cache.
       const result = await running.done.catch(() => null);
-      if (result?.stored) return this.blob(m, name, digest, head);
+      if (result?.stored) return this.blob(m, name, digest, head, client);
       throw new RegistryError('UNAVAILABLE', 'the blob could not be fetched from the upstream registry; retry');
     }
     if (head) return this.headUpstream(m, name, digest);
+    const mine = this.clientFills.get(client) ?? 0;
+    if (mine >= m.maxFillsPerClient) {
+      throw new RegistryError('TOOMANYREQUESTS', 'too many blobs being fetched upstream for this client; retry when they are done', { limit: m.maxFillsPerClient });
+    }
+    this.clientFills.set(client, mine + 1);
+    const release = () => {
+      const n = (this.clientFills.get(client) ?? 1) - 1;
+      if (n > 0) this.clientFills.set(client, n);
+      else this.clientFills.delete(client);
+    };
     const opening = this.startFill(m, name, digest, key);
+    opening.then((fill) => fill.done, () => undefined).then(release, release);
     this.fills.set(key, opening);
     // A fill that never opened (404, upstream down) is forgotten at once; one that opened, when it ends.
     opening.catch(() => this.fills.delete(key));

@@ -67,7 +67,7 @@ async function startMirror(config: Partial<MirrorConfig>[]): Promise<{ served: S
   const root = await mkdtemp(join(dir, 'mirror-'));
   const driver = await FilesystemDriver.open(root);
   const m = new Metrics();
-  const full = config.map((c) => ({ registry: 'quay.io', url: upstream.url, username: 'up', password: 'up-password', tagTtl: 300, keep: MIRROR_DEFAULTS.keep, unprefixed: [] as string[], timeout: 5, maxBlobSize: MIRROR_DEFAULTS.maxBlobSize, maxFills: 4, ...c }) as MirrorConfig);
+  const full = config.map((c) => ({ registry: 'quay.io', url: upstream.url, username: 'up', password: 'up-password', tagTtl: 300, keep: MIRROR_DEFAULTS.keep, unprefixed: [] as string[], timeout: 5, maxBlobSize: MIRROR_DEFAULTS.maxBlobSize, maxFills: 4, maxFillsPerClient: 8, ...c }) as MirrorConfig);
   const core = new Mirror(full, driver, mirrorMetrics(m), log);
   const served = await listen(createApp(new Registry(driver), { log, metrics: m, mirror: mirrorHook(core) }));
   return { served, core, metrics: m, root };
@@ -183,6 +183,45 @@ describe('pull-through cache against a Berth upstream with the Bearer flow', () 
   });
 });
 
+describe('caps', () => {
+  it('a client address may start max-fills-per-client fills at once; the next gets 429 while they run', async () => {
+    const big = Buffer.alloc(24 * 1024 * 1024, 1);
+    big.write('per-client cap', 0);
+    const small = Buffer.from('per-client cap, second blob');
+    const [bigDigest, smallDigest] = [await pushBlob(upstream.url, 'org/caps', big, UP), await pushBlob(upstream.url, 'org/caps', small, UP)];
+    const started = await startMirror([{ maxFillsPerClient: 1 }]);
+    try {
+      // A client that does not read: its fill is held by backpressure, and still counts.
+      let first: http.IncomingMessage | undefined;
+      const req = http.get(`${started.served.url}/v2/quay.io/org/caps/blobs/${bigDigest}`, (res) => {
+        first = res;
+        res.pause();
+      });
+      req.on('error', () => {});
+      for (let i = 0; i < 100 && !first; i++) await new Promise((r) => setTimeout(r, 50));
+      expect(first?.statusCode).toBe(200);
+      const second = await fetch(`${started.served.url}/v2/quay.io/org/caps/blobs/${smallDigest}`);
+      expect(second.status).toBe(429);
+      expect(((await second.json()) as { errors: { code: string }[] }).errors[0].code).toBe('TOOMANYREQUESTS');
+      first!.resume();
+      await new Promise((r) => first!.on('end', r));
+      for (let i = 0; i < 50; i++) {
+        const again = await fetch(`${started.served.url}/v2/quay.io/org/caps/blobs/${smallDigest}`);
+        if (again.status === 200) {
+          expect(Buffer.from(await again.arrayBuffer()).equals(small)).toBe(true);
+          return;
+        }
+        await again.arrayBuffer();
+        await new Promise((r) => setTimeout(r, 50));
+      }
+      throw new Error('the second fill never started after the first ended');
+    } finally {
+      await started.served.close();
+      started.core.close();
+    }
+  });
+});
+
 describe('tags, TTL and a failing upstream', () => {
   it('a moved tag is fetched again after the TTL; with the upstream gone, the cached tag is served stale and blobs still come', async () => {
     const started = await startMirror([{ tagTtl: 0 }]);
@@ -269,7 +308,7 @@ describe('tenancy', () => {
       log,
     );
     const access = new Access({ users, tokens: new TokenIssuer(SECRET, 'mirror'), defaultNamespace: DEFAULT_NAMESPACE, log });
-    const base = { url: upstream.url, username: 'up', password: 'up-password', tagTtl: 300, keep: MIRROR_DEFAULTS.keep, unprefixed: [] as string[], timeout: 5, maxBlobSize: MIRROR_DEFAULTS.maxBlobSize, maxFills: 4 };
+    const base = { url: upstream.url, username: 'up', password: 'up-password', tagTtl: 300, keep: MIRROR_DEFAULTS.keep, unprefixed: [] as string[], timeout: 5, maxBlobSize: MIRROR_DEFAULTS.maxBlobSize, maxFills: 4, maxFillsPerClient: 8 };
     const core = new Mirror([{ ...base, registry: 'quay.io' }, { ...base, registry: 'ghcr.io', namespaces: ['team-a'] }], driver, mirrorMetrics(undefined), log);
     const served = await listen(createApp(new Registry(driver), { log, access, mirror: mirrorHook(core) }));
     const alice = basic('alice', 'alice-pw');

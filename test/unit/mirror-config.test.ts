@@ -16,7 +16,7 @@ describe('registry.mirrors', () => {
 
   it('the minimal form takes every default', () => {
     const [m] = parse('    - {registry: quay.io, url: "https://quay.io/"}\n').mirrors;
-    expect(m).toEqual({ registry: 'quay.io', url: 'https://quay.io', username: undefined, password: undefined, tagTtl: 300, keep: 604800, namespaces: undefined, unprefixed: [], ca: undefined, timeout: 30, maxBlobSize: 10 * 1024 ** 3, maxFills: 16 });
+    expect(m).toEqual({ registry: 'quay.io', url: 'https://quay.io', username: undefined, password: undefined, tagTtl: 300, keep: 604800, namespaces: undefined, unprefixed: [], ca: undefined, timeout: 30, maxBlobSize: 10 * 1024 ** 3, maxFills: 16, maxFillsPerClient: 8 });
   });
 
   it('credentials come from %(ZUUL_REGISTRY_...) placeholders; an unset one stops serve', () => {

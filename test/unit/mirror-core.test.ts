@@ -13,7 +13,7 @@ import { overriding, sha256 } from '../helpers/server.js';
 
 const REG = 'quay.io';
 const quiet = { debug() {}, info() {}, warn() {} };
-const mirror: MirrorConfig = { registry: REG, url: 'http://127.0.0.1:1', tagTtl: 300, keep: 3600, unprefixed: [], timeout: 5, maxBlobSize: MIRROR_DEFAULTS.maxBlobSize, maxFills: 2 };
+const mirror: MirrorConfig = { registry: REG, url: 'http://127.0.0.1:1', tagTtl: 300, keep: 3600, unprefixed: [], timeout: 5, maxBlobSize: MIRROR_DEFAULTS.maxBlobSize, maxFills: 2, maxFillsPerClient: 8 };
 
 function pieces(data: Buffer, size = 64 * 1024): Readable {
   const out: Buffer[] = [];

@@ -10,7 +10,7 @@ const mirror = (registry: string, extra: Partial<MirrorConfig> = {}): MirrorConf
   unprefixed: [],
   timeout: 30,
   maxBlobSize: MIRROR_DEFAULTS.maxBlobSize,
-  maxFills: 4,
+  maxFills: 4, maxFillsPerClient: 8,
   ...extra,
 });
 

@@ -21,7 +21,7 @@ async function serve(handler: http.RequestListener): Promise<string> {
 }
 
 const config = (url: string, extra: Partial<MirrorConfig> = {}): MirrorConfig => ({
-  registry: 'quay.io', url, tagTtl: 300, keep: 3600, unprefixed: [], timeout: 2, maxBlobSize: MIRROR_DEFAULTS.maxBlobSize, maxFills: 4, ...extra,
+  registry: 'quay.io', url, tagTtl: 300, keep: 3600, unprefixed: [], timeout: 2, maxBlobSize: MIRROR_DEFAULTS.maxBlobSize, maxFills: 4, maxFillsPerClient: 8, ...extra,
 });
 const text = async (r: { body: NodeJS.ReadableStream }) => {
   let s = '';

@@ -12,7 +12,8 @@ import { join } from 'node:path';
 import { promisify } from 'node:util';
 import bcrypt from 'bcryptjs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { blobDigest, writeLayout, type LayoutImage } from '../helpers/oci-layout.js';
+import { blobDigest, writeLayout, writeTarLayout, type LayoutImage } from '../helpers/oci-layout.js';
+import { runResult, startDockerd } from '../helpers/docker.js';
 import { spawnServe, type ServeProcess } from '../helpers/server.js';
 import { BACKENDS, storageYaml, swiftRaw } from '../helpers/swift.js';
 
@@ -87,6 +88,8 @@ const digestOf = async (url: string) => (await fetch(url, { method: 'HEAD' })).h
 let dir: string;
 let bearerUp: ServeProcess;
 let bearerImage: LayoutImage;
+/** A docker.io-style image that only the stand-in for Docker Hub (the Bearer upstream) holds. */
+let hubImage: LayoutImage & { configDigest: string };
 
 beforeAll(async () => {
   dir = await mkdtemp(join(tmpdir(), 'berth-e2e-mirror-'));
@@ -96,6 +99,8 @@ beforeAll(async () => {
   );
   bearerImage = await writeLayout(join(dir, 'bearer-src'), 'v1', [200_000, 3000]);
   await skopeo('copy', '--dest-tls-verify=false', '--dest-creds', 'up:up-pw', `oci:${bearerImage.dir}:v1`, `docker://127.0.0.1:${bearerUp.port}/team/tool:v1`);
+  hubImage = await writeTarLayout(join(dir, 'hub-src'), 'v1', [3000]);
+  await skopeo('copy', '--dest-tls-verify=false', '--dest-creds', 'up:up-pw', `oci:${hubImage.dir}:v1`, `docker://127.0.0.1:${bearerUp.port}/library/hubimg:v1`);
 }, 60_000);
 
 afterAll(async () => {
@@ -137,7 +142,8 @@ describe.skipIf(!HAVE_DISTRIBUTION).each(BACKENDS)('berth serve as a pull-throug
     mirror = await spawnServe(
       `registry:\n  address: 127.0.0.1\n  port: 0\n${storage.yaml}  mirrors:\n` +
         `    - {registry: quay.io, url: "http://127.0.0.1:${proxy.port}", username: dist, password: "%(ZUUL_REGISTRY_DIST_PW)", tag-ttl: 1, timeout: 5}\n` +
-        `    - {registry: ghcr.io, url: "http://127.0.0.1:${bearerUp.port}", username: up, password: up-pw}\n`,
+        `    - {registry: ghcr.io, url: "http://127.0.0.1:${bearerUp.port}", username: up, password: up-pw}\n` +
+        `    - {registry: docker.io, url: "http://127.0.0.1:${bearerUp.port}", username: up, password: up-pw, unprefixed: true}\n`,
       work,
     );
     image = await writeLayout(join(work, 'src'), 'v1', [1_500_000, 40_000]);
@@ -174,6 +180,78 @@ describe.skipIf(!HAVE_DISTRIBUTION).each(BACKENDS)('berth serve as a pull-throug
     await pull('ghcr.io/team/tool:v1', 'bearer-cold');
     await pull('ghcr.io/team/tool:v1', 'bearer-warm');
     for (const d of bearerImage.layerDigests) expect(await blobDigest(join(work, 'bearer-warm'), d)).toBe(d);
+  });
+
+  fsOnly("podman with zuul-jobs' registries.conf: quay.io through HOST/quay.io, docker.io unprefixed through HOST", async () => {
+    // podman refuses a runroot longer than 50 characters: a short directory of its own.
+    const pdir = await mkdtemp(join(tmpdir(), 'bm-pod-'));
+    const quay = await writeTarLayout(join(work, 'podman-src'), 'v1', [5000]);
+    await seed(quay, 'org/podman:v1');
+    const block = (registry: string, location: string) =>
+      `[[registry]]\nprefix = "${registry}"\nlocation = "${registry}"\n[[registry.mirror]]\nlocation = "${location}"\ninsecure = true\n[[registry.mirror]]\nlocation = "${registry}"\n`;
+    const host = `127.0.0.1:${mirror.port}`;
+    await writeFile(join(pdir, 'registries.conf'), `unqualified-search-registries = ["docker.io"]\n\n${block('docker.io', host)}\n${block('quay.io', `${host}/quay.io`)}`);
+    await writeFile(join(pdir, 'auth.json'), '{}');
+    const podman = (...args: string[]) =>
+      runResult('podman', ['--root', `${pdir}/root`, '--runroot', `${pdir}/run`, '--storage-driver', 'vfs', ...args], {
+        CONTAINERS_REGISTRIES_CONF: join(pdir, 'registries.conf'),
+        REGISTRY_AUTH_FILE: join(pdir, 'auth.json'),
+      }, 60_000);
+    try {
+      const q = await podman('pull', 'quay.io/org/podman:v1');
+      expect(q.code, q.stderr).toBe(0);
+      const hub = await podman('pull', 'hubimg:v1');
+      expect(hub.code, hub.stderr).toBe(0);
+      const images = (await podman('images', '--format', '{{.Repository}}:{{.Tag}} {{.Digest}}')).stdout;
+      expect(images).toContain(`quay.io/org/podman:v1 ${quay.manifestDigest}`);
+      expect(images).toContain(`docker.io/library/hubimg:v1 ${hubImage.manifestDigest}`);
+    } finally {
+      await podman('rmi', '-a', '-f');
+      await rm(pdir, { recursive: true, force: true });
+    }
+  });
+
+  fsOnly("containerd with zuul-jobs' hosts.toml: /v2/quay.io and /v2/docker.io with override_path (and ?ns=)", async () => {
+    const cdir = await mkdtemp(join(tmpdir(), 'bm-ctr-'));
+    const socket = join(cdir, 'c.sock');
+    const ctr = (...args: string[]) => runResult('ctr', ['--address', socket, '--namespace', 'berth-mirror', ...args], undefined, 60_000);
+    const quay = await writeTarLayout(join(work, 'ctr-src'), 'v1', [6000]);
+    await seed(quay, 'org/ctr:v1');
+    const hosts = (registry: string) =>
+      `server = "https://${registry}"\n\n[host."http://127.0.0.1:${mirror.port}/v2/${registry}"]\n  capabilities = ["pull", "resolve"]\n  override_path = true\n`;
+    for (const r of ['quay.io', 'docker.io']) {
+      await runResult('mkdir', ['-p', join(cdir, 'hosts', r)]);
+      await writeFile(join(cdir, 'hosts', r, 'hosts.toml'), hosts(r));
+    }
+    await writeFile(join(cdir, 'config.toml'), `version = 2\nroot = "${cdir}/root"\nstate = "${cdir}/state"\ndisabled_plugins = ["io.containerd.grpc.v1.cri"]\n[grpc]\n  address = "${socket}"\n`);
+    const containerd = spawn('containerd', ['--config', join(cdir, 'config.toml')], { stdio: 'ignore' });
+    try {
+      for (let i = 0; i < 100 && (await ctr('version')).code !== 0; i++) await new Promise((r) => setTimeout(r, 100));
+      const opts = ['--hosts-dir', join(cdir, 'hosts'), '--snapshotter', 'native'];
+      const q = await ctr('images', 'pull', ...opts, 'quay.io/org/ctr:v1');
+      expect(q.code, q.stderr).toBe(0);
+      const hub = await ctr('images', 'pull', ...opts, 'docker.io/library/hubimg:v1');
+      expect(hub.code, hub.stderr).toBe(0);
+      const listed = (await ctr('images', 'ls')).stdout;
+      expect(listed).toMatch(new RegExp(`quay.io/org/ctr:v1\\s+\\S+\\s+${quay.manifestDigest}`));
+      expect(listed).toMatch(new RegExp(`docker.io/library/hubimg:v1\\s+\\S+\\s+${hubImage.manifestDigest}`));
+    } finally {
+      await stop(containerd);
+      await rm(cdir, { recursive: true, force: true });
+    }
+  });
+
+  fsOnly('dockerd with registry-mirrors: an unprefixed docker.io name through the mirror (unprefixed: true)', async () => {
+    const dockerd = await startDockerd({ 'registry-mirrors': [`http://127.0.0.1:${mirror.port}`] });
+    try {
+      const pull = await dockerd.dockerResult(['pull', 'hubimg:v1']);
+      expect(pull.code, pull.stderr).toBe(0);
+      const inspect = await dockerd.docker(['image', 'inspect', '--format', '{{.Id}} {{json .RepoDigests}}', 'hubimg:v1']);
+      expect(inspect.stdout).toContain(hubImage.configDigest);
+      expect(inspect.stdout).toContain(hubImage.manifestDigest);
+    } finally {
+      await dockerd.stop();
+    }
   });
 
   fsOnly('six concurrent cold pulls of one image: the upstream answers one GET per blob', async () => {

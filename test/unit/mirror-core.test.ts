@@ -2,7 +2,7 @@
 import { Readable } from 'node:stream';
 import { describe, expect, it } from 'vitest';
 import { MIRROR_DEFAULTS, type MirrorConfig } from '../../src/config/mirrors.js';
-import { BlobTooLarge, Fill } from '../../src/mirror/fill.js';
+import { BlobTooLarge, Fill, REPLAY_BYTES } from '../../src/mirror/fill.js';
 import { pruneMirror } from '../../src/mirror/prune.js';
 import { CacheStore } from '../../src/mirror/store.js';
 import { paths } from '../../src/registry/paths.js';
@@ -45,6 +45,31 @@ describe('a blob fill', () => {
     expect((await driver.read(paths.mirrorBlobData(REG, digest))).equals(blob)).toBe(true);
     expect(await driver.stat(paths.mirrorTouched(REG, digest))).not.toBeNull();
     expect(await driver.stat(paths.mirrorPulled(REG, digest))).not.toBeNull();
+  });
+
+  it('a reader that joins after the first bytes went out gets them replayed, while the fill is young', async () => {
+    const driver = new MemoryDriver();
+    const store = new CacheStore(driver, 1000);
+    const blob = data(REPLAY_BYTES + 4 * 1024 * 1024, 11);
+    const digest = sha256(blob);
+    const fill = new Fill(pieces(blob, 256 * 1024), digest, { maxBytes: 1 << 30, stallMs: 5000, store: (body) => store.writeBlob(REG, digest, body, blob.length, new AbortController().signal) });
+    const first = fill.reader();
+    const got: Buffer[] = [];
+    let late: Promise<Buffer> | undefined;
+    let tooLate = false;
+    for await (const p of first) {
+      got.push(p as Buffer);
+      const sent = got.reduce((n, b) => n + b.length, 0);
+      if (!late && sent >= 2 * 1024 * 1024) {
+        expect(fill.joinable).toBe(true);
+        late = collect(fill.reader());
+      }
+      if (sent > REPLAY_BYTES + 1024 * 1024) tooLate ||= !fill.joinable;
+    }
+    expect(Buffer.concat(got).equals(blob)).toBe(true);
+    expect((await late!).equals(blob)).toBe(true);
+    expect(tooLate).toBe(true);
+    expect(fill.joinable).toBe(false);
   });
 
   it('wrong bytes: every reader errors before the last byte and nothing is stored', async () => {

@@ -34,6 +34,13 @@ export function checkForServe(config: Config): Warning[] {
         : 'anyone may pull from the default namespace without credentials (anonymous-pull: true)',
     });
   }
+  // A mistyped namespace in a mirror's list silently keeps that namespace off the upstream: say so.
+  const known = new Set(['_local', ...Object.keys(config.namespaces), ...config.users.flatMap((u) => (u.namespace ? [u.namespace] : []))]);
+  config.mirrors.forEach((m, i) => {
+    for (const ns of [...(m.namespaces ?? []), ...(Array.isArray(m.unprefixed) ? m.unprefixed : [])]) {
+      if (!known.has(ns)) warnings.push({ msg: 'a mirror names a namespace no user or namespaces entry has', key: `registry.mirrors[${i}]`, namespace: ns });
+    }
+  });
   for (const u of config.users) {
     if (u.pass === '') warnings.push({ msg: 'read user with an empty password: anyone may log in as them and read the default namespace', user: u.name });
   }

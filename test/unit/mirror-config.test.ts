@@ -50,6 +50,12 @@ describe('registry.mirrors', () => {
     for (const [text, error] of cases) expect(() => parse(text), text).toThrow(error);
   });
 
+  it('serve warns about a mirror namespace that nothing else names', () => {
+    const c = parse('    - {registry: quay.io, url: "https://quay.io", namespaces: [_local, tema]}\n');
+    expect(checkForServe(c)).toContainEqual({ msg: 'a mirror names a namespace no user or namespaces entry has', key: 'registry.mirrors[0]', namespace: 'tema' });
+    expect(checkForServe(c).filter((w) => w.namespace === '_local')).toEqual([]);
+  });
+
   it('unprefixed: true or a list of namespaces, for docker.io', () => {
     expect(parse('    - {registry: docker.io, url: "https://h", unprefixed: true}\n').mirrors[0].unprefixed).toBe('all');
     expect(parse('    - {registry: docker.io, url: "https://h", unprefixed: [_local]}\n').mirrors[0].unprefixed).toEqual(['_local']);

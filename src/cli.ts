@@ -113,7 +113,8 @@ async function serve(config: Config, log: Logger): Promise<number> {
     commit: config.storage.driver === 'swift' ? config.storage.commit : undefined,
   });
   // The pull-through cache exists only when upstreams are configured; the log names them, never their logins.
-  const mirror = config.mirrors.length > 0 ? new Mirror(config.mirrors, driver, mirrorMetrics(metrics), log) : undefined;
+  const tempUrlSeconds = config.storage.driver === 'swift' && config.storage.tempUrlKey ? (config.storage.tempUrlExpiry ?? DEFAULTS.swift.tempUrlExpiry) : undefined;
+  const mirror = config.mirrors.length > 0 ? new Mirror(config.mirrors, driver, mirrorMetrics(metrics), log, tempUrlSeconds) : undefined;
   if (mirror) log.info({ mirrors: config.mirrors.map((m) => ({ registry: m.registry, url: m.url, login: m.username !== undefined })) }, 'pull-through cache enabled');
   const app = createApp(registry, { log, access, metrics, mirror: mirror && mirrorHook(mirror) });
   const server = createServer(app, { tls, timeouts: config.timeouts, log });

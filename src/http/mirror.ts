@@ -12,6 +12,7 @@ import { RegistryError } from '../registry/errors.js';
 import type { Registry } from '../registry/registry.js';
 import { DigestMismatch } from '../registry/verify.js';
 import type { Call } from './app.js';
+import { byteRange } from './headers.js';
 import { queryValue, type Route } from './routes.js';
 
 /** Answers the request and returns null, or returns the route the ordinary handlers should serve. */
@@ -44,13 +45,32 @@ export function mirrorHook(mirror: Mirror): MirrorHook {
       c.res.end(head ? undefined : m.body);
       return null;
     }
-    const blob = await mirror.blob(target.mirror, target.upstreamName, route.digest, head, c.req.socket.remoteAddress);
+    const blob = await mirror.blob(target.mirror, target.upstreamName, route.digest, {
+      head,
+      client: c.req.socket.remoteAddress,
+      range: (size) => byteRange(c.req.headers.range, size),
+    }).catch((err: unknown) => {
+      if (err instanceof RegistryError && err.code === 'RANGE_INVALID') c.res.setHeader('Content-Range', `bytes */${(err.detail as { size: number }).size}`);
+      throw err;
+    });
     const { res } = c;
     res.statusCode = 200;
     res.setHeader('Docker-Content-Digest', route.digest);
     res.setHeader('ETag', `"${route.digest}"`);
     res.setHeader('Content-Type', 'application/octet-stream');
-    if (blob.size !== undefined) res.setHeader('Content-Length', blob.size);
+    if (blob.location) {
+      // Clients follow this to the backend (a Swift temp URL), as for a pushed blob.
+      res.statusCode = 307;
+      res.setHeader('Location', blob.location);
+      res.end();
+      return null;
+    }
+    if (blob.range && blob.size !== undefined) {
+      res.statusCode = 206;
+      res.setHeader('Content-Range', `bytes ${blob.range.start}-${blob.range.end}/${blob.size}`);
+      res.setHeader('Content-Length', blob.range.end - blob.range.start + 1);
+    } else if (blob.size !== undefined) res.setHeader('Content-Length', blob.size);
+    if (blob.size !== undefined && blob.range === undefined) res.setHeader('Accept-Ranges', 'bytes');
     if (!blob.body) {
       res.end();
       return null;

@@ -17,7 +17,7 @@ import { RegistryError, blobUnknown, manifestUnknown } from '../registry/errors.
 import { parseManifest } from '../registry/manifest-doc.js';
 import { MAX_MANIFEST_SIZE } from '../registry/manifests.js';
 import { digestAlgorithm, validDigest, validTag } from '../registry/paths.js';
-import type { StorageDriver } from '../storage/driver.js';
+import type { ByteRange, StorageDriver } from '../storage/driver.js';
 import { BlobTooLarge, Fill } from './fill.js';
 import type { MirrorMetrics, UpstreamFailure } from './metrics.js';
 import { MirrorNames } from './names.js';
@@ -39,9 +39,22 @@ export interface MirrorManifest {
 }
 
 export interface MirrorBlob {
+  /** The whole blob's size, where known. */
   size: number | undefined;
-  /** Absent for HEAD. */
+  /** Absent for HEAD and for a redirect. */
   body?: Readable;
+  /** The part `body` holds, for a Range request the cache answered. */
+  range?: ByteRange;
+  /** Where the client may fetch the cached bytes itself (a Swift temp URL). */
+  location?: string;
+}
+
+/** What a blob request asks besides the blob: HEAD, the client's address (for its fill cap), a byte range. */
+export interface BlobAsk {
+  head: boolean;
+  client?: string;
+  /** The range wanted of a blob of `size` bytes, if any (the HTTP layer parses the header). */
+  range?: (size: number) => ByteRange | 'unsatisfiable' | undefined;
 }
 
 /** A pull's last-pull record is written at most this often per item and process. */
@@ -65,6 +78,8 @@ export class Mirror {
     driver: StorageDriver,
     private readonly metrics: MirrorMetrics,
     private readonly log: MirrorLog,
+    /** Seconds a redirect of a cached blob to storage stays valid (Swift temp URLs); undefined: never redirect. */
+    private readonly redirectSeconds?: number,
   ) {
     this.names = new MirrorNames(mirrors);
     // The shortest keep decides: a pull must reach storage well before prune could judge the item unpulled.
@@ -199,13 +214,20 @@ export class Mirror {
    * address) may have at most max-fills-per-client fills of its own starting running: an anonymous client must not
    * be able to fill storage or spend the upstream's allowance at will. Joining a running fill costs nothing.
    */
-  async blob(m: MirrorConfig, name: string, digest: string, head: boolean, client = ''): Promise<MirrorBlob> {
+  async blob(m: MirrorConfig, name: string, digest: string, ask: BlobAsk): Promise<MirrorBlob> {
+    const { head, client = '' } = ask;
     if (!validDigest(digest)) throw blobUnknown(digest);
     const size = await this.store.blobSize(m.registry, digest);
     if (size !== null) {
       this.metrics.served(m.registry, 'blob', 'hit');
-      if (head) return { size };
+      // Ranges are answered from the cache only (a fill always sends the whole blob, as it verifies it).
+      const range = ask.range?.(size);
+      if (range === 'unsatisfiable') throw new RegistryError('RANGE_INVALID', 'requested range not satisfiable', { size });
+      if (head) return { size, range };
       await this.store.pulled(m.registry, digest);
+      if (range) return { size, range, body: await this.store.readRange(m.registry, digest, range) };
+      const location = this.redirectSeconds === undefined ? null : await this.store.signedUrl(m.registry, digest, this.redirectSeconds);
+      if (location) return { size, location };
       return this.store.readBlob(m.registry, digest);
     }
     const key = `${m.registry}/${digest}`;
@@ -221,7 +243,7 @@ export class Mirror {
       }
       // Too late to read it from the start: wait for the cache.
       const result = await running.done.catch(() => null);
-      if (result?.stored) return this.blob(m, name, digest, head, client);
+      if (result?.stored) return this.blob(m, name, digest, ask);
       throw new RegistryError('UNAVAILABLE', 'the blob could not be fetched from the upstream registry; retry');
     }
     if (head) return this.headUpstream(m, name, digest);

@@ -10,7 +10,7 @@
  */
 import { createHash, randomUUID } from 'node:crypto';
 import { PassThrough, type Readable } from 'node:stream';
-import { PathNotFound, type Part, type StorageDriver } from '../storage/driver.js';
+import { PathNotFound, type ByteRange, type Part, type StorageDriver } from '../storage/driver.js';
 import { digestAlgorithm, paths, validDigest } from '../registry/paths.js';
 import { DigestMismatch, verifying } from '../registry/verify.js';
 import { pipeline } from 'node:stream/promises';
@@ -44,6 +44,16 @@ export class CacheStore {
     const checked = verifying(digest);
     pipeline(stored.body, checked).catch(() => {});
     return { body: checked, size: stored.size };
+  }
+
+  /** Part of a cached blob, as stored (a range cannot be checked against the digest; the whole blob was, on fill). */
+  async readRange(registry: string, digest: string, range: ByteRange): Promise<Readable> {
+    return (await this.driver.get(paths.mirrorBlobData(registry, digest), range)).body;
+  }
+
+  /** A URL the client may GET the cached blob from itself, where the backend signs them (Swift temp URLs). */
+  async signedUrl(registry: string, digest: string, seconds: number): Promise<string | null> {
+    return this.driver.signedUrl ? this.driver.signedUrl(paths.mirrorBlobData(registry, digest), seconds) : null;
   }
 
   /** A cached manifest and its media type, verified; null when not cached (or half gone under prune). */

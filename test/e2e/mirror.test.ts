@@ -129,7 +129,8 @@ describe.skipIf(!HAVE_DISTRIBUTION).each(BACKENDS)('berth serve as a pull-throug
     proxy = await startProxy(distPort.value);
     storage = await storageYaml(backend, work);
     // On Swift, 1 MiB objects: the 1.5 MB layer is stored as parts joined by an SLO, as a large layer would be.
-    if (backend === 'swift') storage.yaml += '    segment-size: 1048576\n';
+    // and cached blobs are answered with redirects to temp URLs, as pushed ones are with temp-url-key.
+    if (backend === 'swift') storage.yaml += '    segment-size: 1048576\n    temp-url-key: e2e-mirror-temp-url-key-0123456789\n';
     const container = /container: (\S+)/.exec(storage.yaml)?.[1];
     cachedObject = async (digest) => {
       const path = `mirror.cache/quay.io/blobs/${digest}/data`;
@@ -170,6 +171,9 @@ describe.skipIf(!HAVE_DISTRIBUTION).each(BACKENDS)('berth serve as a pull-throug
       const container = /container: (\S+)/.exec(storage.yaml)![1];
       const head = await swiftRaw(`${container}/mirror.cache/quay.io/blobs/${image.layerDigests[0]}/data`, { method: 'HEAD' });
       expect(head.headers.get('x-static-large-object')).toBe('True');
+      const redirect = await fetch(`${mirror.url}/v2/quay.io/org/app/blobs/${image.layerDigests[0]}`, { redirect: 'manual' });
+      expect(redirect.status).toBe(307);
+      expect(redirect.headers.get('location')).toMatch(/temp_url_sig=/);
     }
   });
 

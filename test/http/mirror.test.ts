@@ -119,6 +119,14 @@ describe('pull-through cache against a Berth upstream with the Bearer flow', () 
     expect(Buffer.from(await blob2.arrayBuffer()).equals(layer)).toBe(true);
     const byDigest = await fetch(`${mirror.url}/v2/quay.io/org/app/manifests/${image.digest}`);
     expect(byDigest.status).toBe(200);
+    // A range of a cached blob comes from the cache; one past its end is 416 with the size.
+    const part = await fetch(`${mirror.url}/v2/quay.io/org/app/blobs/${sha256(layer)}`, { headers: { Range: 'bytes=100-199' } });
+    expect(part.status).toBe(206);
+    expect(part.headers.get('content-range')).toBe(`bytes 100-199/${layer.length}`);
+    expect(Buffer.from(await part.arrayBuffer()).equals(layer.subarray(100, 200))).toBe(true);
+    const beyond = await fetch(`${mirror.url}/v2/quay.io/org/app/blobs/${sha256(layer)}`, { headers: { Range: `bytes=${layer.length}-` } });
+    expect(beyond.status).toBe(416);
+    expect(beyond.headers.get('content-range')).toBe(`bytes */${layer.length}`);
     expect(upstream.requests.length).toBe(warmFrom);
     const text = await metrics.registry.getSingleMetricAsString('berth_mirror_requests_total');
     expect(text).toMatch(/registry="quay.io",kind="manifest",result="hit"} 2/);

@@ -4,7 +4,8 @@
 // For each: a cold skopeo pull of a one-layer image (the cache fills), a warm one (from the cache), and N concurrent
 // cold pulls of a fresh image through a fresh cache, with the bytes the upstream sent for them (its access log).
 //
-// usage: node tools/bench-mirror.mjs [--size-mib 512] [--backend filesystem|swift] [--concurrency 8] [--out FILE]
+// usage: node tools/bench-mirror.mjs [--size-mib 512] [--backend filesystem|swift] [--concurrency 8] [--temp-url] [--out FILE]
+// --temp-url: Berth on Swift redirects cached blobs to temp URLs (Distribution's proxy streams them itself).
 // Needs dist/ (npm run build), skopeo and /usr/bin/docker-registry.
 import { execFile, spawn } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
@@ -19,7 +20,7 @@ import { dropContainer, swiftSession } from './swift-lib.mjs';
 
 const run = promisify(execFile);
 const { values: args } = parseArgs({
-  options: { 'size-mib': { type: 'string', default: '512' }, backend: { type: 'string', default: 'filesystem' }, concurrency: { type: 'string', default: '8' }, out: { type: 'string' } },
+  options: { 'size-mib': { type: 'string', default: '512' }, backend: { type: 'string', default: 'filesystem' }, concurrency: { type: 'string', default: '8' }, 'temp-url': { type: 'boolean' }, out: { type: 'string' } },
 });
 const SIZE = Number(args['size-mib']);
 const N = Number(args.concurrency);
@@ -115,7 +116,7 @@ async function berth(upstreamHost) {
   const container = `bench-mirror-${randomBytes(4).toString('hex')}`;
   const storage =
     backend === 'swift'
-      ? `  storage:\n    driver: swift\n    cloud: berth-test\n    container: ${container}\n    clouds-file: ${cloudsFile}\n`
+      ? `  storage:\n    driver: swift\n    cloud: berth-test\n    container: ${container}\n    clouds-file: ${cloudsFile}\n${args['temp-url'] ? '    temp-url-key: bench-mirror-temp-url-key-0123\n' : ''}`
       : `  storage:\n    driver: filesystem\n    root: ${join(work, `berth-${container}`)}\n`;
   if (backend === 'swift') containers.push(container);
   const file = join(work, `${container}.yaml`);

@@ -133,27 +133,37 @@ export class CacheStore {
     return (await this.driver.stat(paths.mirrorTombstone(registry, digest))) === null;
   }
 
-  /** A blob larger than one object: parts of `objectSize` bytes under the blob's parts/<fill>/, then joined. */
+  /**
+   * A blob larger than one object: parts of `objectSize` bytes under the blob's parts/<fill>/, then joined. The
+   * next part starts while the last one's PUT is still being answered (two at most), so the fill, and the clients
+   * reading it, do not stop at every part boundary for a Swift round trip.
+   */
   private async writeParts(registry: string, digest: string, body: Readable, objectSize: number, signal: AbortSignal): Promise<void> {
     const fill = randomUUID();
-    const parts: Part[] = [];
-    let current: { stream: PassThrough; bytes: number; md5?: ReturnType<typeof createHash>; done: Promise<unknown>; path: string } | undefined;
+    const started: string[] = [];
+    const written: Promise<Part>[] = [];
+    let current: { stream: PassThrough; bytes: number; md5?: ReturnType<typeof createHash>; done: Promise<{ size: number; md5?: string }>; path: string } | undefined;
     const start = () => {
-      const path = paths.mirrorBlobPart(registry, digest, fill, parts.length + (current ? 1 : 0));
-      const stream = new PassThrough();
+      const path = paths.mirrorBlobPart(registry, digest, fill, started.length);
+      started.push(path);
+      const stream = new PassThrough({ highWaterMark: 1 << 20 });
       const done = this.driver.put(path, stream, { signal });
-      done.catch(() => {});
+      // A failed put ends its stream, so a writer waiting for it to drain goes on (and fails at the join).
+      done.catch((err: Error) => stream.destroy(err));
       return { stream, bytes: 0, md5: this.driver.reportsMd5 ? createHash('md5') : undefined, done, path };
     };
-    const finish = async () => {
+    const finish = () => {
       if (!current) return;
       const c = current;
       current = undefined;
       c.stream.end();
-      const stored = (await c.done) as { size: number; md5?: string };
-      const md5 = c.md5?.digest('hex');
-      if (md5 !== undefined && stored.md5 !== undefined && stored.md5 !== md5) throw new Error(`storage reports another md5 for ${c.path}`);
-      parts.push({ path: c.path, size: c.bytes, md5 });
+      const part = c.done.then((stored) => {
+        const md5 = c.md5?.digest('hex');
+        if (md5 !== undefined && stored.md5 !== undefined && stored.md5 !== md5) throw new Error(`storage reports another md5 for ${c.path}`);
+        return { path: c.path, size: c.bytes, md5 };
+      });
+      part.catch(() => {});
+      written.push(part);
     };
     try {
       for await (const chunk of body as AsyncIterable<Buffer>) {
@@ -164,19 +174,39 @@ export class CacheStore {
           const slice = piece.subarray(0, take);
           current.md5?.update(slice);
           current.bytes += take;
-          if (!current.stream.write(slice)) await new Promise((resolve) => current!.stream.once('drain', resolve));
+          if (!current.stream.write(slice)) await drained(current.stream);
           piece = piece.subarray(take);
-          if (current.bytes === objectSize) await finish();
+          if (current.bytes === objectSize) {
+            finish();
+            if (written.length >= PARTS_IN_FLIGHT) await written[written.length - PARTS_IN_FLIGHT];
+          }
         }
       }
-      await finish();
-      await this.driver.concat(paths.mirrorBlobData(registry, digest), parts);
+      finish();
+      await this.driver.concat(paths.mirrorBlobData(registry, digest), await Promise.all(written));
     } catch (err) {
       current?.stream.destroy(err as Error);
-      await Promise.all(parts.map((p) => this.driver.delete(p.path).catch(() => {})));
+      await Promise.allSettled(written);
+      await Promise.all(started.map((p) => this.driver.delete(p).catch(() => {})));
       throw err;
     }
   }
+}
+
+/** Part PUTs of one fill in flight at once. */
+const PARTS_IN_FLIGHT = 2;
+
+function drained(stream: PassThrough): Promise<void> {
+  return new Promise((resolve) => {
+    if (stream.destroyed) return resolve();
+    const done = () => {
+      stream.off('drain', done);
+      stream.off('close', done);
+      resolve();
+    };
+    stream.once('drain', done);
+    stream.once('close', done);
+  });
 }
 
 function hash(digest: string, body: Buffer): string {

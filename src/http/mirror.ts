@@ -36,7 +36,7 @@ export function mirrorHook(mirror: Mirror): MirrorHook {
     }
     const head = method === 'HEAD';
     if (route.kind === 'manifest') {
-      const m = await mirror.manifest(target.mirror, target.upstreamName, route.reference, head);
+      const m = await mirror.manifest(target.mirror, target.upstreamName, route.reference);
       c.res.statusCode = 200;
       c.res.setHeader('Content-Type', m.mediaType);
       c.res.setHeader('Content-Length', m.size);

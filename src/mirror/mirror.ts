@@ -102,7 +102,8 @@ export class Mirror {
 
   // --- manifests ---
 
-  async manifest(m: MirrorConfig, name: string, reference: string, head: boolean): Promise<MirrorManifest> {
+  /** A manifest of an upstream repository. A HEAD of an uncached one fetches it as a GET would (the client GETs next). */
+  async manifest(m: MirrorConfig, name: string, reference: string): Promise<MirrorManifest> {
     if (reference.includes(':')) {
       if (!validDigest(reference)) throw manifestUnknown(reference);
       const cached = await this.store.readManifest(m.registry, reference);

@@ -18,6 +18,7 @@ import { Access } from '../../src/http/auth.js';
 import { mirrorHook } from '../../src/http/mirror.js';
 import { Mirror } from '../../src/mirror/mirror.js';
 import { mirrorMetrics } from '../../src/mirror/metrics.js';
+import { pruneMirror } from '../../src/mirror/prune.js';
 import { Metrics } from '../../src/observability/metrics.js';
 import { DEFAULT_NAMESPACE } from '../../src/registry/paths.js';
 import { Registry } from '../../src/registry/registry.js';
@@ -223,6 +224,42 @@ describe('caps', () => {
         await new Promise((r) => setTimeout(r, 50));
       }
       throw new Error('the second fill never started after the first ended');
+    } finally {
+      await started.served.close();
+      started.core.close();
+    }
+  });
+});
+
+describe('prune beside a fill', () => {
+  it('a prune that runs while a fill is held (even one that judges everything expired) leaves the blob whole or absent, never half', async () => {
+    const big = Buffer.alloc(24 * 1024 * 1024, 2);
+    big.write('prune beside a fill', 0);
+    const digest = await pushBlob(upstream.url, 'org/prunefill', big, UP);
+    const started = await startMirror([{}]);
+    try {
+      let held: http.IncomingMessage | undefined;
+      const req = http.get(`${started.served.url}/v2/quay.io/org/prunefill/blobs/${digest}`, (res) => {
+        held = res;
+        res.pause();
+      });
+      req.on('error', () => {});
+      for (let i = 0; i < 100 && !held; i++) await new Promise((r) => setTimeout(r, 50));
+      const driver = await FilesystemDriver.open(started.root);
+      const quiet = { debug() {}, info() {}, warn() {} };
+      const config = { registry: 'quay.io', url: upstream.url, tagTtl: 300, keep: 60, unprefixed: [], timeout: 5, maxBlobSize: MIRROR_DEFAULTS.maxBlobSize, maxFills: 4, maxFillsPerClient: 8 } as MirrorConfig;
+      // Now: the fill's touch is fresh, so it is kept. An hour later: everything looks expired and is swept.
+      expect((await pruneMirror(driver, config, { log: quiet })).blobs.deleted).toBe(0);
+      await pruneMirror(driver, config, { log: quiet, now: new Date(Date.now() + 3600_000) });
+      held!.resume();
+      const chunks: Buffer[] = [];
+      for await (const c of held!) chunks.push(c as Buffer);
+      expect(sha256(Buffer.concat(chunks))).toBe(digest);
+      // Whatever the cache holds now is the whole blob, or nothing (and then the next pull fetches it again).
+      const stored = await started.core.store.blobSize('quay.io', digest);
+      expect([null, big.length]).toContain(stored);
+      const again = await fetch(`${started.served.url}/v2/quay.io/org/prunefill/blobs/${digest}`);
+      expect(sha256(Buffer.from(await again.arrayBuffer()))).toBe(digest);
     } finally {
       await started.served.close();
       started.core.close();

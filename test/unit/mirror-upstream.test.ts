@@ -1,5 +1,10 @@
 /** The upstream client against small loopback servers that play the parts of a registry, its token service and a CDN. */
 import http from 'node:http';
+import https from 'node:https';
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { selfSignedCert } from '../helpers/docker.js';
 import type { AddressInfo } from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
 import { MIRROR_DEFAULTS, type MirrorConfig } from '../../src/config/mirrors.js';
@@ -137,6 +142,34 @@ describe('upstream client', () => {
       expect(String(err)).not.toMatch(/secret-pw/);
     } finally {
       gone.close();
+    }
+  });
+
+  it('TLS is verified: a self-signed upstream is refused, and accepted with its certificate as `ca`', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'berth-upstream-tls-'));
+    try {
+      const { cert, key } = await selfSignedCert(dir, ['127.0.0.1']);
+      const pem = await readFile(cert, 'utf8');
+      const s = https.createServer({ cert: pem, key: await readFile(key) }, (_req, res) => res.end('{}'));
+      servers.push(s as unknown as http.Server);
+      await new Promise<void>((r) => s.listen(0, '127.0.0.1', r));
+      const url = `https://127.0.0.1:${(s.address() as AddressInfo).port}`;
+      const strict = new Upstream(config(url));
+      try {
+        const err = await strict.manifest('a/b', 'v1', 'GET').catch((e: unknown) => e);
+        expect(err).toBeInstanceOf(UpstreamUnavailable);
+        expect(String(err)).toMatch(/SELF_SIGNED|CERT/);
+      } finally {
+        strict.close();
+      }
+      const trusting = new Upstream(config(url, { ca: pem }));
+      try {
+        expect((await trusting.manifest('a/b', 'v1', 'GET')).status).toBe(200);
+      } finally {
+        trusting.close();
+      }
+    } finally {
+      await rm(dir, { recursive: true, force: true });
     }
   });
 });

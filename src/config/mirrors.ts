@@ -17,6 +17,8 @@
  *       max-blob-size: 10737418240       larger blobs are refused, not fetched
  *       max-fills: 16                    blob fills from this upstream at once; more wait for a slot
  *       max-fills-per-client: 8          fills one client address may have started and running; more get 429
+ *       max-size: 107374182400           bytes the cache of this upstream may hold after a prune (least recently
+ *                                        pulled first out); default: no cap
  */
 import { readFileSync } from 'node:fs';
 import { resolve } from 'node:path';
@@ -42,6 +44,8 @@ export interface MirrorConfig {
   maxBlobSize: number;
   maxFills: number;
   maxFillsPerClient: number;
+  /** Bytes `berth prune` leaves in this upstream's cache at most; undefined: no cap. */
+  maxSize?: number;
 }
 
 export const MIRROR_DEFAULTS = {
@@ -54,7 +58,7 @@ export const MIRROR_DEFAULTS = {
 } as const;
 
 type Obj = Record<string, unknown>;
-const KEYS = ['registry', 'url', 'username', 'password', 'tag-ttl', 'keep', 'namespaces', 'unprefixed', 'ca', 'timeout', 'max-blob-size', 'max-fills', 'max-fills-per-client'];
+const KEYS = ['registry', 'url', 'username', 'password', 'tag-ttl', 'keep', 'namespaces', 'unprefixed', 'ca', 'timeout', 'max-blob-size', 'max-fills', 'max-fills-per-client', 'max-size'];
 
 export function parseMirrors(value: unknown, baseDir: string): MirrorConfig[] {
   if (value === undefined || value === null) return [];
@@ -112,6 +116,7 @@ export function parseMirrors(value: unknown, baseDir: string): MirrorConfig[] {
       maxBlobSize: integer(o['max-blob-size'], `${where}.max-blob-size`, MIRROR_DEFAULTS.maxBlobSize, 1, Number.MAX_SAFE_INTEGER),
       maxFills: integer(o['max-fills'], `${where}.max-fills`, MIRROR_DEFAULTS.maxFills, 1, 1024),
       maxFillsPerClient: integer(o['max-fills-per-client'], `${where}.max-fills-per-client`, MIRROR_DEFAULTS.maxFillsPerClient, 1, 1024),
+      maxSize: o['max-size'] === undefined || o['max-size'] === null ? undefined : integer(o['max-size'], `${where}.max-size`, 0, 1, Number.MAX_SAFE_INTEGER),
     };
   });
 }

@@ -5,6 +5,9 @@
  * that pulls only the manifest (it has the layers) does not leave the cache with half an image when the upstream
  * is down. An expired item goes by prune's protocol (registry/prune.ts): tombstone, re-read `touched` and
  * `pulled` (a fill or pull meanwhile keeps it), delete the data first and the tombstone last.
+ *
+ * With `max-size`, kept items then go least recently used first until the cache fits, except those used within
+ * SIZE_GRACE_MS (a fill in progress, a pull right now): the cap is met at the next run if they keep it from fitting.
  */
 import { hostname } from 'node:os';
 import { randomBytes } from 'node:crypto';
@@ -42,6 +45,7 @@ interface Item {
 }
 
 const tally = (): Tally => ({ examined: 0, kept: 0, deleted: 0 });
+const SIZE_GRACE_MS = 10 * 60_000;
 
 export async function pruneMirror(driver: StorageDriver, m: MirrorConfig, opts: MirrorPruneOptions): Promise<MirrorPruneReport> {
   const report: MirrorPruneReport = { registry: m.registry, tags: tally(), blobs: tally(), bytes: tally(), failures: 0 };
@@ -91,6 +95,20 @@ export async function pruneMirror(driver: StorageDriver, m: MirrorConfig, opts: 
       }
     }
 
+    // Over the size cap: the least recently used kept items go too (judged against the grace, not `keep`).
+    const evicted = new Set<string>();
+    if (m.maxSize !== undefined) {
+      const kept = [...items.values()].filter((i) => keep.has(i.digest)).sort((a, b) => a.lastUse - b.lastUse);
+      let total = kept.reduce((n, i) => n + i.size, 0);
+      for (const i of kept) {
+        if (total <= m.maxSize || i.lastUse >= now - SIZE_GRACE_MS) break;
+        keep.delete(i.digest);
+        evicted.add(i.digest);
+        total -= i.size;
+      }
+      if (total > m.maxSize) opts.log.warn({ registry: m.registry, bytes: total, maxSize: m.maxSize }, 'the cache stays over max-size: what is left was used within the last ten minutes');
+    }
+
     for await (const o of driver.list(paths.mirrorTags(m.registry))) {
       const parsed = parseMirrorTagPath(m.registry, o.path);
       if (!parsed) continue;
@@ -104,7 +122,8 @@ export async function pruneMirror(driver: StorageDriver, m: MirrorConfig, opts: 
     for (const item of items.values()) {
       report.blobs.examined++;
       report.bytes.examined += item.size;
-      if (keep.has(item.digest) || !(await sweep(driver, m.registry, item, cutoff, opts, remove, report))) {
+      const itemCutoff = evicted.has(item.digest) ? now - SIZE_GRACE_MS : cutoff;
+      if (keep.has(item.digest) || !(await sweep(driver, m.registry, item, itemCutoff, opts, remove, report))) {
         report.blobs.kept++;
         report.bytes.kept += item.size;
       } else {

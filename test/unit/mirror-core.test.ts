@@ -189,6 +189,35 @@ describe('cache prune', () => {
     expect(await inner.stat(paths.mirrorPruneLock(REG))).toBeNull();
   });
 
+  it('max-size: the least recently used go first until the cache fits; what was used in the last minutes stays', async () => {
+    const inner = new MemoryDriver();
+    const store = new CacheStore(inner, 1000);
+    const [a, b, c] = [data(5000, 21), data(6000, 22), data(7000, 23)];
+    for (const x of [a, b, c]) await store.writeBlob(REG, sha256(x), pieces(x), x.length, new AbortController().signal);
+    const agoMs: Record<string, number> = { [sha256(a)]: 2 * 3600_000, [sha256(b)]: 3600_000 };
+    const shift = (o: ObjectInfo): ObjectInfo => {
+      const d = Object.keys(agoMs).find((k) => o.path.includes(k));
+      return d ? { ...o, modified: new Date(Date.now() - agoMs[d]) } : o;
+    };
+    const driver = overriding(inner, {
+      stat: async (p) => {
+        const o = await inner.stat(p);
+        return o && shift(o);
+      },
+      list: async function* (prefix) {
+        for await (const o of inner.list(prefix)) yield shift(o);
+      },
+    });
+    const capped = { ...mirror, keep: 86_400, maxSize: 10_000 };
+    const report = await pruneMirror(driver, capped, { log: quiet });
+    expect(report.blobs).toEqual({ examined: 3, kept: 1, deleted: 2 });
+    expect(await store.blobSize(REG, sha256(c))).toBe(c.length);
+    expect(await store.blobSize(REG, sha256(a))).toBeNull();
+    // Only fresh items left over the cap: kept (the next run judges again).
+    const tight = await pruneMirror(driver, { ...capped, maxSize: 1 }, { log: quiet });
+    expect(tight.blobs).toEqual({ examined: 1, kept: 1, deleted: 0 });
+  });
+
   it('a fill or pull that touches the item after prune listed it keeps it (the tombstone is lifted)', async () => {
     const inner = new MemoryDriver();
     const store = new CacheStore(inner, 1000);

@@ -177,7 +177,7 @@ describe('config', () => {
     });
 
     it('shadow: is refused saying what it was; other unknown keys (xstorage) stay errors naming their path', () => {
-      expect(() => parse(`registry:\n  shadow:\n    docker.io: {hostname: registry-1.docker.io}\n${FS}`)).toThrow(/^registry\.shadow: was zuul-registry's early pull-through option.*Berth does not proxy upstream registries/);
+      expect(() => parse(`registry:\n  shadow:\n    docker.io: {hostname: registry-1.docker.io}\n${FS}`)).toThrow(/^registry\.shadow: was zuul-registry's early pull-through option.*registry\.mirrors/);
       expect(() => parse(`registry:\n  xstorage: {driver: swift}\n${FS}`)).toThrow(/^registry\.xstorage: unknown key/);
     });
   });

@@ -32,6 +32,9 @@ import type { LockService } from './locks/lock-service.js';
 import type { StorageDriver } from './storage/driver.js';
 import { runPrimary } from './cluster/primary.js';
 import { joinCluster, leaveCluster, type WorkerShare } from './cluster/worker.js';
+import { Mirror } from './mirror/mirror.js';
+import { mirrorMetrics } from './mirror/metrics.js';
+import { mirrorHook } from './http/mirror.js';
 
 const USAGE = `usage: berth [-c FILE] [-d] [command]
 
@@ -139,7 +142,11 @@ async function serve(config: Config, log: Logger): Promise<number> {
   metrics.watchUsage(configuredNamespaces(config), registry.driver, registry.quotas);
   const clientAddresses = new ClientAddresses(config.trustedProxies);
   const web = { secret: config.secret, audience: tokenAudience(config), publicUrl: config.publicUrl, tls: Boolean(tls), expirationOf: (ns: string) => config.namespaces[ns]?.expiration ?? config.expiration };
-  const app = createApp(registry, { log, access, metrics, clientAddresses, web });
+  // The pull-through cache exists only when upstreams are configured; the log names them, never their logins.
+  const tempUrlSeconds = config.storage.driver === 'swift' && config.storage.tempUrlKey ? (config.storage.tempUrlExpiry ?? DEFAULTS.swift.tempUrlExpiry) : undefined;
+  const mirror = config.mirrors.length > 0 ? new Mirror(config.mirrors, driver, mirrorMetrics(metrics), log, tempUrlSeconds) : undefined;
+  if (mirror) log.info({ mirrors: config.mirrors.map((m) => ({ registry: m.registry, url: m.url, login: m.username !== undefined })) }, 'pull-through cache enabled');
+  const app = createApp(registry, { log, access, metrics, clientAddresses, web, mirror: mirror && mirrorHook(mirror) });
   const server = createServer(app, { tls, timeouts: config.timeouts, log, clientAddresses });
   // Signals are taken before the port opens: a SIGTERM right after start-up still shuts down cleanly.
   const stopped = new Promise<void>((resolve) => {
@@ -167,6 +174,7 @@ async function serve(config: Config, log: Logger): Promise<number> {
   if (!shared) process.stdout.write(`berth listening on port ${port}\n`);
 
   await stopped;
+  mirror?.close();
   await registry.close();
   await memcached?.close();
   return 0;

@@ -9,6 +9,7 @@ import type { Config } from '../config/config.js';
 import { validNamespace } from '../registry/paths.js';
 import { Pruner, type PruneReport, type Tally } from '../registry/prune.js';
 import { openStorage } from '../storage/factory.js';
+import { formatMirrorReport, pruneMirror } from '../mirror/prune.js';
 
 export const PRUNE_USAGE = 'usage: berth [-c FILE] [-d] prune [--dry-run] [--namespace NS]...';
 
@@ -44,6 +45,16 @@ export async function runPrune(config: Config, args: string[], log: Logger): Pro
       process.stdout.write(formatReport(report, dryRun, Date.now() - started));
       if (report.refused || report.failures > 0) status = 1;
       log.info({ ...report, dryRun }, 'prune finished');
+    }
+    // The pull-through cache belongs to no namespace: pruned on a run over all of them (mirror/prune.ts).
+    if (values.namespace === undefined) {
+      for (const m of config.mirrors) {
+        const started = Date.now();
+        const report = await pruneMirror(driver, m, { dryRun, log });
+        process.stdout.write(formatMirrorReport(report, dryRun, Date.now() - started));
+        if (report.refused || report.failures > 0) status = 1;
+        log.info({ ...report, dryRun }, 'mirror cache prune finished');
+      }
     }
   } finally {
     await driver.close();

@@ -12,6 +12,7 @@ import { substituteEnv, type Unresolved } from './env.js';
 import { loadYaml } from './yaml.js';
 import { DEFAULT_LIMITS, type UploadLimits } from '../registry/upload-limits.js';
 import type { CommitMode } from '../registry/upload-commit.js';
+import { parseMirrors, type MirrorConfig } from './mirrors.js';
 
 export interface UserConfig {
   name: string;
@@ -65,6 +66,8 @@ export interface Config {
   timeouts: Timeouts;
   /** What one upload or namespace may cost (registry.limits; docs/security-storage.md). */
   limits: UploadLimits;
+  /** Upstream registries cached on demand (config/mirrors.ts, docs/mirrors.md); empty: no pull-through cache. */
+  mirrors: MirrorConfig[];
   /** Processes serving requests (`workers: N | auto`); above 1, a primary forks them (src/cluster/primary.ts). */
   workers: number;
   /** A lock service across processes (registry.locks; docs/security-storage.md); none: the driver's lock, if any. */
@@ -100,6 +103,8 @@ export interface Timeouts {
   idle: number;
   /** A request body with no byte received while Berth is ready to read it. */
   bodyIdle: number;
+  /** A response whose client takes none of the bytes waiting for it (docs/security-network.md). */
+  sendIdle: number;
 }
 
 export interface NamespaceConfig {
@@ -149,9 +154,9 @@ export function parseConfig(raw: unknown, baseDir = process.cwd(), env: NodeJS.P
   keys(top, '(top level)', ['registry']);
   const r = object(top.registry, 'registry');
   if (r.shadow !== undefined) {
-    throw new ConfigError('registry.shadow', "was zuul-registry's early pull-through option (never finished there); Berth does not proxy upstream registries: remove it (clients fall back to the upstream registry when the image is missing here)");
+    throw new ConfigError('registry.shadow', "was zuul-registry's early pull-through option (never finished there); Berth's pull-through cache is configured under registry.mirrors (docs/mirrors.md): remove it");
   }
-  keys(r, 'registry', ['address', 'port', 'public-url', 'tls-cert', 'tls-key', 'secret', 'users', 'storage', 'expiration', 'upload-expiry', 'namespaces', 'htpasswd', 'anonymous-pull', 'refresh-token-expiry', 'timeouts', 'limits', 'locks', 'trusted-proxies', 'workers', 'quota', 'quota-interval']);
+  keys(r, 'registry', ['address', 'port', 'public-url', 'tls-cert', 'tls-key', 'secret', 'users', 'storage', 'expiration', 'upload-expiry', 'namespaces', 'htpasswd', 'anonymous-pull', 'refresh-token-expiry', 'timeouts', 'limits', 'locks', 'trusted-proxies', 'workers', 'mirrors', 'quota', 'quota-interval']);
 
   // Templates often quote it ('9000').
   const port = r.port === undefined ? DEFAULTS.port : integer(typeof r.port === 'string' && /^[0-9]{1,5}$/.test(r.port) ? Number(r.port) : r.port, 'registry.port', 0, 65535);
@@ -187,6 +192,7 @@ export function parseConfig(raw: unknown, baseDir = process.cwd(), env: NodeJS.P
     quotaInterval: r['quota-interval'] === undefined ? DEFAULTS.quotaInterval : integer(r['quota-interval'], 'registry.quota-interval', 1, 60),
     trustedProxies: trustedProxies(r['trusted-proxies']),
     workers: workers(r.workers),
+    mirrors: parseMirrors(r.mirrors, baseDir),
   };
   if (config.users.length > 0 && !config.secret) throw new ConfigError('registry.secret', 'is required when users are configured (it signs tokens)');
   const names = config.users.map((u) => u.name);
@@ -261,13 +267,14 @@ function expiration(r: Obj): number | undefined {
 function timeouts(value: unknown): Timeouts {
   if (value === undefined || value === null) return { ...DEFAULT_TIMEOUTS };
   const o = object(value, 'registry.timeouts');
-  keys(o, 'registry.timeouts', ['handshake', 'headers', 'idle', 'body-idle']);
+  keys(o, 'registry.timeouts', ['handshake', 'headers', 'idle', 'body-idle', 'send-idle']);
   const seconds = (key: string, fallback: number, max: number) => (o[key] === undefined ? fallback : integer(o[key], `registry.timeouts.${key}`, 1, max));
   return {
     handshake: seconds('handshake', DEFAULT_TIMEOUTS.handshake, 300),
     headers: seconds('headers', DEFAULT_TIMEOUTS.headers, 300),
     idle: seconds('idle', DEFAULT_TIMEOUTS.idle, 3600),
     bodyIdle: seconds('body-idle', DEFAULT_TIMEOUTS.bodyIdle, 3600),
+    sendIdle: seconds('send-idle', DEFAULT_TIMEOUTS.sendIdle, 3600),
   };
 }
 

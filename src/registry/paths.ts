@@ -33,6 +33,20 @@
  *
  * <ns> is the tenant's namespace; <name> is an OCI repository name, whose components never start with '_', so
  * the '_' directories cannot collide with a repository called, say, "app/manifests".
+ *
+ * The pull-through cache (registry.mirrors, src/mirror/) lives apart from every namespace, under a prefix that
+ * cannot be one (a namespace has no '.'), one directory per upstream <registry> (docker.io, quay.io):
+ *
+ *   mirror.cache/<registry>/
+ *     blobs/<alg>:<hex>/data                     a blob or manifest as the upstream served it, verified
+ *     blobs/<alg>:<hex>/parts/<uuid>/<n>         its parts, where it was larger than one object (Swift)
+ *     blobs/<alg>:<hex>/manifest                 JSON {mediaType} when the bytes are a manifest
+ *     blobs/<alg>:<hex>/touched                  rewritten by a fill before it writes (prune's protocol)
+ *     blobs/<alg>:<hex>/pulled                   rewritten on a pull, at most once per interval (prune's clock)
+ *     blobs/<alg>:<hex>/tombstone                written by prune before it deletes the item
+ *     tags/<name>/_tag/<tag>                     JSON {digest, mediaType, size, checked}: the upstream's tag
+ *                                                as last seen (<name> is the upstream's repository name)
+ *     prune.lock                                 held by a running prune of this upstream's cache
  */
 import { RegistryError } from './errors.js';
 
@@ -50,6 +64,10 @@ export const CHUNK_OBJECT_RE = /^(?:0|[1-9][0-9]{0,8})\.[0-9a-f]{8}$/;
 export const PAGE_OBJECT_RE = /^p(?:0|[1-9][0-9]{0,8})\.[0-9a-f]{8}$/;
 
 export const DEFAULT_NAMESPACE = '_local';
+/** The pull-through cache's root: not a namespace (those have no '.'), so no tenant's paths can reach it. */
+export const MIRROR_ROOT = 'mirror.cache';
+/** A registry as clients prefix names with it: one name component with a dot (docker.io, registry.k8s.io). */
+const MIRROR_REGISTRY_RE = /^[a-z0-9]+(?:[.-][a-z0-9]+)*\.[a-z0-9]+(?:[.-][a-z0-9]+)*$/;
 /** Distribution's limit; keeps every path well inside any backend's key length. */
 export const MAX_NAME_LENGTH = 255;
 
@@ -90,6 +108,13 @@ export function validUploadId(id: string): boolean {
 }
 export function validNamespace(ns: string): boolean {
   return NAMESPACE_RE.test(ns);
+}
+export function validMirrorRegistry(registry: string): boolean {
+  return registry.length <= 253 && MIRROR_REGISTRY_RE.test(registry);
+}
+function mirror(registry: string): string {
+  if (!validMirrorRegistry(registry)) throw new Error(`invalid mirror registry: ${JSON.stringify(registry)}`);
+  return `${MIRROR_ROOT}/${registry}`;
 }
 
 function ns(namespace: string): string {
@@ -167,7 +192,44 @@ export const paths = {
   referrers: (n: string, r: string, subject: string) => `${ns(n)}/repos/${name(r)}/_referrers/${digest(subject)}`,
   referrer: (n: string, r: string, subject: string, d: string) =>
     `${ns(n)}/repos/${name(r)}/_referrers/${digest(subject)}/${digest(d)}`,
+
+  /** The pull-through cache of one upstream (see the layout above). */
+  mirror: (m: string) => mirror(m),
+  mirrorBlobs: (m: string) => `${mirror(m)}/blobs`,
+  mirrorBlob: (m: string, d: string) => `${mirror(m)}/blobs/${digest(d)}`,
+  mirrorBlobData: (m: string, d: string) => `${mirror(m)}/blobs/${digest(d)}/data`,
+  mirrorBlobPart: (m: string, d: string, id: string, i: number) => `${mirror(m)}/blobs/${digest(d)}/parts/${uuid(id)}/${index(i)}`,
+  mirrorManifestMeta: (m: string, d: string) => `${mirror(m)}/blobs/${digest(d)}/manifest`,
+  mirrorTouched: (m: string, d: string) => `${mirror(m)}/blobs/${digest(d)}/touched`,
+  mirrorPulled: (m: string, d: string) => `${mirror(m)}/blobs/${digest(d)}/pulled`,
+  mirrorTombstone: (m: string, d: string) => `${mirror(m)}/blobs/${digest(d)}/tombstone`,
+  mirrorTags: (m: string) => `${mirror(m)}/tags`,
+  mirrorPruneLock: (m: string) => `${mirror(m)}/prune.lock`,
+  mirrorTag: (m: string, r: string, t: string) => `${mirror(m)}/tags/${name(r)}/_tag/${tag(t)}`,
 };
+
+/** The digest and the rest of a path under a mirror's `blobs/`; null for anything else. */
+export function parseMirrorBlobPath(registry: string, p: string): { digest: string; rest: string } | null {
+  const prefix = `${mirror(registry)}/blobs/`;
+  if (!p.startsWith(prefix)) return null;
+  const tail = p.slice(prefix.length);
+  const at = tail.indexOf('/');
+  if (at <= 0) return null;
+  const d = tail.slice(0, at);
+  return validDigest(d) ? { digest: d, rest: tail.slice(at + 1) } : null;
+}
+
+/** The upstream repository and tag of a path under a mirror's `tags/`; null for anything else. */
+export function parseMirrorTagPath(registry: string, p: string): { repo: string; tag: string } | null {
+  const prefix = `${mirror(registry)}/tags/`;
+  if (!p.startsWith(prefix)) return null;
+  const tail = p.slice(prefix.length);
+  const at = tail.lastIndexOf('/_tag/');
+  if (at <= 0) return null;
+  const repo = tail.slice(0, at);
+  const t = tail.slice(at + '/_tag/'.length);
+  return validName(repo) && validTag(t) ? { repo, tag: t } : null;
+}
 
 /** The digest and the rest of a path under `<ns>/blobs/`; null for anything else. */
 export function parseBlobPath(namespace: string, p: string): { digest: string; rest: string } | null {

@@ -190,7 +190,7 @@ describe('config', () => {
     });
 
     it('shadow: is refused saying what it was; other unknown keys (xstorage) stay errors naming their path', () => {
-      expect(() => parse(`registry:\n  shadow:\n    docker.io: {hostname: registry-1.docker.io}\n${FS}`)).toThrow(/^registry\.shadow: was zuul-registry's early pull-through option.*Berth does not proxy upstream registries/);
+      expect(() => parse(`registry:\n  shadow:\n    docker.io: {hostname: registry-1.docker.io}\n${FS}`)).toThrow(/^registry\.shadow: was zuul-registry's early pull-through option.*registry\.mirrors/);
       expect(() => parse(`registry:\n  xstorage: {driver: swift}\n${FS}`)).toThrow(/^registry\.xstorage: unknown key/);
     });
   });
@@ -247,8 +247,8 @@ describe('config', () => {
 describe('config: connection timeouts', () => {
   const base = 'registry:\n  storage: {driver: filesystem, root: /d}\n';
   it('defaults bound every stage of a connection; each can be set in seconds', () => {
-    expect(parse(base).timeouts).toEqual({ handshake: 10, headers: 10, idle: 65, bodyIdle: 60 });
-    expect(parse(`${base}  timeouts: {handshake: 3, body-idle: 120}\n`).timeouts).toEqual({ handshake: 3, headers: 10, idle: 65, bodyIdle: 120 });
+    expect(parse(base).timeouts).toEqual({ handshake: 10, headers: 10, idle: 65, bodyIdle: 60, sendIdle: 60 });
+    expect(parse(`${base}  timeouts: {handshake: 3, body-idle: 120, send-idle: 30}\n`).timeouts).toEqual({ handshake: 3, headers: 10, idle: 65, bodyIdle: 120, sendIdle: 30 });
   });
 
   it('refuses zero, fractions, unknown keys, and a handshake over five minutes, naming the key', () => {
@@ -256,5 +256,6 @@ describe('config: connection timeouts', () => {
     expect(() => parse(`${base}  timeouts: {idle: 1.5}\n`)).toThrow(/registry\.timeouts\.idle/);
     expect(() => parse(`${base}  timeouts: {request: 5}\n`)).toThrow(/registry\.timeouts\.request: unknown key/);
     expect(() => parse(`${base}  timeouts: {handshake: 301}\n`)).toThrow(/registry\.timeouts\.handshake/);
+    expect(() => parse(`${base}  timeouts: {send-idle: 0}\n`)).toThrow(/registry\.timeouts\.send-idle: must be an integer from 1/);
   });
 });

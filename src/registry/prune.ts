@@ -13,7 +13,8 @@
  * check, and then prune's re-read comes after the touch (prune keeps the blob). It relies on reads seeing
  * completed writes of single objects, which the filesystem and a healthy Swift give.
  *
- * Memory: the set of marked digests per namespace, plus one repository's tags and revisions at a time.
+ * Memory: the set of marked digests per namespace, plus one repository's tags and revisions at a time, plus a
+ * batch of deletions (prune-batch.ts: deletions go to the driver's deleteMany, a thousand at a time).
  */
 import { hostname } from 'node:os';
 import { randomBytes } from 'node:crypto';
@@ -23,6 +24,8 @@ import { groups } from './listing.js';
 import { needs } from './manifest-doc.js';
 import { parseBlobPath, parseRepoPath, paths, validDigest, validTag } from './paths.js';
 import { pruneUploads } from './prune-uploads.js';
+import { DeleteQueue, SWEEP_BATCH, SWEEP_PARALLELISM, removeClaims, sweepBatch, type Candidate } from './prune-batch.js';
+import { forEachLimited } from '../util/concurrency.js';
 
 export interface PruneLog {
   debug(obj: object, msg: string): void;
@@ -66,6 +69,8 @@ export interface PruneReport {
   bytes: Tally;
   /** Deletions that failed (the run went on). */
   failures: number;
+  /** Stored objects deleted (every kind: records, links, blob data, markers). */
+  objects: number;
 }
 
 const tally = (): Tally => ({ examined: 0, kept: 0, deleted: 0 });
@@ -75,7 +80,7 @@ export class Pruner {
   constructor(private readonly driver: StorageDriver) {}
 
   async prune(ns: string, opts: PruneOptions): Promise<PruneReport> {
-    const report: PruneReport = { namespace: ns, uploads: tally(), linked: tally(), manifests: tally(), tags: tally(), blobs: tally(), bytes: tally(), failures: 0 };
+    const report: PruneReport = { namespace: ns, uploads: tally(), linked: tally(), manifests: tally(), tags: tally(), blobs: tally(), bytes: tally(), failures: 0, objects: 0 };
     const run = new Run(this.driver, ns, opts, report);
     if (!opts.dryRun) {
       const refused = await run.lock();
@@ -84,8 +89,9 @@ export class Pruner {
     try {
       await run.uploads();
       const marked = await run.manifests();
-      await run.blobs(marked);
+      const swept = await run.blobs(marked);
       await run.links(marked);
+      await run.claimsOf(swept);
     } finally {
       if (!opts.dryRun) await run.unlock();
     }
@@ -100,6 +106,8 @@ class Run {
   private readonly graceCutoff: number;
   private lockToken = '';
   private lastProgress = Date.now();
+  private stageStarted = Date.now();
+  private readonly queue: DeleteQueue;
 
   constructor(
     private readonly driver: StorageDriver,
@@ -110,6 +118,27 @@ class Run {
     this.now = (opts.now ?? new Date()).getTime();
     this.manifestCutoff = opts.expiration === undefined ? -Infinity : this.now - opts.expiration * 1000;
     this.graceCutoff = this.now - opts.uploadExpiry * 1000;
+    this.queue = new DeleteQueue(
+      driver,
+      (f) => {
+        report.failures++;
+        opts.log.warn({ namespace: ns, path: f.path, err: f.error.message }, 'delete failed');
+      },
+      (n) => (report.objects += n),
+    );
+  }
+
+  /**
+   * Queue a deletion (a listing entry, or a path of a plain object); `done` learns whether it went. Dry runs only
+   * log. The queue is flushed at the end of each stage.
+   */
+  private async enqueue(target: ObjectInfo | string, what: object, done: (ok: boolean) => void): Promise<void> {
+    const path = typeof target === 'string' ? target : target.path;
+    if (this.opts.dryRun) {
+      this.opts.log.debug({ namespace: this.ns, path, ...what }, 'would delete');
+      return done(true);
+    }
+    await this.queue.add(typeof target === 'string' ? { path, joined: false } : target, done);
   }
 
   // --- lock ---
@@ -153,6 +182,7 @@ class Run {
     }
     try {
       await this.driver.delete(path);
+      this.report.objects++;
       this.opts.log.debug({ namespace: this.ns, path, ...what }, 'deleted');
       return true;
     } catch (err) {
@@ -162,21 +192,35 @@ class Run {
     }
   }
 
-  /** Delete unless a push rewrote the object since it was listed (a tag moved, a manifest pushed again). */
-  private async removeIfUnchanged(listed: ObjectInfo, what: object): Promise<boolean> {
+  /**
+   * Delete unless a push rewrote the object since it was listed (a tag moved, a manifest pushed again): checked now,
+   * deleted with the next batch; `done` learns whether it went.
+   */
+  private async removeIfUnchanged(listed: ObjectInfo, what: object, done: (ok: boolean) => void): Promise<void> {
     if (!this.opts.dryRun) {
       const now = await this.driver.stat(listed.path);
-      if (now && now.modified.getTime() > listed.modified.getTime()) return false;
+      if (now && now.modified.getTime() > listed.modified.getTime()) return done(false);
     }
-    return this.remove(listed.path, what);
+    await this.enqueue(listed, what, done);
   }
 
-  private tick(stage: string): void {
+  /**
+   * Progress every few seconds. Blobs are listed in digest order and digests are uniform, so the hex position of
+   * the current one says how far the blob stage (the longest) has come, and so the time it has left.
+   */
+  private tick(stage: string, digest?: string): void {
     if (!this.opts.progress || Date.now() - this.lastProgress < PROGRESS_EVERY_MS) return;
     this.lastProgress = Date.now();
     const r = this.report;
+    let left = '';
+    const hex = digest?.split(':')[1];
+    if (hex) {
+      const done = parseInt(hex.slice(0, 8), 16) / 2 ** 32;
+      if (done > 0.01) left = `, about ${Math.round(((Date.now() - this.stageStarted) / 1000) * ((1 - done) / done))} s left in blobs (${Math.round(done * 100)}%)`;
+    }
+    const requests = this.driver.requestCount ? `, ${this.driver.requestCount()} storage requests` : '';
     this.opts.progress(
-      `prune ${this.ns}: ${stage}: uploads ${r.uploads.examined}, manifests ${r.manifests.examined}, blobs ${r.blobs.examined} examined`,
+      `prune ${this.ns}: ${stage}: uploads ${r.uploads.examined}, manifests ${r.manifests.examined}, blobs ${r.blobs.examined} examined; ${r.objects} objects deleted${requests}${left}`,
     );
   }
 
@@ -219,6 +263,7 @@ class Run {
       await this.repository(repo, objects, marked);
       this.tick('manifests');
     }
+    await this.queue.flush();
     return marked;
   }
 
@@ -248,18 +293,19 @@ class Run {
         queue.push(d);
       }
     };
-    for (const [tag, o] of tags) {
+    const counted = (t: Tally) => (ok: boolean) => void (ok ? t.deleted++ : t.kept++);
+    // Fresh tags read, expired ones checked (and queued for deletion), a few at a time.
+    const targets: string[] = [];
+    await forEachLimited(tags, SWEEP_PARALLELISM, async ([tag, o]) => {
       this.report.tags.examined++;
       if (o.modified.getTime() >= this.manifestCutoff) {
-        const target = (await this.readText(o.path))?.trim();
-        if (target && validDigest(target)) add(target);
+        targets.push((await this.readText(o.path))?.trim() ?? '');
         this.report.tags.kept++;
-      } else if (await this.removeIfUnchanged(o, { repository: repo, tag })) {
-        this.report.tags.deleted++;
       } else {
-        this.report.tags.kept++;
+        await this.removeIfUnchanged(o, { repository: repo, tag }, counted(this.report.tags));
       }
-    }
+    });
+    for (const target of targets) if (validDigest(target)) add(target);
     for (const [d, o] of revisions) {
       const t = o.modified.getTime();
       if ((!isReferrer.has(d) && t >= this.manifestCutoff) || t >= this.graceCutoff) add(d);
@@ -277,25 +323,24 @@ class Run {
       }
     }
 
-    for (const [d, o] of revisions) {
+    await forEachLimited(revisions, SWEEP_PARALLELISM, async ([d, o]) => {
       this.report.manifests.examined++;
-      if (keep.has(d)) {
-        this.report.manifests.kept++;
-      } else if (await this.removeIfUnchanged(o, { repository: repo, manifest: d })) {
-        this.report.manifests.deleted++;
-      } else {
-        this.report.manifests.kept++;
-      }
-    }
+      if (keep.has(d)) this.report.manifests.kept++;
+      else await this.removeIfUnchanged(o, { repository: repo, manifest: d }, counted(this.report.manifests));
+    });
     for (const [, list] of referrersOf) {
-      for (const r of list) if (!keep.has(r.digest)) await this.remove(r.path, { repository: repo, referrer: r.digest });
+      for (const r of list) if (!keep.has(r.digest)) await this.enqueue(r.path, { repository: repo, referrer: r.digest }, () => {});
     }
   }
 
   // --- blobs ---
 
-  async blobs(marked: Set<string>): Promise<void> {
+  /** Sweep unreferenced blobs in batches (prune-batch.ts); resolves with the digests swept. */
+  async blobs(marked: Set<string>): Promise<Set<string>> {
     const t = this.report.blobs;
+    const swept = new Set<string>();
+    let batch: Candidate[] = [];
+    this.stageStarted = Date.now();
     for await (const { key: digest, objects } of groups(this.driver.list(paths.blobs(this.ns)), (o) => parseBlobPath(this.ns, o.path)?.digest ?? null)) {
       const rest = (o: ObjectInfo) => parseBlobPath(this.ns, o.path)!.rest;
       const data = objects.find((o) => rest(o) === 'data');
@@ -308,19 +353,20 @@ class Run {
         t.kept++;
         this.report.bytes.kept += size;
         // A tombstone left by a prune that died mid-sweep would hide a kept blob from pushes.
-        if (tombstone && !this.opts.dryRun) await this.remove(tombstone.path, { blob: digest, stale: 'tombstone' });
+        if (tombstone && !this.opts.dryRun) await this.enqueue(tombstone.path, { blob: digest, stale: 'tombstone' }, () => {});
         if (data) await this.strayParts(digest, data, objects);
         continue;
       }
-      if (await this.sweep(digest, objects.filter((o) => o !== tombstone), data)) {
-        t.deleted++;
-        this.report.bytes.deleted += size;
-      } else {
-        t.kept++;
-        this.report.bytes.kept += size;
+      batch.push({ digest, objects: objects.filter((o) => o !== tombstone), size });
+      if (batch.length >= SWEEP_BATCH) {
+        await this.sweep(batch, swept);
+        batch = [];
       }
-      this.tick('blobs');
+      this.tick('blobs', digest);
     }
+    await this.sweep(batch, swept);
+    await this.queue.flush();
+    return swept;
   }
 
   /**
@@ -351,46 +397,57 @@ class Run {
     }
   }
 
-  /** Tombstone, re-check the touch, delete. Returns false when a push claimed the blob meanwhile. */
-  private async sweep(digest: string, objects: ObjectInfo[], data: ObjectInfo | undefined): Promise<boolean> {
-    if (this.opts.dryRun) {
-      this.opts.log.debug({ namespace: this.ns, blob: digest }, 'would delete blob');
-      return true;
+  /** Tombstone, re-check the touch, delete, a batch at a time (prune-batch.ts); tallies what went. */
+  private async sweep(batch: Candidate[], swept: Set<string>): Promise<void> {
+    if (batch.length === 0) return;
+    const outcomes = this.opts.dryRun
+      ? new Map(batch.map((c) => [c.digest, 'deleted' as const]))
+      : await sweepBatch(
+          {
+            driver: this.driver,
+            ns: this.ns,
+            graceCutoff: this.graceCutoff,
+            failed: (blob, what, err) => {
+              this.report.failures++;
+              this.opts.log.warn({ namespace: this.ns, blob, err: err.message }, what);
+            },
+            deleted: (n) => (this.report.objects += n),
+          },
+          batch,
+        );
+    for (const c of batch) {
+      const outcome = outcomes.get(c.digest);
+      if (outcome === 'claimed') this.opts.log.info({ namespace: this.ns, blob: c.digest }, 'a push claimed the blob during prune; kept');
+      this.opts.log.debug({ namespace: this.ns, blob: c.digest, outcome }, this.opts.dryRun ? 'would delete blob' : 'swept');
+      const tally = outcome === 'deleted' ? 'deleted' : 'kept';
+      this.report.blobs[tally]++;
+      this.report.bytes[tally] += c.size;
+      if (outcome === 'deleted') swept.add(c.digest);
     }
-    const tombstonePath = paths.blobTombstone(this.ns, digest);
-    try {
-      await this.driver.put(tombstonePath, Buffer.alloc(0));
-      const touched = await this.driver.stat(paths.blobTouched(this.ns, digest));
-      if (touched && touched.modified.getTime() >= this.graceCutoff) {
-        this.opts.log.info({ namespace: this.ns, blob: digest }, 'a push claimed the blob during prune; kept');
-        await this.driver.delete(tombstonePath);
-        return false;
-      }
-    } catch (err) {
-      this.report.failures++;
-      this.opts.log.warn({ namespace: this.ns, blob: digest, err: (err as Error).message }, 'could not tombstone blob');
-      return false;
-    }
-    // The data first (where deletes remove a join's parts, they go with it), then what is left, the tombstone last.
-    let ok = true;
-    if (data) ok = await this.remove(data.path, { blob: digest });
-    for (const o of objects) {
-      if (o !== data && ok) ok = await this.remove(o.path, { blob: digest });
-    }
-    if (ok) ok = await this.remove(tombstonePath, { blob: digest });
-    return ok;
   }
 
   // --- links ---
 
-  /** Repository links to blobs that are gone. */
+  /** Repository links to blobs that are gone (each checked, a few at a time, then deleted in batches). */
   async links(marked: Set<string>): Promise<void> {
-    for await (const o of this.driver.list(paths.repos(this.ns))) {
+    await forEachLimited(this.driver.list(paths.repos(this.ns)), SWEEP_PARALLELISM, async (o) => {
       const parsed = parseRepoPath(this.ns, o.path);
       const rest = parsed?.rest.split('/');
-      if (!parsed || !rest || rest[0] !== '_blobs' || rest.length !== 2 || !validDigest(rest[1]) || marked.has(rest[1])) continue;
-      if (this.opts.dryRun || (await this.driver.stat(paths.blobData(this.ns, rest[1])))) continue;
-      await this.remove(o.path, { repository: parsed.repo, link: rest[1] });
-    }
+      if (!parsed || !rest || rest[0] !== '_blobs' || rest.length !== 2 || !validDigest(rest[1]) || marked.has(rest[1])) return;
+      if (this.opts.dryRun || (await this.driver.stat(paths.blobData(this.ns, rest[1])))) return;
+      await this.enqueue(o, { repository: parsed.repo, link: rest[1] }, () => {});
+      this.tick('links');
+    });
+    await this.queue.flush();
+  }
+
+  /** Claimed upload directories of the blobs just swept (commit: link): prune-batch.ts. */
+  async claimsOf(swept: Set<string>): Promise<void> {
+    // Claims were kept at the uploads stage only where their blob was stored; none kept, none to take now.
+    if (swept.size === 0 || this.opts.dryRun || this.report.linked.kept === 0) return;
+    await removeClaims(this.driver, this.ns, this.graceCutoff, swept, this.queue, () => {
+      this.report.linked.kept--;
+      this.report.linked.deleted++;
+    });
   }
 }

@@ -1,0 +1,162 @@
+/**
+ * Prune's deletions in batches: a queue that hands many objects at once to the driver's `deleteMany` (Swift: bulk
+ * delete, one request per thousands of objects), and the sweep of unreferenced blobs a batch at a time.
+ *
+ * The sweep keeps prune's protocol (prune.ts, docs/internals.md) per blob; only the waiting is shared:
+ * 1. every blob of the batch gets its tombstone, then its `touched` re-read, a few blobs at a time;
+ * 2. the blobs whose re-read passed lose everything but the tombstone in one `deleteMany` (joins first, so a
+ *    data object goes before the parts it reads from);
+ * 3. then, in a second `deleteMany`, the tombstones: of the blobs fully deleted, and of those a push claimed.
+ * A blob whose tombstone or re-read failed is not in step 2; one whose step 2 failed keeps its tombstone (a later
+ * run finishes it), so a push never finds its data gone without a tombstone saying so.
+ */
+import type { DeleteFailure, DeleteTarget, ObjectInfo, StorageDriver } from '../storage/driver.js';
+import { targetPath } from '../storage/delete-many.js';
+import { forEachLimited } from '../util/concurrency.js';
+import { groups } from './listing.js';
+import { parseUploadPath, paths, uploadOwnerOf } from './paths.js';
+
+/** Objects per `deleteMany`: one Swift bulk request; small enough that a batch's state stays small. */
+export const DELETE_BATCH = 1000;
+/** Blobs tombstoned and re-read at once. */
+export const SWEEP_PARALLELISM = 16;
+/** Blobs swept per batch. */
+export const SWEEP_BATCH = 250;
+
+interface Queued {
+  target: DeleteTarget;
+  done?: (ok: boolean) => void;
+}
+
+/** Deletions that wait for company: flushed when DELETE_BATCH are queued, and by the caller at the end of a stage. */
+export class DeleteQueue {
+  private pending: Queued[] = [];
+
+  constructor(
+    private readonly driver: StorageDriver,
+    private readonly failed: (f: DeleteFailure) => void,
+    private readonly deleted: (n: number) => void,
+  ) {}
+
+  async add(target: DeleteTarget, done?: (ok: boolean) => void): Promise<void> {
+    this.pending.push({ target, done });
+    if (this.pending.length >= DELETE_BATCH) await this.flush();
+  }
+
+  async flush(): Promise<void> {
+    const batch = this.pending;
+    this.pending = [];
+    if (batch.length === 0) return;
+    const bad = new Set((await deleteAll(this.driver, batch.map((q) => q.target))).map((f) => (this.failed(f), f.path)));
+    this.deleted(batch.length - bad.size);
+    for (const q of batch) q.done?.(!bad.has(targetPath(q.target)));
+  }
+}
+
+/** `deleteMany`, with a driver that throws counted as failing every target. */
+export async function deleteAll(driver: StorageDriver, targets: DeleteTarget[]): Promise<DeleteFailure[]> {
+  if (targets.length === 0) return [];
+  try {
+    return await driver.deleteMany(targets);
+  } catch (err) {
+    const error = err instanceof Error ? err : new Error(String(err));
+    return targets.map((t) => ({ path: targetPath(t), error }));
+  }
+}
+
+/** A blob to sweep: its objects as listed, the tombstone (if one was listed) left out. */
+export interface Candidate {
+  digest: string;
+  objects: ObjectInfo[];
+  size: number;
+}
+
+export type SweepOutcome = 'deleted' | 'claimed' | 'failed';
+
+export interface SweepContext {
+  driver: StorageDriver;
+  ns: string;
+  graceCutoff: number;
+  /** A step failed for this blob (it is kept; the run goes on). */
+  failed(digest: string, what: string, err: Error): void;
+  /** Objects deleted (for progress). */
+  deleted(n: number): void;
+}
+
+/** Sweep a batch of blobs (module comment); resolves with each blob's outcome. */
+export async function sweepBatch(ctx: SweepContext, batch: Candidate[]): Promise<Map<string, SweepOutcome>> {
+  const { driver, ns } = ctx;
+  const outcome = new Map<string, SweepOutcome>();
+  await forEachLimited(batch, SWEEP_PARALLELISM, async (c) => {
+    try {
+      await driver.put(paths.blobTombstone(ns, c.digest), Buffer.alloc(0));
+      const touched = await driver.stat(paths.blobTouched(ns, c.digest));
+      outcome.set(c.digest, touched && touched.modified.getTime() >= ctx.graceCutoff ? 'claimed' : 'deleted');
+    } catch (err) {
+      outcome.set(c.digest, 'failed');
+      ctx.failed(c.digest, 'could not tombstone blob', err as Error);
+    }
+  });
+  const confirmed = batch.filter((c) => outcome.get(c.digest) === 'deleted');
+  const owner = new Map<string, string>();
+  for (const c of confirmed) for (const o of c.objects) owner.set(o.path, c.digest);
+  const objects = confirmed.flatMap((c) => c.objects);
+  const failures = await deleteAll(driver, objects);
+  for (const f of failures) {
+    const digest = owner.get(f.path)!;
+    if (outcome.get(digest) === 'deleted') ctx.failed(digest, 'delete failed', f.error);
+    outcome.set(digest, 'failed');
+  }
+  ctx.deleted(objects.length - failures.length);
+  // Tombstones last: of blobs now gone, and of blobs a push claimed (it is kept, and must not look swept).
+  const tombstones = batch
+    .filter((c) => outcome.get(c.digest) !== 'failed')
+    .map((c) => ({ path: paths.blobTombstone(ns, c.digest), joined: false, digest: c.digest }));
+  const bad = await deleteAll(driver, tombstones);
+  const badPaths = new Set(bad.map((f) => f.path));
+  for (const t of tombstones) {
+    if (!badPaths.has(t.path)) {
+      if (outcome.get(t.digest) === 'deleted') ctx.deleted(1);
+      continue;
+    }
+    ctx.failed(t.digest, 'could not delete the tombstone', bad.find((f) => f.path === t.path)!.error);
+    outcome.set(t.digest, 'failed');
+  }
+  return outcome;
+}
+
+/**
+ * With commit: link, a swept blob's segments lay in an upload directory claimed by uploads/<id>/owner.<digest>, and
+ * the blob's delete took them; the claim, and whatever else is left there, goes in the same run (one more listing
+ * of the uploads) instead of the next. Only claims older than the upload expiry: a younger one is a commit of the
+ * same digest in progress (another upload), which keeps its directory. A batch of directories at a time: what is
+ * left first, then the claims of those emptied (a directory never loses its claim while something of it stays).
+ */
+export async function removeClaims(
+  driver: StorageDriver,
+  ns: string,
+  graceCutoff: number,
+  swept: Set<string>,
+  queue: DeleteQueue,
+  claimDeleted: () => void,
+): Promise<void> {
+  let claimed: { claim: ObjectInfo; rest: ObjectInfo[] }[] = [];
+  const settle = async () => {
+    const emptied = claimed.map(() => true);
+    for (const [i, dir] of claimed.entries()) for (const o of dir.rest) await queue.add(o, (ok) => (emptied[i] &&= ok));
+    await queue.flush();
+    for (const [i, dir] of claimed.entries()) if (emptied[i]) await queue.add(dir.claim, (ok) => ok && claimDeleted());
+    await queue.flush();
+    claimed = [];
+  };
+  for await (const { objects } of groups(driver.list(paths.uploads(ns)), (o) => parseUploadPath(ns, o.path)?.id ?? null)) {
+    const claim = objects.find((o) => {
+      const owner = uploadOwnerOf(parseUploadPath(ns, o.path)!.rest);
+      return owner !== null && swept.has(owner) && o.modified.getTime() < graceCutoff;
+    });
+    if (!claim) continue;
+    claimed.push({ claim, rest: objects.filter((o) => o !== claim) });
+    if (claimed.length >= SWEEP_BATCH) await settle();
+  }
+  await settle();
+}

@@ -34,6 +34,7 @@ export async function runPrune(config: Config, args: string[], log: Logger): Pro
   try {
     for (const ns of namespaces) {
       const started = Date.now();
+      const requestsBefore = driver.requestCount?.();
       const report = await pruner.prune(ns, {
         expiration: config.namespaces[ns]?.expiration ?? config.expiration,
         uploadExpiry: config.uploadExpiry,
@@ -41,9 +42,10 @@ export async function runPrune(config: Config, args: string[], log: Logger): Pro
         log,
         progress: (line) => process.stderr.write(`${line}\n`),
       });
-      process.stdout.write(formatReport(report, dryRun, Date.now() - started));
+      const requests = requestsBefore === undefined ? undefined : driver.requestCount!() - requestsBefore;
+      process.stdout.write(formatReport(report, dryRun, Date.now() - started, requests));
       if (report.refused || report.failures > 0) status = 1;
-      log.info({ ...report, dryRun }, 'prune finished');
+      log.info({ ...report, dryRun, requests }, 'prune finished');
     }
   } finally {
     await driver.close();
@@ -51,7 +53,8 @@ export async function runPrune(config: Config, args: string[], log: Logger): Pro
   return status;
 }
 
-export function formatReport(r: PruneReport, dryRun: boolean, ms: number): string {
+/** The report as a table; `requests`: storage requests the run made, where the driver counts them (Swift). */
+export function formatReport(r: PruneReport, dryRun: boolean, ms: number, requests?: number): string {
   if (r.refused) return `namespace ${r.namespace}: skipped: ${r.refused}\n`;
   const head = `namespace ${r.namespace}${dryRun ? ' (dry run: nothing deleted; "deleted" is what would go)' : ''}, ${(ms / 1000).toFixed(1)} s\n`;
   const row = (name: string, t: Tally, fmt = String) =>
@@ -65,6 +68,9 @@ export function formatReport(r: PruneReport, dryRun: boolean, ms: number): strin
     row('tags', r.tags) +
     row('blobs', r.blobs) +
     row('bytes', r.bytes) +
+    `  objects deleted: ${r.objects}` +
+    (requests === undefined ? '' : `, storage requests: ${requests}${r.objects > 0 ? ` (${(requests / r.objects).toFixed(2)} per deleted object)` : ''}`) +
+    '\n' +
     (r.failures > 0 ? `  ${r.failures} deletions failed (see the log)\n` : '')
   );
 }

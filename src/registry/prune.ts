@@ -152,7 +152,7 @@ class Run {
     }
     if (held) {
       this.opts.log.warn({ namespace: this.ns, since: held.modified.toISOString() }, 'taking over a stale prune lock');
-      await this.driver.delete(path);
+      await this.deletePlain(path);
     }
     this.lockToken = randomBytes(12).toString('hex');
     const body = Buffer.from(JSON.stringify({ token: this.lockToken, pid: process.pid, host: hostname(), started: new Date().toISOString() }));
@@ -165,7 +165,13 @@ class Run {
 
   async unlock(): Promise<void> {
     if (!this.lockToken) return;
-    if ((await this.lockHolder()) === this.lockToken) await this.driver.delete(paths.pruneLock(this.ns));
+    if ((await this.lockHolder()) === this.lockToken) await this.deletePlain(paths.pruneLock(this.ns));
+  }
+
+  /** The lock is a plain object: one request on Swift (a single delete first tries a multipart delete). */
+  private async deletePlain(path: string): Promise<void> {
+    const [failed] = await this.driver.deleteMany([{ path, joined: false }]);
+    if (failed) throw failed.error;
   }
 
   /** The token in the lock, or undefined if there is none (or it cannot be read). */

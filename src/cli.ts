@@ -4,6 +4,7 @@
  *
  * Exit codes: 0 done, 1 the command failed, 2 bad usage or configuration.
  */
+import cluster from 'node:cluster';
 import { readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { pino, type Logger } from 'pino';
@@ -24,6 +25,10 @@ import { StorageOpenError, openStorage } from './storage/factory.js';
 import { InstrumentedDriver } from './observability/instrumented-driver.js';
 import { Metrics } from './observability/metrics.js';
 import { MemcachedLocks } from './locks/memcached.js';
+import type { LockService } from './locks/lock-service.js';
+import type { StorageDriver } from './storage/driver.js';
+import { runPrimary } from './cluster/primary.js';
+import { joinCluster, leaveCluster, type WorkerShare } from './cluster/worker.js';
 
 const USAGE = `usage: berth [-c FILE] [-d] [command]
 
@@ -70,7 +75,11 @@ async function main(argv: string[]): Promise<number> {
     const { file, from } = locateConfig(values.config);
     config = loadConfig(file);
     log.info({ config: file, from }, 'configuration loaded');
-    if (command === 'serve') for (const { msg, ...fields } of checkForServe(config)) log.warn(fields, msg);
+    if (command === 'serve') {
+      const warnings = checkForServe(config);
+      // Said once per host: by the primary, not again by each worker.
+      if (!cluster.isWorker) for (const { msg, ...fields } of warnings) log.warn(fields, msg);
+    }
   } catch (err) {
     if (err instanceof ConfigError) {
       process.stderr.write(`berth: configuration error: ${err.message}\n`);
@@ -92,7 +101,12 @@ async function main(argv: string[]): Promise<number> {
   return 2;
 }
 
+/** How long a draining server waits for requests in flight before it closes their connections. */
+const DRAIN_MS = 10_000;
+
 async function serve(config: Config, log: Logger): Promise<number> {
+  // workers: N > 1: this process only forks and supervises; each worker runs the rest of this function.
+  if (config.workers > 1 && cluster.isPrimary) return runPrimary({ workers: config.workers, log, drainMs: DRAIN_MS + 10_000 });
   let tls: { cert: Buffer; key: Buffer } | undefined;
   if (config.tlsCert && config.tlsKey) {
     try {
@@ -102,19 +116,21 @@ async function serve(config: Config, log: Logger): Promise<number> {
       return 2;
     }
   }
-  const access = buildAccess(config, log);
   const metrics = new Metrics();
+  const shared = cluster.isWorker ? await joinCluster(metrics) : undefined;
+  const access = buildAccess(config, log, shared);
   const driver = new InstrumentedDriver(await openStorage(config.storage), metrics);
-  const locks = config.locks ? await MemcachedLocks.connect(config.locks.memcached, { log, metrics }) : undefined;
+  const memcached = config.locks ? await MemcachedLocks.connect(config.locks.memcached, { log, metrics }) : undefined;
   const registry = new Registry(driver, {
+    locks: lockService(driver, shared, memcached),
     blobRedirectSeconds: config.storage.driver === 'swift' && config.storage.tempUrlKey ? (config.storage.tempUrlExpiry ?? DEFAULTS.swift.tempUrlExpiry) : undefined,
     limits: config.limits,
     uploadExpiry: config.uploadExpiry,
     commit: config.storage.driver === 'swift' ? config.storage.commit : undefined,
-    locks,
   });
   const clientAddresses = new ClientAddresses(config.trustedProxies);
-  const app = createApp(registry, { log, access, metrics, clientAddresses });
+  const web = { secret: config.secret, audience: tokenAudience(config), publicUrl: config.publicUrl, tls: Boolean(tls), expirationOf: (ns: string) => config.namespaces[ns]?.expiration ?? config.expiration };
+  const app = createApp(registry, { log, access, metrics, clientAddresses, web });
   const server = createServer(app, { tls, timeouts: config.timeouts, log, clientAddresses });
   // Signals are taken before the port opens: a SIGTERM right after start-up still shuts down cleanly.
   const stopped = new Promise<void>((resolve) => {
@@ -126,7 +142,7 @@ async function serve(config: Config, log: Logger): Promise<number> {
       log.info({ signal }, 'shutting down');
       server.close(() => resolve());
       server.closeIdleConnections();
-      setTimeout(() => server.closeAllConnections(), 10_000).unref();
+      setTimeout(() => server.closeAllConnections(), DRAIN_MS).unref();
     };
     process.on('SIGTERM', () => stop('SIGTERM'));
     process.on('SIGINT', () => stop('SIGINT'));
@@ -137,14 +153,26 @@ async function serve(config: Config, log: Logger): Promise<number> {
   });
   const address = server.address();
   const port = typeof address === 'object' && address ? address.port : config.port;
-  log.info({ address: config.address, port, storage: config.storage.driver, commit: config.storage.driver === 'swift' ? (config.storage.commit ?? 'move') : 'move', tls: Boolean(tls), timeouts: config.timeouts, gc: gcMode() }, 'berth listening');
-  // Test harnesses read the port from this line when the config asks for port 0.
-  process.stdout.write(`berth listening on port ${port}\n`);
+  log.info({ address: config.address, port, worker: shared?.slot, storage: config.storage.driver, commit: config.storage.driver === 'swift' ? (config.storage.commit ?? 'move') : 'move', tls: Boolean(tls), timeouts: config.timeouts, gc: gcMode() }, 'berth listening');
+  // Test harnesses read the port from this line when the config asks for port 0 (with workers, the primary writes it).
+  if (!shared) process.stdout.write(`berth listening on port ${port}\n`);
 
   await stopped;
   await registry.close();
-  await locks?.close();
+  await memcached?.close();
   return 0;
+}
+
+/**
+ * The one place where the upload lock service is chosen (docs/security-storage.md). The memcached service of
+ * `locks:` goes first: it serializes across hosts. Else, with workers, the
+ * primary's; but not on a backend with a lock of its own (the filesystem's lock files), which already holds across
+ * workers and also across processes on other hosts sharing the root, where the primary's would not.
+ */
+function lockService(driver: StorageDriver, shared: WorkerShare | undefined, memcached: LockService | undefined): LockService | undefined {
+  if (memcached) return memcached;
+  if (shared && !driver.tryLock) return shared.locks;
+  return undefined;
 }
 
 /**
@@ -156,8 +184,8 @@ function gcMode(): 'single-threaded' | 'concurrent' {
   return process.execArgv.includes('--single-threaded-gc') ? 'single-threaded' : 'concurrent';
 }
 
-function buildAccess(config: Config, log: Logger): Access {
-  const users = new Users(config.users, DEFAULT_NAMESPACE, config.htpasswd, log);
+function buildAccess(config: Config, log: Logger, shared?: WorkerShare): Access {
+  const users = new Users(config.users, DEFAULT_NAMESPACE, config.htpasswd, log, shared && { shared: { limiter: shared.limiter, results: shared.loginCache } });
   if (!users.enabled) log.warn('no users configured: anyone may push and pull');
   const service = config.publicUrl ? new URL(config.publicUrl).host : 'berth';
   const publicNamespace = Object.entries(config.namespaces).find(([, n]) => n.public)?.[0];
@@ -173,12 +201,15 @@ function buildAccess(config: Config, log: Logger): Access {
   });
 }
 
-main(process.argv.slice(2)).then(
-  (code) => {
-    process.exitCode = code;
-  },
-  (err) => {
-    process.stderr.write(`berth: ${(err as Error).message}\n`);
-    process.exitCode = 1;
-  },
-);
+main(process.argv.slice(2))
+  .then(
+    (code) => {
+      process.exitCode = code;
+    },
+    (err) => {
+      process.stderr.write(`berth: ${(err as Error).message}\n`);
+      process.exitCode = 1;
+    },
+  )
+  // A worker's IPC channel would keep it alive once done (drained, or failed to start): the primary waits for it.
+  .finally(leaveCluster);

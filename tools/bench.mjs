@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 // Berth against raw Swift and CNCF Distribution, in one run, on a fresh single-node Swift (tools/swift-aio.sh).
 // usage: tools/bench [--size-mib 512] [--runs 3] [--out .bench/bench.json] [--concurrency 2,4] [--no-distribution]
-//                    [--small-seconds 5] [--only berth-swift,berth-swift-link-curl,raw,...]
+//                    [--small-seconds 5] [--only berth-swift,berth-swift-link-curl,raw,...] [--workers N]
 // Medians of --runs runs per contender, contenders alternating. Prints one table (seconds, MiB/s, ratios) and
 // writes it as JSON. Not a test: figures drift ±30% between runs on shared machines, compare ratios of one run.
 // Berth on Swift runs in both commit modes (storage.commit: move, the default, and link), side by side.
@@ -29,6 +29,8 @@ const { values: args } = parseArgs({
     'no-distribution': { type: 'boolean', default: false },
     'small-seconds': { type: 'string', default: '5' },
     only: { type: 'string' },
+    // Berth's registry.workers (docs/performance.md, "Workers"); its RSS and CPU columns then count the primary only.
+    workers: { type: 'string', default: '1' },
   },
 });
 const SIZE_MIB = Number(args['size-mib']);
@@ -259,7 +261,7 @@ async function startBerth(backend, { tempUrl = false, commit } = {}) {
     backend === 'swift'
       ? `  storage:\n    driver: swift\n    cloud: berth-test\n    container: ${container}\n    clouds-file: ${cloudsFile}\n${tempUrl ? '    temp-url-key: bench-temp-url-key-0123456789\n' : ''}${commit ? `    commit: ${commit}\n` : ''}`
       : `  storage:\n    driver: filesystem\n    root: ${join(work, 'berth-data-' + randomBytes(4).toString('hex'))}\n`;
-  await writeFile(join(dir, 'registry.yaml'), `registry:\n  address: 127.0.0.1\n  port: 0\n${storage}`);
+  await writeFile(join(dir, 'registry.yaml'), `registry:\n  address: 127.0.0.1\n  port: 0\n  workers: ${args.workers}\n${storage}`);
   const p = await startProcess('node', ['--single-threaded-gc', join(repoRoot, 'dist/cli.js'), '-c', join(dir, 'registry.yaml'), 'serve'], (line) => /berth listening on port (\d+)/.exec(line)?.[1]);
   return {
     ...p,
@@ -569,7 +571,7 @@ const targetCell = (t) => (!t ? '' : t.op === '~' ? 'within noise of move mode (
 for (const [k, v] of Object.entries(ratios)) lines.push(`| ${k} | ${f(v)} | ${targetCell(targets[k])} |`);
 if (small) {
   lines.push('');
-  lines.push(`small requests (Berth, filesystem, one process, 32 keep-alive connections): HEAD blob ${f(small.headBlobRps, 0)} req/s (${small.headErrors} errors), GET manifest ${f(small.getManifestRps, 0)} req/s (${small.getErrors} errors)`);
+  lines.push(`small requests (Berth, filesystem, ${args.workers === '1' ? 'one process' : `workers: ${args.workers}`}, 32 keep-alive connections): HEAD blob ${f(small.headBlobRps, 0)} req/s (${small.headErrors} errors), GET manifest ${f(small.getManifestRps, 0)} req/s (${small.getErrors} errors)`);
 }
 const table = lines.join('\n');
 process.stdout.write(table + '\n');

@@ -11,6 +11,8 @@ command -v podman >/dev/null || need_apt+=(podman)
 command -v buildah >/dev/null || need_apt+=(buildah)
 command -v containerd >/dev/null || need_apt+=(containerd)
 command -v curl >/dev/null || need_apt+=(curl)
+# The browser test/e2e/web.test.ts drives (through playwright-core, which downloads no browser of its own)
+command -v chromium >/dev/null || need_apt+=(chromium)
 # A private Docker engine (test/helpers/docker.ts), its busybox base image, and the root file system of Berth's
 # image (tools/container-rootfs.sh)
 command -v dockerd >/dev/null || need_apt+=(docker.io)

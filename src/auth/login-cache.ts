@@ -23,8 +23,18 @@ export interface CacheOptions {
   maxBad?: number;
 }
 
-export class LoginCache {
-  private readonly key = randomBytes(32);
+export type Remembered = 'good' | 'bad';
+
+/** What Users needs of a cache: this class in one process, a client of the primary's in a worker. */
+export interface LoginResults {
+  /** Bumped by clear(): a check that started before a reload must not store its now stale answer. */
+  readonly generation: number;
+  lookup(name: string, password: string): Remembered | undefined | Promise<Remembered | undefined>;
+  remember(name: string, password: string, ok: boolean, generation: number): void;
+  clear(): void;
+}
+
+export class LoginCache implements LoginResults {
   private readonly good = new Map<string, number>();
   private readonly bad = new Map<string, number>();
   private readonly ttlMs: number;
@@ -33,15 +43,24 @@ export class LoginCache {
   /** Bumped by clear(): a check that started before a reload must not store its now stale answer. */
   generation = 0;
 
-  constructor(opts: CacheOptions = {}, private readonly now: () => number = Date.now) {
+  constructor(
+    opts: CacheOptions = {},
+    private readonly now: () => number = Date.now,
+    /** The HMAC key; the cluster primary shares its own with the workers. */
+    readonly key: Buffer = randomBytes(32),
+  ) {
     this.ttlMs = opts.ttlMs ?? 5 * 60_000;
     this.maxGood = opts.maxGood ?? 1_000;
     this.maxBad = opts.maxBad ?? 10_000;
   }
 
   /** 'good' or 'bad' if this name and password were checked within the TTL (since the last clear). */
-  lookup(name: string, password: string): 'good' | 'bad' | undefined {
-    const id = this.id(name, password);
+  lookup(name: string, password: string): Remembered | undefined {
+    return this.lookupId(loginId(this.key, name, password));
+  }
+
+  /** lookup() by the entry's id (what a worker sends). */
+  lookupId(id: string): Remembered | undefined {
     const now = this.now();
     for (const [map, answer] of [
       [this.good, 'good'],
@@ -57,7 +76,10 @@ export class LoginCache {
 
   remember(name: string, password: string, ok: boolean, generation: number): void {
     if (generation !== this.generation) return;
-    const id = this.id(name, password);
+    this.rememberId(loginId(this.key, name, password), ok);
+  }
+
+  rememberId(id: string, ok: boolean): void {
     const map = ok ? this.good : this.bad;
     map.delete(id);
     map.set(id, this.now() + this.ttlMs);
@@ -76,8 +98,10 @@ export class LoginCache {
     return { good: this.good.size, bad: this.bad.size };
   }
 
-  private id(name: string, password: string): string {
-    // Length-prefixed: no other name/password split gives the same input.
-    return createHmac('sha256', this.key).update(`${Buffer.byteLength(name)}:${name}:${password}`).digest('base64');
-  }
+}
+
+/** An entry's id: the HMAC of name and password under the cache's key. */
+export function loginId(key: Buffer, name: string, password: string): string {
+  // Length-prefixed: no other name/password split gives the same input.
+  return createHmac('sha256', key).update(`${Buffer.byteLength(name)}:${name}:${password}`).digest('base64');
 }

@@ -5,6 +5,9 @@
  * check, right password included (answering a right one would make the limit a free oracle for guesses), until a
  * token comes back; Bearer tokens from it still work, and other addresses are never affected, whatever name was
  * tried: limiting by name would let anyone lock the single `zuul` user out.
+ *
+ * With `workers: N` the buckets live in the cluster primary (src/cluster/logins.ts), so that N workers allow an
+ * address what one process does; in one process nothing crosses a process boundary.
  */
 import { DEFAULTS } from '../config/defaults.js';
 import { isIPv6 } from 'node:net';
@@ -37,7 +40,12 @@ export interface Ticket {
   /** The check succeeded or was not a new guess: its token goes back. */
   refund(): void;
   /** The check failed: its token stays spent. True when the address has just run out. */
-  keep(): boolean;
+  keep(): boolean | Promise<boolean>;
+}
+
+/** What Users needs of a limiter: this class in one process, a client of the primary's in a worker. */
+export interface Limiter {
+  reserve(address: string | undefined): Ticket | Promise<Ticket>;
 }
 
 interface Bucket {
@@ -45,7 +53,7 @@ interface Bucket {
   at: number;
 }
 
-export class LoginLimiter {
+export class LoginLimiter implements Limiter {
   private readonly o: Required<LimitOptions>;
   private readonly buckets = new Map<string, Bucket>();
 
@@ -59,7 +67,7 @@ export class LoginLimiter {
   }
 
   /** Claim a token for a check from `address`, or throw LoginRefused. */
-  reserve(address: string | undefined): Ticket {
+  reserve(address: string | undefined): Ticket & { keep(): boolean } {
     const key = addressKey(address);
     const bucket = this.refill(key);
     if (bucket.tokens < 1) {

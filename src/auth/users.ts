@@ -11,8 +11,8 @@ import bcrypt from 'bcryptjs';
 import type { Logger } from 'pino';
 import type { UserConfig } from '../config/config.js';
 import { PoolBusy, sharedBcryptPool, type BcryptPool } from './bcrypt-pool.js';
-import { LoginCache, type CacheOptions } from './login-cache.js';
-import { LoginLimiter, LoginRefused, type LimitOptions } from './login-limiter.js';
+import { LoginCache, type CacheOptions, type LoginResults } from './login-cache.js';
+import { LoginLimiter, LoginRefused, type LimitOptions, type Limiter } from './login-limiter.js';
 
 export { LoginRefused } from './login-limiter.js';
 
@@ -21,6 +21,8 @@ export interface LoginOptions {
   pool?: BcryptPool;
   cache?: CacheOptions;
   limits?: LimitOptions;
+  /** With `workers: N`, the primary's buckets and cache (src/cluster/logins.ts) instead of this process's own. */
+  shared?: { limiter: Limiter; results: LoginResults };
 }
 
 /** Who is asking, for the rate limit and the log; `signal` aborts when the client goes away. */
@@ -94,8 +96,8 @@ export class Users {
   private htpasswdCheckedAt = 0;
   private work: CheckWork = {};
   private readonly pool: BcryptPool;
-  private readonly cache: LoginCache;
-  private readonly limiter: LoginLimiter;
+  private readonly cache: LoginResults;
+  private readonly limiter: Limiter;
 
   constructor(
     private readonly users: UserConfig[],
@@ -105,8 +107,8 @@ export class Users {
     opts: LoginOptions = {},
   ) {
     this.pool = opts.pool ?? sharedBcryptPool();
-    this.cache = new LoginCache(opts.cache);
-    this.limiter = new LoginLimiter(opts.limits);
+    this.cache = opts.shared?.results ?? new LoginCache(opts.cache);
+    this.limiter = opts.shared?.limiter ?? new LoginLimiter(opts.limits);
     for (const u of users) {
       if (u.pass?.startsWith('$2') && !isBcrypt(u.pass)) log.error({ user: u.name }, 'pass looks like a bcrypt hash but is malformed; this user cannot log in');
     }
@@ -134,9 +136,9 @@ export class Users {
    */
   async check(name: string, password: string, from: LoginSource = {}): Promise<Identity | null> {
     this.reloadHtpasswd(false);
-    const ticket = this.limiter.reserve(from.address);
+    const ticket = await this.limiter.reserve(from.address);
     const generation = this.cache.generation;
-    const remembered = this.cache.lookup(name, password);
+    const remembered = await this.cache.lookup(name, password);
     const user = this.users.find((u) => u.name === name);
     let ok: boolean;
     if (remembered !== undefined) {
@@ -153,7 +155,7 @@ export class Users {
       }
       this.cache.remember(name, password, ok && user !== undefined, generation);
       if (ok && user) ticket.refund();
-      else if (ticket.keep()) this.log.warn({ address: from.address, req: from.requestId }, 'too many failed logins from this address: its logins are refused for a while');
+      else if (await ticket.keep()) this.log.warn({ address: from.address, req: from.requestId }, 'too many failed logins from this address: its logins are refused for a while');
     }
     if (!ok || !user) {
       this.log.warn({ user: name, address: from.address, req: from.requestId }, 'failed login');

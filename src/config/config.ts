@@ -6,6 +6,7 @@ import { DEFAULTS } from './defaults.js';
 import { validNamespace } from '../registry/paths.js';
 import { readFileSync } from 'node:fs';
 import { isIP, isIPv6 } from 'node:net';
+import { availableParallelism } from 'node:os';
 import { dirname, resolve } from 'node:path';
 import { substituteEnv, type Unresolved } from './env.js';
 import { loadYaml } from './yaml.js';
@@ -64,6 +65,8 @@ export interface Config {
   timeouts: Timeouts;
   /** What one upload or namespace may cost (registry.limits; docs/security-storage.md). */
   limits: UploadLimits;
+  /** Processes serving requests (`workers: N | auto`); above 1, a primary forks them (src/cluster/primary.ts). */
+  workers: number;
   /** A lock service across processes (registry.locks; docs/security-storage.md); none: the driver's lock, if any. */
   locks?: LocksConfig;
   /** Balancers whose word on the client address is taken, and how they give it (docs/security-network.md). */
@@ -142,7 +145,7 @@ export function parseConfig(raw: unknown, baseDir = process.cwd(), env: NodeJS.P
   if (r.shadow !== undefined) {
     throw new ConfigError('registry.shadow', "was zuul-registry's early pull-through option (never finished there); Berth does not proxy upstream registries: remove it (clients fall back to the upstream registry when the image is missing here)");
   }
-  keys(r, 'registry', ['address', 'port', 'public-url', 'tls-cert', 'tls-key', 'secret', 'users', 'storage', 'expiration', 'upload-expiry', 'namespaces', 'htpasswd', 'anonymous-pull', 'refresh-token-expiry', 'timeouts', 'limits', 'locks', 'trusted-proxies']);
+  keys(r, 'registry', ['address', 'port', 'public-url', 'tls-cert', 'tls-key', 'secret', 'users', 'storage', 'expiration', 'upload-expiry', 'namespaces', 'htpasswd', 'anonymous-pull', 'refresh-token-expiry', 'timeouts', 'limits', 'locks', 'trusted-proxies', 'workers']);
 
   // Templates often quote it ('9000').
   const port = r.port === undefined ? DEFAULTS.port : integer(typeof r.port === 'string' && /^[0-9]{1,5}$/.test(r.port) ? Number(r.port) : r.port, 'registry.port', 0, 65535);
@@ -175,6 +178,7 @@ export function parseConfig(raw: unknown, baseDir = process.cwd(), env: NodeJS.P
     limits: limits(r.limits),
     locks: locks(r.locks),
     trustedProxies: trustedProxies(r['trusted-proxies']),
+    workers: workers(r.workers),
   };
   if (config.users.length > 0 && !config.secret) throw new ConfigError('registry.secret', 'is required when users are configured (it signs tokens)');
   const names = config.users.map((u) => u.name);
@@ -279,6 +283,15 @@ function trustedProxies(value: unknown): TrustedProxies | undefined {
   // Neither would trust them for nothing; guessing one would trust a header the balancer may pass through unchecked.
   if (!proxyProtocol && !forwardedFor) throw new ConfigError(where, 'say how they pass the client address: proxy-protocol: true, x-forwarded-for: true, or both');
   return { addresses, proxyProtocol, forwardedFor };
+}
+
+/** `auto`: one per core the process may use. More workers than cores only add context switches and memory. */
+function workers(value: unknown): number {
+  if (value === undefined || value === null) return DEFAULTS.workers;
+  if (value === 'auto') return availableParallelism();
+  const n = typeof value === 'string' && /^[0-9]{1,3}$/.test(value) ? Number(value) : value;
+  if (typeof n !== 'number' || !Number.isInteger(n) || n < 1 || n > 256) throw new ConfigError('registry.workers', 'must be auto or an integer from 1 to 256');
+  return n;
 }
 
 function limits(value: unknown): UploadLimits {

@@ -18,6 +18,8 @@ export const DEFAULTS = {
     uploadsPerNamespace: 1_000,
     maxBlobSize: 100 * 1024 ** 3,
   },
+  /** Processes serving requests on one host (`workers: auto` is one per core). */
+  workers: 1,
   /** Failed logins per client address before 429, refilled one per this many seconds; addresses remembered. */
   logins: { failures: 10, refillSeconds: 30, maxAddresses: 10_000 },
   swift: {

@@ -22,6 +22,7 @@ import { inRequest } from '../observability/context.js';
 import { DigestMismatch } from '../registry/verify.js';
 import type { Metrics } from '../observability/metrics.js';
 import { ClientAddresses, recordClientAddress } from './client-address.js';
+import { WEB_PREFIX, webPages, type WebOptions } from '../web/pages.js';
 
 export interface AppOptions {
   log: Logger;
@@ -31,6 +32,8 @@ export interface AppOptions {
   metrics?: Metrics;
   /** Trusted proxies' word on the client address; without it the peer is the client. */
   clientAddresses?: ClientAddresses;
+  /** The read-only web page under /ui (src/web/); without it /ui is an unknown path like any other. */
+  web?: WebOptions;
 }
 
 /** Context of one API request. */
@@ -54,6 +57,7 @@ export function createApp(registry: Registry, opts: AppOptions): (req: Request, 
   const others = otherEndpoints(registry, access, opts);
   const carryRequestIds = registry.driver.namesRequests === true;
   const clientAddresses = opts.clientAddresses ?? new ClientAddresses();
+  const web = opts.web && webPages(registry, access, opts.web, opts.log);
 
   return (req, res) => {
     const id = randomUUID();
@@ -66,7 +70,8 @@ export function createApp(registry: Registry, opts: AppOptions): (req: Request, 
     // Express's router costs more than the rest of a small request (measured: 4.8k HEAD/s through a bare Express
     // app with six routes against 23k/s for the same handler on node:http), so the API does not go through it.
     const api = /^\/v2(\/|$)/i.test(path);
-    inRequest(id, () => (api ? apiRequest(registry, access, opts, req, res, exchange, path.slice(3) || '/') : others(req, res)), carryRequestIds);
+    const page = !api && web && WEB_PREFIX.test(path);
+    inRequest(id, () => (api ? apiRequest(registry, access, opts, req, res, exchange, path.slice(3) || '/') : page ? web(req, res, exchange, path) : others(req, res)), carryRequestIds);
   };
 }
 
@@ -231,6 +236,9 @@ async function getBlob(registry: Registry, c: Call, name: string, digest: string
   } catch (err) {
     if (err instanceof DigestMismatch) {
       c.log.error({ req: c.requestId, blob: digest, ns: c.ns, actual: err.actual }, 'stored blob does not match its digest; response aborted (run berth fsck)');
+    } else if ((err as NodeJS.ErrnoException).code !== 'ERR_STREAM_PREMATURE_CLOSE') {
+      // Not the client going away (the response closing first): storage failed mid-stream.
+      c.log.error({ req: c.requestId, blob: digest, ns: c.ns, err }, 'blob read failed mid-stream; response aborted');
     }
     // The client went away, storage failed, or the bytes were wrong: the response is cut short, never completed.
     res.destroy();
@@ -255,7 +263,7 @@ async function startUpload(registry: Registry, c: Call, name: string): Promise<v
         registry.uploads.commit(c.ns, name, id, digest, c.req, { length: contentLength(c.req.headers['content-length']), signal: c.signal }),
       );
     } catch (err) {
-      await registry.uploads.cancel(c.ns, name, id).catch(() => {});
+      await registry.uploads.abandon(c.ns, name, id).catch(() => {});
       throw err;
     }
     return blobCreated(c, name, digest);

@@ -32,9 +32,9 @@ export function otherEndpoints(registry: Registry, access: Access, opts: { log: 
   if (metrics) {
     app.get('/metrics', (_req, res) => {
       route(res, 'metrics');
-      metrics.registry.metrics().then(
+      metrics.render().then(
         (text) => {
-          res.setHeader('Content-Type', metrics.registry.contentType);
+          res.setHeader('Content-Type', metrics.contentType);
           res.end(text);
         },
         (err: Error) => {

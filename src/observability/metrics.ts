@@ -2,11 +2,26 @@
  * Prometheus metrics (prom-client), one registry per process. Names follow Prometheus conventions: base units,
  * `_total` counters, `_seconds` histograms. Labels are bounded sets (route kinds, methods, statuses, operations),
  * never repository names or digests.
+ *
+ * With `workers: N`, a scrape answered by any worker returns the host's metrics: the worker asks the cluster
+ * primary, which gathers every worker's registry and merges them (aggregate() below; docs/metrics.md says how
+ * each metric is merged).
  */
-import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import { AggregatorRegistry, Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+
+/** One registry's metrics as data: what a worker sends the primary. */
+export type MetricsJson = Awaited<ReturnType<Registry['getMetricsAsJSON']>>;
+
+/**
+ * Merged with a `worker` label (the worker's slot, 1..N, kept by its replacement) rather than summed: how much
+ * memory one worker holds and how late its event loop runs say which worker is in trouble; sum() gives the host.
+ */
+export const PER_WORKER = new Set(['berth_process_resident_memory_bytes', 'berth_nodejs_heap_size_used_bytes', 'berth_nodejs_eventloop_lag_p99_seconds']);
 
 export class Metrics {
   readonly registry = new Registry();
+  /** Where a clustered worker's scrape gets the host's text from (src/cluster/worker.ts sets it). */
+  hostMetrics?: () => Promise<string>;
   readonly requests = new Counter({
     name: 'berth_http_requests_total',
     help: 'HTTP requests answered, by route kind, method and status',
@@ -62,4 +77,26 @@ export class Metrics {
   constructor() {
     collectDefaultMetrics({ register: this.registry, prefix: 'berth_' });
   }
+
+  /** What /metrics answers: this process's metrics, or the host's when clustered. */
+  render(): Promise<string> {
+    return this.hostMetrics ? this.hostMetrics() : this.registry.metrics();
+  }
+
+  get contentType(): string {
+    return this.registry.contentType;
+  }
+}
+
+/**
+ * One registry from every worker's: counters and histograms summed (prom-client's default, bucket by bucket),
+ * `berth_uploads_in_progress` summed (the host's uploads), PER_WORKER gauges kept apart by a `worker` label, and
+ * prom-client's process metrics by the aggregator each declares (memory and CPU summed, event loop lag averaged,
+ * start time omitted, version the first's).
+ */
+export function aggregate(workers: { slot: number; metrics: MetricsJson }[]): Registry {
+  const labelled = workers.map(({ slot, metrics }) =>
+    metrics.map((m) => (PER_WORKER.has(m.name) ? { ...m, values: m.values.map((v) => ({ ...v, labels: { ...v.labels, worker: String(slot) } })) } : m)),
+  );
+  return AggregatorRegistry.aggregate(labelled);
 }

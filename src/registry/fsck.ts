@@ -13,7 +13,8 @@ import { groups } from './listing.js';
 import { needs } from './manifest-doc.js';
 
 export interface FsckProblem {
-  kind: 'corrupt' | 'unreadable' | 'segment' | 'missing';
+  /** shared: an object that two blobs read from (deleting either blob would break the other). */
+  kind: 'corrupt' | 'unreadable' | 'segment' | 'missing' | 'shared';
   path: string;
   detail: string;
 }
@@ -50,11 +51,16 @@ export class Fsck {
 
     // Blobs, with bounded parallelism; the listing streams, so at most `parallel` blobs are held at a time.
     const blobs = groups(this.driver.list(paths.blobs(ns)), (o) => parseBlobPath(ns, o.path)?.digest ?? null);
+    const readers = new Map<string, string[]>();
     await forEachLimited(blobs, opts.parallel ?? DEFAULTS.fsckParallel, async ({ key: digest, objects }) => {
       if (!objects.some((o) => parseBlobPath(ns, o.path)!.rest === 'data')) return;
       await this.blob(ns, digest, report, opts);
+      await this.segments(ns, digest, readers, report);
       tick();
     });
+    for (const [path, by] of readers) {
+      if (by.length > 1) report.problems.push({ kind: 'shared', path, detail: `read by ${by.length} blobs: ${by.sort().join(', ')}` });
+    }
 
     // Manifests: every revision's own bytes and the blobs it names must exist.
     for await (const o of this.driver.list(paths.repos(ns))) {
@@ -96,6 +102,18 @@ export class Fsck {
       await this.driver.put(paths.quarantineNote(ns, digest), Buffer.from(JSON.stringify(note, null, 2)), { contentType: 'application/json' });
       await this.driver.delete(path);
     }
+  }
+
+  /** Note which blob reads each stored object (Swift: SLO segments and sub-manifests; one request per blob). */
+  private async segments(ns: string, digest: string, readers: Map<string, string[]>, report: FsckReport): Promise<void> {
+    let read: string[];
+    try {
+      read = (await this.driver.segments?.(paths.blobData(ns, digest))) ?? [];
+    } catch (err) {
+      report.problems.push({ kind: 'unreadable', path: paths.blobData(ns, digest), detail: `segments not listed: ${(err as Error).message}` });
+      return;
+    }
+    for (const p of new Set(read)) readers.set(p, [...(readers.get(p) ?? []), digest]);
   }
 
   private async blob(ns: string, digest: string, report: FsckReport, opts: FsckOptions): Promise<void> {

@@ -6,6 +6,9 @@
  *     uploads/<uuid>/<n>.<nonce>                 chunk objects, in record order (the nonce keeps two racing
  *                                                writers of chunk n from overwriting each other)
  *     uploads/<uuid>/p<n>.<nonce>                a sealed page of the record's chunk entries (upload-record.ts)
+ *     uploads/<uuid>/sealed                      written once, create-only, when the upload is committed (the record
+ *                                                it commits, with the digest) or cancelled: every upload request reads
+ *                                                it beside the record, and a sealed upload takes no more chunks
  *     uploads/<uuid>/lock                        held while a request writes to the upload (where the backend
  *                                                can lock: the filesystem)
  *     uploads/<uuid>/owner.<alg>:<hex>           commit: link: this upload's chunk objects (and the merged objects
@@ -126,6 +129,8 @@ export const paths = {
     return `${ns(n)}/uploads/${uuid(id)}/${object}`;
   },
   uploadLock: (n: string, id: string) => `${ns(n)}/uploads/${uuid(id)}/lock`,
+  /** The seal: the upload is committed (or being committed) or cancelled, and takes no more chunks. */
+  uploadSeal: (n: string, id: string) => `${ns(n)}/uploads/${uuid(id)}/sealed`,
   /** commit: link: the claim that the upload's objects are blob `d`'s segments (named, so a listing says whose). */
   uploadOwner: (n: string, id: string, d: string) => `${ns(n)}/uploads/${uuid(id)}/owner.${digest(d)}`,
 

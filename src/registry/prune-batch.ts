@@ -140,22 +140,27 @@ export async function removeClaims(
   queue: DeleteQueue,
   claimDeleted: () => void,
 ): Promise<void> {
-  let claimed: { claim: ObjectInfo; rest: ObjectInfo[] }[] = [];
+  let claimed: { marks: ObjectInfo[]; rest: ObjectInfo[] }[] = [];
   const settle = async () => {
     const emptied = claimed.map(() => true);
     for (const [i, dir] of claimed.entries()) for (const o of dir.rest) await queue.add(o, (ok) => (emptied[i] &&= ok));
     await queue.flush();
-    for (const [i, dir] of claimed.entries()) if (emptied[i]) await queue.add(dir.claim, (ok) => ok && claimDeleted());
+    for (const [i, dir] of claimed.entries()) {
+      if (!emptied[i]) continue;
+      for (const o of dir.marks) await queue.add(o, (ok) => ok && isClaim(o) && claimDeleted());
+    }
     await queue.flush();
     claimed = [];
   };
+  const isClaim = (o: ObjectInfo) => uploadOwnerOf(parseUploadPath(ns, o.path)!.rest) !== null;
   for await (const { objects } of groups(driver.list(paths.uploads(ns)), (o) => parseUploadPath(ns, o.path)?.id ?? null)) {
-    const claim = objects.find((o) => {
-      const owner = uploadOwnerOf(parseUploadPath(ns, o.path)!.rest);
-      return owner !== null && swept.has(owner) && o.modified.getTime() < graceCutoff;
-    });
-    if (!claim) continue;
-    claimed.push({ claim, rest: objects.filter((o) => o !== claim) });
+    const claims = objects.filter(isClaim);
+    // Every claim of the directory names a blob swept now (two joins may have raced past the seal) and is old.
+    const ours = claims.length > 0 && claims.every((c) => swept.has(uploadOwnerOf(parseUploadPath(ns, c.path)!.rest)!) && c.modified.getTime() < graceCutoff);
+    if (!ours) continue;
+    // The claims and the seal go last, as prune-uploads.ts removes them: never while something they speak for stays.
+    const isMark = (o: ObjectInfo) => isClaim(o) || o.path.endsWith('/sealed');
+    claimed.push({ marks: objects.filter(isMark), rest: objects.filter((o) => !isMark(o)) });
     if (claimed.length >= SWEEP_BATCH) await settle();
   }
   await settle();

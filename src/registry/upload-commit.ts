@@ -14,6 +14,7 @@
 import { AlreadyExists, PathNotFound, SizeMismatch, type Part, type StorageDriver, type StoredObject } from '../storage/driver.js';
 import { forEachLimited } from '../util/concurrency.js';
 import { md5Mismatch } from './chunk-writer.js';
+import { uploadUnknown } from './errors.js';
 import { paths } from './paths.js';
 import type { ChunkEntry } from './upload-record.js';
 
@@ -35,13 +36,12 @@ export class BlobCommit {
   }
 
   /**
-   * Make blobs/<digest>/data read as the chunks, in order. 'linked': it reads from the upload's own objects.
-   * `marked` is the caller's write of the record as committing, which must be stored before anything moves or joins.
+   * Make blobs/<digest>/data read as the chunks, in order. 'linked': it reads from the upload's own objects. The
+   * caller has sealed the upload for this digest; `sealedForUs` reads the seal again (link mode, before the join).
    */
-  async join(ns: string, id: string, digest: string, chunks: ChunkEntry[], marked: Promise<void>): Promise<Joined> {
+  async join(ns: string, id: string, digest: string, chunks: ChunkEntry[], sealedForUs: () => Promise<boolean>): Promise<Joined> {
     const small = chunks.length === 0 || (chunks.length === 1 && chunks[0].size < (this.driver.minJoinedSize ?? 0));
-    if (this.mode === 'link' && !small) return this.link(ns, id, digest, chunks, marked);
-    await marked;
+    if (this.mode === 'link' && !small) return this.link(ns, id, digest, chunks, sealedForUs);
     if (chunks.length === 1) await this.moveWhole(ns, id, digest, chunks[0]);
     else await this.moveParts(ns, id, digest, chunks);
     return 'moved';
@@ -55,17 +55,18 @@ export class BlobCommit {
   }
 
   /**
-   * The upload's directory is claimed for the blob, together with `alongside` (the caller's mark of the record as
-   * committing), then the chunks are joined where they are. Two uploads of one digest joining at once
+   * The upload's directory is claimed for the blob, then the seal is read again, and the chunks are joined where they
+   * are. The second read narrows Swift's non-atomic create-only seal: two seals that both "won" have landed by then,
+   * and the one that was replaced gives up before its join (the claim it leaves is judged by prune). Two uploads of one digest joining at once
    * leave one manifest (the driver's create-only join): the loser answers 'moved', and its directory is removed
    * whole. Where creates are not atomic (Swift) two joins landing together may both succeed, the later replacing
    * the other, as two move-mode joins may: the replaced one's directory is left to prune, which finds the blob
    * claimed twice and keeps only what it reads from (reading the blob back here would cost every commit a request).
    */
-  private async link(ns: string, id: string, digest: string, chunks: ChunkEntry[], alongside: Promise<void>): Promise<Joined> {
+  private async link(ns: string, id: string, digest: string, chunks: ChunkEntry[], sealedForUs: () => Promise<boolean>): Promise<Joined> {
     const claim = { blob: digest, claimed: new Date().toISOString() };
-    const claimed = this.driver.put(paths.uploadOwner(ns, id, digest), Buffer.from(JSON.stringify(claim)), { contentType: 'application/json' });
-    await Promise.all([claimed, alongside]);
+    await this.driver.put(paths.uploadOwner(ns, id, digest), Buffer.from(JSON.stringify(claim)), { contentType: 'application/json' });
+    if (!(await sealedForUs())) throw uploadUnknown(id);
     const parts: Part[] = chunks.map((c) => ({ path: paths.uploadChunk(ns, id, c.object), size: c.size, md5: c.md5 }));
     const joined = await this.driver.concat(paths.blobData(ns, digest), parts);
     return joined.joinedElsewhere ? 'moved' : 'linked';

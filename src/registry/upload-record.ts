@@ -7,9 +7,9 @@
  * are named with a nonce, so a record names exactly the pages written for it even when writers race.
  */
 import { randomBytes } from 'node:crypto';
-import { PathNotFound, type StorageDriver } from '../storage/driver.js';
-import { uploadUnknown } from './errors.js';
-import { CHUNK_OBJECT_RE, PAGE_OBJECT_RE, paths, validUploadId } from './paths.js';
+import { AlreadyExists, PathNotFound, type StorageDriver } from '../storage/driver.js';
+import { RegistryError, uploadUnknown } from './errors.js';
+import { CHUNK_OBJECT_RE, PAGE_OBJECT_RE, paths, validDigest, validUploadId } from './paths.js';
 import { parseSha256State, type Sha256State } from './sha256state.js';
 
 export const RECORD_VERSION = 1;
@@ -49,6 +49,18 @@ export interface UploadRecord {
   committing?: string;
 }
 
+/**
+ * The seal beside a record: written once, create-only, by the commit (with the record it commits: the retry of that
+ * commit finishes from it, whatever a PATCH that began before it wrote to the record since) or by a cancel.
+ */
+export interface Seal {
+  sealed: string;
+  /** The commit's digest; absent for a cancel. */
+  digest?: string;
+  /** The record the commit joins; absent for a cancel. */
+  record?: UploadRecord;
+}
+
 export const recordSize = (r: UploadRecord) =>
   (r.pages ?? []).reduce((sum, p) => sum + p.size, 0) + r.chunks.reduce((sum, c) => sum + c.size, 0);
 export const chunkCount = (r: UploadRecord) => (r.pages?.length ?? 0) * PAGE_CHUNKS + r.chunks.length;
@@ -68,6 +80,44 @@ export class UploadRecords {
     const record = parseRecord(raw);
     if (record.repository !== repo) throw uploadUnknown(id);
     return record;
+  }
+
+  /** The record, or null where there is none. */
+  async find(ns: string, repo: string, id: string): Promise<UploadRecord | null> {
+    try {
+      return await this.read(ns, repo, id);
+    } catch (err) {
+      if (err instanceof RegistryError && err.code === 'BLOB_UPLOAD_UNKNOWN') return null;
+      throw err;
+    }
+  }
+
+  /** The seal, by a direct read (a listing may lag); null while the upload is open. */
+  async seal(ns: string, id: string): Promise<Seal | null> {
+    let raw: Buffer;
+    try {
+      raw = await this.driver.read(paths.uploadSeal(ns, id));
+    } catch (err) {
+      if (err instanceof PathNotFound) return null;
+      throw err;
+    }
+    return parseSeal(raw);
+  }
+
+  /**
+   * Create the seal. Whoever sealed first wins: on a seal already there, the one stored is returned instead (on Swift
+   * two creates landing at the same moment may both succeed; docs/security-storage.md).
+   */
+  async createSeal(ns: string, id: string, seal: Seal): Promise<Seal> {
+    try {
+      await this.driver.put(paths.uploadSeal(ns, id), Buffer.from(JSON.stringify(seal)), { contentType: 'application/json', ifAbsent: true });
+      return seal;
+    } catch (err) {
+      if (!(err instanceof AlreadyExists)) throw err;
+      const stored = await this.seal(ns, id);
+      if (!stored) throw err;
+      return stored;
+    }
   }
 
   /** Seal a full run of chunk entries into a page first, so that the record written stays small. */
@@ -122,6 +172,23 @@ export function parseRecord(raw: Buffer): UploadRecord {
   }
   rec.sha256 = parseSha256State(rec.sha256);
   return rec;
+}
+
+export function parseSeal(raw: Buffer): Seal {
+  let s: Seal;
+  try {
+    s = JSON.parse(raw.toString('utf8')) as Seal;
+  } catch {
+    throw new Error('upload seal is not JSON');
+  }
+  if (!s || typeof s.sealed !== 'string' || (s.digest !== undefined && (typeof s.digest !== 'string' || !validDigest(s.digest)))) {
+    throw new Error('upload seal has an unknown format');
+  }
+  if (s.digest !== undefined) {
+    s.record = parseRecord(Buffer.from(JSON.stringify(s.record ?? null)));
+    s.record.committing = s.digest;
+  }
+  return s;
 }
 
 function parseEntries(value: unknown): ChunkEntry[] {

@@ -5,8 +5,11 @@
  * the single source of truth and is written only after the chunk it describes is stored, so any server process
  * can take the next chunk: it reads the record, resumes SHA-256 from the saved state, and appends.
  *
- *   start ──▶ [record: 0 chunks] ──append──▶ [record: n chunks, state after n] ──commit──▶ [committing] ──▶ blob
- *                   └──────────────cancel / expiry (prune)──────────────┘
+ *   start ──▶ [record: 0 chunks] ──append──▶ [record: n chunks, state after n] ──commit──▶ [sealed: digest] ──▶ blob
+ *                   └──────cancel──▶ [sealed: cancelled]    expiry (prune) of either ─┘
+ *
+ * The seal (uploads/<uuid>/sealed, create-only, read beside the record by every request) ends the upload for good:
+ * only the retry of its commit goes on, from the record the seal holds (docs/security-storage.md).
  */
 import { createHash, randomUUID } from 'node:crypto';
 import type { Readable } from 'node:stream';
@@ -16,7 +19,8 @@ import { checkDigest, digestAlgorithm, paths, validUploadId } from './paths.js';
 import { UploadLocks } from './upload-lock.js';
 import { DEFAULT_LIMITS, OpenUploads, tooLarge, tooManyChunks, type UploadLimits } from './upload-limits.js';
 import { createSha256 } from './sha256state.js';
-import { chunkCount, RECORD_VERSION, recordSize, UploadRecords, type UploadRecord } from './upload-record.js';
+import { chunkCount, RECORD_VERSION, recordSize, UploadRecords, type Seal, type UploadRecord } from './upload-record.js';
+import { clearUnread } from './prune-uploads.js';
 import type { BlobLinks } from './blobs.js';
 import type { LockService } from '../locks/lock-service.js';
 import { ChunkWriter, type AppendOptions } from './chunk-writer.js';
@@ -54,12 +58,19 @@ export class Uploads {
   }
 
   async status(ns: string, repo: string, id: string): Promise<{ size: number }> {
-    const record = await this.readRecord(ns, repo, id);
+    const record = await this.openRecord(ns, repo, id);
     return { size: recordSize(record) };
   }
 
   append(ns: string, repo: string, id: string, body: Readable, opts: AppendOptions = {}): Promise<{ size: number }> {
-    return this.exclusively(ns, repo, id, () => this.appendHeld(ns, repo, id, body, opts));
+    return this.exclusively(ns, repo, id, async () => {
+      const appended = await this.appendHeld(ns, repo, id, body, opts, await this.openRecord(ns, repo, id));
+      // A commit or cancel in another process may have sealed the upload while this chunk streamed (the lock above
+      // serializes only within a process on Swift): then the chunk came too late. Nothing is deleted: an object
+      // written may already be a segment of the blob, and what is not is prune's (prune-uploads.ts).
+      if (await this.records.seal(ns, id)) throw uploadUnknown(id);
+      return appended;
+    });
   }
 
   /**
@@ -80,14 +91,27 @@ export class Uploads {
     }
   }
 
+  /** The record and the seal beside it, read at once: a sealed upload is over whatever its record says. */
+  private async state(ns: string, repo: string, id: string): Promise<{ record: UploadRecord | null; seal: Seal | null }> {
+    if (!validUploadId(id)) throw uploadUnknown(id);
+    const [record, seal] = await Promise.all([this.records.find(ns, repo, id), this.records.seal(ns, id)]);
+    if (seal?.record && seal.record.repository !== repo) throw uploadUnknown(id);
+    return { record, seal };
+  }
+
+  /** The record of an upload that still takes chunks: not sealed, not being committed (a record from before seals). */
+  private async openRecord(ns: string, repo: string, id: string): Promise<UploadRecord> {
+    const { record, seal } = await this.state(ns, repo, id);
+    if (seal || !record || record.committing) throw uploadUnknown(id);
+    return record;
+  }
+
   /**
    * Stream `body` onto the end of the upload. The body is split into objects of at most the driver's
    * maxObjectSize; after each object is stored and its md5 checked, the record is rewritten, so a client that
-   * disconnects keeps every complete object and loses only the one in flight.
+   * disconnects keeps every complete object and loses only the one in flight. `record` is updated in place.
    */
-  private async appendHeld(ns: string, repo: string, id: string, body: Readable, opts: AppendOptions): Promise<{ size: number }> {
-    const record = await this.readRecord(ns, repo, id);
-    if (record.committing) throw new RegistryError('BLOB_UPLOAD_INVALID', 'upload is being committed', { uuid: id });
+  private async appendHeld(ns: string, repo: string, id: string, body: Readable, opts: AppendOptions, record: UploadRecord): Promise<{ size: number }> {
     const size = recordSize(record);
     if (opts.offset !== undefined && opts.offset !== size) {
       throw new RegistryError('RANGE_INVALID', 'chunk does not start at the end of the upload', { uuid: id, offset: opts.offset, size });
@@ -107,42 +131,83 @@ export class Uploads {
     return this.exclusively(ns, repo, id, () => this.commitHeld(ns, repo, id, digest, finalBody, opts));
   }
 
+  /**
+   * The seal comes first: from then on the upload takes no chunk and no other commit, and only the retry of this
+   * commit (same digest) goes on, from the record in the seal (a PATCH begun before the seal may rewrite the record
+   * after it). A retry's body, if any, is not appended again: the sealed record already holds every byte of the digest.
+   */
   private async commitHeld(ns: string, repo: string, id: string, digest: string, finalBody: Readable | undefined, opts: AppendOptions): Promise<{ size: number }> {
-    if (finalBody) await this.appendHeld(ns, repo, id, finalBody, opts);
-    const record = await this.readRecord(ns, repo, id);
-    if (record.committing && record.committing !== digest) {
-      throw new RegistryError('BLOB_UPLOAD_INVALID', 'upload is being committed under another digest', { uuid: id });
-    }
-    const size = recordSize(record);
-    if (!record.committing) {
-      const actual = await this.digestOf(ns, id, record, digestAlgorithm(digest));
-      if (actual !== digest) {
-        throw new RegistryError('DIGEST_INVALID', 'provided digest did not match uploaded content', { expected: digest, actual });
+    const { record: current, seal } = await this.state(ns, repo, id);
+    let record: UploadRecord;
+    let retry = true;
+    if (seal) {
+      if (seal.digest !== digest || !seal.record) throw uploadUnknown(id);
+      finalBody?.resume();
+      record = seal.record;
+    } else if (!current || (current.committing && current.committing !== digest)) {
+      throw uploadUnknown(id);
+    } else {
+      record = current;
+      retry = current.committing === digest; // a record marked by a commit from before seals
+      if (!retry) {
+        if (finalBody) await this.appendHeld(ns, repo, id, finalBody, opts, record);
+        const actual = await this.digestOf(ns, id, record, digestAlgorithm(digest));
+        if (actual !== digest) {
+          throw new RegistryError('DIGEST_INVALID', 'provided digest did not match uploaded content', { expected: digest, actual });
+        }
+      }
+      const ours: Seal = { sealed: new Date().toISOString(), digest, record: { ...record, committing: digest } };
+      const stored = await this.records.createSeal(ns, id, ours);
+      if (stored !== ours) {
+        // Sealed meanwhile: by another process's commit of the same bytes (go on as its retry), or not this upload any more.
+        if (stored.digest !== digest || !stored.record || recordSize(stored.record) !== recordSize(record)) throw uploadUnknown(id);
+        record = stored.record;
+        retry = true;
       }
     }
+    const size = recordSize(record);
     // The touch and the check may go together: prune's guard is the manifest PUT's check, which comes after both.
     const [, existing] = await Promise.all([this.links.touch(ns, [digest]), this.driver.stat(paths.blobData(ns, digest))]);
     let joined: Joined = 'moved';
-    if (existing && record.committing === digest && (await this.blobCommit.linkedHere(ns, id, digest))) {
+    if (existing && retry && (await this.blobCommit.linkedHere(ns, id, digest))) {
       joined = 'linked'; // an earlier attempt of this commit joined the blob and stopped before the record went
     } else if (existing) {
       if (existing.size !== size) throw new RegistryError('SIZE_INVALID', 'a blob with this digest exists with another size', { digest });
     } else {
       const chunks = await this.records.chunks(ns, id, record);
-      record.committing = digest;
-      joined = await this.blobCommit.join(ns, id, digest, chunks, this.writeRecord(ns, id, record));
+      joined = await this.blobCommit.join(ns, id, digest, chunks, async () => (await this.records.seal(ns, id))?.digest === digest);
     }
-    // A linked blob reads from the upload's objects: only the record goes, its owner claim stays.
+    // A linked blob reads from the upload's objects: only the record goes, its owner claim and the seal stay.
     await Promise.all([this.links.link(ns, repo, digest), joined === 'linked' ? this.removeRecord(ns, id, record) : this.remove(ns, id)]);
     this.open.finished(ns);
     return { size };
   }
 
+  /** DELETE: an open upload is sealed as cancelled and cleared; a sealed one is gone already. */
   cancel(ns: string, repo: string, id: string): Promise<void> {
     return this.exclusively(ns, repo, id, async () => {
-      await this.readRecord(ns, repo, id);
-      await this.remove(ns, id);
+      await this.openRecord(ns, repo, id);
+      const ours: Seal = { sealed: new Date().toISOString() };
+      if ((await this.records.createSeal(ns, id, ours)) !== ours) throw uploadUnknown(id);
+      // Swift's create-only is not atomic: a commit's seal created at the same moment may have replaced ours. The
+      // seal is read again just before anything goes, and such a commit keeps the directory (the record is not its).
+      const stillOurs = await this.clear(ns, id, (seal) => seal?.sealed === ours.sealed && seal.digest === undefined);
       this.open.finished(ns);
+      if (!stillOurs) throw uploadUnknown(id);
+    });
+  }
+
+  /**
+   * After a monolithic upload's commit failed: its directory goes, except what a blob reads from (the commit may have
+   * sealed and joined before it failed). Errors are the caller's to ignore: what stays is prune's.
+   */
+  abandon(ns: string, repo: string, id: string): Promise<void> {
+    return this.exclusively(ns, repo, id, async () => {
+      const { record, seal } = await this.state(ns, repo, id);
+      if (!seal && (!record || record.committing)) return;
+      // Sealed first, as a cancel is, unless a commit did: either way `clear` judges by the seal that is stored.
+      if (!seal) await this.records.createSeal(ns, id, { sealed: new Date().toISOString() });
+      await this.clear(ns, id);
     });
   }
 
@@ -170,9 +235,31 @@ export class Uploads {
     for (const page of record.pages ?? []) await this.driver.delete(paths.uploadPage(ns, id, page.object));
   }
 
-  /** Delete the record first: a record must never point at a chunk that is gone. Leftover chunks are prune's. */
+  /**
+   * Delete the record first: a record must never point at a chunk that is gone. The seal stays where another
+   * process may still be in a PATCH begun before it (no lock across processes: Swift); prune removes it later.
+   */
   private async remove(ns: string, id: string): Promise<void> {
+    const seal = this.driver.tryLock ? '' : paths.uploadSeal(ns, id);
     await this.driver.delete(paths.uploadRecord(ns, id));
-    for await (const o of this.driver.list(paths.upload(ns, id))) await this.driver.delete(o.path);
+    for await (const o of this.driver.list(paths.upload(ns, id))) if (o.path !== seal) await this.driver.delete(o.path);
+  }
+
+  /**
+   * A sealed directory cleared by cancel or abandon: whatever no blob reads from goes (prune's judgement, by the
+   * claims listed and the seal's digest read directly); the seal stays as in `remove`.
+   */
+  private async clear(ns: string, id: string, proceed: (seal: Seal | null) => boolean = () => true): Promise<boolean> {
+    await this.driver.delete(paths.uploadRecord(ns, id));
+    return clearUnread(
+      this.driver,
+      ns,
+      id,
+      async () => {
+        const seal = await this.records.seal(ns, id);
+        return proceed(seal) ? (seal?.digest ? [seal.digest] : []) : null;
+      },
+      !this.driver.tryLock,
+    );
   }
 }

@@ -98,7 +98,7 @@ describe('commit: link on Swift', () => {
     expect((await commit(link, location, digest)).status).toBe(201);
     const segments = await sloSegments(digest);
     expect(segments).toEqual(written.map((n) => `_local/uploads/${id}/${n}`));
-    expect((await uploadDirs()).get(id)!.sort()).toEqual([...written, `owner.${digest}`].sort());
+    expect((await uploadDirs()).get(id)!.sort()).toEqual([...written, `owner.${digest}`, 'sealed'].sort());
     expect(await names(`_local/blobs/${digest}/parts/`)).toEqual([]);
     const claim = JSON.parse(Buffer.from(await (await swiftRaw(`${container}/_local/uploads/${id}/owner.${digest}`)).arrayBuffer()).toString());
     expect(claim.blob).toBe(digest);
@@ -136,12 +136,12 @@ describe('commit: link on Swift', () => {
       const [{ path: top }] = (await (await swiftRaw(`${container}/_local/blobs/${digest}/data?multipart-manifest=get&format=raw`)).json()) as { path: string }[];
       const id = top.split('/')[4];
       const read = await nesting.registry.driver.segments!(`_local/blobs/${digest}/data`);
-      expect(read.filter((p) => /\/manifest-\d+$/.test(p)).length).toBeGreaterThan(1);
+      expect(read.filter((p) => /\/manifest-\d+\.[0-9a-f]{8}$/.test(p)).length).toBeGreaterThan(1);
       expect(read.every((p) => p.startsWith(`_local/uploads/${id}/`))).toBe(true);
       expect(await pulled(nesting, 'link/nested', digest)).toBe(md5(data));
       expect(await new Fsck(nesting.registry.driver).check('_local').then((r) => r.problems.filter((p) => p.path.includes(digest)))).toEqual([]);
       await nesting.registry.driver.delete(`_local/blobs/${digest}/data`);
-      expect((await uploadDirs()).get(id)).toEqual([`owner.${digest}`]);
+      expect((await uploadDirs()).get(id)).toEqual([`owner.${digest}`, 'sealed']);
     } finally {
       await nesting.close();
     }
@@ -167,7 +167,7 @@ describe('commit: link on Swift', () => {
     const segments = await sloSegments(digest);
     expect(segments.length).toBeLessThan(10);
     for (const seg of segments) expect(seg.startsWith(`_local/uploads/${id}/`)).toBe(true);
-    expect((await uploadDirs()).get(id)!.sort()).toEqual([...segments.map((p) => p.split('/').pop()!), `owner.${digest}`].sort());
+    expect((await uploadDirs()).get(id)!.sort()).toEqual([...segments.map((p) => p.split('/').pop()!), `owner.${digest}`, 'sealed'].sort());
     expect(await pulled(link, 'link/small', digest)).toBe(md5(data));
   });
 
@@ -254,7 +254,7 @@ describe('commit: link on Swift', () => {
     expect(await pulled(link, repo, oldDigest)).toBe(404);
     expect(await pulled(link, repo, loose)).toBe(404);
     let dirs = await uploadDirs();
-    // Swept blobs took their segments, and their claims went in the same run.
+    // Swept blobs took their segments, and their claims and seals went in the same run.
     expect(dirs.has(oldDir)).toBe(false);
     expect(dirs.has(looseDir)).toBe(false);
     expect(first.linked.deleted).toBeGreaterThanOrEqual(2);

@@ -1,5 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import yaml from 'js-yaml';
+import { availableParallelism } from 'node:os';
 import { loadConfig, parseConfig } from '../../src/config/config.js';
 import { readFileSync, readdirSync } from 'node:fs';
 import { CONTAINER_CONFIG, EXAMPLE_SECRETS, checkForServe, locateConfig, tokenAudience } from '../../src/config/startup.js';
@@ -46,6 +47,15 @@ describe('config', () => {
     });
     expect(() => parse(`registry:\n${storage}  limits: {uploads-per-namespace: 0}\n`)).toThrow(/registry\.limits\.uploads-per-namespace/);
     expect(() => parse(`registry:\n${storage}  limits: {chunks: 5}\n`)).toThrow(/registry\.limits\.chunks: unknown key/);
+  });
+
+  it('workers: 1 by default; a number (quoted too) or auto (one per core); anything else names the key', () => {
+    const storage = '  storage: {driver: filesystem, root: data}\n';
+    expect(parse(`registry:\n${storage}`).workers).toBe(1);
+    expect(parse(`registry:\n${storage}  workers: 3\n`).workers).toBe(3);
+    expect(parse(`registry:\n${storage}  workers: '2'\n`).workers).toBe(2);
+    expect(parse(`registry:\n${storage}  workers: auto\n`).workers).toBe(availableParallelism());
+    for (const bad of ['0', '-1', '1.5', 'many', '300']) expect(() => parse(`registry:\n${storage}  workers: ${bad}\n`)).toThrow('registry.workers: must be auto or an integer from 1 to 256');
   });
 
   it('storage.commit: move or link on Swift; link refused where joins copy (the filesystem), anything else named', () => {

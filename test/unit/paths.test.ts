@@ -12,6 +12,7 @@ describe('storage paths', () => {
     expect(paths.uploadChunk('_local', U, '3.0badc0de')).toBe(`_local/uploads/${U}/3.0badc0de`);
     expect(paths.uploadPage('_local', U, 'p2.0badc0de')).toBe(`_local/uploads/${U}/p2.0badc0de`);
     expect(paths.uploadLock('_local', U)).toBe(`_local/uploads/${U}/lock`);
+    expect(paths.uploadSeal('_local', U)).toBe(`_local/uploads/${U}/sealed`);
     expect(paths.uploadOwner('_local', U, D)).toBe(`_local/uploads/${U}/owner.${D}`);
     expect(uploadOwnerOf(`owner.${D}`)).toBe(D);
     for (const rest of ['owner', 'owner.', 'owner.sha256:00', `x/owner.${D}`, 'metadata']) expect(uploadOwnerOf(rest)).toBeNull();

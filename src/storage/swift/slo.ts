@@ -41,9 +41,10 @@ export function sloEtag(segments: Segment[]): string {
 
 /**
  * `dir` holds the objects the plan derives (merged parts, sub-manifests). It must belong to one upload (the
- * directory of its parts), so that two uploads of one digest committing at once never write the same name.
+ * directory of its parts), so that two uploads of one digest committing at once never write the same name; `tag`
+ * (fresh for each join) keeps a second join in one directory from rewriting what the first one's blob reads.
  */
-export function planMerges(dir: string, parts: Required<Part>[]): MergePlan {
+export function planMerges(dir: string, parts: Required<Part>[], tag = ''): MergePlan {
   const merges: MergePlan['merges'] = [];
   const segments: MergePlan['segments'] = [];
   const small = parts.slice(0, -1).filter((p) => p.size < MIN_UNTHROTTLED_SEGMENT).length;
@@ -56,7 +57,7 @@ export function planMerges(dir: string, parts: Required<Part>[]): MergePlan {
   const flush = () => {
     if (run.length === 1) segments.push({ path: run[0].path, etag: run[0].md5, size: run[0].size });
     else if (run.length > 1) {
-      merges.push({ path: `${dir}/merged-${merges.length}`, parts: run });
+      merges.push({ path: `${dir}/merged-${merges.length}${tag && `.${tag}`}`, parts: run });
       segments.push({ merge: merges.length - 1 });
     }
     run = [];
@@ -76,11 +77,11 @@ export function planMerges(dir: string, parts: Required<Part>[]): MergePlan {
   return { merges, segments };
 }
 
-export function planManifests(dir: string, segments: Segment[], maxSegments = MAX_SEGMENTS): ManifestPlan {
+export function planManifests(dir: string, segments: Segment[], maxSegments = MAX_SEGMENTS, tag = ''): ManifestPlan {
   if (segments.length <= maxSegments) return { subManifests: [], top: segments };
   const subManifests: ManifestPlan['subManifests'] = [];
   for (let i = 0; i < segments.length; i += maxSegments) {
-    subManifests.push({ path: `${dir}/manifest-${subManifests.length}`, segments: segments.slice(i, i + maxSegments) });
+    subManifests.push({ path: `${dir}/manifest-${subManifests.length}${tag && `.${tag}`}`, segments: segments.slice(i, i + maxSegments) });
   }
   if (subManifests.length > maxSegments) throw new Error(`too many parts for one object: ${segments.length}`);
   const top = subManifests.map((s) => ({ path: s.path, etag: sloEtag(s.segments), size: s.segments.reduce((n, x) => n + x.size, 0) }));

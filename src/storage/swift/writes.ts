@@ -3,7 +3,7 @@
  * moves (a server-side copy whose ETag is checked), and joins (an SLO manifest, after small parts are merged and
  * long lists nested; see slo.ts).
  */
-import { createHash } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import { Readable, Transform } from 'node:stream';
 import type { Response } from 'node-fetch';
 import { forEachLimited } from '../../util/concurrency.js';
@@ -58,7 +58,8 @@ export class SwiftWrites {
       res = answer;
       sent = () => counter!.bytes;
     }
-    if (res.status === 412 && opts.ifAbsent) throw new AlreadyExists(key);
+    // 202 to a create: a write with a newer timestamp is there, so this create did not happen first.
+    if ((res.status === 412 || res.status === 202) && opts.ifAbsent) throw new AlreadyExists(key);
     if (res.status === 422) throw new ChecksumMismatch(key, md5 ?? '', 'refused by Swift (422)');
     // 202: a concurrent write with a newer timestamp already replaced ours (last writer wins, as on a filesystem).
     if (res.status === 202) return { size: sent() };
@@ -172,7 +173,8 @@ export class SwiftWrites {
     if (!data.every((p) => p.path.lastIndexOf('/') === dir.length && p.path.startsWith(`${dir}/`))) {
       throw new DriverError(`parts of ${dst} are not in one directory`);
     }
-    const mergePlan = planMerges(dir, data);
+    const tag = randomBytes(4).toString('hex');
+    const mergePlan = planMerges(dir, data, tag);
     const merged: Required<Part>[] = [];
     let plan: ReturnType<typeof planManifests> | undefined;
     try {
@@ -180,7 +182,7 @@ export class SwiftWrites {
       const segments = mergePlan.segments.map((s) =>
         'merge' in s ? { path: merged[s.merge].path, etag: merged[s.merge].md5, size: merged[s.merge].size } : s,
       );
-      plan = planManifests(dir, segments, this.maxManifestSegments);
+      plan = planManifests(dir, segments, this.maxManifestSegments, tag);
       for (const sub of plan.subManifests) await this.putManifest(sub.path, sub.segments);
       const written = await this.putManifest(dst, plan.top, { ifAbsent: true });
       if (written === 'exists') {

@@ -15,6 +15,7 @@ import { targetPath } from '../storage/delete-many.js';
 import { forEachLimited } from '../util/concurrency.js';
 import { groups } from './listing.js';
 import { parseUploadPath, paths, uploadOwnerOf } from './paths.js';
+import type { PruneReport } from './prune.js';
 
 /** Objects per `deleteMany`: one Swift bulk request; small enough that a batch's state stays small. */
 export const DELETE_BATCH = 1000;
@@ -34,8 +35,10 @@ export class DeleteQueue {
 
   constructor(
     private readonly driver: StorageDriver,
-    private readonly failed: (f: DeleteFailure) => void,
+    readonly failed: (f: DeleteFailure) => void,
     private readonly deleted: (n: number) => void,
+    /** A queue whose deletions must all come first: flushed before each flush of this one. */
+    private readonly after?: DeleteQueue,
   ) {}
 
   async add(target: DeleteTarget, done?: (ok: boolean) => void): Promise<void> {
@@ -44,6 +47,7 @@ export class DeleteQueue {
   }
 
   async flush(): Promise<void> {
+    await this.after?.flush();
     const batch = this.pending;
     this.pending = [];
     if (batch.length === 0) return;
@@ -164,4 +168,20 @@ export async function removeClaims(
     if (claimed.length >= SWEEP_BATCH) await settle();
   }
   await settle();
+}
+
+/**
+ * A progress line: what was examined and deleted, the storage requests so far, and in the blob stage the time left.
+ * Blobs are listed in digest order and digests are uniform, so the hex position of the current one says how far
+ * that stage (the longest) has come since `stageStarted`.
+ */
+export function progressLine(ns: string, stage: string, r: PruneReport, requests: number | undefined, stageStarted: number, digest?: string): string {
+  let left = '';
+  const hex = digest?.split(':')[1];
+  if (hex) {
+    const done = parseInt(hex.slice(0, 8), 16) / 2 ** 32;
+    if (done > 0.01) left = `, about ${Math.round(((Date.now() - stageStarted) / 1000) * ((1 - done) / done))} s left in blobs (${Math.round(done * 100)}%)`;
+  }
+  const sent = requests === undefined ? '' : `, ${requests} storage requests`;
+  return `prune ${ns}: ${stage}: uploads ${r.uploads.examined}, manifests ${r.manifests.examined}, blobs ${r.blobs.examined} examined; ${r.objects} objects deleted${sent}${left}`;
 }

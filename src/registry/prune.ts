@@ -24,7 +24,7 @@ import { groups } from './listing.js';
 import { needs } from './manifest-doc.js';
 import { parseBlobPath, parseRepoPath, paths, validDigest, validTag } from './paths.js';
 import { pruneUploads } from './prune-uploads.js';
-import { DeleteQueue, SWEEP_BATCH, SWEEP_PARALLELISM, removeClaims, sweepBatch, type Candidate } from './prune-batch.js';
+import { DeleteQueue, SWEEP_BATCH, SWEEP_PARALLELISM, progressLine, removeClaims, sweepBatch, type Candidate } from './prune-batch.js';
 import { forEachLimited } from '../util/concurrency.js';
 
 export interface PruneLog {
@@ -108,6 +108,8 @@ class Run {
   private lastProgress = Date.now();
   private stageStarted = Date.now();
   private readonly queue: DeleteQueue;
+  /** Deletions that must come after every queued one of their stage (an upload's seal after its chunks). */
+  private readonly marks: DeleteQueue;
 
   constructor(
     private readonly driver: StorageDriver,
@@ -126,22 +128,22 @@ class Run {
       },
       (n) => (report.objects += n),
     );
+    this.marks = new DeleteQueue(driver, (f) => this.queue.failed(f), (n) => (report.objects += n), this.queue);
   }
 
   /**
    * Queue a deletion (a listing entry, or a path of a plain object); `done` learns whether it went. Dry runs only
    * log. The queue is flushed at the end of each stage.
    */
-  private async enqueue(target: ObjectInfo | string, what: object, done: (ok: boolean) => void): Promise<void> {
+  private async enqueue(target: ObjectInfo | string, what: object, done: (ok: boolean) => void, queue = this.queue): Promise<void> {
     const path = typeof target === 'string' ? target : target.path;
     if (this.opts.dryRun) {
       this.opts.log.debug({ namespace: this.ns, path, ...what }, 'would delete');
       return done(true);
     }
-    await this.queue.add(typeof target === 'string' ? { path, joined: false } : target, done);
+    await queue.add(typeof target === 'string' ? { path, joined: false } : target, done);
   }
 
-  // --- lock ---
 
   async lock(): Promise<string | undefined> {
     const path = paths.pruneLock(this.ns);
@@ -169,25 +171,23 @@ class Run {
   }
 
   /** The lock is a plain object: one request on Swift (a single delete first tries a multipart delete). */
-  private async deletePlain(path: string): Promise<void> {
-    const [failed] = await this.driver.deleteMany([{ path, joined: false }]);
-    if (failed) throw failed.error;
-  }
+  private deletePlain = (path: string) => throwFirst(this.driver.deleteMany([{ path, joined: false }]));
 
   /** The token in the lock, or undefined if there is none (or it cannot be read). */
   private lockHolder(): Promise<string | undefined> {
     return this.driver.read(paths.pruneLock(this.ns)).then((b) => (JSON.parse(b.toString()) as { token?: string }).token, () => undefined);
   }
 
-  // --- helpers ---
 
-  private async remove(path: string, what: object): Promise<boolean> {
+  /** Delete now: a listing entry as listed (the driver knows whether it is a join), or a path. */
+  private async remove(target: ObjectInfo | string, what: object): Promise<boolean> {
+    const path = typeof target === 'string' ? target : target.path;
     if (this.opts.dryRun) {
       this.opts.log.debug({ namespace: this.ns, path, ...what }, 'would delete');
       return true;
     }
     try {
-      await this.driver.delete(path);
+      await (typeof target === 'string' ? this.driver.delete(path) : throwFirst(this.driver.deleteMany([target])));
       this.report.objects++;
       this.opts.log.debug({ namespace: this.ns, path, ...what }, 'deleted');
       return true;
@@ -210,24 +210,11 @@ class Run {
     await this.enqueue(listed, what, done);
   }
 
-  /**
-   * Progress every few seconds. Blobs are listed in digest order and digests are uniform, so the hex position of
-   * the current one says how far the blob stage (the longest) has come, and so the time it has left.
-   */
+  /** Progress every few seconds (prune-batch.ts: progressLine). */
   private tick(stage: string, digest?: string): void {
     if (!this.opts.progress || Date.now() - this.lastProgress < PROGRESS_EVERY_MS) return;
     this.lastProgress = Date.now();
-    const r = this.report;
-    let left = '';
-    const hex = digest?.split(':')[1];
-    if (hex) {
-      const done = parseInt(hex.slice(0, 8), 16) / 2 ** 32;
-      if (done > 0.01) left = `, about ${Math.round(((Date.now() - this.stageStarted) / 1000) * ((1 - done) / done))} s left in blobs (${Math.round(done * 100)}%)`;
-    }
-    const requests = this.driver.requestCount ? `, ${this.driver.requestCount()} storage requests` : '';
-    this.opts.progress(
-      `prune ${this.ns}: ${stage}: uploads ${r.uploads.examined}, manifests ${r.manifests.examined}, blobs ${r.blobs.examined} examined; ${r.objects} objects deleted${requests}${left}`,
-    );
+    this.opts.progress(progressLine(this.ns, stage, this.report, this.driver.requestCount?.(), this.stageStarted, digest));
   }
 
   private async readText(path: string): Promise<string | null> {
@@ -239,27 +226,27 @@ class Run {
     }
   }
 
-  // --- uploads ---
 
   /** Abandoned uploads, and the segments of blobs that no longer read from them (prune-uploads.ts). */
-  uploads(): Promise<void> {
-    return pruneUploads({
+  async uploads(): Promise<void> {
+    await pruneUploads({
       driver: this.driver,
       ns: this.ns,
       graceCutoff: this.graceCutoff,
       tally: this.report.uploads,
       linked: this.report.linked,
       bytes: this.report.bytes,
-      remove: (path, what) => this.remove(path, what),
+      remove: (o, what) => this.remove(o, what),
+      removeLater: (o, what, last) => this.enqueue(o, what, () => {}, last ? this.marks : this.queue),
       warn: (obj, msg) => {
         this.report.failures++;
         this.opts.log.warn(obj, msg);
       },
       tick: (stage) => this.tick(stage),
     });
+    await this.marks.flush();
   }
 
-  // --- manifests ---
 
   /** Expire tags and manifests repository by repository; return the digests of every blob a kept one needs. */
   async manifests(): Promise<Set<string>> {
@@ -339,7 +326,6 @@ class Run {
     }
   }
 
-  // --- blobs ---
 
   /** Sweep unreferenced blobs in batches (prune-batch.ts); resolves with the digests swept. */
   async blobs(marked: Set<string>): Promise<Set<string>> {
@@ -432,7 +418,6 @@ class Run {
     }
   }
 
-  // --- links ---
 
   /** Repository links to blobs that are gone (each checked, a few at a time, then deleted in batches). */
   async links(marked: Set<string>): Promise<void> {
@@ -456,4 +441,9 @@ class Run {
       this.report.linked.deleted++;
     });
   }
+}
+
+async function throwFirst(failures: Promise<{ error: Error }[]>): Promise<void> {
+  const [failed] = await failures;
+  if (failed) throw failed.error;
 }

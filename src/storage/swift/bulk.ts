@@ -13,8 +13,12 @@ import { deleteEach, targetPath } from '../delete-many.js';
 import { DriverError, type DeleteFailure, type DeleteTarget } from '../driver.js';
 import { COPY_TIMEOUT_MS, drain, encodeKey, failure, type SwiftClient } from './client.js';
 
-/** Bulk requests in flight at once: Swift deletes each request's names two at a time (delete_concurrency). */
-const BULK_PARALLELISM = 2;
+/**
+ * Bulk requests in flight at once: Swift deletes each request's names two at a time (delete_concurrency), so a
+ * batch is split over a few requests (of at least MIN_BULK names) to have more deletes in flight on the cluster.
+ */
+const BULK_PARALLELISM = 8;
+const MIN_BULK = 50;
 
 interface BulkOutcome {
   'Response Status'?: string;
@@ -42,7 +46,8 @@ export class SwiftBulk {
     // segments are gone while it still stands.
     const failures = await deleteEach(joins, this.deleteOne);
     const chunks: string[][] = [];
-    for (let i = 0; i < plain.length; i += this.maxPerRequest) chunks.push(plain.slice(i, i + this.maxPerRequest));
+    const per = Math.min(this.maxPerRequest, Math.max(MIN_BULK, Math.ceil(plain.length / BULK_PARALLELISM)));
+    for (let i = 0; i < plain.length; i += per) chunks.push(plain.slice(i, i + per));
     await forEachLimited(chunks, BULK_PARALLELISM, async (chunk) => {
       failures.push(...(await this.bulk(chunk)));
     });

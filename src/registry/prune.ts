@@ -144,7 +144,6 @@ class Run {
     await queue.add(typeof target === 'string' ? { path, joined: false } : target, done);
   }
 
-
   async lock(): Promise<string | undefined> {
     const path = paths.pruneLock(this.ns);
     const held = await this.driver.stat(path);
@@ -177,7 +176,6 @@ class Run {
   private lockHolder(): Promise<string | undefined> {
     return this.driver.read(paths.pruneLock(this.ns)).then((b) => (JSON.parse(b.toString()) as { token?: string }).token, () => undefined);
   }
-
 
   /** Delete now: a listing entry as listed (the driver knows whether it is a join), or a path. */
   private async remove(target: ObjectInfo | string, what: object): Promise<boolean> {
@@ -226,7 +224,6 @@ class Run {
     }
   }
 
-
   /** Abandoned uploads, and the segments of blobs that no longer read from them (prune-uploads.ts). */
   async uploads(): Promise<void> {
     await pruneUploads({
@@ -246,7 +243,6 @@ class Run {
     });
     await this.marks.flush();
   }
-
 
   /** Expire tags and manifests repository by repository; return the digests of every blob a kept one needs. */
   async manifests(): Promise<Set<string>> {
@@ -325,7 +321,6 @@ class Run {
       for (const r of list) if (!keep.has(r.digest)) await this.enqueue(r.path, { repository: repo, referrer: r.digest }, () => {});
     }
   }
-
 
   /** Sweep unreferenced blobs in batches (prune-batch.ts); resolves with the digests swept. */
   async blobs(marked: Set<string>): Promise<Set<string>> {
@@ -417,7 +412,6 @@ class Run {
       if (outcome === 'deleted') swept.add(c.digest);
     }
   }
-
 
   /** Repository links to blobs that are gone (each checked, a few at a time, then deleted in batches). */
   async links(marked: Set<string>): Promise<void> {

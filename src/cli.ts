@@ -1,6 +1,6 @@
 #!/usr/bin/env -S node --single-threaded-gc
 /**
- * berth [-c FILE] [-d] [serve|prune|fsck]   (no command: serve, as zuul-registry's image runs it)
+ * berth [-c FILE] [-d] [serve|prune|fsck|usage]   (no command: serve, as zuul-registry's image runs it)
  *
  * Exit codes: 0 done, 1 the command failed, 2 bad usage or configuration.
  */
@@ -13,6 +13,7 @@ import { ConfigError, loadConfig, type Config } from './config/config.js';
 import { anonymousPull, checkForServe, locateConfig, tokenAudience } from './config/startup.js';
 import { runPrune } from './commands/prune.js';
 import { runFsck } from './commands/fsck.js';
+import { runUsage } from './commands/usage.js';
 import { TokenIssuer } from './auth/tokens.js';
 import { Users } from './auth/users.js';
 import { Access } from './http/auth.js';
@@ -25,10 +26,15 @@ import { StorageOpenError, openStorage } from './storage/factory.js';
 import { InstrumentedDriver } from './observability/instrumented-driver.js';
 import { Metrics } from './observability/metrics.js';
 import { MemcachedLocks } from './locks/memcached.js';
+import type { QuotaConfig } from './registry/quota.js';
+import { configuredNamespaces } from './commands/namespaces.js';
 import type { LockService } from './locks/lock-service.js';
 import type { StorageDriver } from './storage/driver.js';
 import { runPrimary } from './cluster/primary.js';
 import { joinCluster, leaveCluster, type WorkerShare } from './cluster/worker.js';
+import { Mirror } from './mirror/mirror.js';
+import { mirrorMetrics } from './mirror/metrics.js';
+import { mirrorHook } from './http/mirror.js';
 
 const USAGE = `usage: berth [-c FILE] [-d] [command]
 
@@ -38,6 +44,9 @@ commands:
             delete expired uploads and manifests, then unreferenced blobs (for cron)
   fsck [--namespace NS]... [--repair] [--parallel N]
             re-hash every blob, check Swift segments and manifests' blobs; --repair quarantines corrupt blobs
+  usage [--namespace NS]... [--json] [--fresh]
+            bytes, blobs, manifests and tags per namespace and repository, as the last prune
+            recorded them (--fresh: walk the store now, and record that)
 
 options:
   -c, --config FILE   configuration file (default: $BERTH_CONFIG, else /conf/registry.yaml
@@ -66,7 +75,7 @@ async function main(argv: string[]): Promise<number> {
   }
   // The server logs to stdout; one-shot commands keep stdout for their report and log to stderr.
   const log = pino({ level: values.debug ? 'debug' : 'info', base: { pid: process.pid } }, pino.destination(command === 'serve' ? 1 : 2));
-  if (!['serve', 'prune', 'fsck'].includes(command) || (command === 'serve' && rest.length > 0)) {
+  if (!['serve', 'prune', 'fsck', 'usage'].includes(command) || (command === 'serve' && rest.length > 0)) {
     process.stderr.write(`berth: unknown command or arguments: ${[command, ...rest].join(' ')}\n${USAGE}\n`);
     return 2;
   }
@@ -91,6 +100,7 @@ async function main(argv: string[]): Promise<number> {
     if (command === 'serve') return await serve(config, log);
     if (command === 'prune') return await runPrune(config, rest, log);
     if (command === 'fsck') return await runFsck(config, rest, log);
+    if (command === 'usage') return await runUsage(config, rest, log);
   } catch (err) {
     if (err instanceof StorageOpenError) {
       process.stderr.write(`berth: ${err.message}\n`);
@@ -127,10 +137,16 @@ async function serve(config: Config, log: Logger): Promise<number> {
     limits: config.limits,
     uploadExpiry: config.uploadExpiry,
     commit: config.storage.driver === 'swift' ? config.storage.commit : undefined,
+    quotas: quotaConfig(config),
   });
+  metrics.watchUsage(configuredNamespaces(config), registry.driver, registry.quotas);
   const clientAddresses = new ClientAddresses(config.trustedProxies);
   const web = { secret: config.secret, audience: tokenAudience(config), publicUrl: config.publicUrl, tls: Boolean(tls), expirationOf: (ns: string) => config.namespaces[ns]?.expiration ?? config.expiration };
-  const app = createApp(registry, { log, access, metrics, clientAddresses, web });
+  // The pull-through cache exists only when upstreams are configured; the log names them, never their logins.
+  const tempUrlSeconds = config.storage.driver === 'swift' && config.storage.tempUrlKey ? (config.storage.tempUrlExpiry ?? DEFAULTS.swift.tempUrlExpiry) : undefined;
+  const mirror = config.mirrors.length > 0 ? new Mirror(config.mirrors, driver, mirrorMetrics(metrics), log, tempUrlSeconds) : undefined;
+  if (mirror) log.info({ mirrors: config.mirrors.map((m) => ({ registry: m.registry, url: m.url, login: m.username !== undefined })) }, 'pull-through cache enabled');
+  const app = createApp(registry, { log, access, metrics, clientAddresses, web, mirror: mirror && mirrorHook(mirror) });
   const server = createServer(app, { tls, timeouts: config.timeouts, log, clientAddresses });
   // Signals are taken before the port opens: a SIGTERM right after start-up still shuts down cleanly.
   const stopped = new Promise<void>((resolve) => {
@@ -158,9 +174,18 @@ async function serve(config: Config, log: Logger): Promise<number> {
   if (!shared) process.stdout.write(`berth listening on port ${port}\n`);
 
   await stopped;
+  mirror?.close();
   await registry.close();
   await memcached?.close();
   return 0;
+}
+
+/** Quotas by namespace and the default, or none when no namespace has one. */
+function quotaConfig(config: Config): QuotaConfig | undefined {
+  const byNamespace = Object.fromEntries(Object.entries(config.namespaces).filter(([, n]) => n.quota !== undefined).map(([name, n]) => [name, n.quota]));
+  if (config.quota === undefined && Object.keys(byNamespace).length === 0) return undefined;
+  const ms = config.quotaInterval * 1000;
+  return { byNamespace, fallback: config.quota, timing: { refreshMs: ms, flushMs: ms } };
 }
 
 /**

@@ -3,12 +3,16 @@
 //
 // usage: node tools/abuse.mjs --url http://127.0.0.1:9000 [--tls-url https://127.0.0.1:9443] --user NAME
 //          [--password PW | env BERTH_ABUSE_PASSWORD] [--scale small|full] [--only connections,stalled-body]
-//          [--handshake 10] [--headers 10] [--body-idle 60]   (the server's registry.timeouts, in seconds)
+//          [--handshake 10] [--headers 10] [--body-idle 60] [--send-idle 60]   (the server's registry.timeouts, s)
 //          [--root DIR]   (a filesystem server's storage root: checked for left-over temporary files)
+//          [--max-blob-mib N]   (the server's registry.limits.max-blob-size, when small enough to stream past)
+//          [--all-at-once [--rss-limit 500]]   (run the selected modules concurrently while polling /readyz and RSS)
 //
 // Every module in tools/abuse/*.mjs exports `async function run(ctx)` returning `{ attack, held, detail }` (or an
-// array of them). ctx: { url, tlsUrl, user, password, scale, log, timeouts, root, request, pidOf, fds, watchFds, basic }. Each module
-// is bounded in time (small: 90 s, full: 600 s); one that throws or overruns is "broken". The user must be able to
+// array of them). ctx: { url, tlsUrl, user, password, scale, log, timeouts, root, maxBlobMib, request, pidOf, fds, watchFds, basic }. Each module
+// is bounded in time (small: 90 s, full: 600 s); one that throws or overruns is "broken". With --all-at-once every
+// selected module starts at the same time, and one more line says whether /readyz answered 200 throughout (every
+// 500 ms, within 5 s each) and the server's RSS stayed under --rss-limit MB. The user must be able to
 // push to its namespace. Prints `attack -> held|broken (detail)` lines; exits 1 if any broke, 2 on bad usage.
 // Certificates are not verified (the target is the server under test, often self-signed).
 import { readdir, readFile, readlink } from 'node:fs/promises';
@@ -28,7 +32,11 @@ const { values: args } = parseArgs({
     handshake: { type: 'string', default: '10' },
     headers: { type: 'string', default: '10' },
     'body-idle': { type: 'string', default: '60' },
+    'send-idle': { type: 'string', default: '60' },
+    'max-blob-mib': { type: 'string' },
     root: { type: 'string' },
+    'all-at-once': { type: 'boolean', default: false },
+    'rss-limit': { type: 'string', default: '500' },
   },
 });
 const password = args.password ?? process.env.BERTH_ABUSE_PASSWORD;
@@ -100,7 +108,8 @@ const ctx = {
   scale: args.scale,
   log,
   root: args.root,
-  timeouts: { handshake: Number(args.handshake), headers: Number(args.headers), bodyIdle: Number(args['body-idle']) },
+  maxBlobMib: args['max-blob-mib'] ? Number(args['max-blob-mib']) : undefined,
+  timeouts: { handshake: Number(args.handshake), headers: Number(args.headers), bodyIdle: Number(args['body-idle']), sendIdle: Number(args['send-idle']) },
   request,
   pidOf,
   fds,
@@ -113,7 +122,9 @@ const only = args.only?.split(',');
 const modules = (await readdir(dir)).filter((f) => f.endsWith('.mjs') && (!only || only.includes(basename(f, '.mjs')))).sort();
 const limitMs = args.scale === 'full' ? 600_000 : 90_000;
 let broken = 0;
-for (const file of modules) {
+
+/** One module, bounded in time; its results, or one "broken" result when it threw or overran. */
+async function runModule(file) {
   const name = basename(file, '.mjs');
   const started = Date.now();
   let results;
@@ -129,10 +140,23 @@ for (const file of modules) {
   } catch (err) {
     results = [{ attack: name, held: false, detail: `the attack itself failed: ${err.message}` }];
   }
+  log(`${name}: ${((Date.now() - started) / 1000).toFixed(1)} s`);
+  return results;
+}
+
+const report = (results) => {
   for (const r of results) {
     if (!r.held) broken++;
     process.stdout.write(`${r.attack} -> ${r.held ? 'held' : 'broken'} (${r.detail})\n`);
   }
-  log(`${name}: ${((Date.now() - started) / 1000).toFixed(1)} s`);
+};
+
+if (args['all-at-once']) {
+  const { watchServer } = await import('./abuse/lib/server-watch.mjs');
+  const watch = await watchServer(ctx, Number(args['rss-limit']));
+  const all = await Promise.all(modules.map(runModule));
+  report([...all.flat(), await watch.stop(modules.map((f) => basename(f, '.mjs')))]);
+} else {
+  for (const file of modules) report(await runModule(file));
 }
 process.exit(broken ? 1 : 0);

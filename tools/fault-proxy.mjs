@@ -4,8 +4,9 @@
 //
 // usage: node tools/fault-proxy.mjs [--port 8089] [--upstream http://127.0.0.1:8080] [--seed N] [--log FILE]
 //        [--error 0.05] [--reset 0.02] [--stall 0.01] [--stall-ms 8000] [--truncate 0.01] [--delay 0.05]
-//        [--delay-ms 200] [--flip 0.01]
-// Rates are probabilities per object request (auth and container requests pass untouched):
+//        [--delay-ms 200] [--flip 0.01] [--match REGEX]
+// Rates are probabilities per object request (auth and container requests pass untouched; --match names other
+// requests that may fail instead, e.g. '^/v2/.+/blobs/sha256:' in front of a registry):
 //   error     answer 500 or 503 without forwarding        reset     forward, then cut the connection mid-body
 //   stall     hold the request for --stall-ms             truncate  end a GET response early
 //   delay     add --delay-ms                              flip      flip one byte of a PUT body or GET response
@@ -31,6 +32,7 @@ const { values } = parseArgs({
     delay: { type: 'string', default: '0' },
     'delay-ms': { type: 'string', default: '200' },
     flip: { type: 'string', default: '0' },
+    match: { type: 'string' },
   },
 });
 const KINDS = ['error', 'reset', 'stall', 'truncate', 'delay', 'flip'];
@@ -76,7 +78,8 @@ function flipper() {
   });
 }
 
-const isObject = (path) => /^\/v1\/[^/]+\/[^/?]+\/[^?]+/.test(path);
+const eligible = values.match ? new RegExp(values.match) : /^\/v1\/[^/]+\/[^/?]+\/[^?]+/;
+const isObject = (path) => eligible.test(path);
 
 const server = http.createServer((req, res) => {
   if (req.url.startsWith('/__faults')) {

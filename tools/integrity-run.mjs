@@ -286,6 +286,8 @@ async function uploadDirs(store, digest, others = []) {
     // The claim's name says the blob: owner.<digest>.
     const owner = names.find((n) => n.startsWith('owner.'))?.slice('owner.'.length);
     if (others.includes(owner)) continue;
+    // A seal alone is what a commit leaves on Swift (a PATCH begun before it must still find it): not an upload.
+    if (names.every((n) => n === 'sealed')) continue;
     out.push({
       id,
       claimed: owner === digest,
@@ -359,7 +361,8 @@ async function oneDigestManyClients(backend) {
     fig.succeeded = statuses.filter((st) => st === 201).length;
     if (fig.succeeded !== CLIENTS) log(`${backend}: push outcomes ${JSON.stringify(statuses)}`);
     const first = await getBlob(s, 'same/blob', digest);
-    fig.uploadsLeft = (await store.list('_local/uploads')).length;
+    // Seals aside: a commit on Swift leaves its seal until prune, after the upload expiry (docs/internals.md).
+    fig.uploadsLeft = (await store.list('_local/uploads')).filter((p) => !p.endsWith('/sealed')).length;
     fig.partsBefore = (await partDirs(store, digest)).size;
     if (link) dirsBefore = await uploadDirs(store, digest);
 

@@ -4,12 +4,15 @@
  * pool is no place for it either: the SHA-256 addon and file I/O share its four threads, and uploads would queue
  * behind logins.
  *
- * Waiting checks are served lowest priority number first (FIFO within one): the caller passes how many failures the
- * client's address has run up, so a clean address's login overtakes a queue of guesses.
+ * Waiting checks are shared out by client prefix (IPv4 /24, IPv6 /56: what one attacker gets cheaply), so no
+ * address and no prefix can fill the queue (login-queue.ts). The next check is the one whose prefix has the fewest
+ * failed logins (and checks running), then whose address has the fewest failures outstanding (the caller's priority),
+ * then the oldest: a clean client's login overtakes a queue of guesses from anywhere else.
  */
 import { createRequire } from 'node:module';
 import { availableParallelism } from 'node:os';
 import { Worker } from 'node:worker_threads';
+import { LoginQueue, type Source } from './login-queue.js';
 
 // An eval'd script rather than a file: the same code runs from dist/ and from the TypeScript sources under test.
 const WORKER_SOURCE = `
@@ -44,6 +47,7 @@ interface Job {
   hash: string;
   priority: number;
   seq: number;
+  source: Source;
   resolve: (match: boolean) => void;
   reject: (err: Error) => void;
 }
@@ -58,12 +62,19 @@ export class BcryptPool {
   private readonly maxWaiting: number;
   private readonly slots: Slot[] = [];
   private readonly waiting: Job[] = [];
+  private readonly queue: LoginQueue;
   private seq = 0;
   private closed = false;
 
   constructor(opts: PoolOptions = {}) {
     this.size = Math.max(1, opts.size ?? Math.min(2, availableParallelism() - 1));
     this.maxWaiting = opts.maxWaiting ?? 1024;
+    this.queue = new LoginQueue(this.maxWaiting);
+  }
+
+  /** A check from `address` failed: its prefix's later checks wait behind other prefixes' (and go first when full). */
+  failed(address: string | undefined): void {
+    this.queue.failed(address);
   }
 
   /** Threads running now (they start on first use). */
@@ -72,22 +83,22 @@ export class BcryptPool {
   }
 
   /**
-   * Does `password` match the bcrypt `hash`? Rejects with PoolBusy when the queue is full, and with the signal's
-   * reason when it aborts before a worker takes the check (a client that went away costs nothing more).
+   * Does `password` match the bcrypt `hash`? Rejects with PoolBusy when the queue has no room for this client (its
+   * address's or prefix's share is taken, or the queue is full of checks from prefixes with fewer failures), and with
+   * the signal's reason when it aborts before a worker takes the check (a client that went away costs nothing more).
+   * `priority`: failures the client's address has outstanding; `address`: the client's, for its share of the queue.
    */
-  compare(password: string, hash: string, priority = 0, signal?: AbortSignal): Promise<boolean> {
+  compare(password: string, hash: string, priority = 0, signal?: AbortSignal, address?: string): Promise<boolean> {
     if (this.closed) return Promise.reject(new Error('bcrypt pool closed'));
     if (signal?.aborted) return Promise.reject(signal.reason);
-    if (this.waiting.length >= this.maxWaiting) return Promise.reject(new PoolBusy());
+    const source = this.queue.sourceOf(address);
+    if (!this.queue.hasShare(source)) return Promise.reject(new PoolBusy());
+    if (this.waiting.length >= this.maxWaiting && !this.dropWorst(source)) return Promise.reject(new PoolBusy());
     return new Promise((resolve, reject) => {
-      const job: Job = { password, hash, priority, seq: this.seq++, resolve, reject };
+      const job: Job = { password, hash, priority, seq: this.seq++, source, resolve, reject };
       if (signal) {
         const abandon = () => {
-          const at = this.waiting.indexOf(job);
-          if (at >= 0) {
-            this.waiting.splice(at, 1);
-            reject(signal.reason);
-          }
+          if (this.remove(job)) reject(signal.reason);
         };
         signal.addEventListener('abort', abandon, { once: true });
         job.resolve = (match) => {
@@ -96,13 +107,38 @@ export class BcryptPool {
         };
       }
       this.waiting.push(job);
+      this.queue.enqueued(source);
       this.dispatch();
     });
   }
 
+  /** Make room by refusing the last-served check of the prefix with the most failures, unless that is `source`'s own. */
+  private dropWorst(source: Source): boolean {
+    const worst = this.queue.worstPrefix(this.waiting.map((j) => j.source));
+    if (worst === undefined || !this.queue.worse(worst, source.prefix)) return false;
+    let last: Job | undefined;
+    for (const j of this.waiting) {
+      if (j.source.prefix === worst && (!last || j.priority > last.priority || (j.priority === last.priority && j.seq > last.seq))) last = j;
+    }
+    if (!last || !this.remove(last)) return false;
+    last.reject(new PoolBusy());
+    return true;
+  }
+
+  private remove(job: Job): boolean {
+    const at = this.waiting.indexOf(job);
+    if (at < 0) return false;
+    this.waiting.splice(at, 1);
+    this.queue.left(job.source);
+    return true;
+  }
+
   async close(): Promise<void> {
     this.closed = true;
-    for (const job of this.waiting.splice(0)) job.reject(new Error('bcrypt pool closed'));
+    for (const job of this.waiting.splice(0)) {
+      this.queue.left(job.source);
+      job.reject(new Error('bcrypt pool closed'));
+    }
     await Promise.all(this.slots.splice(0).map((s) => s.worker.terminate()));
   }
 
@@ -111,12 +147,19 @@ export class BcryptPool {
       const slot = this.slots.find((s) => !s.job) ?? (this.slots.length < this.size ? this.start() : undefined);
       if (!slot) return;
       let best = 0;
+      let bestLoad = this.queue.load(this.waiting[0].source.prefix);
       for (let i = 1; i < this.waiting.length; i++) {
         const j = this.waiting[i];
         const b = this.waiting[best];
-        if (j.priority < b.priority || (j.priority === b.priority && j.seq < b.seq)) best = i;
+        const load = this.queue.load(j.source.prefix);
+        if (load < bestLoad || (load === bestLoad && (j.priority < b.priority || (j.priority === b.priority && j.seq < b.seq)))) {
+          best = i;
+          bestLoad = load;
+        }
       }
       const job = this.waiting.splice(best, 1)[0];
+      this.queue.left(job.source);
+      this.queue.started(job.source);
       slot.job = job;
       // Referenced only while working: an idle pool never keeps the process alive.
       slot.worker.ref();
@@ -132,6 +175,7 @@ export class BcryptPool {
       const job = slot.job;
       slot.job = undefined;
       worker.unref();
+      if (job) this.queue.finished(job.source);
       if (job) {
         if (m.error !== undefined) job.reject(new Error(m.error));
         else job.resolve(m.match === true);
@@ -143,6 +187,7 @@ export class BcryptPool {
       const at = this.slots.indexOf(slot);
       if (at < 0) return;
       this.slots.splice(at, 1);
+      if (slot.job) this.queue.finished(slot.job.source);
       slot.job?.reject(err);
       slot.job = undefined;
       if (!this.closed) this.dispatch();

@@ -147,7 +147,7 @@ export class Users {
       ok = remembered === 'good';
     } else {
       try {
-        ok = await this.compare(user, password, ticket.priority, from.signal);
+        ok = await this.compare(user, password, ticket.priority, from);
       } catch (err) {
         ticket.refund();
         if (err instanceof PoolBusy) throw new LoginRefused(1, 'too many logins in progress; retry shortly');
@@ -155,7 +155,11 @@ export class Users {
       }
       this.cache.remember(name, password, ok && user !== undefined, generation);
       if (ok && user) ticket.refund();
-      else if (await ticket.keep()) this.log.warn({ address: from.address, req: from.requestId }, 'too many failed logins from this address: its logins are refused for a while');
+      else {
+        // The address's count limits the address; its prefix's orders the password-check queue (login-queue.ts).
+        this.pool.failed(from.address);
+        if (await ticket.keep()) this.log.warn({ address: from.address, req: from.requestId }, 'too many failed logins from this address: its logins are refused for a while');
+      }
     }
     if (!ok || !user) {
       this.log.warn({ user: name, address: from.address, req: from.requestId }, 'failed login');
@@ -164,7 +168,7 @@ export class Users {
     return { name: user.name, access: user.access, namespace: user.namespace ?? this.defaultNamespace };
   }
 
-  private async compare(user: UserConfig | undefined, password: string, priority: number, signal?: AbortSignal): Promise<boolean> {
+  private async compare(user: UserConfig | undefined, password: string, priority: number, from: LoginSource): Promise<boolean> {
     const secret = user && this.secretOf(user);
     let ok = secret !== undefined;
     // Every comparison runs, failed or not: stopping early would time the failure.
@@ -174,7 +178,7 @@ export class Users {
         // Digests on both sides: the comparison takes the same time whatever the lengths.
         match = timingSafeEqual(sha256(password), c.dummy ? dummyDigest : sha256(secret!));
       } else {
-        match = await this.pool.compare(password, c.dummy ? dummyBcrypt(c.cost) : secret!, priority, signal);
+        match = await this.pool.compare(password, c.dummy ? dummyBcrypt(c.cost) : secret!, priority, from.signal, from.address);
       }
       if (!c.dummy) ok &&= match;
     }

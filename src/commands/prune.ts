@@ -9,6 +9,7 @@ import type { Config } from '../config/config.js';
 import { validNamespace } from '../registry/paths.js';
 import { Pruner, type PruneReport, type Tally } from '../registry/prune.js';
 import { openStorage } from '../storage/factory.js';
+import { formatMirrorReport, pruneMirror } from '../mirror/prune.js';
 
 export const PRUNE_USAGE = 'usage: berth [-c FILE] [-d] prune [--dry-run] [--namespace NS]...';
 
@@ -47,6 +48,16 @@ export async function runPrune(config: Config, args: string[], log: Logger): Pro
       if (report.refused || report.failures > 0) status = 1;
       log.info({ ...report, dryRun, requests }, 'prune finished');
     }
+    // The pull-through cache belongs to no namespace: pruned on a run over all of them (mirror/prune.ts).
+    if (values.namespace === undefined) {
+      for (const m of config.mirrors) {
+        const started = Date.now();
+        const report = await pruneMirror(driver, m, { dryRun, log });
+        process.stdout.write(formatMirrorReport(report, dryRun, Date.now() - started));
+        if (report.refused || report.failures > 0) status = 1;
+        log.info({ ...report, dryRun }, 'mirror cache prune finished');
+      }
+    }
   } finally {
     await driver.close();
   }
@@ -71,6 +82,7 @@ export function formatReport(r: PruneReport, dryRun: boolean, ms: number, reques
     `  objects deleted: ${r.objects}` +
     (requests === undefined ? '' : `, storage requests: ${requests}${r.objects > 0 ? ` (${(requests / r.objects).toFixed(2)} per deleted object)` : ''}`) +
     '\n' +
+    (r.usage ? `  ${'stored'.padEnd(10)}${r.usage.bytes} bytes in ${r.usage.blobs} blobs, ${r.usage.manifests} manifests, ${r.usage.tags} tags\n` : '') +
     (r.failures > 0 ? `  ${r.failures} deletions failed (see the log)\n` : '')
   );
 }

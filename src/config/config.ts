@@ -12,6 +12,7 @@ import { substituteEnv, type Unresolved } from './env.js';
 import { loadYaml } from './yaml.js';
 import { DEFAULT_LIMITS, type UploadLimits } from '../registry/upload-limits.js';
 import type { CommitMode } from '../registry/upload-commit.js';
+import { parseMirrors, type MirrorConfig } from './mirrors.js';
 
 export interface UserConfig {
   name: string;
@@ -65,10 +66,16 @@ export interface Config {
   timeouts: Timeouts;
   /** What one upload or namespace may cost (registry.limits; docs/security-storage.md). */
   limits: UploadLimits;
+  /** Upstream registries cached on demand (config/mirrors.ts, docs/mirrors.md); empty: no pull-through cache. */
+  mirrors: MirrorConfig[];
   /** Processes serving requests (`workers: N | auto`); above 1, a primary forks them (src/cluster/primary.ts). */
   workers: number;
   /** A lock service across processes (registry.locks; docs/security-storage.md); none: the driver's lock, if any. */
   locks?: LocksConfig;
+  /** Bytes a namespace may store unless its own `quota` says otherwise; undefined: no limit (docs/security-storage.md). */
+  quota?: number;
+  /** Seconds between a server's writes and re-reads of the usage counters quotas are enforced with. */
+  quotaInterval: number;
   /** Balancers whose word on the client address is taken, and how they give it (docs/security-network.md). */
   trustedProxies?: TrustedProxies;
 }
@@ -96,11 +103,15 @@ export interface Timeouts {
   idle: number;
   /** A request body with no byte received while Berth is ready to read it. */
   bodyIdle: number;
+  /** A response whose client takes none of the bytes waiting for it (docs/security-network.md). */
+  sendIdle: number;
 }
 
 export interface NamespaceConfig {
   expiration?: number;
   public?: boolean;
+  /** Bytes the namespace may store (overrides registry.quota). */
+  quota?: number;
 }
 
 export class ConfigError extends Error {
@@ -143,9 +154,9 @@ export function parseConfig(raw: unknown, baseDir = process.cwd(), env: NodeJS.P
   keys(top, '(top level)', ['registry']);
   const r = object(top.registry, 'registry');
   if (r.shadow !== undefined) {
-    throw new ConfigError('registry.shadow', "was zuul-registry's early pull-through option (never finished there); Berth does not proxy upstream registries: remove it (clients fall back to the upstream registry when the image is missing here)");
+    throw new ConfigError('registry.shadow', "was zuul-registry's early pull-through option (never finished there); Berth's pull-through cache is configured under registry.mirrors (docs/mirrors.md): remove it");
   }
-  keys(r, 'registry', ['address', 'port', 'public-url', 'tls-cert', 'tls-key', 'secret', 'users', 'storage', 'expiration', 'upload-expiry', 'namespaces', 'htpasswd', 'anonymous-pull', 'refresh-token-expiry', 'timeouts', 'limits', 'locks', 'trusted-proxies', 'workers']);
+  keys(r, 'registry', ['address', 'port', 'public-url', 'tls-cert', 'tls-key', 'secret', 'users', 'storage', 'expiration', 'upload-expiry', 'namespaces', 'htpasswd', 'anonymous-pull', 'refresh-token-expiry', 'timeouts', 'limits', 'locks', 'trusted-proxies', 'workers', 'mirrors', 'quota', 'quota-interval']);
 
   // Templates often quote it ('9000').
   const port = r.port === undefined ? DEFAULTS.port : integer(typeof r.port === 'string' && /^[0-9]{1,5}$/.test(r.port) ? Number(r.port) : r.port, 'registry.port', 0, 65535);
@@ -177,8 +188,11 @@ export function parseConfig(raw: unknown, baseDir = process.cwd(), env: NodeJS.P
     timeouts: timeouts(r.timeouts),
     limits: limits(r.limits),
     locks: locks(r.locks),
+    quota: r.quota === undefined || r.quota === null ? undefined : size(r.quota, 'registry.quota'),
+    quotaInterval: r['quota-interval'] === undefined ? DEFAULTS.quotaInterval : integer(r['quota-interval'], 'registry.quota-interval', 1, 60),
     trustedProxies: trustedProxies(r['trusted-proxies']),
     workers: workers(r.workers),
+    mirrors: parseMirrors(r.mirrors, baseDir),
   };
   if (config.users.length > 0 && !config.secret) throw new ConfigError('registry.secret', 'is required when users are configured (it signs tokens)');
   const names = config.users.map((u) => u.name);
@@ -225,13 +239,14 @@ function namespaces(value: unknown): Record<string, NamespaceConfig> {
     const where = `registry.namespaces.${name}`;
     if (!validNamespace(name)) throw new ConfigError(where, 'a namespace must match [a-z0-9_][a-z0-9_-]{0,63}');
     const n = object(v ?? {}, where);
-    keys(n, where, ['expiration', 'public']);
+    keys(n, where, ['expiration', 'public', 'quota']);
     const entry: NamespaceConfig = {};
     if (n.expiration !== undefined && n.expiration !== null) entry.expiration = integer(n.expiration, `${where}.expiration`, 1);
     if (n.public !== undefined) {
       if (typeof n.public !== 'boolean') throw new ConfigError(`${where}.public`, 'must be true or false');
       entry.public = n.public;
     }
+    if (n.quota !== undefined && n.quota !== null) entry.quota = size(n.quota, `${where}.quota`);
     result[name] = entry;
   }
   return result;
@@ -252,13 +267,14 @@ function expiration(r: Obj): number | undefined {
 function timeouts(value: unknown): Timeouts {
   if (value === undefined || value === null) return { ...DEFAULT_TIMEOUTS };
   const o = object(value, 'registry.timeouts');
-  keys(o, 'registry.timeouts', ['handshake', 'headers', 'idle', 'body-idle']);
+  keys(o, 'registry.timeouts', ['handshake', 'headers', 'idle', 'body-idle', 'send-idle']);
   const seconds = (key: string, fallback: number, max: number) => (o[key] === undefined ? fallback : integer(o[key], `registry.timeouts.${key}`, 1, max));
   return {
     handshake: seconds('handshake', DEFAULT_TIMEOUTS.handshake, 300),
     headers: seconds('headers', DEFAULT_TIMEOUTS.headers, 300),
     idle: seconds('idle', DEFAULT_TIMEOUTS.idle, 3600),
     bodyIdle: seconds('body-idle', DEFAULT_TIMEOUTS.bodyIdle, 3600),
+    sendIdle: seconds('send-idle', DEFAULT_TIMEOUTS.sendIdle, 3600),
   };
 }
 
@@ -387,6 +403,18 @@ function optionalBoolean(value: unknown, key: string): boolean | undefined {
   if (typeof value !== 'boolean') throw new ConfigError(key, 'must be true or false');
   return value;
 }
+const SIZE_UNITS: Record<string, number> = { '': 1, b: 1, k: 1024, kib: 1024, m: 1024 ** 2, mib: 1024 ** 2, g: 1024 ** 3, gib: 1024 ** 3, t: 1024 ** 4, tib: 1024 ** 4, kb: 1e3, mb: 1e6, gb: 1e9, tb: 1e12 };
+
+/** Bytes: an integer, or a number with a unit (K, M, G, T and KiB... are powers of 1024; KB, MB, GB, TB of 1000). */
+export function size(value: unknown, key: string): number {
+  if (typeof value === 'number') return integer(value, key, 1);
+  const m = typeof value === 'string' ? /^([0-9]+(?:\.[0-9]+)?)\s*([a-zA-Z]*)$/.exec(value.trim()) : null;
+  const unit = m ? SIZE_UNITS[m[2].toLowerCase()] : undefined;
+  const bytes = m && unit !== undefined ? Math.floor(Number(m[1]) * unit) : NaN;
+  if (!Number.isSafeInteger(bytes) || bytes < 1) throw new ConfigError(key, 'must be a size in bytes: an integer, or a number with a unit such as 500M, 20G, 1.5T (powers of 1024) or 20GB (powers of 1000)');
+  return bytes;
+}
+
 function integer(value: unknown, key: string, min: number, max = Number.MAX_SAFE_INTEGER): number {
   if (typeof value !== 'number' || !Number.isInteger(value) || value < min || value > max) {
     throw new ConfigError(key, `must be an integer from ${min} to ${max}`);

@@ -10,7 +10,9 @@ export const DEFAULTS = {
   /** A refresh token (docker's stored credential) stays valid this long. */
   refreshTokenExpiry: 86_400,
   /** Idle keep-alive outlasts the usual 60 s of load balancers, so they never reuse a connection Berth is closing. */
-  timeouts: { handshake: 10, headers: 10, idle: 65, bodyIdle: 60 },
+  // A client that takes no byte of a response for send-idle is gone or hostile: docker and containerd read a layer
+  // continuously, and 60 s is what Swift's proxy allows Berth as a reader (client_timeout) and body-idle a writer.
+  timeouts: { handshake: 10, headers: 10, idle: 65, bodyIdle: 60, sendIdle: 60 },
   limits: {
     // Far above what real clients send (one PATCH per layer; the chunkiest, 1,200, in the Swift tests).
     chunksPerUpload: 10_000,
@@ -35,6 +37,11 @@ export const DEFAULTS = {
      */
     minLinkedSize: 8 * 1024 * 1024,
   },
+  /**
+   * Seconds between a server's writes of what it committed (for quotas) and between its re-reads of everyone's:
+   * the largest overshoot of a quota grows with it (docs/security-storage.md, Quotas).
+   */
+  quotaInterval: 5,
   /** Blobs fsck reads at once. */
   fsckParallel: 4,
 } as const;

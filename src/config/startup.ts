@@ -16,8 +16,9 @@ export interface Warning {
 export function checkForServe(config: Config): Warning[] {
   const warnings: Warning[] = [];
   for (const { key, variable } of config.unresolved) {
-    if (key === 'registry.secret' || /^registry\.users\[\d+\]\.pass$/.test(key)) {
-      throw new ConfigError(key, `the placeholder %(${variable}) was not replaced: the environment variable ${variable} is not set (Berth never uses the placeholder's text as a ${key.endsWith('pass') ? 'password' : 'secret'})`);
+    // An upstream's credentials too: the placeholder's text would be sent upstream as a login.
+    if (key === 'registry.secret' || /^registry\.users\[\d+\]\.pass$/.test(key) || /^registry\.mirrors\[\d+\]\.(username|password)$/.test(key)) {
+      throw new ConfigError(key, `the placeholder %(${variable}) was not replaced: the environment variable ${variable} is not set (Berth never uses the placeholder's text as a ${/pass(word)?$/.test(key) ? 'password' : key.endsWith('username') ? 'user name' : 'secret'})`);
     }
     warnings.push({ msg: 'placeholder left as written: its environment variable is not set', key, variable });
   }
@@ -43,6 +44,13 @@ export function checkForServe(config: Config): Warning[] {
       user: reader.name,
     });
   }
+  // A mistyped namespace in a mirror's list silently keeps that namespace off the upstream: say so.
+  const known = new Set(['_local', ...Object.keys(config.namespaces), ...config.users.flatMap((u) => (u.namespace ? [u.namespace] : []))]);
+  config.mirrors.forEach((m, i) => {
+    for (const ns of [...(m.namespaces ?? []), ...(Array.isArray(m.unprefixed) ? m.unprefixed : [])]) {
+      if (!known.has(ns)) warnings.push({ msg: 'a mirror names a namespace no user or namespaces entry has', key: `registry.mirrors[${i}]`, namespace: ns });
+    }
+  });
   for (const u of config.users) {
     if (u.pass === '') warnings.push({ msg: 'read user with an empty password: anyone may log in as them and read the default namespace', user: u.name });
   }

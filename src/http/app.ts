@@ -23,6 +23,7 @@ import { DigestMismatch } from '../registry/verify.js';
 import type { Metrics } from '../observability/metrics.js';
 import { ClientAddresses, recordClientAddress } from './client-address.js';
 import { WEB_PREFIX, webPages, type WebOptions } from '../web/pages.js';
+import type { MirrorHook } from './mirror.js';
 
 export interface AppOptions {
   log: Logger;
@@ -34,6 +35,8 @@ export interface AppOptions {
   clientAddresses?: ClientAddresses;
   /** The read-only web page under /ui (src/web/); without it /ui is an unknown path like any other. */
   web?: WebOptions;
+  /** The pull-through cache (registry.mirrors, http/mirror.ts); without it mirrored names are ordinary names. */
+  mirror?: MirrorHook;
 }
 
 /** Context of one API request. */
@@ -137,7 +140,8 @@ function apiRequest(registry: Registry, access: Access, opts: AppOptions, req: R
       log: opts.log,
       requestId: exchange.id,
     };
-    await dispatch(registry, found, call);
+    const routed = opts.mirror ? await opts.mirror(registry, found, call) : found;
+    if (routed) await dispatch(registry, routed, call);
   })().catch((err) => {
     if (err instanceof AuthFailure) return access.sendFailure(req, res, err, head);
     const body = toErrorBody(err);

@@ -1,5 +1,6 @@
 /** The one table mapping registry error codes to HTTP statuses, and the OCI error envelope. */
-import type { ServerResponse as Response } from 'node:http';
+import type { IncomingMessage, ServerResponse as Response } from 'node:http';
+import type { Socket } from 'node:net';
 import { ChecksumMismatch, DriverError, SizeMismatch, StorageUnavailable } from '../storage/driver.js';
 import { RegistryError, type OciCode } from '../registry/errors.js';
 import { DigestMismatch } from '../registry/verify.js';
@@ -64,6 +65,7 @@ export function sendError(res: Response, body: ErrorBody, head = false): void {
     res.destroy();
     return;
   }
+  closeIfBodyUnread(res);
   res.statusCode = body.status;
   // Headers set for the success response (a blob's length, digest, range) must not describe the error body: a
   // stale Content-Length leaves the client waiting for bytes that never come.
@@ -83,4 +85,47 @@ export function sendError(res: Response, body: ErrorBody, head = false): void {
   res.setHeader('Content-Type', 'application/json');
   res.setHeader('Content-Length', Buffer.byteLength(text));
   res.end(text);
+}
+
+/** What a refused request may still send after the answer, read and dropped so its client can take the answer. */
+const DRAIN_BYTES = 256 << 10;
+const DRAIN_MS = 2000;
+
+/**
+ * The one rule for an answer sent before the request's body was read (a 413 mid-stream, a 401 or 404 on a PATCH):
+ * the rest of that body stands in front of the connection's next request, and Node reads it only if nothing had
+ * started on it (then to the end, however long); otherwise the connection waits for a read that never comes. So the
+ * answer says `Connection: close`; after it the server stops sending, reads and drops what the client still sends
+ * for up to DRAIN_BYTES or DRAIN_MS (closing at once would reset the connection and could lose the answer before
+ * the client reads it), then closes.
+ */
+export function closeIfBodyUnread(res: Response): void {
+  const req = res.req as IncomingMessage | undefined;
+  const socket = res.socket;
+  if (!req || !socket || req.complete || !hasBody(req)) return;
+  res.setHeader('Connection', 'close');
+  // Node ends a `Connection: close` response's socket with destroySoon(), which destroys it as soon as our bytes are
+  // out: with unread bytes in the kernel that sends a reset. This one lingers instead.
+  socket.destroySoon = () => linger(req, socket);
+}
+
+function hasBody(req: IncomingMessage): boolean {
+  const length = req.headers['content-length'];
+  return req.headers['transfer-encoding'] !== undefined || (length !== undefined && length !== '0');
+}
+
+function linger(req: IncomingMessage, socket: Socket): void {
+  const until = socket.bytesRead + DRAIN_BYTES;
+  const close = () => socket.destroy();
+  const timer = setTimeout(close, DRAIN_MS).unref();
+  socket.once('close', () => clearTimeout(timer));
+  socket.once('end', close);
+  socket.end();
+  if (req.destroyed) return void close();
+  req.on('data', () => {
+    if (socket.bytesRead >= until) close();
+  });
+  req.on('end', close);
+  req.on('error', close);
+  req.resume();
 }

@@ -10,6 +10,7 @@ import type { Timeouts } from '../config/config.js';
 import { answerClientErrors } from './client-errors.js';
 import type { ClientAddresses } from './client-address.js';
 import { acceptProxyProtocol } from './proxy-protocol.js';
+import { watchSends } from './send-idle.js';
 
 /**
  * TLS 1.2 only with forward secrecy and authenticated encryption (Node's defaults also offer static-RSA and CBC
@@ -60,6 +61,7 @@ export function createServer(listener: RequestListener, opts: ServerOptions): ht
   const proxies = opts.clientAddresses;
   if (proxies?.trust?.proxyProtocol) acceptProxyProtocol(server, { trusted: (a) => proxies.trusted(a), timeoutMs: t.headers * 1000, log: opts.log });
   watchBodies(server, t.bodyIdle * 1000, opts.log);
+  watchSends(server, t.sendIdle * 1000, opts.log);
   return server;
 }
 

@@ -8,6 +8,12 @@
  * each metric is merged).
  */
 import { AggregatorRegistry, Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import type { StorageDriver } from '../storage/driver.js';
+import type { Quotas } from '../registry/quota.js';
+import { readUsage } from '../registry/usage.js';
+
+/** A namespace's stored figure is read again at most this often, however often /metrics is scraped. */
+const USAGE_TTL_MS = 60_000;
 
 /** One registry's metrics as data: what a worker sends the primary. */
 export type MetricsJson = Awaited<ReturnType<Registry['getMetricsAsJSON']>>;
@@ -76,6 +82,60 @@ export class Metrics {
 
   constructor() {
     collectDefaultMetrics({ register: this.registry, prefix: 'berth_' });
+  }
+
+  /**
+   * Bytes per namespace: the last prune's figure (usage/last.json), and where a quota applies, the quota and the
+   * usage the quota is enforced against. Labelled only by the configured namespaces, so the set is bounded.
+   */
+  watchUsage(namespaces: string[], driver: StorageDriver, quotas?: Quotas): void {
+    const stored = new Map<string, { bytes: number | null; until: number }>();
+    const registers = [this.registry];
+    new Gauge({
+      name: 'berth_namespace_stored_bytes',
+      help: 'Bytes of the distinct blobs of a namespace as the last prune (or berth usage --fresh) counted them',
+      labelNames: ['namespace'] as const,
+      registers,
+      // Every worker reads the same figures: merged as one, not summed (docs/metrics.md).
+      aggregator: 'max',
+      async collect() {
+        await Promise.all(
+          namespaces.map(async (ns) => {
+            let s = stored.get(ns);
+            if (!s || s.until < Date.now()) {
+              s = { bytes: (await readUsage(driver, ns).catch(() => null))?.bytes ?? null, until: Date.now() + USAGE_TTL_MS };
+              stored.set(ns, s);
+            }
+            if (s.bytes !== null) this.set({ namespace: ns }, s.bytes);
+          }),
+        );
+      },
+    });
+    if (!quotas) return;
+    const limited = namespaces.filter((ns) => quotas.limit(ns) !== undefined);
+    new Gauge({
+      name: 'berth_namespace_quota_bytes',
+      help: 'Bytes a namespace may store (registry.quota, namespaces.NAME.quota)',
+      labelNames: ['namespace'] as const,
+      registers,
+      // Every worker reads the same figures: merged as one, not summed (docs/metrics.md).
+      aggregator: 'max',
+      collect() {
+        for (const ns of limited) this.set({ namespace: ns }, quotas.limit(ns)!);
+      },
+    });
+    new Gauge({
+      name: 'berth_namespace_usage_bytes',
+      help: 'Bytes a namespace uses as this process enforces its quota: the last figure, commits since, and open uploads',
+      labelNames: ['namespace'] as const,
+      registers,
+      // Every worker reads the same figures: merged as one, not summed (docs/metrics.md).
+      aggregator: 'max',
+      async collect() {
+        // A namespace whose storage cannot be read now is left out of this scrape rather than failing it.
+        await Promise.all(limited.map((ns) => quotas.usage(ns).then((bytes) => this.set({ namespace: ns }, bytes), () => {})));
+      },
+    });
   }
 
   /** What /metrics answers: this process's metrics, or the host's when clustered. */

@@ -10,6 +10,7 @@ import { RegistryError, manifestUnknown, nameUnknown } from './errors.js';
 import { MAX_ANNOTATIONS_BYTES, type Descriptor, type RevisionMeta, parseManifest } from './manifest-doc.js';
 import { checkDigest, checkTag, digestAlgorithm, paths, validDigest, validTag } from './paths.js';
 import { DigestMismatch } from './verify.js';
+import type { Quotas } from './quota.js';
 
 export { MAX_ANNOTATIONS_BYTES, MAX_DESCRIPTORS, MAX_JSON_DEPTH, MEDIA_TYPES, nestedTooDeep, type Descriptor, type RevisionMeta } from './manifest-doc.js';
 
@@ -92,6 +93,8 @@ export class Manifests {
   constructor(
     private readonly driver: StorageDriver,
     private readonly blobs: Blobs,
+    /** Told of each new manifest's bytes, which count toward its namespace's quota (never refused: quota.ts). */
+    private readonly quotas?: Quotas,
   ) {
     this.links = blobs.links;
   }
@@ -138,6 +141,7 @@ export class Manifests {
       if (!existed) await this.driver.delete(revision);
       throw new RegistryError('MANIFEST_BLOB_UNKNOWN', 'a referenced blob is being deleted by prune; push it again', { digest: lost[0] });
     }
+    if (!existed) this.quotas?.added(ns, body.length);
     if (meta.subject) {
       const entry: Descriptor = { mediaType: meta.mediaType, digest, size: body.length };
       if (meta.artifactType) entry.artifactType = meta.artifactType;

@@ -51,10 +51,15 @@ export class PooledHash {
   private writers: (() => void)[] = [];
   private idle: (() => void)[] = [];
 
-  /** `ctx` must not be read or written while a job runs: read it only after `settled()`. */
+  /**
+   * `ctx` must not be read or written while a job runs: read it only after `settled()`. A caller whose pieces must
+   * not stay referenced long (a download: each piece held is memory a paused reader keeps) gives smaller bounds.
+   */
   constructor(
     private readonly kind: HashKind,
     readonly ctx: Buffer,
+    private readonly minJob = MIN_JOB,
+    private readonly maxQueued = MAX_QUEUED,
   ) {}
 
   /** Queue `piece` (not copied: it must not change afterwards); returns a promise only when the caller should wait. */
@@ -62,8 +67,8 @@ export class PooledHash {
     if (piece.length === 0) return undefined;
     this.queue.push(piece);
     this.queued += piece.length;
-    if (!this.running && this.queued >= MIN_JOB) this.run();
-    return this.queued > MAX_QUEUED ? new Promise((resolve) => this.writers.push(resolve)) : undefined;
+    if (!this.running && this.queued >= this.minJob) this.run();
+    return this.queued > this.maxQueued ? new Promise((resolve) => this.writers.push(resolve)) : undefined;
   }
 
   /** Resolves once every queued piece is hashed. */
@@ -81,8 +86,8 @@ export class PooledHash {
       // The job only fails if the pool is torn down at exit; nothing waits for it then.
       this.queued -= pieces.reduce((sum, p) => sum + p.length, 0);
       this.running = false;
-      if (this.queued >= MIN_JOB || (this.queued > 0 && this.idle.length > 0)) this.run();
-      if (this.queued <= MAX_QUEUED / 2) wakeAll(this.writers);
+      if (this.queued >= this.minJob || (this.queued > 0 && this.idle.length > 0)) this.run();
+      if (this.queued <= this.maxQueued / 2) wakeAll(this.writers);
       if (!this.running) wakeAll(this.idle);
     });
   }

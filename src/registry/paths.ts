@@ -25,11 +25,28 @@
  *     repos/<name>/_manifests/tags/<tag>         the tag, holding the manifest digest
  *     repos/<name>/_referrers/<subject>/<digest> a manifest whose subject is <subject> (its descriptor, JSON)
  *     prune.lock                                 held by a running prune of the namespace
+ *     usage/last.json                            the namespace's usage as the last prune (or usage --fresh) found it
+ *     usage/live/<process>                       bytes one server process committed since then, in time buckets
+ *                                                (quota.ts), so every process can sum them between prunes
  *     quarantine/<alg>:<hex>/data                a blob fsck --repair found corrupt: kept for inspection, not served
  *     quarantine/<alg>:<hex>/data.json           or, where the backend cannot move it, a note of what was wrong
  *
  * <ns> is the tenant's namespace; <name> is an OCI repository name, whose components never start with '_', so
  * the '_' directories cannot collide with a repository called, say, "app/manifests".
+ *
+ * The pull-through cache (registry.mirrors, src/mirror/) lives apart from every namespace, under a prefix that
+ * cannot be one (a namespace has no '.'), one directory per upstream <registry> (docker.io, quay.io):
+ *
+ *   mirror.cache/<registry>/
+ *     blobs/<alg>:<hex>/data                     a blob or manifest as the upstream served it, verified
+ *     blobs/<alg>:<hex>/parts/<uuid>/<n>         its parts, where it was larger than one object (Swift)
+ *     blobs/<alg>:<hex>/manifest                 JSON {mediaType} when the bytes are a manifest
+ *     blobs/<alg>:<hex>/touched                  rewritten by a fill before it writes (prune's protocol)
+ *     blobs/<alg>:<hex>/pulled                   rewritten on a pull, at most once per interval (prune's clock)
+ *     blobs/<alg>:<hex>/tombstone                written by prune before it deletes the item
+ *     tags/<name>/_tag/<tag>                     JSON {digest, mediaType, size, checked}: the upstream's tag
+ *                                                as last seen (<name> is the upstream's repository name)
+ *     prune.lock                                 held by a running prune of this upstream's cache
  */
 import { RegistryError } from './errors.js';
 
@@ -41,10 +58,16 @@ const DIGEST_GRAMMAR_RE = /^[a-z0-9]+(?:[+._-][a-z0-9]+)*:[a-zA-Z0-9=_-]+$/;
 const DIGEST_RE: Record<string, RegExp> = { sha256: /^[a-f0-9]{64}$/, sha512: /^[a-f0-9]{128}$/ };
 const UUID_RE = /^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/;
 const NAMESPACE_RE = /^[a-z0-9_][a-z0-9_-]{0,63}$/;
+/** A server process's name in usage/live/: made by the process itself (quota.ts), never from a request. */
+const PROCESS_RE = /^[a-z0-9][a-z0-9.-]{0,127}$/;
 export const CHUNK_OBJECT_RE = /^(?:0|[1-9][0-9]{0,8})\.[0-9a-f]{8}$/;
 export const PAGE_OBJECT_RE = /^p(?:0|[1-9][0-9]{0,8})\.[0-9a-f]{8}$/;
 
 export const DEFAULT_NAMESPACE = '_local';
+/** The pull-through cache's root: not a namespace (those have no '.'), so no tenant's paths can reach it. */
+export const MIRROR_ROOT = 'mirror.cache';
+/** A registry as clients prefix names with it: one name component with a dot (docker.io, registry.k8s.io). */
+const MIRROR_REGISTRY_RE = /^[a-z0-9]+(?:[.-][a-z0-9]+)*\.[a-z0-9]+(?:[.-][a-z0-9]+)*$/;
 /** Distribution's limit; keeps every path well inside any backend's key length. */
 export const MAX_NAME_LENGTH = 255;
 
@@ -86,6 +109,13 @@ export function validUploadId(id: string): boolean {
 export function validNamespace(ns: string): boolean {
   return NAMESPACE_RE.test(ns);
 }
+export function validMirrorRegistry(registry: string): boolean {
+  return registry.length <= 253 && MIRROR_REGISTRY_RE.test(registry);
+}
+function mirror(registry: string): string {
+  if (!validMirrorRegistry(registry)) throw new Error(`invalid mirror registry: ${JSON.stringify(registry)}`);
+  return `${MIRROR_ROOT}/${registry}`;
+}
 
 function ns(namespace: string): string {
   if (!validNamespace(namespace)) throw new Error(`invalid namespace: ${JSON.stringify(namespace)}`);
@@ -106,6 +136,10 @@ function uuid(id: string): string {
 function tag(t: string): string {
   if (!validTag(t)) throw new Error(`invalid tag: ${JSON.stringify(t)}`);
   return t;
+}
+function processName(p: string): string {
+  if (!PROCESS_RE.test(p)) throw new Error(`invalid process name: ${JSON.stringify(p)}`);
+  return p;
 }
 function index(n: number): string {
   if (!Number.isSafeInteger(n) || n < 0) throw new Error(`invalid index: ${n}`);
@@ -142,6 +176,9 @@ export const paths = {
   blobPart: (n: string, d: string, id: string, i: number) => `${ns(n)}/blobs/${digest(d)}/parts/${uuid(id)}/${index(i)}`,
 
   pruneLock: (n: string) => `${ns(n)}/prune.lock`,
+  usageReport: (n: string) => `${ns(n)}/usage/last.json`,
+  usageLive: (n: string) => `${ns(n)}/usage/live`,
+  usageProcess: (n: string, p: string) => `${ns(n)}/usage/live/${processName(p)}`,
   quarantine: (n: string, d: string) => `${ns(n)}/quarantine/${digest(d)}/data`,
   quarantineNote: (n: string, d: string) => `${ns(n)}/quarantine/${digest(d)}/data.json`,
 
@@ -155,7 +192,44 @@ export const paths = {
   referrers: (n: string, r: string, subject: string) => `${ns(n)}/repos/${name(r)}/_referrers/${digest(subject)}`,
   referrer: (n: string, r: string, subject: string, d: string) =>
     `${ns(n)}/repos/${name(r)}/_referrers/${digest(subject)}/${digest(d)}`,
+
+  /** The pull-through cache of one upstream (see the layout above). */
+  mirror: (m: string) => mirror(m),
+  mirrorBlobs: (m: string) => `${mirror(m)}/blobs`,
+  mirrorBlob: (m: string, d: string) => `${mirror(m)}/blobs/${digest(d)}`,
+  mirrorBlobData: (m: string, d: string) => `${mirror(m)}/blobs/${digest(d)}/data`,
+  mirrorBlobPart: (m: string, d: string, id: string, i: number) => `${mirror(m)}/blobs/${digest(d)}/parts/${uuid(id)}/${index(i)}`,
+  mirrorManifestMeta: (m: string, d: string) => `${mirror(m)}/blobs/${digest(d)}/manifest`,
+  mirrorTouched: (m: string, d: string) => `${mirror(m)}/blobs/${digest(d)}/touched`,
+  mirrorPulled: (m: string, d: string) => `${mirror(m)}/blobs/${digest(d)}/pulled`,
+  mirrorTombstone: (m: string, d: string) => `${mirror(m)}/blobs/${digest(d)}/tombstone`,
+  mirrorTags: (m: string) => `${mirror(m)}/tags`,
+  mirrorPruneLock: (m: string) => `${mirror(m)}/prune.lock`,
+  mirrorTag: (m: string, r: string, t: string) => `${mirror(m)}/tags/${name(r)}/_tag/${tag(t)}`,
 };
+
+/** The digest and the rest of a path under a mirror's `blobs/`; null for anything else. */
+export function parseMirrorBlobPath(registry: string, p: string): { digest: string; rest: string } | null {
+  const prefix = `${mirror(registry)}/blobs/`;
+  if (!p.startsWith(prefix)) return null;
+  const tail = p.slice(prefix.length);
+  const at = tail.indexOf('/');
+  if (at <= 0) return null;
+  const d = tail.slice(0, at);
+  return validDigest(d) ? { digest: d, rest: tail.slice(at + 1) } : null;
+}
+
+/** The upstream repository and tag of a path under a mirror's `tags/`; null for anything else. */
+export function parseMirrorTagPath(registry: string, p: string): { repo: string; tag: string } | null {
+  const prefix = `${mirror(registry)}/tags/`;
+  if (!p.startsWith(prefix)) return null;
+  const tail = p.slice(prefix.length);
+  const at = tail.lastIndexOf('/_tag/');
+  if (at <= 0) return null;
+  const repo = tail.slice(0, at);
+  const t = tail.slice(at + '/_tag/'.length);
+  return validName(repo) && validTag(t) ? { repo, tag: t } : null;
+}
 
 /** The digest and the rest of a path under `<ns>/blobs/`; null for anything else. */
 export function parseBlobPath(namespace: string, p: string): { digest: string; rest: string } | null {

@@ -14,8 +14,8 @@ import type { DeleteFailure, DeleteTarget, ObjectInfo, StorageDriver } from '../
 import { targetPath } from '../storage/delete-many.js';
 import { forEachLimited } from '../util/concurrency.js';
 import { groups } from './listing.js';
-import { parseUploadPath, paths, uploadOwnerOf } from './paths.js';
-import type { PruneReport } from './prune.js';
+import { parseBlobPath, parseUploadPath, paths, uploadOwnerOf } from './paths.js';
+import type { PruneReport, Tally } from './prune.js';
 
 /** Objects per `deleteMany`: one Swift bulk request; small enough that a batch's state stays small. */
 export const DELETE_BATCH = 1000;
@@ -73,6 +73,8 @@ export interface Candidate {
   digest: string;
   objects: ObjectInfo[];
   size: number;
+  /** The size of its data, if it has data (what usage counts for a blob that stays). */
+  dataSize?: number;
 }
 
 export type SweepOutcome = 'deleted' | 'claimed' | 'failed';
@@ -127,6 +129,39 @@ export async function sweepBatch(ctx: SweepContext, batch: Candidate[]): Promise
     outcome.set(t.digest, 'failed');
   }
   return outcome;
+}
+
+/**
+ * Parts of a kept blob that its data does not read from: left by a commit that lost a race with another upload
+ * of the same digest, or that died between moving its chunks and joining them. Only old ones go: a commit in
+ * progress moves its parts before it writes the data.
+ */
+export async function strayParts(
+  ctx: SweepContext,
+  digest: string,
+  data: ObjectInfo,
+  objects: ObjectInfo[],
+  bytes: Tally,
+  remove: (path: string, what: object) => Promise<boolean>,
+): Promise<void> {
+  const rest = (o: ObjectInfo) => parseBlobPath(ctx.ns, o.path)!.rest;
+  const old = objects.filter((o) => rest(o).startsWith('parts/') && o.modified.getTime() < ctx.graceCutoff);
+  if (old.length === 0) return;
+  // A join keeps the parts of one upload: with one upload's parts present they are the data's own, and only
+  // a second upload's directory needs the data's segment list (one request) to tell which is stray.
+  const uploads = new Set(objects.map(rest).filter((r) => r.startsWith('parts/')).map((r) => r.split('/')[1]));
+  if (ctx.driver.joinKeepsParts && uploads.size < 2) return;
+  let used: Set<string>;
+  try {
+    used = new Set(ctx.driver.joinKeepsParts ? ((await ctx.driver.segments?.(data.path)) ?? []) : []);
+  } catch (err) {
+    return ctx.failed(digest, 'could not read the segments of a blob', err as Error);
+  }
+  for (const o of old) {
+    if (used.has(o.path)) continue;
+    bytes.examined += o.size;
+    if (await remove(o.path, { blob: digest, stray: 'part' })) bytes.deleted += o.size;
+  }
 }
 
 /**

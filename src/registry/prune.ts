@@ -24,8 +24,9 @@ import { groups } from './listing.js';
 import { needs } from './manifest-doc.js';
 import { parseBlobPath, parseRepoPath, paths, validDigest, validTag } from './paths.js';
 import { pruneUploads } from './prune-uploads.js';
-import { DeleteQueue, SWEEP_BATCH, SWEEP_PARALLELISM, progressLine, removeClaims, sweepBatch, type Candidate } from './prune-batch.js';
+import { DeleteQueue, SWEEP_BATCH, SWEEP_PARALLELISM, progressLine, removeClaims, strayParts, sweepBatch, type Candidate, type SweepContext } from './prune-batch.js';
 import { forEachLimited } from '../util/concurrency.js';
+import { UsageTally, writeUsage, type NamespaceUsage } from './usage.js';
 
 export interface PruneLog {
   debug(obj: object, msg: string): void;
@@ -71,6 +72,8 @@ export interface PruneReport {
   failures: number;
   /** Stored objects deleted (every kind: records, links, blob data, markers). */
   objects: number;
+  /** What the namespace stores after the run (not on a dry run); also stored at usage/last.json (usage.ts). */
+  usage?: NamespaceUsage;
 }
 
 const tally = (): Tally => ({ examined: 0, kept: 0, deleted: 0 });
@@ -92,6 +95,7 @@ export class Pruner {
       const swept = await run.blobs(marked);
       await run.links(marked);
       await run.claimsOf(swept);
+      if (!opts.dryRun) await run.recordUsage();
     } finally {
       if (!opts.dryRun) await run.unlock();
     }
@@ -110,6 +114,8 @@ class Run {
   private readonly queue: DeleteQueue;
   /** Deletions that must come after every queued one of their stage (an upload's seal after its chunks). */
   private readonly marks: DeleteQueue;
+  private readonly usage = new UsageTally();
+  private readonly sweepContext: SweepContext;
 
   constructor(
     private readonly driver: StorageDriver,
@@ -129,6 +135,16 @@ class Run {
       (n) => (report.objects += n),
     );
     this.marks = new DeleteQueue(driver, (f) => this.queue.failed(f), (n) => (report.objects += n), this.queue);
+    this.sweepContext = {
+      driver,
+      ns,
+      graceCutoff: this.graceCutoff,
+      failed: (blob, what, err) => {
+        report.failures++;
+        opts.log.warn({ namespace: ns, blob, err: err.message }, what);
+      },
+      deleted: (n) => (report.objects += n),
+    };
   }
 
   /**
@@ -175,6 +191,18 @@ class Run {
   /** The token in the lock, or undefined if there is none (or it cannot be read). */
   private lockHolder(): Promise<string | undefined> {
     return this.driver.read(paths.pruneLock(this.ns)).then((b) => (JSON.parse(b.toString()) as { token?: string }).token, () => undefined);
+  }
+
+  /** Store what the run kept as the namespace's usage; a failure to store it fails no deletion. */
+  async recordUsage(): Promise<void> {
+    const usage = this.usage.result(this.ns, 'prune');
+    this.report.usage = usage;
+    try {
+      await writeUsage(this.driver, usage);
+    } catch (err) {
+      this.report.failures++;
+      this.opts.log.warn({ namespace: this.ns, err: (err as Error).message }, 'could not store the usage figures');
+    }
   }
 
   /** Delete now: a listing entry as listed (the driver knows whether it is a join), or a path. */
@@ -276,13 +304,16 @@ class Run {
     // Roots: fresh tags, and fresh revisions that are not referrers (a referrer's fate follows its subject).
     const keep = new Set<string>();
     const queue: string[] = [];
+    const mark = (d: string) => {
+      marked.add(d);
+      this.usage.need(repo, d);
+    };
     const add = (d: string) => {
       if (revisions.has(d) && !keep.has(d)) {
         keep.add(d);
         queue.push(d);
       }
     };
-    const counted = (t: Tally) => (ok: boolean) => void (ok ? t.deleted++ : t.kept++);
     // Fresh tags read, expired ones checked (and queued for deletion), a few at a time.
     const targets: string[] = [];
     await forEachLimited(tags, SWEEP_PARALLELISM, async ([tag, o]) => {
@@ -290,8 +321,13 @@ class Run {
       if (o.modified.getTime() >= this.manifestCutoff) {
         targets.push((await this.readText(o.path))?.trim() ?? '');
         this.report.tags.kept++;
+        this.usage.tag(repo);
       } else {
-        await this.removeIfUnchanged(o, { repository: repo, tag }, counted(this.report.tags));
+        await this.removeIfUnchanged(o, { repository: repo, tag }, (ok) => {
+          if (ok) return void this.report.tags.deleted++;
+          this.report.tags.kept++;
+          this.usage.tag(repo);
+        });
       }
     });
     for (const target of targets) if (validDigest(target)) add(target);
@@ -302,20 +338,24 @@ class Run {
     // Close over index children and referrers of kept manifests; mark the blobs each kept manifest needs.
     while (queue.length > 0) {
       const d = queue.pop()!;
-      marked.add(d);
+      mark(d);
       for (const r of referrersOf.get(d) ?? []) add(r.digest);
       const body = await this.readText(paths.blobData(this.ns, d));
       if (body === null) continue;
       for (const child of needs(body)) {
-        marked.add(child.digest);
+        mark(child.digest);
         if (child.manifest) add(child.digest);
       }
     }
 
     await forEachLimited(revisions, SWEEP_PARALLELISM, async ([d, o]) => {
       this.report.manifests.examined++;
-      if (keep.has(d)) this.report.manifests.kept++;
-      else await this.removeIfUnchanged(o, { repository: repo, manifest: d }, counted(this.report.manifests));
+      const kept = () => {
+        this.report.manifests.kept++;
+        this.usage.manifest(repo, o.modified);
+      };
+      if (keep.has(d)) kept();
+      else await this.removeIfUnchanged(o, { repository: repo, manifest: d }, (ok) => (ok ? void this.report.manifests.deleted++ : kept()));
     });
     for (const [, list] of referrersOf) {
       for (const r of list) if (!keep.has(r.digest)) await this.enqueue(r.path, { repository: repo, referrer: r.digest }, () => {});
@@ -328,6 +368,7 @@ class Run {
     const swept = new Set<string>();
     let batch: Candidate[] = [];
     this.stageStarted = Date.now();
+    this.usage.startBlobs();
     for await (const { key: digest, objects } of groups(this.driver.list(paths.blobs(this.ns)), (o) => parseBlobPath(this.ns, o.path)?.digest ?? null)) {
       const rest = (o: ObjectInfo) => parseBlobPath(this.ns, o.path)!.rest;
       const data = objects.find((o) => rest(o) === 'data');
@@ -339,12 +380,13 @@ class Run {
       if (marked.has(digest) || youngest >= this.graceCutoff) {
         t.kept++;
         this.report.bytes.kept += size;
+        if (data) this.usage.blob(digest, data.size);
         // A tombstone left by a prune that died mid-sweep would hide a kept blob from pushes.
         if (tombstone && !this.opts.dryRun) await this.enqueue(tombstone.path, { blob: digest, stale: 'tombstone' }, () => {});
-        if (data) await this.strayParts(digest, data, objects);
+        if (data) await strayParts(this.sweepContext, digest, data, objects, this.report.bytes, (p, what) => this.remove(p, what));
         continue;
       }
-      batch.push({ digest, objects: objects.filter((o) => o !== tombstone), size });
+      batch.push({ digest, objects: objects.filter((o) => o !== tombstone), size, dataSize: data?.size });
       if (batch.length >= SWEEP_BATCH) {
         await this.sweep(batch, swept);
         batch = [];
@@ -356,52 +398,12 @@ class Run {
     return swept;
   }
 
-  /**
-   * Parts of a kept blob that its data does not read from: left by a commit that lost a race with another upload
-   * of the same digest, or that died between moving its chunks and joining them. Only old ones go: a commit in
-   * progress moves its parts before it writes the data.
-   */
-  private async strayParts(digest: string, data: ObjectInfo, objects: ObjectInfo[]): Promise<void> {
-    const rest = (o: ObjectInfo) => parseBlobPath(this.ns, o.path)!.rest;
-    const old = objects.filter((o) => rest(o).startsWith('parts/') && o.modified.getTime() < this.graceCutoff);
-    if (old.length === 0) return;
-    // A join keeps the parts of one upload: with one upload's parts present they are the data's own, and only
-    // a second upload's directory needs the data's segment list (one request) to tell which is stray.
-    const uploads = new Set(objects.map(rest).filter((r) => r.startsWith('parts/')).map((r) => r.split('/')[1]));
-    if (this.driver.joinKeepsParts && uploads.size < 2) return;
-    let used: Set<string>;
-    try {
-      used = new Set(this.driver.joinKeepsParts ? ((await this.driver.segments?.(data.path)) ?? []) : []);
-    } catch (err) {
-      this.report.failures++;
-      this.opts.log.warn({ namespace: this.ns, blob: digest, err: (err as Error).message }, 'could not read the segments of a blob');
-      return;
-    }
-    for (const o of old) {
-      if (used.has(o.path)) continue;
-      this.report.bytes.examined += o.size;
-      if (await this.remove(o.path, { blob: digest, stray: 'part' })) this.report.bytes.deleted += o.size;
-    }
-  }
-
   /** Tombstone, re-check the touch, delete, a batch at a time (prune-batch.ts); tallies what went. */
   private async sweep(batch: Candidate[], swept: Set<string>): Promise<void> {
     if (batch.length === 0) return;
     const outcomes = this.opts.dryRun
       ? new Map(batch.map((c) => [c.digest, 'deleted' as const]))
-      : await sweepBatch(
-          {
-            driver: this.driver,
-            ns: this.ns,
-            graceCutoff: this.graceCutoff,
-            failed: (blob, what, err) => {
-              this.report.failures++;
-              this.opts.log.warn({ namespace: this.ns, blob, err: err.message }, what);
-            },
-            deleted: (n) => (this.report.objects += n),
-          },
-          batch,
-        );
+      : await sweepBatch(this.sweepContext, batch);
     for (const c of batch) {
       const outcome = outcomes.get(c.digest);
       if (outcome === 'claimed') this.opts.log.info({ namespace: this.ns, blob: c.digest }, 'a push claimed the blob during prune; kept');
@@ -410,6 +412,8 @@ class Run {
       this.report.blobs[tally]++;
       this.report.bytes[tally] += c.size;
       if (outcome === 'deleted') swept.add(c.digest);
+      // Kept (claimed, or a step failed): still stored, so counted as the usage of what the run kept.
+      else if (c.dataSize !== undefined) this.usage.blob(c.digest, c.dataSize);
     }
   }
 

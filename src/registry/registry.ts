@@ -10,20 +10,24 @@ import type { UploadLimits } from './upload-limits.js';
 import { Uploads } from './uploads.js';
 import type { CommitMode } from './upload-commit.js';
 import type { LockService } from '../locks/lock-service.js';
+import { Quotas, type QuotaConfig } from './quota.js';
 
 export class Registry {
   readonly blobs: Blobs;
   readonly uploads: Uploads;
   readonly manifests: Manifests;
+  /** Present when a quota is configured for some namespace. */
+  readonly quotas?: Quotas;
 
   constructor(
     readonly driver: StorageDriver,
-    opts: { blobRedirectSeconds?: number; limits?: UploadLimits; uploadExpiry?: number; commit?: CommitMode; locks?: LockService } = {},
+    opts: { blobRedirectSeconds?: number; limits?: UploadLimits; uploadExpiry?: number; commit?: CommitMode; locks?: LockService; quotas?: QuotaConfig } = {},
   ) {
     const links = new BlobLinks(driver);
     this.blobs = new Blobs(driver, links, opts.blobRedirectSeconds);
-    this.uploads = new Uploads(driver, links, opts.limits, opts.uploadExpiry, opts.commit, opts.locks);
-    this.manifests = new Manifests(driver, this.blobs);
+    if (opts.quotas) this.quotas = new Quotas(driver, opts.quotas);
+    this.uploads = new Uploads(driver, links, opts.limits, opts.uploadExpiry, opts.commit, opts.locks, this.quotas);
+    this.manifests = new Manifests(driver, this.blobs, this.quotas);
   }
 
   /** Repository names of a namespace that hold at least one manifest, sorted, after `last`, at most `n`. */
@@ -39,7 +43,8 @@ export class Registry {
     return { repositories: after.slice(0, n), more: after.length > n };
   }
 
-  close(): Promise<void> {
+  async close(): Promise<void> {
+    await this.quotas?.close().catch(() => {});
     return this.driver.close();
   }
 }

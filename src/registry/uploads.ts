@@ -25,6 +25,7 @@ import type { BlobLinks } from './blobs.js';
 import type { LockService } from '../locks/lock-service.js';
 import { ChunkWriter, type AppendOptions } from './chunk-writer.js';
 import { BlobCommit, type CommitMode, type Joined } from './upload-commit.js';
+import { isQuotaRefusal, type Quotas } from './quota.js';
 
 export type { AppendOptions } from './chunk-writer.js';
 
@@ -41,11 +42,13 @@ export class Uploads {
     uploadExpirySeconds = 3600,
     commitMode: CommitMode = 'move',
     lockService?: LockService,
+    private readonly quotas?: Quotas,
   ) {
     this.blobCommit = new BlobCommit(driver, commitMode);
     this.records = new UploadRecords(driver);
     this.locks = new UploadLocks(driver, lockService);
     this.open = new OpenUploads(driver, limits, uploadExpirySeconds);
+    quotas?.useListing(this.open);
   }
 
   async start(ns: string, repo: string): Promise<{ id: string }> {
@@ -64,7 +67,8 @@ export class Uploads {
 
   append(ns: string, repo: string, id: string, body: Readable, opts: AppendOptions = {}): Promise<{ size: number }> {
     return this.exclusively(ns, repo, id, async () => {
-      const appended = await this.appendHeld(ns, repo, id, body, opts, await this.openRecord(ns, repo, id));
+      const record = await this.openRecord(ns, repo, id);
+      const appended = await this.refusable(ns, repo, id, () => this.appendHeld(ns, repo, id, body, opts, record));
       // A commit or cancel in another process may have sealed the upload while this chunk streamed (the lock above
       // serializes only within a process on Swift): then the chunk came too late. Nothing is deleted: an object
       // written may already be a segment of the blob, and what is not is prune's (prune-uploads.ts).
@@ -119,7 +123,8 @@ export class Uploads {
     const { chunksPerUpload, maxBlobSize } = this.limits;
     if (chunkCount(record) >= chunksPerUpload) throw tooManyChunks(id, chunksPerUpload);
     if (size + (opts.length ?? 0) > maxBlobSize) throw tooLarge(maxBlobSize);
-    return new ChunkWriter(this.driver, ns, id, record, this.limits, opts, (r) => this.writeRecord(ns, id, r)).write(body);
+    const metered = this.quotas ? await this.quotas.meter(ns, id, size, body, opts.length) : body;
+    return new ChunkWriter(this.driver, ns, id, record, this.limits, opts, (r) => this.writeRecord(ns, id, r)).write(metered);
   }
 
   /**
@@ -128,7 +133,20 @@ export class Uploads {
    */
   async commit(ns: string, repo: string, id: string, digest: string, finalBody?: Readable, opts: AppendOptions = {}): Promise<{ size: number }> {
     checkDigest(digest);
-    return this.exclusively(ns, repo, id, () => this.commitHeld(ns, repo, id, digest, finalBody, opts));
+    return this.exclusively(ns, repo, id, () => this.refusable(ns, repo, id, () => this.commitHeld(ns, repo, id, digest, finalBody, opts)));
+  }
+
+  /** An upload refused for its namespace's quota is abandoned: nothing of it stays to count (quota.ts). */
+  private async refusable<T>(ns: string, repo: string, id: string, fn: () => Promise<T>): Promise<T> {
+    try {
+      return await fn();
+    } catch (err) {
+      if (!isQuotaRefusal(err)) throw err;
+      await this.abandonHeld(ns, repo, id).catch(() => {});
+      this.open.finished(ns);
+      this.quotas?.finished(ns, id, 0);
+      throw err;
+    }
   }
 
   /**
@@ -155,6 +173,8 @@ export class Uploads {
         if (actual !== digest) {
           throw new RegistryError('DIGEST_INVALID', 'provided digest did not match uploaded content', { expected: digest, actual });
         }
+        // Before the seal: a refusal here leaves an upload that abandoning clears whole.
+        await this.quotas?.checkCommit(ns);
       }
       const ours: Seal = { sealed: new Date().toISOString(), digest, record: { ...record, committing: digest } };
       const stored = await this.records.createSeal(ns, id, ours);
@@ -169,17 +189,20 @@ export class Uploads {
     // The touch and the check may go together: prune's guard is the manifest PUT's check, which comes after both.
     const [, existing] = await Promise.all([this.links.touch(ns, [digest]), this.driver.stat(paths.blobData(ns, digest))]);
     let joined: Joined = 'moved';
+    let added = 0;
     if (existing && retry && (await this.blobCommit.linkedHere(ns, id, digest))) {
       joined = 'linked'; // an earlier attempt of this commit joined the blob and stopped before the record went
     } else if (existing) {
       if (existing.size !== size) throw new RegistryError('SIZE_INVALID', 'a blob with this digest exists with another size', { digest });
     } else {
       const chunks = await this.records.chunks(ns, id, record);
+      added = size;
       joined = await this.blobCommit.join(ns, id, digest, chunks, async () => (await this.records.seal(ns, id))?.digest === digest);
     }
     // A linked blob reads from the upload's objects: only the record goes, its owner claim and the seal stay.
     await Promise.all([this.links.link(ns, repo, digest), joined === 'linked' ? this.removeRecord(ns, id, record) : this.remove(ns, id)]);
     this.open.finished(ns);
+    this.quotas?.finished(ns, id, added);
     return { size };
   }
 
@@ -193,6 +216,7 @@ export class Uploads {
       // seal is read again just before anything goes, and such a commit keeps the directory (the record is not its).
       const stillOurs = await this.clear(ns, id, (seal) => seal?.sealed === ours.sealed && seal.digest === undefined);
       this.open.finished(ns);
+      this.quotas?.finished(ns, id, 0);
       if (!stillOurs) throw uploadUnknown(id);
     });
   }
@@ -202,13 +226,15 @@ export class Uploads {
    * sealed and joined before it failed). Errors are the caller's to ignore: what stays is prune's.
    */
   abandon(ns: string, repo: string, id: string): Promise<void> {
-    return this.exclusively(ns, repo, id, async () => {
-      const { record, seal } = await this.state(ns, repo, id);
-      if (!seal && (!record || record.committing)) return;
-      // Sealed first, as a cancel is, unless a commit did: either way `clear` judges by the seal that is stored.
-      if (!seal) await this.records.createSeal(ns, id, { sealed: new Date().toISOString() });
-      await this.clear(ns, id);
-    });
+    return this.exclusively(ns, repo, id, () => this.abandonHeld(ns, repo, id));
+  }
+
+  private async abandonHeld(ns: string, repo: string, id: string): Promise<void> {
+    const { record, seal } = await this.state(ns, repo, id);
+    if (!seal && (!record || record.committing)) return;
+    // Sealed first, as a cancel is, unless a commit did: either way `clear` judges by the seal that is stored.
+    if (!seal) await this.records.createSeal(ns, id, { sealed: new Date().toISOString() });
+    await this.clear(ns, id);
   }
 
   readRecord(ns: string, repo: string, id: string): Promise<UploadRecord> {

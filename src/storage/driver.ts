@@ -6,6 +6,12 @@
  */
 import type { Readable } from 'node:stream';
 
+/**
+ * The piece size of a read, and what a `get` body may buffer ahead of its reader. Every paused download holds a few
+ * of these (storage, digest check, socket: docs/security-network.md), so it is what bounds their memory.
+ */
+export const READ_CHUNK = 128 << 10;
+
 /** One stored object as a listing or stat reports it. */
 export interface ObjectInfo {
   path: string;
@@ -136,7 +142,10 @@ export interface StorageDriver {
 
   /** Write body to path atomically: readers see the old object or the whole new one, never a part. */
   put(path: string, body: Readable | Buffer, opts?: PutOptions): Promise<StoredObject>;
-  /** Open path for reading, optionally a byte range (already validated against the size). Throws PathNotFound. */
+  /**
+   * Open path for reading, optionally a byte range (already validated against the size). Throws PathNotFound. The
+   * body buffers about READ_CHUNK bytes ahead of a reader that stops: a paused download must not hold more.
+   */
   get(path: string, range?: ByteRange): Promise<{ body: Readable; size: number }>;
   /** Read a small object whole (records, manifests, links). Throws PathNotFound. */
   read(path: string): Promise<Buffer>;

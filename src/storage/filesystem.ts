@@ -15,6 +15,7 @@ import * as path from 'node:path';
 import { Readable, Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import {
+  READ_CHUNK,
   AlreadyExists,
   ChecksumMismatch,
   DriverError,
@@ -184,7 +185,8 @@ export class FilesystemDriver implements StorageDriver {
   async get(key: string, range?: ByteRange): Promise<{ body: Readable; size: number }> {
     const opened = this.openFile(this.file(key));
     if (!opened) throw new PathNotFound(key);
-    const body = createReadStream('', { fd: opened.fd, start: range?.start, end: range?.end, highWaterMark: 1 << 20 });
+    // One read's worth buffered: a paused reader holds this much here (docs/security-network.md, per response).
+    const body = createReadStream('', { fd: opened.fd, start: range?.start, end: range?.end, highWaterMark: READ_CHUNK });
     return { body, size: range ? range.end - range.start + 1 : opened.size };
   }
 

@@ -160,6 +160,9 @@ export function webPages(registry: Registry, access: Access, opts: WebOptions, l
       res.setHeader('Set-Cookie', setCookie(undefined, secureCookie));
       return redirect(res, '/ui/signin');
     }
+    // The sign-in page's "open by name" form: anonymous visitors cannot list repositories (the API's catalog needs
+    // credentials), but may open one they know, as they may pull it.
+    if (rest === 'repo' && validName(query.get('name') ?? '')) return redirect(res, `/ui/repo/${query.get('name')}`);
     const page = parsePage(rest);
     if (!page) return notFound(res);
     show(req, res, exchange, page, query).catch(done);

@@ -18,7 +18,16 @@ ${opts.error ? html`<p class="error" role="alert">${opts.error}</p>` : ''}
 <label for="password">Password</label><input type="password" id="password" name="password" autocomplete="current-password">
 <button type="submit">Sign in</button>
 </form>
-${opts.anonymous ? html`<p><a href="/ui/">Browse without signing in</a> (anonymous pulls are allowed here).</p>` : ''}`;
+${
+  opts.anonymous
+    ? html`<h2>Browse without signing in</h2>
+<p class="muted">Anonymous pulls are allowed here: open a repository by its name (listing them needs credentials, as the API's catalog does).</p>
+<form method="get" action="/ui/repo">
+<label for="name">Repository</label><input type="text" id="name" name="name" required>
+<button type="submit">Open</button>
+</form>`
+    : ''
+}`;
 }
 
 export function repositoriesPage(ns: string, rows: RepositoryRow[]): Html {

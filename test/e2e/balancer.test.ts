@@ -1,9 +1,10 @@
 /**
  * A real balancer: Debian's HAProxy, round-robin with health checks on /readyz, in front of three `berth serve` on
  * one Swift container (the deployment the README describes), passing the client address by PROXY v2; and in front
- * of three on a filesystem root by X-Forwarded-For for the login limit. No lock service here: what must hold is
- * that no interleaving loses a blob or serves wrong bytes (docs/security-storage.md), and fsck is clean after each
- * case. Test clients connect from 127.0.0.2 and 127.0.0.3; only HAProxy's 127.0.0.1 is a trusted proxy.
+ * of three on a filesystem root by X-Forwarded-For for the login limit. Without a lock service what must hold is
+ * that no interleaving loses a blob or serves wrong bytes (docs/security-storage.md); with memcached, that racing
+ * PATCHes give one 202. fsck is clean after each case. Test clients connect from 127.0.0.2 and 127.0.0.3; only
+ * HAProxy's 127.0.0.1 is a trusted proxy (so a request addressed straight to a process comes from 127.0.0.2).
  */
 import { execFile } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
@@ -15,13 +16,16 @@ import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { HAPROXY, startBalancer, type Balancer } from '../helpers/balancer.js';
 import { importBusybox, selfSignedCert, startDockerd } from '../helpers/docker.js';
+import { startMemcached, type MemcachedServer } from '../helpers/memcached.js';
 import { blobDigest, writeLayout } from '../helpers/oci-layout.js';
+import { slowPatch } from '../helpers/races.js';
 import { basic, sha256 } from '../helpers/server.js';
 import { storageYaml } from '../helpers/swift.js';
 
 const run = promisify(execFile);
 const USERS = `  secret: balancer-test-secret-0123456789abcdef\n  users:\n    - {name: alice, pass: alice-pw, access: write}\n`;
 const ALICE = basic('alice', 'alice-pw');
+const MiB = 1 << 20;
 
 interface Answer {
   status: number;
@@ -47,6 +51,8 @@ function request(url: string, method: string, path: string, o: { from?: string; 
   });
 }
 
+/** The upload's location with `digest=` added: the commit. */
+const committing = (location: string, digest: string) => `${location}${location.includes('?') ? '&' : '?'}digest=${digest}`;
 const patchHeaders = (offset: number, length: number) => ({ ...ALICE, 'Content-Range': `${offset}-${offset + length - 1}`, 'Content-Length': length, 'Content-Type': 'application/octet-stream' });
 
 async function startUpload(lb: Balancer, repo: string): Promise<string> {
@@ -61,6 +67,24 @@ async function blobBytes(lb: Balancer, repo: string, digest: string): Promise<Bu
   if (r.status === 404) return null;
   expect(r.status).toBe(200);
   return r.body;
+}
+
+/**
+ * One round of eight PATCHes racing at one offset (after a first chunk) through the balancer; each is answered,
+ * accepted or refused with an OCI error. Returns their answers and the upload each would make.
+ */
+async function raceAtOneOffset(lb: Balancer, repo: string) {
+  const first = randomBytes(256 * 1024);
+  const location = await startUpload(lb, repo);
+  const p = await request(lb.url, 'PATCH', location, { headers: patchHeaders(0, first.length), body: first });
+  expect(p.status).toBe(202);
+  const chunks = Array.from({ length: 8 }, () => randomBytes(256 * 1024));
+  const racers = await Promise.all(chunks.map((c) => request(lb.url, 'PATCH', p.headers.location!, { headers: patchHeaders(first.length, c.length), body: c })));
+  const statuses = racers.map((r) => r.status);
+  for (const s of statuses) expect([202, 404, 416]).toContain(s);
+  const winner = statuses.indexOf(202);
+  expect(winner).toBeGreaterThanOrEqual(0);
+  return { racers, statuses, winner, candidates: chunks.map((c) => Buffer.concat([first, c])) };
 }
 
 async function expectFsckClean(lb: Balancer): Promise<void> {
@@ -165,21 +189,9 @@ describe('HAProxy (PROXY v2) in front of three berth serve on one Swift containe
     const outcomes: string[] = [];
     for (let round = 0; round < 3; round++) {
       const repo = `lb/race${round}`;
-      const first = randomBytes(256 * 1024);
-      let location = await startUpload(lb, repo);
-      const p = await request(lb.url, 'PATCH', location, { headers: patchHeaders(0, first.length), body: first });
-      expect(p.status).toBe(202);
-      location = p.headers.location!;
-      const chunks = Array.from({ length: 8 }, () => randomBytes(256 * 1024));
-      const racers = await Promise.all(chunks.map((c) => request(lb.url, 'PATCH', location, { headers: patchHeaders(first.length, c.length), body: c })));
-      const statuses = racers.map((r) => r.status);
-      // A racer is accepted or refused with an OCI error; none is left without an answer.
-      for (const s of statuses) expect([202, 404, 416]).toContain(s);
-      const winner = statuses.indexOf(202);
-      expect(winner).toBeGreaterThanOrEqual(0);
-      const candidates = chunks.map((c) => Buffer.concat([first, c]));
+      const { racers, statuses, winner, candidates } = await raceAtOneOffset(lb, repo);
       const digest = sha256(candidates[winner]);
-      const put = await request(lb.url, 'PUT', `${racers[winner].headers.location}${racers[winner].headers.location!.includes('?') ? '&' : '?'}digest=${digest}`, { headers: ALICE });
+      const put = await request(lb.url, 'PUT', committing(racers[winner].headers.location!, digest), { headers: ALICE });
       outcomes.push(`${statuses.filter((s) => s === 202).length}x202 -> ${put.status}`);
       if (put.status === 201) expect((await blobBytes(lb, repo, digest))?.equals(candidates[winner])).toBe(true);
       else {
@@ -194,6 +206,39 @@ describe('HAProxy (PROXY v2) in front of three berth serve on one Swift containe
       }
     }
     console.log(`balancer race rounds: ${outcomes.join('; ')}`);
+    await expectFsckClean(lb);
+  });
+
+  it('issue 23 reproduction 1: a PATCH streaming through the balancer while another process commits gets 404; a DELETE after leaves the blob whole', async () => {
+    const repo = 'lb/repro1';
+    const chunks = [randomBytes(MiB), randomBytes(MiB)];
+    const first = Buffer.concat(chunks);
+    const digest = sha256(first);
+    let location = await startUpload(lb, repo);
+    for (const [i, c] of chunks.entries()) {
+      const p = await request(lb.url, 'PATCH', location, { headers: patchHeaders(i * MiB, c.length), body: c });
+      expect(p.status).toBe(202);
+      location = p.headers.location!;
+    }
+    const late = slowPatch(lb.url, location, first.length, randomBytes(MiB), { headers: ALICE, localAddress: '127.0.0.2' });
+    let serving: number[] = [];
+    for (let n = 0; serving.length !== 1; n++) {
+      expect(n, 'HAProxy shows the streaming PATCH on one process').toBeLessThan(100);
+      await new Promise((r) => setTimeout(r, 50));
+      serving = await lb.serving();
+    }
+    // Lets the PATCH read the upload's state first; the assertions do not depend on it.
+    await new Promise((r) => setTimeout(r, 300));
+    // The commit goes straight to another process: round-robin would give it to the streaming one a third of the
+    // time, where the in-process lock queues it behind the PATCH (no race to show).
+    const other = lb.backends[(serving[0] + 1) % lb.backends.length];
+    const put = await request(other.url, 'PUT', committing(location, digest), { headers: ALICE });
+    expect(put.status, put.body.toString()).toBe(201);
+    late.finish();
+    expect(await late.answer).toEqual({ status: 404, code: 'BLOB_UPLOAD_UNKNOWN' });
+    // Through the balancer, so that each process is asked once: the upload is gone everywhere, the blob whole.
+    for (let i = 0; i < lb.backends.length; i++) expect((await request(lb.url, 'DELETE', location, { headers: ALICE })).status).toBe(404);
+    for (let i = 0; i < lb.backends.length; i++) expect((await blobBytes(lb, repo, digest))?.equals(first)).toBe(true);
     await expectFsckClean(lb);
   });
 
@@ -240,7 +285,7 @@ describe('HAProxy (PROXY v2) in front of three berth serve on one Swift containe
       expect(killed).toBe(true);
       await restarted;
       const digest = sha256(blob);
-      const put = await request(lb.url, 'PUT', `${location}${location.includes('?') ? '&' : '?'}digest=${digest}`, { headers: ALICE });
+      const put = await request(lb.url, 'PUT', committing(location, digest), { headers: ALICE });
       expect(put.status).toBe(201);
       expect(createHash('sha256').update((await blobBytes(lb, repo, digest))!).digest('hex')).toBe(digest.slice(7));
     }
@@ -253,6 +298,43 @@ describe('HAProxy (PROXY v2) in front of three berth serve on one Swift containe
     const limited = [0, 1, 2].flatMap((i) => lb.log(i).split('\n')).filter((l) => l.includes('too many failed logins'));
     expect(limited.length).toBeGreaterThan(0);
     for (const l of limited) expect(JSON.parse(l).address).toBe('127.0.0.2');
+  });
+});
+
+describe('HAProxy in front of three berth serve on one Swift container, uploads locked in memcached', () => {
+  let dir: string;
+  let lb: Balancer;
+  let memcached: MemcachedServer;
+  let storage: { yaml: string; cleanup(): Promise<void> };
+
+  beforeAll(async () => {
+    dir = await mkdtemp(join(tmpdir(), 'berth-lb-memcached-'));
+    memcached = await startMemcached();
+    storage = await storageYaml('swift', dir);
+    const locks = `  locks:\n    memcached: [${memcached.address}]\n`;
+    lb = await startBalancer({ dir, processes: 3, storage: storage.yaml, forward: 'proxy-protocol', extraYaml: USERS + locks });
+  }, 60_000);
+  afterAll(async () => {
+    await lb?.stop();
+    await memcached?.stop();
+    await storage?.cleanup();
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  it('eight PATCHes racing at one offset through the balancer: exactly one 202, seven 416, and the upload commits that 202\u2019s bytes', async () => {
+    const outcomes: string[] = [];
+    for (let round = 0; round < 3; round++) {
+      const repo = `lb/locked${round}`;
+      const { racers, statuses, winner, candidates } = await raceAtOneOffset(lb, repo);
+      outcomes.push(`${statuses.filter((s) => s === 202).length}x202`);
+      expect(statuses.filter((s) => s === 202)).toHaveLength(1);
+      expect(statuses.filter((s) => s === 416)).toHaveLength(7);
+      const digest = sha256(candidates[winner]);
+      expect((await request(lb.url, 'PUT', committing(racers[winner].headers.location!, digest), { headers: ALICE })).status).toBe(201);
+      expect((await blobBytes(lb, repo, digest))?.equals(candidates[winner])).toBe(true);
+    }
+    console.log(`balancer race rounds with memcached: ${outcomes.join('; ')}`);
+    await expectFsckClean(lb);
   });
 });
 

@@ -80,7 +80,8 @@ describe.each(BACKENDS)('concurrency and shutdown on %s', (backend) => {
       expect(md5(got)).toBe(md5(data));
       const uploads = [];
       for await (const o of s.registry.driver.list('_local/uploads')) uploads.push(o.path);
-      expect(uploads).toEqual([]);
+      // Nothing but the seals that commits leave where processes cannot lock each other out (prune's, later).
+      expect(uploads.filter((p) => !p.endsWith('/sealed'))).toEqual([]);
       // Commits that lost the race delete their parts, or prune does once they are old: one upload's parts remain.
       await pushImage(s.url, 'same/blob', 'v1', [data]); // so prune keeps the blob
       const later = new Date(Date.now() + 2 * 3600_000);

@@ -22,7 +22,7 @@ import type { StorageDriver } from '../../src/storage/driver.js';
 import { FilesystemDriver } from '../../src/storage/filesystem.js';
 import { overriding, sha256 } from '../helpers/server.js';
 
-const TIMEOUTS: Timeouts = { handshake: 1, headers: 1, idle: 1, bodyIdle: 1 };
+const TIMEOUTS: Timeouts = { handshake: 1, headers: 1, idle: 1, bodyIdle: 1, sendIdle: 1 };
 const log = pino({ level: process.env.BERTH_TEST_LOG ?? 'silent' });
 
 let dir: string;
@@ -34,11 +34,11 @@ beforeAll(async () => {
 });
 afterAll(() => rm(dir, { recursive: true, force: true }));
 
-async function serve(opts: { tls?: boolean; wrap?: (d: StorageDriver) => StorageDriver } = {}) {
+async function serve(opts: { tls?: boolean; wrap?: (d: StorageDriver) => StorageDriver; timeouts?: Partial<Timeouts> } = {}) {
   const root = await mkdtemp(join(dir, 'root-'));
   const fs = await FilesystemDriver.open(root);
   const registry = new Registry(opts.wrap ? opts.wrap(fs) : fs);
-  const server = createServer(createApp(registry, { log }), { tls: opts.tls ? cert : undefined, timeouts: TIMEOUTS, log });
+  const server = createServer(createApp(registry, { log }), { tls: opts.tls ? cert : undefined, timeouts: { ...TIMEOUTS, ...opts.timeouts }, log });
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
   const port = (server.address() as AddressInfo).port;
   return {
@@ -236,4 +236,59 @@ describe('request bodies', () => {
       await s.close();
     }
   }, 20_000);
+});
+
+describe('responses', () => {
+  it('a download whose client stops reading is closed after send-idle, and its storage read with it', { timeout: 20_000 }, async () => {
+    const reads: Readable[] = [];
+    const tracked = (d: StorageDriver) =>
+      overriding(d, {
+        get: async (path, range) => {
+          const got = await d.get(path, range);
+          reads.push(got.body);
+          return got;
+        },
+      });
+    // Only the send side is short: pushing the blob on a busy machine must not trip the others.
+    const s = await serve({ wrap: tracked, timeouts: { headers: 30, bodyIdle: 30, idle: 30 } });
+    try {
+      // Far more than the kernel's socket buffers on both sides take, so the server really has bytes waiting.
+      const data = randomBytes(32 << 20);
+      const put = await fetch(`${s.url}/v2/stall/app/blobs/uploads/?digest=${sha256(data)}`, { method: 'POST', body: data });
+      expect(put.status).toBe(201);
+      const socket = connect(s.port);
+      socket.on('error', () => {});
+      let head = '';
+      const headers = new Promise<void>((resolve) => {
+        const onData = (d: Buffer) => {
+          head += d.subarray(0, 512).toString('latin1');
+          if (!head.includes('\r\n\r\n')) return;
+          socket.off('data', onData);
+          socket.pause(); // and never read again
+          resolve();
+        };
+        socket.on('data', onData);
+      });
+      // The server's end of this connection (fetch keeps its own open): a paused client would not see it close.
+      const serverSide = new Promise<net.Socket>((resolve) =>
+        s.server.on('connection', (peer: net.Socket) => {
+          const match = () => peer.remotePort === socket.localPort && resolve(peer);
+          if (socket.localPort !== undefined) match();
+          else socket.once('connect', match);
+        }),
+      );
+      socket.write(`GET /v2/stall/app/blobs/${sha256(data)} HTTP/1.1\r\nHost: x\r\n\r\n`);
+      await headers;
+      expect(head).toMatch(/^HTTP\/1\.1 200 /);
+      const peer = await serverSide;
+      const deadline = Date.now() + 10_000;
+      while (!peer.destroyed && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
+      expect(peer.destroyed).toBe(true);
+      expect(reads).toHaveLength(1);
+      expect(reads[0].destroyed).toBe(true);
+      socket.destroy();
+    } finally {
+      await s.close();
+    }
+  });
 });

@@ -258,11 +258,14 @@ describe('web sign-in and access', () => {
     const s = await start([{ name: 'zuul', pass: 'zuul-pw', access: 'write' }], {}, { anonymousPull: true });
     try {
       await pushImage(s.url, 'pub', 'v1', [randomBytes(10)], {}, basic('zuul', 'zuul-pw'));
+      // Listing repositories is the catalog, which needs credentials on the API too; a repository by name is a pull.
       const res = await page(s.url, '/ui/');
-      expect(res.status).toBe(200);
-      expect(await res.text()).toContain('data-repository="pub"');
+      expect([res.status, res.headers.get('location')]).toEqual([303, '/ui/signin']);
       expect(await (await page(s.url, '/ui/repo/pub')).text()).toContain('data-tag="v1"');
       expect(await (await page(s.url, '/ui/signin')).text()).toContain('Browse without signing in');
+      const byName = await page(s.url, '/ui/repo?name=pub');
+      expect([byName.status, byName.headers.get('location')]).toEqual([303, '/ui/repo/pub']);
+      expect((await page(s.url, '/ui/repo?name=..%2Fx')).status).toBe(404);
     } finally {
       await s.close();
     }

@@ -49,6 +49,19 @@ describe('config', () => {
     expect(() => parse(`registry:\n${storage}  limits: {chunks: 5}\n`)).toThrow(/registry\.limits\.chunks: unknown key/);
   });
 
+  it('quota: a default and per namespace, in bytes or with a unit; a bad value names its key', () => {
+    const storage = '  storage: {driver: filesystem, root: data}\n';
+    const c = parse(`registry:\n${storage}  quota: 20G\n  quota-interval: 2\n  namespaces:\n    big: {quota: 1.5T}\n    small: {quota: 500MB}\n    exact: {quota: 1048576}\n`);
+    expect(c.quota).toBe(20 * 1024 ** 3);
+    expect(c.quotaInterval).toBe(2);
+    expect([c.namespaces.big.quota, c.namespaces.small.quota, c.namespaces.exact.quota]).toEqual([1.5 * 1024 ** 4, 500e6, 1048576]);
+    expect(parse(`registry:\n${storage}`)).toMatchObject({ quota: undefined, quotaInterval: 5 });
+    expect(() => parse(`registry:\n${storage}  quota: 20X\n`)).toThrow(/^registry\.quota: must be a size in bytes/);
+    expect(() => parse(`registry:\n${storage}  namespaces:\n    t: {quota: -1}\n`)).toThrow(/^registry\.namespaces\.t\.quota: must be an integer/);
+    expect(() => parse(`registry:\n${storage}  namespaces:\n    t: {quota: 0}\n`)).toThrow(/^registry\.namespaces\.t\.quota/);
+    expect(() => parse(`registry:\n${storage}  quota-interval: 0\n`)).toThrow(/^registry\.quota-interval/);
+  });
+
   it('workers: 1 by default; a number (quoted too) or auto (one per core); anything else names the key', () => {
     const storage = '  storage: {driver: filesystem, root: data}\n';
     expect(parse(`registry:\n${storage}`).workers).toBe(1);
@@ -177,7 +190,7 @@ describe('config', () => {
     });
 
     it('shadow: is refused saying what it was; other unknown keys (xstorage) stay errors naming their path', () => {
-      expect(() => parse(`registry:\n  shadow:\n    docker.io: {hostname: registry-1.docker.io}\n${FS}`)).toThrow(/^registry\.shadow: was zuul-registry's early pull-through option.*Berth does not proxy upstream registries/);
+      expect(() => parse(`registry:\n  shadow:\n    docker.io: {hostname: registry-1.docker.io}\n${FS}`)).toThrow(/^registry\.shadow: was zuul-registry's early pull-through option.*registry\.mirrors/);
       expect(() => parse(`registry:\n  xstorage: {driver: swift}\n${FS}`)).toThrow(/^registry\.xstorage: unknown key/);
     });
   });
@@ -234,8 +247,8 @@ describe('config', () => {
 describe('config: connection timeouts', () => {
   const base = 'registry:\n  storage: {driver: filesystem, root: /d}\n';
   it('defaults bound every stage of a connection; each can be set in seconds', () => {
-    expect(parse(base).timeouts).toEqual({ handshake: 10, headers: 10, idle: 65, bodyIdle: 60 });
-    expect(parse(`${base}  timeouts: {handshake: 3, body-idle: 120}\n`).timeouts).toEqual({ handshake: 3, headers: 10, idle: 65, bodyIdle: 120 });
+    expect(parse(base).timeouts).toEqual({ handshake: 10, headers: 10, idle: 65, bodyIdle: 60, sendIdle: 60 });
+    expect(parse(`${base}  timeouts: {handshake: 3, body-idle: 120, send-idle: 30}\n`).timeouts).toEqual({ handshake: 3, headers: 10, idle: 65, bodyIdle: 120, sendIdle: 30 });
   });
 
   it('refuses zero, fractions, unknown keys, and a handshake over five minutes, naming the key', () => {
@@ -243,5 +256,6 @@ describe('config: connection timeouts', () => {
     expect(() => parse(`${base}  timeouts: {idle: 1.5}\n`)).toThrow(/registry\.timeouts\.idle/);
     expect(() => parse(`${base}  timeouts: {request: 5}\n`)).toThrow(/registry\.timeouts\.request: unknown key/);
     expect(() => parse(`${base}  timeouts: {handshake: 301}\n`)).toThrow(/registry\.timeouts\.handshake/);
+    expect(() => parse(`${base}  timeouts: {send-idle: 0}\n`)).toThrow(/registry\.timeouts\.send-idle: must be an integer from 1/);
   });
 });

@@ -52,9 +52,10 @@ describe('the bcrypt worker pool', () => {
   it('refuses checks beyond its queue with PoolBusy instead of queueing without end', async () => {
     const small = new BcryptPool({ size: 1, maxWaiting: 2 });
     try {
-      // One running, two waiting: the fourth is refused.
-      const accepted = [small.compare('right', hash), small.compare('right', hash), small.compare('wrong', hash)];
-      await expect(small.compare('right', hash)).rejects.toBeInstanceOf(PoolBusy);
+      // One running, two waiting: the fourth is refused (each from its own /24, so no share of the queue is exceeded).
+      const from = (i: number) => [0, undefined, `10.0.${i}.1`] as const;
+      const accepted = [small.compare('right', hash, ...from(1)), small.compare('right', hash, ...from(2)), small.compare('wrong', hash, ...from(3))];
+      await expect(small.compare('right', hash, ...from(4))).rejects.toBeInstanceOf(PoolBusy);
       expect(await Promise.all(accepted)).toEqual([true, true, false]);
     } finally {
       await small.close();

@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { RegistryError } from '../../src/registry/errors.js';
-import { checkDigest, checkName, parseRepoPath, parseUploadPath, paths, uploadOwnerOf, validName, validTag } from '../../src/registry/paths.js';
+import { checkDigest, checkName, parseMirrorBlobPath, parseMirrorTagPath, parseRepoPath, parseUploadPath, paths, uploadOwnerOf, validMirrorRegistry, validName, validNamespace, validTag } from '../../src/registry/paths.js';
 
 const D = `sha256:${'a'.repeat(64)}`;
 const S = `sha256:${'b'.repeat(64)}`;
@@ -22,6 +22,9 @@ describe('storage paths', () => {
     expect(paths.manifestRevision('t1', 'a/b', D)).toBe(`t1/repos/a/b/_manifests/revisions/${D}`);
     expect(paths.tag('t1', 'a/b', 'v1.0')).toBe('t1/repos/a/b/_manifests/tags/v1.0');
     expect(paths.referrer('t1', 'a/b', S, D)).toBe(`t1/repos/a/b/_referrers/${S}/${D}`);
+    expect(paths.usageReport('t1')).toBe('t1/usage/last.json');
+    expect(paths.usageLive('t1')).toBe('t1/usage/live');
+    expect(paths.usageProcess('t1', 'host-1.1234.0badc0de')).toBe('t1/usage/live/host-1.1234.0badc0de');
   });
 
   it('refuses to build a path from anything unvalidated', () => {
@@ -32,6 +35,8 @@ describe('storage paths', () => {
     expect(() => paths.upload('_local', '../..')).toThrow();
     expect(() => paths.uploadChunk('_local', U, '../metadata')).toThrow();
     expect(() => paths.uploadPage('_local', U, '2.0badc0de')).toThrow();
+    expect(() => paths.usageProcess('_local', '../last.json')).toThrow();
+    expect(() => paths.usageProcess('_local', 'a/b')).toThrow();
   });
 
   it('validates names, tags and digests by the OCI grammar', () => {
@@ -57,5 +62,31 @@ describe('storage paths', () => {
     expect(parseUploadPath('_local', `_local/uploads/${id}/3.0a1b2c3d`)).toEqual({ id, rest: '3.0a1b2c3d' });
     expect(parseUploadPath('_local', `_local/blobs/${D}/data`)).toBeNull();
     expect(parseUploadPath('team', `_local/uploads/${id}/metadata`)).toBeNull();
+  });
+
+  it('pins the pull-through cache layout, apart from every namespace', () => {
+    expect(paths.mirror('quay.io')).toBe('mirror.cache/quay.io');
+    expect(paths.mirrorBlobData('docker.io', D)).toBe(`mirror.cache/docker.io/blobs/${D}/data`);
+    expect(paths.mirrorBlobPart('docker.io', D, U, 2)).toBe(`mirror.cache/docker.io/blobs/${D}/parts/${U}/2`);
+    expect(paths.mirrorManifestMeta('quay.io', D)).toBe(`mirror.cache/quay.io/blobs/${D}/manifest`);
+    expect(paths.mirrorTouched('quay.io', D)).toBe(`mirror.cache/quay.io/blobs/${D}/touched`);
+    expect(paths.mirrorPulled('quay.io', D)).toBe(`mirror.cache/quay.io/blobs/${D}/pulled`);
+    expect(paths.mirrorTombstone('quay.io', D)).toBe(`mirror.cache/quay.io/blobs/${D}/tombstone`);
+    expect(paths.mirrorTag('quay.io', 'org/app', 'v1')).toBe('mirror.cache/quay.io/tags/org/app/_tag/v1');
+    expect(paths.mirrorPruneLock('quay.io')).toBe('mirror.cache/quay.io/prune.lock');
+    // The root cannot be a namespace, so no tenant's paths reach the cache.
+    expect(validNamespace('mirror.cache')).toBe(false);
+    expect(parseMirrorBlobPath('quay.io', `mirror.cache/quay.io/blobs/${D}/pulled`)).toEqual({ digest: D, rest: 'pulled' });
+    expect(parseMirrorBlobPath('quay.io', `mirror.cache/docker.io/blobs/${D}/data`)).toBeNull();
+    expect(parseMirrorTagPath('quay.io', 'mirror.cache/quay.io/tags/a/_tag/b/_tag/v1')).toBeNull();
+    expect(parseMirrorTagPath('quay.io', 'mirror.cache/quay.io/tags/org/app/_tag/v1')).toEqual({ repo: 'org/app', tag: 'v1' });
+  });
+
+  it('refuses a mirror path for a registry that is not a host name or for unvalidated parts', () => {
+    for (const ok of ['docker.io', 'quay.io', 'registry.k8s.io', 'my-registry.example.org']) expect(validMirrorRegistry(ok), ok).toBe(true);
+    for (const bad of ['docker', 'quay.io:443', '../x', 'Quay.io', '.io', 'a..b', '', 'a/b.io']) expect(validMirrorRegistry(bad), bad).toBe(false);
+    expect(() => paths.mirrorBlobData('..', D)).toThrow();
+    expect(() => paths.mirrorTag('quay.io', '../x', 'v1')).toThrow();
+    expect(() => paths.mirrorTag('quay.io', 'x', '../v1')).toThrow();
   });
 });

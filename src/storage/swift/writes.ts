@@ -189,8 +189,12 @@ export class SwiftWrites {
         const ours = [...parts.map((p) => p.path), ...merged.map((m) => m.path), ...plan.subManifests.map((m) => m.path)];
         return await this.settleLostJoin(dst, dir, ours);
       }
-      // The merged originals (plain objects) are no longer referenced by anything.
-      await forEachLimited([...mergePlan.merges.flatMap((m) => m.parts), ...empty], PARALLEL_REQUESTS, (p) => this.deletePlain(p.path));
+      // The merged originals are read by nothing now, if they lie under dst's own directory (moved there for it).
+      // Joined where an upload wrote them, another join of that directory (two racing past its seal) may read them
+      // as they are: they stay, and go with the directory once its blob is deleted (prune-uploads.ts).
+      if (dir.startsWith(`${dst.slice(0, dst.lastIndexOf('/'))}/`)) {
+        await forEachLimited([...mergePlan.merges.flatMap((m) => m.parts), ...empty], PARALLEL_REQUESTS, (p) => this.deletePlain(p.path));
+      }
       return { size: written };
     } catch (err) {
       for (const m of merged) await this.deleteQuietly(m.path);

@@ -1,0 +1,189 @@
+#!/usr/bin/env node
+// Pull-through caches side by side: Berth with `mirrors:` against CNCF Distribution 2.8 in proxy mode, both in front
+// of one Distribution upstream (filesystem) on loopback, on the filesystem or on the Swift of tools/swift-aio.sh.
+// For each: a cold skopeo pull of a one-layer image (the cache fills), a warm one (from the cache), and N concurrent
+// cold pulls of a fresh image through a fresh cache, with the bytes the upstream sent for them (its access log).
+//
+// usage: node tools/bench-mirror.mjs [--size-mib 512] [--backend filesystem|swift] [--concurrency 8] [--temp-url] [--out FILE]
+// --temp-url: Berth on Swift redirects cached blobs to temp URLs (Distribution's proxy streams them itself).
+// Needs dist/ (npm run build), skopeo and /usr/bin/docker-registry.
+import { execFile, spawn } from 'node:child_process';
+import { createHash, randomBytes } from 'node:crypto';
+import { createReadStream, createWriteStream, readFileSync } from 'node:fs';
+import { mkdir, mkdtemp, rm, stat, writeFile, rename } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
+import { pipeline } from 'node:stream/promises';
+import { parseArgs, promisify } from 'node:util';
+import { createGzip } from 'node:zlib';
+import { dropContainer, swiftSession } from './swift-lib.mjs';
+
+const run = promisify(execFile);
+const { values: args } = parseArgs({
+  options: { 'size-mib': { type: 'string', default: '512' }, backend: { type: 'string', default: 'filesystem' }, concurrency: { type: 'string', default: '8' }, 'temp-url': { type: 'boolean' }, out: { type: 'string' } },
+});
+const SIZE = Number(args['size-mib']);
+const N = Number(args.concurrency);
+const backend = args.backend;
+const repoRoot = join(dirname(new URL(import.meta.url).pathname), '..');
+const work = await mkdtemp(join(tmpdir(), 'berth-bench-mirror-'));
+const log = (m) => process.stderr.write(`${m}\n`);
+const skopeo = (...a) => run('skopeo', ['--insecure-policy', ...a], { maxBuffer: 1 << 24 });
+const cloudsFile = backend === 'swift' ? (await run(join(repoRoot, 'tools/swift-aio.sh'), ['start'])).stdout.trim().split('\n').pop() : undefined;
+const authUrl = cloudsFile ? /auth_url:\s*(\S+)/.exec(readFileSync(cloudsFile, 'utf8'))[1] : undefined;
+const containers = [];
+const children = [];
+
+/** A one-layer OCI layout: SIZE MiB of random bytes, gzip level 0 (skopeo sends it as is). */
+async function makeImage(dir, sizeMiB) {
+  await mkdir(join(dir, 'blobs/sha256'), { recursive: true });
+  const tmp = join(dir, 'layer.tmp');
+  let left = sizeMiB * 1024 * 1024;
+  async function* random() {
+    while (left > 0) {
+      const n = Math.min(left, 16 << 20);
+      left -= n;
+      yield randomBytes(n);
+    }
+  }
+  await pipeline(random, createGzip({ level: 0 }), createWriteStream(tmp));
+  const hash = createHash('sha256');
+  await pipeline(createReadStream(tmp), hash);
+  const layerHex = hash.digest('hex');
+  const layerSize = (await stat(tmp)).size;
+  await rename(tmp, join(dir, 'blobs/sha256', layerHex));
+  const put = async (obj) => {
+    const data = Buffer.from(JSON.stringify(obj));
+    const hex = createHash('sha256').update(data).digest('hex');
+    await writeFile(join(dir, 'blobs/sha256', hex), data);
+    return { digest: `sha256:${hex}`, size: data.length };
+  };
+  const config = await put({ architecture: 'amd64', os: 'linux', rootfs: { type: 'layers', diff_ids: [] } });
+  const manifest = await put({
+    schemaVersion: 2,
+    mediaType: 'application/vnd.oci.image.manifest.v1+json',
+    config: { mediaType: 'application/vnd.oci.image.config.v1+json', ...config },
+    layers: [{ mediaType: 'application/vnd.oci.image.layer.v1.tar+gzip', digest: `sha256:${layerHex}`, size: layerSize }],
+  });
+  await writeFile(join(dir, 'oci-layout'), '{"imageLayoutVersion":"1.0.0"}');
+  await writeFile(join(dir, 'index.json'), JSON.stringify({ schemaVersion: 2, manifests: [{ mediaType: 'application/vnd.oci.image.manifest.v1+json', ...manifest, annotations: { 'org.opencontainers.image.ref.name': 'v1' } }] }));
+  return { dir, bytes: layerSize + config.size + manifest.size };
+}
+
+function start(cmd, argv, ready) {
+  return new Promise((resolve, reject) => {
+    const child = spawn(cmd, argv, { stdio: ['ignore', 'pipe', 'pipe'] });
+    children.push(child);
+    const lines = [];
+    let out = '';
+    let done = false;
+    const onData = (d) => {
+      out += d;
+      let at;
+      while ((at = out.indexOf('\n')) >= 0) {
+        const line = out.slice(0, at);
+        out = out.slice(at + 1);
+        lines.push(line);
+        if (!done && ready(line)) {
+          done = true;
+          resolve({ child, lines });
+        }
+      }
+    };
+    child.stdout.on('data', onData);
+    child.stderr.on('data', onData);
+    child.once('exit', (code) => done || reject(new Error(`${cmd} exited with ${code}: ${lines.slice(-5).join('\n')}`)));
+  });
+}
+const stop = (child) => new Promise((r) => (child.exitCode !== null || child.signalCode !== null ? r() : (child.once('exit', r), child.kill('SIGTERM'))));
+let nextPort = 20000 + Math.floor(Math.random() * 20000);
+
+async function distribution(extra) {
+  const port = nextPort++;
+  const container = `bench-mirror-${randomBytes(4).toString('hex')}`;
+  const storage =
+    backend === 'swift' && extra
+      ? `  swift:\n    authurl: ${authUrl}\n    username: test:tester\n    password: testing\n    container: ${container}\n`
+      : `  filesystem:\n    rootdirectory: ${join(work, `dist-${port}`)}\n`;
+  if (backend === 'swift' && extra) containers.push(container);
+  const file = join(work, `dist-${port}.yml`);
+  await writeFile(file, `version: 0.1\nlog:\n  level: info\n  formatter: json\n  accesslog: {disabled: true}\nstorage:\n${storage}http:\n  addr: 127.0.0.1:${port}\n${extra ?? ''}`);
+  const p = await start('/usr/bin/docker-registry', ['serve', file], (l) => l.includes('listening on'));
+  return { ...p, host: `127.0.0.1:${port}` };
+}
+
+async function berth(upstreamHost) {
+  const container = `bench-mirror-${randomBytes(4).toString('hex')}`;
+  const storage =
+    backend === 'swift'
+      ? `  storage:\n    driver: swift\n    cloud: berth-test\n    container: ${container}\n    clouds-file: ${cloudsFile}\n${args['temp-url'] ? '    temp-url-key: bench-mirror-temp-url-key-0123\n' : ''}`
+      : `  storage:\n    driver: filesystem\n    root: ${join(work, `berth-${container}`)}\n`;
+  if (backend === 'swift') containers.push(container);
+  const file = join(work, `${container}.yaml`);
+  await writeFile(file, `registry:\n  address: 127.0.0.1\n  port: 0\n${storage}  mirrors:\n    - {registry: quay.io, url: "http://${upstreamHost}"}\n`);
+  let port;
+  const p = await start('node', ['--single-threaded-gc', join(repoRoot, 'dist/cli.js'), '-c', file, 'serve'], (l) => (port = /berth listening on port (\d+)/.exec(l)?.[1]));
+  return { ...p, host: `127.0.0.1:${port}` };
+}
+
+const seconds = async (f) => {
+  const t = process.hrtime.bigint();
+  await f();
+  return Number(process.hrtime.bigint() - t) / 1e9;
+};
+const pull = (ref) => seconds(() => skopeo('copy', '--src-tls-verify=false', ref, `oci:${join(work, `out-${randomBytes(4).toString('hex')}`)}:v1`));
+/** Bytes the upstream sent in blob GET answers since its log had `from` lines. */
+const upstreamBytes = (up, from) =>
+  up.lines.slice(from).map((l) => {
+    try {
+      return JSON.parse(l);
+    } catch {
+      return null;
+    }
+  }).filter((l) => l && l.msg === 'response completed' && l['http.request.method'] === 'GET' && /\/blobs\//.test(l['http.request.uri'])).reduce((n, l) => n + (l['http.response.written'] ?? 0), 0);
+
+const rows = [];
+try {
+  log(`work ${work}; layer ${SIZE} MiB; backend ${backend}; ${N} concurrent`);
+  const upstream = await distribution();
+  const images = [];
+  for (const name of ['berth', 'dist', 'berth-conc', 'dist-conc']) {
+    const image = await makeImage(join(work, `img-${name}`), SIZE);
+    await skopeo('copy', '--dest-tls-verify=false', `oci:${image.dir}:v1`, `docker://${upstream.host}/bench/${name}:v1`);
+    images.push(image);
+  }
+  const contenders = [
+    { name: 'Berth mirror', start: () => berth(upstream.host), ref: (h, n) => `docker://${h}/quay.io/bench/${n}:v1`, image: 'berth' },
+    { name: 'Distribution proxy', start: () => distribution(`proxy:\n  remoteurl: http://${upstream.host}\n`), ref: (h, n) => `docker://${h}/bench/${n}:v1`, image: 'dist' },
+  ];
+  for (const c of contenders) {
+    const reg = await c.start();
+    const from = upstream.lines.length;
+    const cold = await pull(c.ref(reg.host, c.image));
+    const warm = await pull(c.ref(reg.host, c.image));
+    const fetched = upstreamBytes(upstream, from);
+    await stop(reg.child);
+    const regC = await c.start();
+    const fromC = upstream.lines.length;
+    const conc = await seconds(() => Promise.all(Array.from({ length: N }, () => pull(c.ref(regC.host, `${c.image}-conc`)))));
+    const fetchedC = upstreamBytes(upstream, fromC);
+    await stop(regC.child);
+    rows.push({ name: c.name, cold, warm, fetched, concurrent: conc, concurrentFetched: fetchedC, imageBytes: images[0].bytes });
+    log(`${c.name}: cold ${cold.toFixed(2)} s, warm ${warm.toFixed(2)} s, ${N} concurrent cold ${conc.toFixed(2)} s, upstream ${(fetchedC / images[0].bytes).toFixed(2)} images`);
+  }
+  const [b, d] = rows;
+  const table =
+    `| ${SIZE} MiB layer, ${backend} | cold pull s | warm pull s | upstream bytes (cold+warm) | ${N} concurrent cold pulls s | upstream bytes for them (images) |\n|---|---|---|---|---|---|\n` +
+    rows.map((r) => `| ${r.name} | ${r.cold.toFixed(2)} | ${r.warm.toFixed(2)} | ${r.fetched} | ${r.concurrent.toFixed(2)} | ${r.concurrentFetched} (${(r.concurrentFetched / r.imageBytes).toFixed(2)}) |`).join('\n') +
+    `\n\nBerth / Distribution speed: cold ${(d.cold / b.cold).toFixed(2)}x, warm ${(d.warm / b.warm).toFixed(2)}x, concurrent ${(d.concurrent / b.concurrent).toFixed(2)}x\n`;
+  process.stdout.write(table);
+  if (args.out) await writeFile(args.out, JSON.stringify({ sizeMiB: SIZE, backend, concurrency: N, rows }, null, 2));
+  await stop(upstream.child);
+} finally {
+  for (const c of children) await stop(c);
+  if (containers.length) {
+    const session = await swiftSession(authUrl);
+    for (const c of containers) await dropContainer(c, session).catch(() => {});
+  }
+  await rm(work, { recursive: true, force: true });
+}

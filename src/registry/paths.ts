@@ -210,13 +210,7 @@ export const paths = {
 
 /** The digest and the rest of a path under a mirror's `blobs/`; null for anything else. */
 export function parseMirrorBlobPath(registry: string, p: string): { digest: string; rest: string } | null {
-  const prefix = `${mirror(registry)}/blobs/`;
-  if (!p.startsWith(prefix)) return null;
-  const tail = p.slice(prefix.length);
-  const at = tail.indexOf('/');
-  if (at <= 0) return null;
-  const d = tail.slice(0, at);
-  return validDigest(d) ? { digest: d, rest: tail.slice(at + 1) } : null;
+  return parseDigestDir(`${mirror(registry)}/blobs/`, p);
 }
 
 /** The upstream repository and tag of a path under a mirror's `tags/`; null for anything else. */
@@ -233,7 +227,11 @@ export function parseMirrorTagPath(registry: string, p: string): { repo: string;
 
 /** The digest and the rest of a path under `<ns>/blobs/`; null for anything else. */
 export function parseBlobPath(namespace: string, p: string): { digest: string; rest: string } | null {
-  const prefix = `${ns(namespace)}/blobs/`;
+  return parseDigestDir(`${ns(namespace)}/blobs/`, p);
+}
+
+/** `<prefix><digest>/<rest>` split, or null when the first segment after `prefix` is not a digest. */
+function parseDigestDir(prefix: string, p: string): { digest: string; rest: string } | null {
   if (!p.startsWith(prefix)) return null;
   const tail = p.slice(prefix.length);
   const at = tail.indexOf('/');

@@ -35,6 +35,7 @@ export async function runPrune(config: Config, args: string[], log: Logger): Pro
   try {
     for (const ns of namespaces) {
       const started = Date.now();
+      const requestsBefore = driver.requestCount?.();
       const report = await pruner.prune(ns, {
         expiration: config.namespaces[ns]?.expiration ?? config.expiration,
         uploadExpiry: config.uploadExpiry,
@@ -42,9 +43,10 @@ export async function runPrune(config: Config, args: string[], log: Logger): Pro
         log,
         progress: (line) => process.stderr.write(`${line}\n`),
       });
-      process.stdout.write(formatReport(report, dryRun, Date.now() - started));
+      const requests = requestsBefore === undefined ? undefined : driver.requestCount!() - requestsBefore;
+      process.stdout.write(formatReport(report, dryRun, Date.now() - started, requests));
       if (report.refused || report.failures > 0) status = 1;
-      log.info({ ...report, dryRun }, 'prune finished');
+      log.info({ ...report, dryRun, requests }, 'prune finished');
     }
     // The pull-through cache belongs to no namespace: pruned on a run over all of them (mirror/prune.ts).
     if (values.namespace === undefined) {
@@ -62,7 +64,8 @@ export async function runPrune(config: Config, args: string[], log: Logger): Pro
   return status;
 }
 
-export function formatReport(r: PruneReport, dryRun: boolean, ms: number): string {
+/** The report as a table; `requests`: storage requests the run made, where the driver counts them (Swift). */
+export function formatReport(r: PruneReport, dryRun: boolean, ms: number, requests?: number): string {
   if (r.refused) return `namespace ${r.namespace}: skipped: ${r.refused}\n`;
   const head = `namespace ${r.namespace}${dryRun ? ' (dry run: nothing deleted; "deleted" is what would go)' : ''}, ${(ms / 1000).toFixed(1)} s\n`;
   const row = (name: string, t: Tally, fmt = String) =>
@@ -76,6 +79,9 @@ export function formatReport(r: PruneReport, dryRun: boolean, ms: number): strin
     row('tags', r.tags) +
     row('blobs', r.blobs) +
     row('bytes', r.bytes) +
+    `  objects deleted: ${r.objects}` +
+    (requests === undefined ? '' : `, storage requests: ${requests}${r.objects > 0 ? ` (${(requests / r.objects).toFixed(2)} per deleted object)` : ''}`) +
+    '\n' +
     (r.usage ? `  ${'stored'.padEnd(10)}${r.usage.bytes} bytes in ${r.usage.blobs} blobs, ${r.usage.manifests} manifests, ${r.usage.tags} tags\n` : '') +
     (r.failures > 0 ? `  ${r.failures} deletions failed (see the log)\n` : '')
   );

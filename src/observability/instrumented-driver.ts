@@ -1,6 +1,6 @@
 /** A storage driver that counts and times every operation of the driver it wraps, and changes nothing else. */
 import type { Readable } from 'node:stream';
-import { PathNotFound, type ByteRange, type Lock, type MoveOptions, type ObjectInfo, type Part, type PutOptions, type StorageDriver, type StoredObject } from '../storage/driver.js';
+import { PathNotFound, type ByteRange, type DeleteFailure, type DeleteTarget, type Lock, type MoveOptions, type ObjectInfo, type Part, type PutOptions, type StorageDriver, type StoredObject } from '../storage/driver.js';
 import type { Metrics } from './metrics.js';
 
 export class InstrumentedDriver implements StorageDriver {
@@ -17,6 +17,7 @@ export class InstrumentedDriver implements StorageDriver {
   readonly verify?: (path: string) => Promise<string[]>;
   readonly segments?: (path: string) => Promise<string[]>;
   readonly tryLock?: (path: string, ttlMs: number) => Promise<Lock | null>;
+  readonly requestCount?: () => number;
 
   constructor(
     private readonly inner: StorageDriver,
@@ -34,6 +35,7 @@ export class InstrumentedDriver implements StorageDriver {
     if (inner.signedUrl) this.signedUrl = (path, seconds) => this.timed('signed_url', () => inner.signedUrl!(path, seconds));
     if (inner.verify) this.verify = (path) => this.timed('verify', () => inner.verify!(path));
     if (inner.segments) this.segments = (path) => this.timed('segments', () => inner.segments!(path));
+    if (inner.requestCount) this.requestCount = () => inner.requestCount!();
     if (inner.tryLock) this.tryLock = (path, ttlMs) => this.timed('lock', () => inner.tryLock!(path, ttlMs));
   }
 
@@ -85,6 +87,12 @@ export class InstrumentedDriver implements StorageDriver {
   }
   delete(path: string): Promise<void> {
     return this.timed('delete', () => this.inner.delete(path));
+  }
+  get bulkDelete(): boolean {
+    return this.inner.bulkDelete;
+  }
+  deleteMany(targets: readonly DeleteTarget[]): Promise<DeleteFailure[]> {
+    return this.timed('delete_many', () => this.inner.deleteMany(targets));
   }
   move(src: string, dst: string, opts?: MoveOptions): Promise<StoredObject> {
     return this.timed('move', () => this.inner.move(src, dst, opts));

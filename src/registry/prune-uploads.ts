@@ -8,8 +8,9 @@
  * - with commit: link, the segments of a blob, claimed by uploads/<id>/owner.<digest> (upload-commit.ts). A claim
  *   is judged by its own time: younger than the upload expiry, it is a commit in progress and left alone. An older
  *   one is kept while its blob is stored, at no cost beyond the listing (the claim's name says the blob). Its blob's
- *   delete takes the segments, and the claim goes at the next prune. Where a record survived (a commit that stopped
- *   before removing it) or two directories claim one blob (two uploads of one digest committed at once), the
+ *   delete takes the segments, and the claim goes after the blob stage (prune-batch.ts: removeClaims). Where a
+ *   record survived (a commit that stopped before removing it) or two directories claim one blob (two uploads of
+ *   one digest committed at once), the
  *   directory is checked against what the blob reads from (`segments`, one request): the rest goes, the record
  *   first, and the claim last, only if nothing in the directory is read.
  */
@@ -27,7 +28,10 @@ export interface UploadPruneRun {
   readonly tally: Tally;
   readonly linked: Tally;
   readonly bytes: Tally;
-  remove(path: string, what: object): Promise<boolean>;
+  /** Delete one listed object now (a listing entry: the driver knows whether it is a join). */
+  remove(o: ObjectInfo, what: object): Promise<boolean>;
+  /** Delete a listed object with the next batch; `last` ones after every other of the stage (marks). */
+  removeLater(o: ObjectInfo, what: object, last: boolean): Promise<void>;
   warn(obj: object, msg: string): void;
   tick(stage: string): void;
 }
@@ -103,7 +107,7 @@ const isMark = (o: ObjectInfo) => isClaim(o) || o.path.endsWith('/sealed');
 async function removeUpload(run: UploadPruneRun, tally: Tally, id: string, objects: ObjectInfo[], bytes: number): Promise<void> {
   const rank = (o: ObjectInfo) => (o.path.endsWith('/metadata') ? 0 : isMark(o) ? 2 : 1);
   let ok = true;
-  for (const o of [...objects].sort((a, b) => rank(a) - rank(b))) ok = (await run.remove(o.path, { upload: id })) && ok;
+  for (const o of [...objects].sort((a, b) => rank(a) - rank(b))) ok = (await run.remove(o, { upload: id })) && ok;
   if (ok) {
     tally.deleted++;
     run.bytes.deleted += bytes;
@@ -112,8 +116,8 @@ async function removeUpload(run: UploadPruneRun, tally: Tally, id: string, objec
 
 /** A finished upload's leftovers: the seal last, so that a PATCH begun before it still finds it meanwhile. */
 async function removeFinished(run: UploadPruneRun, id: string, objects: ObjectInfo[]): Promise<void> {
-  const rank = (o: ObjectInfo) => (o.path.endsWith('/sealed') ? 1 : 0);
-  for (const o of [...objects].sort((a, b) => rank(a) - rank(b))) await run.remove(o.path, { upload: id, finished: true });
+  // The commonest leftovers (every push leaves a seal where processes cannot lock): in batches, seals after chunks.
+  for (const o of objects) await run.removeLater(o, { upload: id, finished: true }, o.path.endsWith('/sealed'));
 }
 
 /** What `blobs` read from (Swift: one request each); a blob that is not stored reads from nothing. */
@@ -153,7 +157,7 @@ async function removeUnread(run: UploadPruneRun, id: string, blobs: string[], ob
   if (!objects.some((o) => read.has(o.path))) return removeUpload(run, run.linked, id, objects, bytes);
   let freed = 0;
   for (const o of await unread(run.driver, objects, read, false)) {
-    if (await run.remove(o.path, { upload: id, stray: 'not read by its blob' })) freed += o.size;
+    if (await run.remove(o, { upload: id, stray: 'not read by its blob' })) freed += o.size;
   }
   keep(run, run.linked, bytes - freed);
   run.bytes.deleted += freed;

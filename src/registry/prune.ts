@@ -13,7 +13,8 @@
  * check, and then prune's re-read comes after the touch (prune keeps the blob). It relies on reads seeing
  * completed writes of single objects, which the filesystem and a healthy Swift give.
  *
- * Memory: the set of marked digests per namespace, plus one repository's tags and revisions at a time.
+ * Memory: the set of marked digests per namespace, plus one repository's tags and revisions at a time, plus a
+ * batch of deletions (prune-batch.ts: deletions go to the driver's deleteMany, a thousand at a time).
  */
 import { hostname } from 'node:os';
 import { randomBytes } from 'node:crypto';
@@ -23,6 +24,8 @@ import { groups } from './listing.js';
 import { needs } from './manifest-doc.js';
 import { parseBlobPath, parseRepoPath, paths, validDigest, validTag } from './paths.js';
 import { pruneUploads } from './prune-uploads.js';
+import { DeleteQueue, SWEEP_BATCH, SWEEP_PARALLELISM, progressLine, removeClaims, strayParts, sweepBatch, type Candidate, type SweepContext } from './prune-batch.js';
+import { forEachLimited } from '../util/concurrency.js';
 import { UsageTally, writeUsage, type NamespaceUsage } from './usage.js';
 
 export interface PruneLog {
@@ -67,6 +70,8 @@ export interface PruneReport {
   bytes: Tally;
   /** Deletions that failed (the run went on). */
   failures: number;
+  /** Stored objects deleted (every kind: records, links, blob data, markers). */
+  objects: number;
   /** What the namespace stores after the run (not on a dry run); also stored at usage/last.json (usage.ts). */
   usage?: NamespaceUsage;
 }
@@ -78,7 +83,7 @@ export class Pruner {
   constructor(private readonly driver: StorageDriver) {}
 
   async prune(ns: string, opts: PruneOptions): Promise<PruneReport> {
-    const report: PruneReport = { namespace: ns, uploads: tally(), linked: tally(), manifests: tally(), tags: tally(), blobs: tally(), bytes: tally(), failures: 0 };
+    const report: PruneReport = { namespace: ns, uploads: tally(), linked: tally(), manifests: tally(), tags: tally(), blobs: tally(), bytes: tally(), failures: 0, objects: 0 };
     const run = new Run(this.driver, ns, opts, report);
     if (!opts.dryRun) {
       const refused = await run.lock();
@@ -87,8 +92,9 @@ export class Pruner {
     try {
       await run.uploads();
       const marked = await run.manifests();
-      await run.blobs(marked);
+      const swept = await run.blobs(marked);
       await run.links(marked);
+      await run.claimsOf(swept);
       if (!opts.dryRun) await run.recordUsage();
     } finally {
       if (!opts.dryRun) await run.unlock();
@@ -104,7 +110,12 @@ class Run {
   private readonly graceCutoff: number;
   private lockToken = '';
   private lastProgress = Date.now();
+  private stageStarted = Date.now();
+  private readonly queue: DeleteQueue;
+  /** Deletions that must come after every queued one of their stage (an upload's seal after its chunks). */
+  private readonly marks: DeleteQueue;
   private readonly usage = new UsageTally();
+  private readonly sweepContext: SweepContext;
 
   constructor(
     private readonly driver: StorageDriver,
@@ -115,9 +126,39 @@ class Run {
     this.now = (opts.now ?? new Date()).getTime();
     this.manifestCutoff = opts.expiration === undefined ? -Infinity : this.now - opts.expiration * 1000;
     this.graceCutoff = this.now - opts.uploadExpiry * 1000;
+    this.queue = new DeleteQueue(
+      driver,
+      (f) => {
+        report.failures++;
+        opts.log.warn({ namespace: ns, path: f.path, err: f.error.message }, 'delete failed');
+      },
+      (n) => (report.objects += n),
+    );
+    this.marks = new DeleteQueue(driver, (f) => this.queue.failed(f), (n) => (report.objects += n), this.queue);
+    this.sweepContext = {
+      driver,
+      ns,
+      graceCutoff: this.graceCutoff,
+      failed: (blob, what, err) => {
+        report.failures++;
+        opts.log.warn({ namespace: ns, blob, err: err.message }, what);
+      },
+      deleted: (n) => (report.objects += n),
+    };
   }
 
-  // --- lock ---
+  /**
+   * Queue a deletion (a listing entry, or a path of a plain object); `done` learns whether it went. Dry runs only
+   * log. The queue is flushed at the end of each stage.
+   */
+  private async enqueue(target: ObjectInfo | string, what: object, done: (ok: boolean) => void, queue = this.queue): Promise<void> {
+    const path = typeof target === 'string' ? target : target.path;
+    if (this.opts.dryRun) {
+      this.opts.log.debug({ namespace: this.ns, path, ...what }, 'would delete');
+      return done(true);
+    }
+    await queue.add(typeof target === 'string' ? { path, joined: false } : target, done);
+  }
 
   async lock(): Promise<string | undefined> {
     const path = paths.pruneLock(this.ns);
@@ -128,7 +169,7 @@ class Run {
     }
     if (held) {
       this.opts.log.warn({ namespace: this.ns, since: held.modified.toISOString() }, 'taking over a stale prune lock');
-      await this.driver.delete(path);
+      await this.deletePlain(path);
     }
     this.lockToken = randomBytes(12).toString('hex');
     const body = Buffer.from(JSON.stringify({ token: this.lockToken, pid: process.pid, host: hostname(), started: new Date().toISOString() }));
@@ -141,8 +182,11 @@ class Run {
 
   async unlock(): Promise<void> {
     if (!this.lockToken) return;
-    if ((await this.lockHolder()) === this.lockToken) await this.driver.delete(paths.pruneLock(this.ns));
+    if ((await this.lockHolder()) === this.lockToken) await this.deletePlain(paths.pruneLock(this.ns));
   }
+
+  /** The lock is a plain object: one request on Swift (a single delete first tries a multipart delete). */
+  private deletePlain = (path: string) => throwFirst(this.driver.deleteMany([{ path, joined: false }]));
 
   /** The token in the lock, or undefined if there is none (or it cannot be read). */
   private lockHolder(): Promise<string | undefined> {
@@ -161,15 +205,16 @@ class Run {
     }
   }
 
-  // --- helpers ---
-
-  private async remove(path: string, what: object): Promise<boolean> {
+  /** Delete now: a listing entry as listed (the driver knows whether it is a join), or a path. */
+  private async remove(target: ObjectInfo | string, what: object): Promise<boolean> {
+    const path = typeof target === 'string' ? target : target.path;
     if (this.opts.dryRun) {
       this.opts.log.debug({ namespace: this.ns, path, ...what }, 'would delete');
       return true;
     }
     try {
-      await this.driver.delete(path);
+      await (typeof target === 'string' ? this.driver.delete(path) : throwFirst(this.driver.deleteMany([target])));
+      this.report.objects++;
       this.opts.log.debug({ namespace: this.ns, path, ...what }, 'deleted');
       return true;
     } catch (err) {
@@ -179,22 +224,23 @@ class Run {
     }
   }
 
-  /** Delete unless a push rewrote the object since it was listed (a tag moved, a manifest pushed again). */
-  private async removeIfUnchanged(listed: ObjectInfo, what: object): Promise<boolean> {
+  /**
+   * Delete unless a push rewrote the object since it was listed (a tag moved, a manifest pushed again): checked now,
+   * deleted with the next batch; `done` learns whether it went.
+   */
+  private async removeIfUnchanged(listed: ObjectInfo, what: object, done: (ok: boolean) => void): Promise<void> {
     if (!this.opts.dryRun) {
       const now = await this.driver.stat(listed.path);
-      if (now && now.modified.getTime() > listed.modified.getTime()) return false;
+      if (now && now.modified.getTime() > listed.modified.getTime()) return done(false);
     }
-    return this.remove(listed.path, what);
+    await this.enqueue(listed, what, done);
   }
 
-  private tick(stage: string): void {
+  /** Progress every few seconds (prune-batch.ts: progressLine). */
+  private tick(stage: string, digest?: string): void {
     if (!this.opts.progress || Date.now() - this.lastProgress < PROGRESS_EVERY_MS) return;
     this.lastProgress = Date.now();
-    const r = this.report;
-    this.opts.progress(
-      `prune ${this.ns}: ${stage}: uploads ${r.uploads.examined}, manifests ${r.manifests.examined}, blobs ${r.blobs.examined} examined`,
-    );
+    this.opts.progress(progressLine(this.ns, stage, this.report, this.driver.requestCount?.(), this.stageStarted, digest));
   }
 
   private async readText(path: string): Promise<string | null> {
@@ -206,27 +252,25 @@ class Run {
     }
   }
 
-  // --- uploads ---
-
   /** Abandoned uploads, and the segments of blobs that no longer read from them (prune-uploads.ts). */
-  uploads(): Promise<void> {
-    return pruneUploads({
+  async uploads(): Promise<void> {
+    await pruneUploads({
       driver: this.driver,
       ns: this.ns,
       graceCutoff: this.graceCutoff,
       tally: this.report.uploads,
       linked: this.report.linked,
       bytes: this.report.bytes,
-      remove: (path, what) => this.remove(path, what),
+      remove: (o, what) => this.remove(o, what),
+      removeLater: (o, what, last) => this.enqueue(o, what, () => {}, last ? this.marks : this.queue),
       warn: (obj, msg) => {
         this.report.failures++;
         this.opts.log.warn(obj, msg);
       },
       tick: (stage) => this.tick(stage),
     });
+    await this.marks.flush();
   }
-
-  // --- manifests ---
 
   /** Expire tags and manifests repository by repository; return the digests of every blob a kept one needs. */
   async manifests(): Promise<Set<string>> {
@@ -236,6 +280,7 @@ class Run {
       await this.repository(repo, objects, marked);
       this.tick('manifests');
     }
+    await this.queue.flush();
     return marked;
   }
 
@@ -269,20 +314,23 @@ class Run {
         queue.push(d);
       }
     };
-    for (const [tag, o] of tags) {
+    // Fresh tags read, expired ones checked (and queued for deletion), a few at a time.
+    const targets: string[] = [];
+    await forEachLimited(tags, SWEEP_PARALLELISM, async ([tag, o]) => {
       this.report.tags.examined++;
       if (o.modified.getTime() >= this.manifestCutoff) {
-        const target = (await this.readText(o.path))?.trim();
-        if (target && validDigest(target)) add(target);
+        targets.push((await this.readText(o.path))?.trim() ?? '');
         this.report.tags.kept++;
         this.usage.tag(repo);
-      } else if (await this.removeIfUnchanged(o, { repository: repo, tag })) {
-        this.report.tags.deleted++;
       } else {
-        this.report.tags.kept++;
-        this.usage.tag(repo);
+        await this.removeIfUnchanged(o, { repository: repo, tag }, (ok) => {
+          if (ok) return void this.report.tags.deleted++;
+          this.report.tags.kept++;
+          this.usage.tag(repo);
+        });
       }
-    }
+    });
+    for (const target of targets) if (validDigest(target)) add(target);
     for (const [d, o] of revisions) {
       const t = o.modified.getTime();
       if ((!isReferrer.has(d) && t >= this.manifestCutoff) || t >= this.graceCutoff) add(d);
@@ -300,24 +348,26 @@ class Run {
       }
     }
 
-    for (const [d, o] of revisions) {
+    await forEachLimited(revisions, SWEEP_PARALLELISM, async ([d, o]) => {
       this.report.manifests.examined++;
-      if (keep.has(d) || !(await this.removeIfUnchanged(o, { repository: repo, manifest: d }))) {
+      const kept = () => {
         this.report.manifests.kept++;
         this.usage.manifest(repo, o.modified);
-      } else {
-        this.report.manifests.deleted++;
-      }
-    }
+      };
+      if (keep.has(d)) kept();
+      else await this.removeIfUnchanged(o, { repository: repo, manifest: d }, (ok) => (ok ? void this.report.manifests.deleted++ : kept()));
+    });
     for (const [, list] of referrersOf) {
-      for (const r of list) if (!keep.has(r.digest)) await this.remove(r.path, { repository: repo, referrer: r.digest });
+      for (const r of list) if (!keep.has(r.digest)) await this.enqueue(r.path, { repository: repo, referrer: r.digest }, () => {});
     }
   }
 
-  // --- blobs ---
-
-  async blobs(marked: Set<string>): Promise<void> {
+  /** Sweep unreferenced blobs in batches (prune-batch.ts); resolves with the digests swept. */
+  async blobs(marked: Set<string>): Promise<Set<string>> {
     const t = this.report.blobs;
+    const swept = new Set<string>();
+    let batch: Candidate[] = [];
+    this.stageStarted = Date.now();
     this.usage.startBlobs();
     for await (const { key: digest, objects } of groups(this.driver.list(paths.blobs(this.ns)), (o) => parseBlobPath(this.ns, o.path)?.digest ?? null)) {
       const rest = (o: ObjectInfo) => parseBlobPath(this.ns, o.path)!.rest;
@@ -332,90 +382,66 @@ class Run {
         this.report.bytes.kept += size;
         if (data) this.usage.blob(digest, data.size);
         // A tombstone left by a prune that died mid-sweep would hide a kept blob from pushes.
-        if (tombstone && !this.opts.dryRun) await this.remove(tombstone.path, { blob: digest, stale: 'tombstone' });
-        if (data) await this.strayParts(digest, data, objects);
+        if (tombstone && !this.opts.dryRun) await this.enqueue(tombstone.path, { blob: digest, stale: 'tombstone' }, () => {});
+        if (data) await strayParts(this.sweepContext, digest, data, objects, this.report.bytes, (p, what) => this.remove(p, what));
         continue;
       }
-      if (await this.sweep(digest, objects.filter((o) => o !== tombstone), data)) {
-        t.deleted++;
-        this.report.bytes.deleted += size;
-      } else {
-        t.kept++;
-        this.report.bytes.kept += size;
-        if (data) this.usage.blob(digest, data.size);
+      batch.push({ digest, objects: objects.filter((o) => o !== tombstone), size, dataSize: data?.size });
+      if (batch.length >= SWEEP_BATCH) {
+        await this.sweep(batch, swept);
+        batch = [];
       }
-      this.tick('blobs');
+      this.tick('blobs', digest);
+    }
+    await this.sweep(batch, swept);
+    await this.queue.flush();
+    return swept;
+  }
+
+  /** Tombstone, re-check the touch, delete, a batch at a time (prune-batch.ts); tallies what went. */
+  private async sweep(batch: Candidate[], swept: Set<string>): Promise<void> {
+    if (batch.length === 0) return;
+    const outcomes = this.opts.dryRun
+      ? new Map(batch.map((c) => [c.digest, 'deleted' as const]))
+      : await sweepBatch(this.sweepContext, batch);
+    for (const c of batch) {
+      const outcome = outcomes.get(c.digest);
+      if (outcome === 'claimed') this.opts.log.info({ namespace: this.ns, blob: c.digest }, 'a push claimed the blob during prune; kept');
+      this.opts.log.debug({ namespace: this.ns, blob: c.digest, outcome }, this.opts.dryRun ? 'would delete blob' : 'swept');
+      const tally = outcome === 'deleted' ? 'deleted' : 'kept';
+      this.report.blobs[tally]++;
+      this.report.bytes[tally] += c.size;
+      if (outcome === 'deleted') swept.add(c.digest);
+      // Kept (claimed, or a step failed): still stored, so counted as the usage of what the run kept.
+      else if (c.dataSize !== undefined) this.usage.blob(c.digest, c.dataSize);
     }
   }
 
-  /**
-   * Parts of a kept blob that its data does not read from: left by a commit that lost a race with another upload
-   * of the same digest, or that died between moving its chunks and joining them. Only old ones go: a commit in
-   * progress moves its parts before it writes the data.
-   */
-  private async strayParts(digest: string, data: ObjectInfo, objects: ObjectInfo[]): Promise<void> {
-    const rest = (o: ObjectInfo) => parseBlobPath(this.ns, o.path)!.rest;
-    const old = objects.filter((o) => rest(o).startsWith('parts/') && o.modified.getTime() < this.graceCutoff);
-    if (old.length === 0) return;
-    // A join keeps the parts of one upload: with one upload's parts present they are the data's own, and only
-    // a second upload's directory needs the data's segment list (one request) to tell which is stray.
-    const uploads = new Set(objects.map(rest).filter((r) => r.startsWith('parts/')).map((r) => r.split('/')[1]));
-    if (this.driver.joinKeepsParts && uploads.size < 2) return;
-    let used: Set<string>;
-    try {
-      used = new Set(this.driver.joinKeepsParts ? ((await this.driver.segments?.(data.path)) ?? []) : []);
-    } catch (err) {
-      this.report.failures++;
-      this.opts.log.warn({ namespace: this.ns, blob: digest, err: (err as Error).message }, 'could not read the segments of a blob');
-      return;
-    }
-    for (const o of old) {
-      if (used.has(o.path)) continue;
-      this.report.bytes.examined += o.size;
-      if (await this.remove(o.path, { blob: digest, stray: 'part' })) this.report.bytes.deleted += o.size;
-    }
-  }
-
-  /** Tombstone, re-check the touch, delete. Returns false when a push claimed the blob meanwhile. */
-  private async sweep(digest: string, objects: ObjectInfo[], data: ObjectInfo | undefined): Promise<boolean> {
-    if (this.opts.dryRun) {
-      this.opts.log.debug({ namespace: this.ns, blob: digest }, 'would delete blob');
-      return true;
-    }
-    const tombstonePath = paths.blobTombstone(this.ns, digest);
-    try {
-      await this.driver.put(tombstonePath, Buffer.alloc(0));
-      const touched = await this.driver.stat(paths.blobTouched(this.ns, digest));
-      if (touched && touched.modified.getTime() >= this.graceCutoff) {
-        this.opts.log.info({ namespace: this.ns, blob: digest }, 'a push claimed the blob during prune; kept');
-        await this.driver.delete(tombstonePath);
-        return false;
-      }
-    } catch (err) {
-      this.report.failures++;
-      this.opts.log.warn({ namespace: this.ns, blob: digest, err: (err as Error).message }, 'could not tombstone blob');
-      return false;
-    }
-    // The data first (where deletes remove a join's parts, they go with it), then what is left, the tombstone last.
-    let ok = true;
-    if (data) ok = await this.remove(data.path, { blob: digest });
-    for (const o of objects) {
-      if (o !== data && ok) ok = await this.remove(o.path, { blob: digest });
-    }
-    if (ok) ok = await this.remove(tombstonePath, { blob: digest });
-    return ok;
-  }
-
-  // --- links ---
-
-  /** Repository links to blobs that are gone. */
+  /** Repository links to blobs that are gone (each checked, a few at a time, then deleted in batches). */
   async links(marked: Set<string>): Promise<void> {
-    for await (const o of this.driver.list(paths.repos(this.ns))) {
+    await forEachLimited(this.driver.list(paths.repos(this.ns)), SWEEP_PARALLELISM, async (o) => {
       const parsed = parseRepoPath(this.ns, o.path);
       const rest = parsed?.rest.split('/');
-      if (!parsed || !rest || rest[0] !== '_blobs' || rest.length !== 2 || !validDigest(rest[1]) || marked.has(rest[1])) continue;
-      if (this.opts.dryRun || (await this.driver.stat(paths.blobData(this.ns, rest[1])))) continue;
-      await this.remove(o.path, { repository: parsed.repo, link: rest[1] });
-    }
+      if (!parsed || !rest || rest[0] !== '_blobs' || rest.length !== 2 || !validDigest(rest[1]) || marked.has(rest[1])) return;
+      if (this.opts.dryRun || (await this.driver.stat(paths.blobData(this.ns, rest[1])))) return;
+      await this.enqueue(o, { repository: parsed.repo, link: rest[1] }, () => {});
+      this.tick('links');
+    });
+    await this.queue.flush();
   }
+
+  /** Claimed upload directories of the blobs just swept (commit: link): prune-batch.ts. */
+  async claimsOf(swept: Set<string>): Promise<void> {
+    // Claims were kept at the uploads stage only where their blob was stored; none kept, none to take now.
+    if (swept.size === 0 || this.opts.dryRun || this.report.linked.kept === 0) return;
+    await removeClaims(this.driver, this.ns, this.graceCutoff, swept, this.queue, () => {
+      this.report.linked.kept--;
+      this.report.linked.deleted++;
+    });
+  }
+}
+
+async function throwFirst(failures: Promise<{ error: Error }[]>): Promise<void> {
+  const [failed] = await failures;
+  if (failed) throw failed.error;
 }

@@ -18,6 +18,20 @@ export interface ObjectInfo {
   size: number;
   /** Last write time (for expiry decisions in prune). */
   modified: Date;
+  /**
+   * Whether the object is a join that keeps its parts (Swift: an SLO manifest), where a listing says so (Swift's
+   * does); undefined where the backend does not say. `deleteMany` uses it to skip asking.
+   */
+  joined?: boolean;
+}
+
+/** An object for `deleteMany`: a path, or an entry from a listing (whose `joined` saves a backend from asking). */
+export type DeleteTarget = string | { path: string; joined?: boolean };
+
+/** One object `deleteMany` could not delete (an absent object is not a failure). */
+export interface DeleteFailure {
+  path: string;
+  error: Error;
 }
 
 /** What the backend stored, as the backend itself reports it. */
@@ -141,6 +155,20 @@ export interface StorageDriver {
   list(prefix: string): AsyncIterable<ObjectInfo>;
   /** Delete one object. Deleting an absent object is not an error. */
   delete(path: string): Promise<void>;
+  /**
+   * Whether `deleteMany` removes many objects per backend request (Swift's bulk delete, when the cluster offers it);
+   * otherwise it deletes them one by one, a few at a time.
+   */
+  readonly bulkDelete: boolean;
+  /**
+   * Delete every target as `delete` would (a join with the parts it keeps, where `deleteRemovesParts`), in no
+   * particular order except that joins go before the rest; resolves with the targets that failed. Absent objects
+   * are not failures. A target listed as not joined (`joined: false`) may be deleted as a plain object: a listing
+   * that is stale on this point can leave a join's parts behind, never remove more than was asked.
+   */
+  deleteMany(targets: readonly DeleteTarget[]): Promise<DeleteFailure[]>;
+  /** Requests sent to the backend so far, where the driver counts them (Swift). Optional. */
+  requestCount?(): number;
   /**
    * Move src to dst (replacing dst, unless `ifAbsent`) and report what dst now holds. Throws PathNotFound if src
    * is absent.

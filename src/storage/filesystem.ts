@@ -24,6 +24,8 @@ import {
   StorageUnavailable,
   UnsafePath,
   type ByteRange,
+  type DeleteFailure,
+  type DeleteTarget,
   type Lock,
   type MoveOptions,
   type ObjectInfo,
@@ -32,6 +34,7 @@ import {
   type StorageDriver,
   type StoredObject,
 } from './driver.js';
+import { deleteEach } from './delete-many.js';
 import { tryLockFile } from './filesystem-lock.js';
 
 const TEMP_PREFIX = '.tmp-';
@@ -269,6 +272,11 @@ export class FilesystemDriver implements StorageDriver {
     if (!st?.isFile()) return;
     await fs.rm(file, { force: true });
     await this.pruneEmptyDirs(path.dirname(file));
+  }
+
+  readonly bulkDelete = false;
+  deleteMany(targets: readonly DeleteTarget[]): Promise<DeleteFailure[]> {
+    return deleteEach(targets, (key) => this.delete(key));
   }
 
   /** Remove now-empty directories up to the root, so deleted repositories and uploads leave no trace. */

@@ -12,6 +12,8 @@ import {
   PathNotFound,
   SizeMismatch,
   type ByteRange,
+  type DeleteFailure,
+  type DeleteTarget,
   type MoveOptions,
   type ObjectInfo,
   type Part,
@@ -19,6 +21,7 @@ import {
   type StorageDriver,
   type StoredObject,
 } from './driver.js';
+import { deleteEach } from './delete-many.js';
 
 interface Entry {
   bytes: Buffer;
@@ -81,6 +84,11 @@ export class MemoryDriver implements StorageDriver {
   async delete(key: string): Promise<void> {
     checkKey(key);
     this.objects.delete(key);
+  }
+
+  readonly bulkDelete = false;
+  deleteMany(targets: readonly DeleteTarget[]): Promise<DeleteFailure[]> {
+    return deleteEach(targets, (key) => this.delete(key));
   }
 
   async move(src: string, dst: string, opts: MoveOptions = {}): Promise<StoredObject> {

@@ -331,6 +331,38 @@ export function runDriverSuite(name: string, factory: DriverFactory): void {
       for (const p of parts) await driver.delete(p.path);
     });
 
+    test('deleteMany deletes many objects (bare paths and listing entries), absent ones without a failure', async () => {
+      const keys = Array.from({ length: 30 }, (_, i) => `${root}/many/${String(i).padStart(2, '0')}`);
+      await Promise.all(keys.map((k) => driver.put(k, Buffer.from(k))));
+      const listed = (await listAll(driver, `${root}/many`)).slice(0, 20);
+      expect(listed.every((o) => o.joined !== true)).toBe(true);
+      const failures = await driver.deleteMany([...listed, ...keys.slice(20), `${root}/many/absent`, { path: `${root}/gone/x`, joined: false }]);
+      expect(failures).toEqual([]);
+      expect(await listAll(driver, `${root}/many`)).toEqual([]);
+      expect(await driver.deleteMany([])).toEqual([]);
+    });
+
+    test('deleteMany removes a join with its parts exactly as delete does, whether given as a path or as listed', async () => {
+      for (const how of ['path', 'listed'] as const) {
+        const parts = [];
+        for (const i of [0, 1]) {
+          const d = randomBytes(1 << 20);
+          await driver.put(`${root}/${how}/up/${i}`, d);
+          parts.push({ path: `${root}/${how}/up/${i}`, size: d.length, md5: md5(d) });
+        }
+        await driver.concat(`${root}/${how}/blob/data`, parts);
+        await driver.put(`${root}/${how}/blob/touched`, Buffer.alloc(0));
+        const dir = await listAll(driver, `${root}/${how}/blob`);
+        if (driver.joinKeepsParts) expect(dir.find((o) => o.path.endsWith('/data'))?.joined).not.toBe(false);
+        const failures = await driver.deleteMany(how === 'path' ? dir.map((o) => o.path) : dir);
+        expect(failures).toEqual([]);
+        expect(await listAll(driver, `${root}/${how}/blob`)).toEqual([]);
+        const left = await Promise.all(parts.map(async (p) => (await driver.stat(p.path)) !== null));
+        expect(left).toEqual(driver.joinKeepsParts && !driver.deleteRemovesParts ? [true, true] : [false, false]);
+        await driver.deleteMany(parts.map((p) => p.path));
+      }
+    });
+
     test('declared joinsPartsAnywhere: parts written in another directory (an upload\'s) join into the destination', async () => {
       const data = [randomBytes(1 << 20), randomBytes(1 << 20)];
       const parts = [];

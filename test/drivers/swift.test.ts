@@ -5,7 +5,7 @@ import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, test } from 'vitest';
-import { ChecksumMismatch, DriverError, PathNotFound } from '../../src/storage/driver.js';
+import { ChecksumMismatch, DriverError, PathNotFound, type ObjectInfo } from '../../src/storage/driver.js';
 import { Writable, type Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { loadCloud } from '../../src/storage/swift/clouds.js';
@@ -308,6 +308,33 @@ describe('swift driver specifics', () => {
     for (const k of keys) await driver.put(k, Buffer.from(k));
     await driver.put('l2/outside', Buffer.from('x'));
     expect(await keysUnder(driver, 'l')).toEqual(keys);
+    await driver.close();
+  });
+
+  test('deleteMany uses bulk delete as /info offers it: one request per bulkDeleteMax names, absent ones counted as not found', async () => {
+    const { driver } = await driverOnFreshContainer({ bulkDeleteMax: 4 });
+    expect(driver.bulkDelete).toBe(true);
+    const keys = Array.from({ length: 11 }, (_, i) => `bulk/o${i}`);
+    await Promise.all(keys.map((k) => driver.put(k, Buffer.from(k))));
+    const listed: ObjectInfo[] = [];
+    for await (const o of driver.list('bulk')) listed.push(o);
+    expect(listed.map((o) => o.joined)).toEqual(keys.map(() => false));
+    const before = driver.requestCount();
+    expect(await driver.deleteMany([...listed, { path: 'bulk/absent', joined: false }])).toEqual([]);
+    expect(driver.requestCount() - before).toBe(3); // 12 names, 4 per request
+    for (const k of keys) expect(await driver.stat(k)).toBeNull();
+    await driver.close();
+  });
+
+  test('deleteMany without bulk delete (bulkDeleteMax 0) deletes one by one and still reports nothing failed', async () => {
+    const { driver } = await driverOnFreshContainer({ bulkDeleteMax: 0 });
+    expect(driver.bulkDelete).toBe(false);
+    await Promise.all(['nb/a', 'nb/b'].map((k) => driver.put(k, Buffer.from(k))));
+    const before = driver.requestCount();
+    expect(await driver.deleteMany([{ path: 'nb/a', joined: false }, 'nb/b', 'nb/absent'])).toEqual([]);
+    // A multipart delete first, then a plain one for each plain object; one for the absent one.
+    expect(driver.requestCount() - before).toBe(5);
+    expect(await driver.stat('nb/a')).toBeNull();
     await driver.close();
   });
 

@@ -112,3 +112,23 @@ describe.each(BACKENDS)('usage on $name', (backend) => {
     expect(await repositoryUsage(server.registry.driver, '_local', 'none')).toEqual({ bytes: 0, blobs: 0, manifests: 0, tags: 0 });
   });
 });
+
+describe('usage of a batched sweep', () => {
+  it('a blob whose delete failed stays, and is counted once as stored', async () => {
+    const failing = `_local/blobs/sha256:${'a'.repeat(64)}/data`;
+    // A driver whose bulk delete refuses one blob's data: the sweep keeps that blob (and its tombstone).
+    const driver = new (class extends MemoryDriver {
+      override async deleteMany(targets: Parameters<MemoryDriver['deleteMany']>[0]) {
+        const refused = targets.filter((t) => (typeof t === 'string' ? t : t.path) === failing);
+        const failures = await super.deleteMany(targets.filter((t) => !refused.includes(t)));
+        return [...failures, ...refused.map(() => ({ path: failing, error: new Error('refused') }))];
+      }
+    })();
+    await driver.put(failing, Buffer.alloc(7));
+    await driver.put(`_local/blobs/sha256:${'b'.repeat(64)}/data`, Buffer.alloc(11));
+    const report = await new Pruner(driver).prune('_local', { uploadExpiry: 3600, now: new Date(Date.now() + 7200_000), log: silent });
+    expect(report.blobs).toEqual({ examined: 2, kept: 1, deleted: 1 });
+    expect(report.failures).toBe(1);
+    expect(report.usage).toMatchObject({ bytes: 7, blobs: 1, manifests: 0, tags: 0 });
+  });
+});

@@ -40,6 +40,8 @@ export class SwiftClient {
   private loggingIn: Promise<Session> | undefined;
   private readonly httpAgent = new http.Agent({ keepAlive: true, maxSockets: 64 });
   private readonly httpsAgent = new https.Agent({ keepAlive: true, maxSockets: 64 });
+  /** Requests sent to the storage URL, retries included (prune reports them; logins are not counted). */
+  sent = 0;
 
   constructor(
     private readonly auth: CloudAuth,
@@ -83,6 +85,7 @@ export class SwiftClient {
         compress: false,
       };
       let res: Response;
+      this.sent++;
       try {
         res = await fetch(this.url(session, call), init);
       } catch (err) {
@@ -126,6 +129,29 @@ export class SwiftClient {
     } catch (err) {
       watch.stop();
       throw err;
+    }
+  }
+
+  /**
+   * The cluster's capabilities (GET /info, beside /v1 on the storage URL's host; no token needed), or null when it
+   * does not answer them: a cluster may hide /info (expose_info = false).
+   */
+  async info(): Promise<Record<string, unknown> | null> {
+    const session = await this.token();
+    const url = new URL(session.storageUrl);
+    url.pathname = url.pathname.replace(/\/v1\/[^/]*\/?$/, '') + '/info';
+    url.search = '';
+    this.sent++;
+    try {
+      const res = await fetch(url.toString(), { agent: this.agent, signal: AbortSignal.timeout(this.timeoutMs) as RequestInit['signal'], compress: false });
+      if (res.status !== 200) {
+        await drain(res);
+        return null;
+      }
+      const info = (await res.json()) as unknown;
+      return info && typeof info === 'object' && !Array.isArray(info) ? (info as Record<string, unknown>) : null;
+    } catch {
+      return null;
     }
   }
 

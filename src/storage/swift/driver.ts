@@ -8,10 +8,11 @@
  * temp-url.ts; this class only puts them behind the driver interface and owns the container.
  */
 import type { Readable } from 'node:stream';
-import { DriverError, StorageUnavailable, type ByteRange, type MoveOptions, type ObjectInfo, type Part, type PutOptions, type StorageDriver, type StoredObject } from '../driver.js';
+import { DriverError, StorageUnavailable, type ByteRange, type DeleteFailure, type DeleteTarget, type MoveOptions, type ObjectInfo, type Part, type PutOptions, type StorageDriver, type StoredObject } from '../driver.js';
 import { DEFAULTS } from '../../config/defaults.js';
 import type { CloudAuth } from './clouds.js';
 import { SwiftClient, checkKey, drain, failure } from './client.js';
+import { SwiftBulk } from './bulk.js';
 import { SwiftReads } from './reads.js';
 import { tempUrl } from './temp-url.js';
 import { SwiftWrites } from './writes.js';
@@ -29,6 +30,11 @@ export interface SwiftOptions {
   tempUrlKey?: string;
   /** Deadline of a metadata request, and the longest a streamed body may stall, in ms (default 120 s). */
   requestTimeoutMs?: number;
+  /**
+   * Names per bulk-delete request, at most what /info allows; 0 turns bulk deletes off (single deletes, as on a
+   * cluster without the bulk middleware). Default: what /info allows.
+   */
+  bulkDeleteMax?: number;
 }
 
 export const DEFAULT_SEGMENT_SIZE = DEFAULTS.swift.segmentSize;
@@ -55,12 +61,28 @@ export class SwiftDriver implements StorageDriver {
   private readonly client: SwiftClient;
   private readonly reads: SwiftReads;
   private readonly writes: SwiftWrites;
+  private bulk: SwiftBulk;
 
   private constructor(private readonly opts: SwiftOptions) {
     this.maxObjectSize = opts.segmentSize ?? DEFAULT_SEGMENT_SIZE;
     this.client = new SwiftClient(opts.auth, opts.container, opts.requestTimeoutMs);
     this.reads = new SwiftReads(this.client, opts.listPageSize);
     this.writes = new SwiftWrites(this.client, this.reads, opts.maxManifestSegments);
+    this.bulk = new SwiftBulk(this.client, 0, (key) => this.writes.delete(key));
+  }
+
+  /** Whether deleteMany uses Swift's bulk delete (the cluster's /info offers it, and it was not turned off). */
+  get bulkDelete(): boolean {
+    return this.bulk.maxPerRequest > 0;
+  }
+
+  /** Bulk delete as /info offers it (bulk_delete.max_deletes_per_request), capped by `bulkDeleteMax`. */
+  private async discoverBulk(): Promise<void> {
+    if (this.opts.bulkDeleteMax === 0) return;
+    const offered = (await this.client.info())?.bulk_delete as { max_deletes_per_request?: unknown } | undefined;
+    const max = Number(offered?.max_deletes_per_request ?? 0);
+    if (!Number.isInteger(max) || max <= 0) return;
+    this.bulk = new SwiftBulk(this.client, Math.min(max, this.opts.bulkDeleteMax ?? max), (key) => this.writes.delete(key));
   }
 
   /** Log in and make sure the container exists (creating it if needed). */
@@ -68,6 +90,7 @@ export class SwiftDriver implements StorageDriver {
     const driver = new SwiftDriver(opts);
     try {
       await driver.ensureContainer();
+      await driver.discoverBulk();
     } catch (err) {
       await driver.close();
       throw err;
@@ -131,6 +154,14 @@ export class SwiftDriver implements StorageDriver {
   /** Deletes an SLO with its segments (Swift's multipart delete), or a plain object. */
   delete(key: string): Promise<void> {
     return this.writes.delete(key);
+  }
+  /** Bulk deletes where the cluster offers them (bulk.ts); SLOs still go with their segments. */
+  deleteMany(targets: readonly DeleteTarget[]): Promise<DeleteFailure[]> {
+    for (const t of targets) checkKey(typeof t === 'string' ? t : t.path);
+    return this.bulk.deleteMany(targets);
+  }
+  requestCount(): number {
+    return this.client.sent;
   }
   move(src: string, dst: string, opts?: MoveOptions): Promise<StoredObject> {
     return this.writes.move(src, dst, opts);

@@ -130,8 +130,9 @@ export class SwiftReads {
         await drain(res);
         throw failure(res, `list ${prefix}`);
       }
-      const page = (await res.json()) as { name: string; bytes: number; last_modified: string }[];
-      for (const o of page) yield { path: o.name, size: o.bytes, modified: new Date(`${o.last_modified}Z`) };
+      const page = (await res.json()) as { name: string; bytes: number; last_modified: string; slo_etag?: string }[];
+      // An SLO's entry carries slo_etag: deleteMany then knows which objects need a multipart delete.
+      for (const o of page) yield { path: o.name, size: o.bytes, modified: new Date(`${o.last_modified}Z`), joined: o.slo_etag !== undefined };
       if (page.length < this.listPageSize) return;
       marker = page[page.length - 1].name;
     }

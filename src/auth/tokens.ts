@@ -7,8 +7,9 @@
  * JWTs of another issuer, bound to the user's credential entry as it was when they were issued: a keyed hash of
  * the password entry, access and namespace, so that a password change, a removal or a change of access ends them.
  */
-import { createHmac, timingSafeEqual } from 'node:crypto';
+import { createHmac } from 'node:crypto';
 import { SignJWT, jwtVerify } from 'jose';
+import { BoundTokens } from './bound-token.js';
 
 export type Action = 'pull' | 'push' | 'delete' | '*';
 
@@ -40,7 +41,7 @@ export interface TokenOptions {
 
 export class TokenIssuer {
   private readonly key: Uint8Array;
-  private readonly bindingKey: Buffer;
+  private readonly refresh: BoundTokens;
   readonly refreshSeconds: number;
   readonly audience: string;
 
@@ -50,42 +51,20 @@ export class TokenIssuer {
     opts: TokenOptions = {},
   ) {
     this.key = new TextEncoder().encode(secret);
-    // A key of its own: a binding in a token's readable payload must not help guess the password it hashes.
-    this.bindingKey = createHmac('sha256', secret).update('berth refresh-token binding').digest();
     this.refreshSeconds = opts.refreshSeconds ?? REFRESH_LIFETIME_SECONDS;
     this.audience = opts.audience ?? service;
+    const bindingKey = createHmac('sha256', secret).update('berth refresh-token binding').digest();
+    this.refresh = new BoundTokens(this.key, bindingKey, REFRESH_ISSUER, this.audience);
   }
 
   /** A refresh token for `sub`, bound to `entry` (Users.current's description of their credential). */
-  async issueRefresh(sub: string, entry: string, now = Date.now()): Promise<string> {
-    const iat = Math.floor(now / 1000);
-    return new SignJWT({ bind: this.binding(entry) })
-      .setProtectedHeader({ alg: ALGORITHM, typ: 'JWT' })
-      .setIssuer(REFRESH_ISSUER)
-      .setSubject(sub)
-      .setAudience(this.audience)
-      .setIssuedAt(iat)
-      .setExpirationTime(iat + this.refreshSeconds)
-      .setJti(crypto.randomUUID())
-      .sign(this.key);
+  issueRefresh(sub: string, entry: string, now = Date.now()): Promise<string> {
+    return this.refresh.issue(sub, entry, this.refreshSeconds, now, true);
   }
 
   /** The user a refresh token names, or null if it is not one of ours, expired, or `entryOf` no longer matches. */
-  async verifyRefresh(token: string, entryOf: (sub: string) => string | undefined): Promise<string | null> {
-    try {
-      const { payload } = await jwtVerify(token, this.key, { algorithms: [ALGORITHM], issuer: REFRESH_ISSUER, audience: this.audience, requiredClaims: ['exp', 'sub'] });
-      const entry = entryOf(payload.sub!);
-      if (entry === undefined || typeof payload.bind !== 'string') return null;
-      const expected = Buffer.from(this.binding(entry));
-      const given = Buffer.from(payload.bind);
-      return given.length === expected.length && timingSafeEqual(given, expected) ? payload.sub! : null;
-    } catch {
-      return null;
-    }
-  }
-
-  private binding(entry: string): string {
-    return createHmac('sha256', this.bindingKey).update(entry).digest('base64url');
+  verifyRefresh(token: string, entryOf: (sub: string) => string | undefined): Promise<string | null> {
+    return this.refresh.verify(token, entryOf);
   }
 
   async issue(claims: TokenClaims, now = Date.now()): Promise<{ token: string; expiresIn: number; issuedAt: string }> {

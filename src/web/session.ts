@@ -7,58 +7,36 @@
  * or namespace, or a removed user, ends it at once. It names only the user; the namespace and what they may read
  * are decided on every request by the API's own Access rules.
  */
-import { createHmac, timingSafeEqual } from 'node:crypto';
-import { SignJWT, jwtVerify } from 'jose';
+import { createHmac } from 'node:crypto';
+import { BoundTokens } from '../auth/bound-token.js';
 
 export const COOKIE_NAME = 'berth_ui';
 export const COOKIE_PATH = '/ui';
 /** Half an hour: long enough to look around, short enough that a forgotten browser tab does not stay signed in. */
 export const SESSION_SECONDS = 1800;
 const ISSUER = 'berth-web';
-const ALGORITHM = 'HS256';
 
 export class Sessions {
-  private readonly key: Uint8Array;
-  private readonly bindingKey: Buffer;
+  private readonly tokens: BoundTokens;
 
   constructor(
     secret: string,
-    private readonly audience: string,
+    audience: string,
     readonly seconds = SESSION_SECONDS,
   ) {
-    this.key = createHmac('sha256', secret).update('berth web session').digest();
-    this.bindingKey = createHmac('sha256', secret).update('berth web session binding').digest();
+    const key = createHmac('sha256', secret).update('berth web session').digest();
+    const bindingKey = createHmac('sha256', secret).update('berth web session binding').digest();
+    this.tokens = new BoundTokens(key, bindingKey, ISSUER, audience);
   }
 
   /** A session for `user`, whose credential entry is now `entry`. */
   issue(user: string, entry: string, now = Date.now()): Promise<string> {
-    const iat = Math.floor(now / 1000);
-    return new SignJWT({ bind: this.binding(entry) })
-      .setProtectedHeader({ alg: ALGORITHM, typ: 'JWT' })
-      .setIssuer(ISSUER)
-      .setSubject(user)
-      .setAudience(this.audience)
-      .setIssuedAt(iat)
-      .setExpirationTime(iat + this.seconds)
-      .sign(this.key);
+    return this.tokens.issue(user, entry, this.seconds, now);
   }
 
   /** The user a session names, or null: not ours, expired, or the user's entry changed since it was issued. */
-  async verify(token: string, entryOf: (user: string) => string | undefined): Promise<string | null> {
-    try {
-      const { payload } = await jwtVerify(token, this.key, { algorithms: [ALGORITHM], issuer: ISSUER, audience: this.audience, requiredClaims: ['exp', 'sub'] });
-      const entry = entryOf(payload.sub!);
-      if (entry === undefined || typeof payload.bind !== 'string') return null;
-      const expected = Buffer.from(this.binding(entry));
-      const given = Buffer.from(payload.bind);
-      return given.length === expected.length && timingSafeEqual(given, expected) ? payload.sub! : null;
-    } catch {
-      return null;
-    }
-  }
-
-  private binding(entry: string): string {
-    return createHmac('sha256', this.bindingKey).update(entry).digest('base64url');
+  verify(token: string, entryOf: (user: string) => string | undefined): Promise<string | null> {
+    return this.tokens.verify(token, entryOf);
   }
 }
 

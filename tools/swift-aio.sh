@@ -150,7 +150,14 @@ start() {
   if healthy; then say "already running on 127.0.0.1:$PORT"; echo "$BASE/clouds.yaml"; return 0; fi
   ensure_packages
   ensure_swift_conf
+  local before
+  before=$(cat "$ETC/proxy-server.conf" 2>/dev/null | md5sum)
   configure
+  # A proxy running with an older configuration (the reason it is unhealthy, perhaps) starts again with this one.
+  if [ "$before" != "$(md5sum <"$ETC/proxy-server.conf")" ] && [ -f "$RUN/proxy.pid" ]; then
+    kill -- "-$(cat "$RUN/proxy.pid")" 2>/dev/null || kill "$(cat "$RUN/proxy.pid")" 2>/dev/null || true
+    for i in $(seq 1 50); do kill -0 "$(cat "$RUN/proxy.pid")" 2>/dev/null || break; sleep 0.1; done
+  fi
   if ! (exec 3<>/dev/tcp/127.0.0.1/11211) 2>/dev/null; then
     memcached -d -l 127.0.0.1 -p 11211 -m 64 -u "$(id -un)" -P "$RUN/memcached.pid"
     for i in $(seq 1 50); do (exec 3<>/dev/tcp/127.0.0.1/11211) 2>/dev/null && break; sleep 0.1; done

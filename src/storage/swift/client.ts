@@ -53,7 +53,7 @@ export class SwiftClient {
   /** A valid session (token and storage URL), logging in when there is none or it is about to expire. */
   async token(force = false): Promise<Session> {
     if (!force && this.session && this.session.expiresAt - TOKEN_MARGIN_MS > Date.now()) return this.session;
-    this.loggingIn ??= login(this.auth, this.agent)
+    this.loggingIn ??= loginRetrying(this.auth, this.agent)
       .then((s) => (this.session = s))
       .finally(() => (this.loggingIn = undefined));
     try {
@@ -243,4 +243,19 @@ function transactionHeader(): Record<string, string> {
 
 function sleep(ms: number): Promise<void> {
   return new Promise((r) => setTimeout(r, ms));
+}
+
+/**
+ * A login that failed for a reason that may pass (network, 5xx: a busy proxy's memcache answering tempauth with
+ * 503) is tried again after each of RETRY_DELAYS_MS; refused credentials fail at once.
+ */
+async function loginRetrying(auth: CloudAuth, agent: (url: URL) => http.Agent): Promise<Session> {
+  for (let attempt = 0; ; attempt++) {
+    try {
+      return await login(auth, agent);
+    } catch (err) {
+      if (!(err instanceof AuthError) || !err.retryable || attempt >= RETRY_DELAYS_MS.length) throw err;
+      await sleep(RETRY_DELAYS_MS[attempt]);
+    }
+  }
 }

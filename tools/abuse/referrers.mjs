@@ -30,7 +30,8 @@ export async function run(ctx) {
   const referrers = full ? 200 : 20;
   const clients = full ? 6 : 2;
   const seconds = full ? 20 : 2;
-  const headers = await authorization(ctx.url, ctx.user, ctx.password, [REPO]);
+  // Refreshed when it expires: on a busy Swift the 200 pushes can outlast a token.
+  let headers = await authorization(ctx.url, ctx.user, ctx.password, [REPO]);
 
   const subject = await pushSmallImage(ctx.url, headers, REPO, 'subject');
   const artifact = (annotations) =>
@@ -52,7 +53,11 @@ export async function run(ctx) {
   const pushed = new Set();
   for (let i = 0; i < referrers; i++) {
     const body = artifact(sized(ANNOTATIONS_BYTES));
-    const res = await putManifest(ctx.url, headers, REPO, sha256(body), body);
+    let res = await putManifest(ctx.url, headers, REPO, sha256(body), body);
+    if (res.status === 401) {
+      headers = await authorization(ctx.url, ctx.user, ctx.password, [REPO]);
+      res = await putManifest(ctx.url, headers, REPO, sha256(body), body);
+    }
     if (res.status !== 201) throw new Error(`referrer PUT ${i}: ${res.status} ${res.body}`);
     pushed.add(sha256(body));
   }

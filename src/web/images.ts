@@ -85,6 +85,8 @@ export class ImageReader {
   private readonly tagDigests = new Lru<{ modified: number; digest: string }>(CACHE_ENTRIES);
 
   private readonly store: SummaryStore;
+  /** Repositories whose tags page this process rendered. */
+  private readonly rendered = new Lru<true>(CACHE_ENTRIES);
   /** Pushed manifests being summarized (an index reads its platforms first). */
   private readonly summarizing = new Set<Promise<void>>();
 
@@ -139,13 +141,23 @@ export class ImageReader {
     return tags.sort((a, b) => b.pushed.getTime() - a.pushed.getTime() || (a.tag < b.tag ? -1 : 1));
   }
 
+  /**
+   * The repository's stored summaries, read now (beside the listing, saving a round trip) where this process has
+   * rendered none of its tags yet, so summarize will surely need them; else undefined (summarize reads them if it must).
+   */
+  prefetch(ns: string, repo: string): Promise<Map<string, ManifestSummary>> | undefined {
+    if (this.rendered.has(`${ns}/${repo}`)) return undefined;
+    return this.store.load(ns, repo).catch(() => new Map());
+  }
+
   /** Summaries of the manifests the given tags name (a tag deleted meanwhile, or unreadable, has none). */
-  async summarize(ns: string, repo: string, tags: ListedTag[]): Promise<TagRow[]> {
+  async summarize(ns: string, repo: string, tags: ListedTag[], prefetched?: Promise<Map<string, ManifestSummary>>): Promise<TagRow[]> {
+    this.rendered.set(`${ns}/${repo}`, true);
     const rows: TagRow[] = tags.map((t) => ({ tag: t.tag, pushed: t.pushed }));
     const digests = tags.map((t) => this.knownTag(ns, repo, t));
     let stored = new Map<string, ManifestSummary>();
     if (digests.some((d) => d === undefined || !this.summaries.has(`${ns}/${d}`))) {
-      stored = await this.store.load(ns, repo).catch(() => stored);
+      stored = await (prefetched ?? this.store.load(ns, repo).catch(() => stored));
       const byMd5 = new Map([...stored.keys()].map((d) => [md5(d), d]));
       tags.forEach((t, i) => {
         const digest = t.md5 === undefined ? undefined : byMd5.get(t.md5);

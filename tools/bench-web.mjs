@@ -6,8 +6,11 @@
 // made. Also the repositories page and one image page. The app runs in this process over loopback.
 // A Swift request's own latency (HEAD of the container's tag object, one at a time) is printed beside, since
 // the single-node Swift shares the machine with everything else.
-// usage: node tools/bench-web.mjs [--backend swift|filesystem] [--tags 50] [--renders 20] (run `npm run build` and `tools/swift-aio.sh start`
-// first). Prints one JSON line.
+// Cold renders come in two kinds: with the repository's stored summaries (src/web/summaries.ts, written by the
+// pushing process), and without them (deleted first: as after pushes by a process that does not serve the page).
+// usage: node tools/bench-web.mjs [--backend swift|filesystem] [--tags 50] [--renders 20] [--container NAME --keep]
+// (run `npm run build` and `tools/swift-aio.sh start` first). --keep leaves the pushed objects, and a later run with
+// the same --container renders them without pushing again. Prints one JSON line.
 import { createHash, randomBytes } from 'node:crypto';
 import http from 'node:http';
 import { parseArgs } from 'node:util';
@@ -23,10 +26,10 @@ import { loadCloud } from '../dist/storage/swift/clouds.js';
 import { SwiftDriver } from '../dist/storage/swift/driver.js';
 import { FilesystemDriver } from '../dist/storage/filesystem.js';
 import { mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import os, { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
-const { values } = parseArgs({ options: { backend: { type: 'string', default: 'swift' }, tags: { type: 'string', default: '50' }, renders: { type: 'string', default: '20' }, clouds: { type: 'string', default: '/tmp/berth-swift/clouds.yaml' } } });
+const { values } = parseArgs({ options: { backend: { type: 'string', default: 'swift' }, tags: { type: 'string', default: '50' }, renders: { type: 'string', default: '20' }, container: { type: 'string' }, keep: { type: 'boolean', default: false }, clouds: { type: 'string', default: '/tmp/berth-swift/clouds.yaml' } } });
 const TAGS = Number(values.tags);
 const RENDERS = Number(values.renders);
 
@@ -40,7 +43,7 @@ http.request = function (...args) {
 
 const log = pino({ level: 'silent' });
 const metrics = new Metrics();
-const container = `berth-bench-web-${randomBytes(4).toString('hex')}`;
+const container = values.container ?? `berth-bench-web-${randomBytes(4).toString('hex')}`;
 // --backend filesystem: the same on a temporary directory, to tell the page's own cost from Swift's latency.
 const root = values.backend === 'filesystem' ? await mkdtemp(join(tmpdir(), 'berth-bench-web-')) : undefined;
 const swift = root ? await FilesystemDriver.open(root) : await SwiftDriver.connect({ auth: loadCloud('berth-test', values.clouds), container });
@@ -114,23 +117,34 @@ try {
   const repo = 'bench/app';
   const started = performance.now();
   const work = Array.from({ length: TAGS }, (_, i) => i);
+  let pushed = 0;
+  const tops = [];
+  for await (const _ of swift.list(`team/repos/${repo}/_manifests/tags`)) pushed++;
   // Pushed a few at a time; every fifth tag is a two-platform index.
-  for (let at = 0; at < work.length; at += 10) {
+  for (let at = 0; pushed < TAGS && at < work.length; at += 10) {
     await Promise.all(
       work.slice(at, at + 10).map(async (i) => {
         const tag = `build-${String(i).padStart(3, '0')}`;
-        if (i % 5 !== 4) return image(repo, tag, 'amd64');
+        if (i % 5 !== 4) return tops.push((await image(repo, tag, 'amd64')).digest);
         const children = [await image(repo, `${tag}-amd64-tmp`, 'amd64'), await image(repo, `${tag}-arm64-tmp`, 'arm64')];
         for (const a of ['amd64', 'arm64']) await fetch(`${url}/v2/${repo}/manifests/${tag}-${a}-tmp`, { method: 'DELETE', headers: auth });
-        return manifest(repo, tag, {
+        const index = await manifest(repo, tag, {
           schemaVersion: 2,
           mediaType: 'application/vnd.oci.image.index.v1+json',
           manifests: children.map((c, k) => ({ mediaType: 'application/vnd.oci.image.manifest.v1+json', ...c, platform: { os: 'linux', architecture: ['amd64', 'arm64'][k] } })),
         });
+        tops.push(index.digest);
       }),
     );
   }
   const pushSeconds = (performance.now() - started) / 1000;
+  // The pushing process writes the repository's summaries a second after its last push (an index's once its
+  // platforms were read): wait until they hold every tag's manifest, as a page opened a little later would find.
+  for (const until = Date.now() + 30_000; tops.length > 0 && Date.now() < until; ) {
+    await new Promise((resolve) => setTimeout(resolve, 500));
+    const stored = await swift.read(`team/web/${repo}/_summary`).then((b) => JSON.parse(b.toString()), () => ({}));
+    if (tops.every((d) => d in stored)) break;
+  }
   const signIn = await fetch(`${url}/ui/signin`, { method: 'POST', redirect: 'manual', headers: { Origin: url, 'Content-Type': 'application/x-www-form-urlencoded' }, body: 'username=dev&password=dev-pw' });
   const cookie = signIn.headers.get('set-cookie').split(';')[0];
   const tagsPage = `/ui/repo/${repo}`;
@@ -138,6 +152,23 @@ try {
   for (let i = 0; i < 5; i++) {
     await startApp();
     cold.push(await measure(tagsPage, cookie));
+  }
+  // Without stored summaries: a read per tag, manifest and platform; the render then writes them (after it answers).
+  const bare = [];
+  for (let i = 0; i < 3; i++) {
+    await swift.delete(`team/web/${repo}/_summary`).catch(() => {});
+    await startApp();
+    bare.push(await measure(tagsPage, cookie));
+    // The render writes what it computed a second later, in one write: wait for it to land.
+    for (const until = Date.now() + 30_000; Date.now() < until; ) {
+      await new Promise((resolve) => setTimeout(resolve, 500));
+      if (await swift.stat(`team/web/${repo}/_summary`)) break;
+    }
+  }
+  const rewritten = [];
+  for (let i = 0; i < 3; i++) {
+    await startApp();
+    rewritten.push(await measure(tagsPage, cookie));
   }
   const warm = [];
   for (let i = 0; i < RENDERS; i++) warm.push(await measure(tagsPage, cookie));
@@ -151,6 +182,17 @@ try {
     await swift.stat(`team/repos/${repo}/_manifests/tags/build-000`);
     single.push({ ms: performance.now() - t, ops: 1, swift: root ? 0 : 1 });
   }
+  // The two requests of a cold render, alone: the tags listing (a container GET) and the stored summaries' GET.
+  const listing = [];
+  const summaryRead = [];
+  for (let i = 0; i < 10; i++) {
+    let t = performance.now();
+    for await (const _ of swift.list(`team/repos/${repo}/_manifests/tags`));
+    listing.push({ ms: performance.now() - t, ops: 1, swift: root ? 0 : 1 });
+    t = performance.now();
+    await swift.read(`team/web/${repo}/_summary`);
+    summaryRead.push({ ms: performance.now() - t, ops: 1, swift: root ? 0 : 1 });
+  }
   const html = await (await fetch(`${url}${tagsPage}`, { headers: { Cookie: cookie } })).text();
   const rows = (html.match(/<tr data-tag=/g) ?? []).length;
   process.stdout.write(
@@ -159,11 +201,17 @@ try {
       tags: TAGS,
       rows_rendered: rows,
       push_s: +pushSeconds.toFixed(1),
+      container: root ? undefined : container,
+      load_average: os.loadavg().map((l) => +l.toFixed(1)),
       tags_page_cold: summary(cold),
+      tags_page_cold_no_summaries: summary(bare),
+      tags_page_cold_summaries_rewritten: summary(rewritten),
       tags_page_warm: summary(warm),
       repositories_page: summary(repos),
       index_page: summary(images),
       storage_stat_alone: summary(single),
+      tags_listing_alone: summary(listing),
+      summaries_read_alone: summary(summaryRead),
     }) + '\n',
   );
 } finally {
@@ -171,6 +219,6 @@ try {
   server.close();
   // The objects go; the empty container stays (the driver has no call to remove one).
   if (root) await rm(root, { recursive: true, force: true });
-  else for await (const o of swift.list('team')) await swift.delete(o.path).catch(() => {});
+  else if (!values.keep) for await (const o of swift.list('team')) await swift.delete(o.path).catch(() => {});
   await registry.close();
 }

@@ -85,8 +85,12 @@ export interface ReferrersPage {
   next?: string;
 }
 
+/** Told of each manifest a PUT stored (its bytes validated and hashed), after its tags were written. */
+export type ManifestObserver = (e: { ns: string; repo: string; digest: string; mediaType: string; body: Buffer }) => void;
+
 export class Manifests {
   private readonly links: BlobLinks;
+  private readonly observers: ManifestObserver[] = [];
   /** Manifest bytes that hashed to their digest, by namespace and digest (they cannot change: no invalidation). */
   private readonly verifiedBodies = new ByteBoundedLru(MANIFEST_CACHE_BYTES);
 
@@ -149,7 +153,13 @@ export class Manifests {
       await this.driver.put(paths.referrer(ns, repo, meta.subject, digest), Buffer.from(JSON.stringify(entry)));
     }
     await Promise.all(tags.map((t) => this.driver.put(paths.tag(ns, repo, t), Buffer.from(digest))));
+    for (const observe of this.observers) observe({ ns, repo, digest, mediaType: meta.mediaType, body });
     return { digest, ...meta, tags };
+  }
+
+  /** `fn` is called, synchronously, after each successful put: it must not throw, and does any storage work later. */
+  observe(fn: ManifestObserver): void {
+    this.observers.push(fn);
   }
 
   /** The manifest's metadata (for HEAD); MANIFEST_UNKNOWN if the tag or revision is absent. */

@@ -29,6 +29,8 @@
  *     usage/live/<process>                       bytes one server process committed since then, in time buckets
  *                                                (quota.ts), so every process can sum them between prunes
  *     quarantine/<alg>:<hex>/data                a blob fsck --repair found corrupt: kept for inspection, not served
+ *     web/<name>/_summary                        the web page's summaries of the repository's manifests (JSON, by
+ *                                                digest: content-addressed, so never stale; a cache, src/web/summaries.ts)
  *     quarantine/<alg>:<hex>/data.json           or, where the backend cannot move it, a note of what was wrong
  *
  * <ns> is the tenant's namespace; <name> is an OCI repository name, whose components never start with '_', so
@@ -181,6 +183,7 @@ export const paths = {
   usageProcess: (n: string, p: string) => `${ns(n)}/usage/live/${processName(p)}`,
   quarantine: (n: string, d: string) => `${ns(n)}/quarantine/${digest(d)}/data`,
   quarantineNote: (n: string, d: string) => `${ns(n)}/quarantine/${digest(d)}/data.json`,
+  webSummary: (n: string, r: string) => `${ns(n)}/web/${name(r)}/_summary`,
 
   repos: (n: string) => `${ns(n)}/repos`,
   repo: (n: string, r: string) => `${ns(n)}/repos/${name(r)}`,

@@ -23,6 +23,12 @@ export interface ObjectInfo {
    * does); undefined where the backend does not say. `deleteMany` uses it to skip asking.
    */
   joined?: boolean;
+  /**
+   * md5 hex of the object's bytes, where the listing reports it for free (Swift's `hash`, for objects that are not
+   * joins; `reportsMd5` backends always do). Lets a reader know which of a few known small values an object holds
+   * without reading it (the web page: which digest a tag names).
+   */
+  md5?: string;
 }
 
 /** An object for `deleteMany`: a path, or an entry from a listing (whose `joined` saves a backend from asking). */

@@ -2,12 +2,14 @@
  * What the pages show, read through the registry core: repositories, tags with their sizes and ages, and one
  * image's layers, config and referrers.
  *
- * The tags page is the one that could cost much (a request per tag and per platform on Swift), so it remembers
- * what cannot change: a manifest's summary by digest (content-addressed: computed once from bytes checked against
- * the digest), and the digest a tag held as of its listing's modification time (a tag rewritten gets a new one,
- * from whichever process). A render is then one listing, plus a read of each tag pushed since the last render and
- * of each manifest never summarized (an index's platforms included, at most MAX_PLATFORMS_READ each). A few at a
- * time. docs/web.md has the figures.
+ * The tags page is the one that could cost much (a read per tag, per manifest and per platform), so it reads what it
+ * can from elsewhere. A tag's digest: the listing gives each tag object's md5 (Swift), which is the md5 of the digest
+ * it holds, so it is matched against the digests already summarized; else the digest it held as of its listing's
+ * modification time is remembered. A manifest's summary (content-addressed, so never stale): in memory, else in
+ * the repository's stored summaries (summaries.ts, written when the manifest was pushed). A render is then one
+ * listing, one read of the stored summaries where memory lacks some, and reads only for what neither holds (a tag
+ * the listing gives no md5 for, a manifest pushed by a process without the page), 16 at a time. docs/web.md has
+ * the figures.
  */
 import { createHash } from 'node:crypto';
 import { PathNotFound } from '../storage/driver.js';
@@ -16,6 +18,7 @@ import type { Descriptor } from '../registry/manifest-doc.js';
 import { MEDIA_TYPES } from '../registry/manifest-doc.js';
 import { digestAlgorithm, parseRepoPath, paths, validDigest, validTag } from '../registry/paths.js';
 import { forEachLimited } from '../util/concurrency.js';
+import { SummaryStore } from './summaries.js';
 
 /** Storage requests in flight for one page: enough to hide Swift's latency, too few to crowd pushes and pulls. */
 const PAGE_CONCURRENCY = 16;
@@ -57,6 +60,13 @@ export interface TagRow {
   manifest?: ManifestSummary;
 }
 
+/** A tag as listed: its last write, and the md5 of the digest it holds where the listing gives one. */
+export interface ListedTag {
+  tag: string;
+  pushed: Date;
+  md5?: string;
+}
+
 export interface ImageDetail extends ManifestSummary {
   manifestSize: number;
   annotations?: Record<string, string>;
@@ -74,7 +84,36 @@ export class ImageReader {
   private readonly summaries = new Lru<ManifestSummary>(CACHE_ENTRIES);
   private readonly tagDigests = new Lru<{ modified: number; digest: string }>(CACHE_ENTRIES);
 
-  constructor(private readonly registry: Registry) {}
+  private readonly store: SummaryStore;
+  /** Repositories whose tags page this process rendered. */
+  private readonly rendered = new Lru<true>(CACHE_ENTRIES);
+  /** Pushed manifests being summarized (an index reads its platforms first). */
+  private readonly summarizing = new Set<Promise<void>>();
+
+  constructor(private readonly registry: Registry) {
+    this.store = new SummaryStore(registry.driver);
+    registry.manifests.observe((e) => {
+      const work = this.pushed(e.ns, e.repo, e.digest, e.mediaType, e.body).catch(() => {});
+      this.summarizing.add(work);
+      void work.finally(() => this.summarizing.delete(work));
+    });
+  }
+
+  /** A manifest just stored: its summary goes to memory and to the repository's stored summaries. */
+  private async pushed(ns: string, repo: string, digest: string, mediaType: string, body: Buffer): Promise<void> {
+    const doc = JSON.parse(body.toString('utf8')) as Doc & { artifactType?: string };
+    const artifactType = typeof doc.artifactType === 'string' ? doc.artifactType : undefined;
+    const summary = await this.summarize1(ns, digest, mediaType, doc, artifactType);
+    if (summary.size === undefined) return;
+    this.summaries.set(`${ns}/${digest}`, summary);
+    this.store.add(ns, repo, [summary]);
+  }
+
+  /** Every pushed manifest's summary written (tests). */
+  async settled(): Promise<void> {
+    await Promise.all(this.summarizing);
+    return this.store.settled();
+  }
 
   /** The namespace's repositories with counts, from one walk of its repository tree (what the catalog walks). */
   async repositories(ns: string): Promise<RepositoryRow[]> {
@@ -92,47 +131,83 @@ export class ImageReader {
   }
 
   /** Every tag of the repository with the time it was last pushed, newest first (one listing). */
-  async tags(ns: string, repo: string): Promise<{ tag: string; pushed: Date }[]> {
+  async tags(ns: string, repo: string): Promise<ListedTag[]> {
     const prefix = paths.tags(ns, repo) + '/';
-    const tags: { tag: string; pushed: Date }[] = [];
+    const tags: ListedTag[] = [];
     for await (const o of this.registry.driver.list(paths.tags(ns, repo))) {
       const tag = o.path.slice(prefix.length);
-      if (validTag(tag)) tags.push({ tag, pushed: o.modified });
+      if (validTag(tag)) tags.push({ tag, pushed: o.modified, md5: o.md5 });
     }
     return tags.sort((a, b) => b.pushed.getTime() - a.pushed.getTime() || (a.tag < b.tag ? -1 : 1));
   }
 
+  /**
+   * The repository's stored summaries, read now (beside the listing, saving a round trip) where this process has
+   * rendered none of its tags yet, so summarize will surely need them; else undefined (summarize reads them if it must).
+   */
+  prefetch(ns: string, repo: string): Promise<Map<string, ManifestSummary>> | undefined {
+    if (this.rendered.has(`${ns}/${repo}`)) return undefined;
+    return this.store.load(ns, repo).catch(() => new Map());
+  }
+
   /** Summaries of the manifests the given tags name (a tag deleted meanwhile, or unreadable, has none). */
-  async summarize(ns: string, repo: string, tags: { tag: string; pushed: Date }[]): Promise<TagRow[]> {
+  async summarize(ns: string, repo: string, tags: ListedTag[], prefetched?: Promise<Map<string, ManifestSummary>>): Promise<TagRow[]> {
+    this.rendered.set(`${ns}/${repo}`, true);
+    const rows: TagRow[] = tags.map((t) => ({ tag: t.tag, pushed: t.pushed }));
+    const digests = tags.map((t) => this.knownTag(ns, repo, t));
+    let stored = new Map<string, ManifestSummary>();
+    if (digests.some((d) => d === undefined || !this.summaries.has(`${ns}/${d}`))) {
+      stored = await (prefetched ?? this.store.load(ns, repo).catch(() => stored));
+      const byMd5 = new Map([...stored.keys()].map((d) => [md5(d), d]));
+      tags.forEach((t, i) => {
+        const digest = t.md5 === undefined ? undefined : byMd5.get(t.md5);
+        if (digests[i] === undefined && digest !== undefined) {
+          digests[i] = digest;
+          this.tagDigests.set(`${ns}/${repo}:${t.tag}`, { modified: t.pushed.getTime(), digest });
+        }
+      });
+    }
     const reads = new Map<string, Promise<ManifestSummary>>();
-    const rows: TagRow[] = tags.map((t) => ({ ...t }));
-    await forEachLimited(rows, PAGE_CONCURRENCY, async (row) => {
-      const digest = await this.tagDigest(ns, repo, row.tag, row.pushed.getTime()).catch(() => undefined);
+    const computed: ManifestSummary[] = [];
+    await forEachLimited(rows.keys(), PAGE_CONCURRENCY, async (i) => {
+      const row = rows[i];
+      const digest = digests[i] ?? (await this.tagDigest(ns, repo, row.tag, row.pushed.getTime()).catch(() => undefined));
       if (digest === undefined) return;
       let summary = reads.get(digest);
-      if (!summary) reads.set(digest, (summary = this.summary(ns, digest)));
+      if (!summary) {
+        const known = this.summaries.get(`${ns}/${digest}`) ?? stored.get(digest);
+        if (known) this.summaries.set(`${ns}/${digest}`, known);
+        summary = known
+          ? Promise.resolve(known)
+          : this.summary(ns, digest).then((s) => {
+              if (s.size !== undefined) computed.push(s);
+              return s;
+            });
+        reads.set(digest, summary);
+      }
       row.manifest = await summary.catch(() => undefined);
     });
+    this.store.add(ns, repo, computed);
     return rows;
   }
 
+  /** The digest the tag held as of its listed modification time, where this process read it. */
+  private knownTag(ns: string, repo: string, t: ListedTag): string | undefined {
+    const known = this.tagDigests.get(`${ns}/${repo}:${t.tag}`);
+    return known && known.modified === t.pushed.getTime() ? known.digest : undefined;
+  }
+
   private async tagDigest(ns: string, repo: string, tag: string, modified: number): Promise<string | undefined> {
-    const key = `${ns}/${repo}:${tag}`;
-    const known = this.tagDigests.get(key);
-    if (known && known.modified === modified) return known.digest;
     const digest = (await this.registry.driver.read(paths.tag(ns, repo, tag))).toString('utf8').trim();
     if (!validDigest(digest)) return undefined;
-    this.tagDigests.set(key, { modified, digest });
+    this.tagDigests.set(`${ns}/${repo}:${tag}`, { modified, digest });
     return digest;
   }
 
   private async summary(ns: string, digest: string): Promise<ManifestSummary> {
-    const key = `${ns}/${digest}`;
-    const known = this.summaries.get(key);
-    if (known) return known;
     const m = await this.verified(ns, digest);
     const summary = await this.summarize1(ns, digest, m.mediaType, m.doc, m.artifactType);
-    if (summary.size !== undefined) this.summaries.set(key, summary);
+    if (summary.size !== undefined) this.summaries.set(`${ns}/${digest}`, summary);
     return summary;
   }
 
@@ -224,6 +299,9 @@ export class ImageReader {
 class Lru<V> {
   private readonly entries = new Map<string, V>();
   constructor(private readonly limit: number) {}
+  has(key: string): boolean {
+    return this.entries.has(key);
+  }
   get(key: string): V | undefined {
     const v = this.entries.get(key);
     if (v !== undefined) {
@@ -238,6 +316,8 @@ class Lru<V> {
     if (this.entries.size > this.limit) this.entries.delete(this.entries.keys().next().value!);
   }
 }
+
+const md5 = (s: string) => createHash('md5').update(s).digest('hex');
 
 function imageSize(doc: Doc): number {
   return (doc.config?.size ?? 0) + (doc.layers ?? []).reduce((n, l) => n + (l.size ?? 0), 0);

@@ -125,11 +125,12 @@ export function webPages(registry: Registry, access: Access, opts: WebOptions, l
     }
     if (page.kind === 'repositories') return send(res, 200, ns, repositoriesPage(ns, await images.repositories(ns)), chrome);
     if (page.kind === 'tags') {
+      const stored = images.prefetch(ns, page.repo);
       const all = await images.tags(ns, page.repo);
       if (all.length === 0 && !(await registry.manifests.repositoryExists(ns, page.repo))) return notFound(res, chrome);
       const pages = Math.max(1, Math.ceil(all.length / TAGS_PER_PAGE));
       const n = /^[1-9][0-9]{0,5}$/.test(query.get('page') ?? '') ? Math.min(Number(query.get('page')), pages) : 1;
-      const rows = await images.summarize(ns, page.repo, all.slice((n - 1) * TAGS_PER_PAGE, n * TAGS_PER_PAGE));
+      const rows = await images.summarize(ns, page.repo, all.slice((n - 1) * TAGS_PER_PAGE, n * TAGS_PER_PAGE), stored);
       const body = tagsPage({ ns, repo: page.repo, rows, page: n, pages, total: all.length, expiration: opts.expirationOf(ns), now: new Date() });
       return send(res, 200, page.repo, body, chrome);
     }

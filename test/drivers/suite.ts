@@ -146,6 +146,12 @@ export function runDriverSuite(name: string, factory: DriverFactory): void {
         [`${root}/l/b/d/e`, 3],
       ]);
       expect(await listAll(driver, `${root}/none`)).toEqual([]);
+      // md5 where listed is the content's; a backend reporting md5s on writes lists them too.
+      const contents = ['1', '22', '333'];
+      listed.forEach((o, i) => {
+        if (driver.reportsMd5) expect(o.md5).toBeDefined();
+        if (o.md5 !== undefined) expect(o.md5).toBe(md5(Buffer.from(contents[i])));
+      });
       for (const p of ['l/a', 'l/b/c', 'l/b/d/e', 'l-sibling']) await driver.delete(`${root}/${p}`);
     });
 

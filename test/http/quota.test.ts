@@ -46,10 +46,10 @@ async function stored(driver: StorageDriver, prefix: string): Promise<string[]> 
   return out;
 }
 
-/** A PATCH with a chunked body (no length declared), written by node:http so fetch's buffering does not interfere. */
-function patchStreaming(url: string, location: string, pieces: Buffer[]): Promise<{ status: number; body: string }> {
+/** A PATCH (or PUT) with a chunked body (no length declared), written by node:http so fetch's buffering does not interfere. */
+function patchStreaming(url: string, location: string, pieces: Buffer[], method = 'PATCH'): Promise<{ status: number; body: string }> {
   return new Promise((resolve, reject) => {
-    const req = http.request(`${url}${location}`, { method: 'PATCH', headers: { 'Content-Type': 'application/octet-stream' } }, (res) => {
+    const req = http.request(`${url}${location}`, { method, headers: { 'Content-Type': 'application/octet-stream' } }, (res) => {
       let body = '';
       res.on('data', (d) => (body += d));
       res.on('end', () => resolve({ status: res.statusCode!, body }));
@@ -132,6 +132,31 @@ describe.each(BACKENDS)('quotas on $name', (backend) => {
     expect(res.body).toContain(`quota is ${QUOTA} bytes`);
     expect((await fetch(`${server.url}${location}`)).status).toBe(404);
     expect(await stored(driver, 'uploads')).toEqual([]);
+  });
+
+  it('a commit whose streamed last chunk (length undeclared) goes over is refused, leaving no upload and no blob', async () => {
+    const start = await fetch(`${server.url}/v2/app/blobs/uploads/`, { method: 'POST' });
+    const location = start.headers.get('location')!;
+    const first = randomBytes(1000);
+    expect((await fetch(`${server.url}${location}`, { method: 'PATCH', body: first, headers: { 'Content-Range': `0-${first.length - 1}` } })).status).toBe(202);
+    const pieces = Array.from({ length: 16 }, () => randomBytes(16 * 1024));
+    const digest = sha256(Buffer.concat([first, ...pieces]));
+    const res = await patchStreaming(server.url, `${location}${location.includes('?') ? '&' : '?'}digest=${digest}`, pieces, 'PUT');
+    expect(res.status).toBe(403);
+    expect(res.body).toContain(`quota is ${QUOTA} bytes`);
+    expect((await fetch(`${server.url}${location}`)).status).toBe(404);
+    expect(await stored(driver, 'uploads')).toEqual([]);
+    expect(await driver.stat(`_local/blobs/${digest}/data`)).toBeNull();
+  });
+
+  it('a monolithic push of undeclared length that goes over is refused, leaving no upload and no blob', async () => {
+    const pieces = Array.from({ length: 16 }, () => randomBytes(16 * 1024));
+    const digest = sha256(Buffer.concat(pieces));
+    const res = await patchStreaming(server.url, `/v2/app/blobs/uploads/?digest=${digest}`, pieces, 'POST');
+    expect(res.status).toBe(403);
+    expect(res.body).toContain(`quota is ${QUOTA} bytes`);
+    expect(await stored(driver, 'uploads')).toEqual([]);
+    expect(await driver.stat(`_local/blobs/${digest}/data`)).toBeNull();
   });
 
   it('an upload that fit is refused at its commit when commits of other processes took the room meanwhile', async () => {

@@ -25,6 +25,7 @@ describe('storage paths', () => {
     expect(paths.usageReport('t1')).toBe('t1/usage/last.json');
     expect(paths.usageLive('t1')).toBe('t1/usage/live');
     expect(paths.usageProcess('t1', 'host-1.1234.0badc0de')).toBe('t1/usage/live/host-1.1234.0badc0de');
+    expect(paths.webSummary('t1', 'team/app')).toBe('t1/web/team/app/_summary');
   });
 
   it('refuses to build a path from anything unvalidated', () => {

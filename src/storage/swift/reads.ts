@@ -130,9 +130,13 @@ export class SwiftReads {
         await drain(res);
         throw failure(res, `list ${prefix}`);
       }
-      const page = (await res.json()) as { name: string; bytes: number; last_modified: string; slo_etag?: string }[];
-      // An SLO's entry carries slo_etag: deleteMany then knows which objects need a multipart delete.
-      for (const o of page) yield { path: o.name, size: o.bytes, modified: new Date(`${o.last_modified}Z`), joined: o.slo_etag !== undefined };
+      const page = (await res.json()) as { name: string; bytes: number; hash: string; last_modified: string; slo_etag?: string }[];
+      // An SLO's entry carries slo_etag: deleteMany then knows which objects need a multipart delete. Its hash is
+      // the manifest's, not the content's md5, so only plain objects report one.
+      for (const o of page) {
+        const joined = o.slo_etag !== undefined;
+        yield { path: o.name, size: o.bytes, modified: new Date(`${o.last_modified}Z`), joined, md5: joined ? undefined : o.hash };
+      }
       if (page.length < this.listPageSize) return;
       marker = page[page.length - 1].name;
     }

@@ -11,6 +11,7 @@
  *   concurrent misses of one item in this process share one upstream request.
  */
 import { createHash } from 'node:crypto';
+import { tmpdir } from 'node:os';
 import type { Readable } from 'node:stream';
 import type { MirrorConfig } from '../config/mirrors.js';
 import { RegistryError, blobUnknown, manifestUnknown } from '../registry/errors.js';
@@ -80,6 +81,8 @@ export class Mirror {
     private readonly log: MirrorLog,
     /** Seconds a redirect of a cached blob to storage stays valid (Swift temp URLs); undefined: never redirect. */
     private readonly redirectSeconds?: number,
+    /** Where fills spool the blobs they fetch (mirror/fill.ts): local disk, up to max-fills blobs per upstream. */
+    private readonly spoolDir = tmpdir(),
   ) {
     this.names = new MirrorNames(mirrors);
     // The shortest keep decides: a pull must reach storage well before prune could judge the item unpulled.
@@ -235,14 +238,13 @@ export class Mirror {
     const pending = this.fills.get(key);
     if (pending) {
       if (head) return { size: this.fillSizes.get(key) };
-      // Waiters resume in the microtasks after the fill opens, before its first byte can arrive from the socket.
       const running = await pending;
-      // Checked and joined in one step: no byte can go out in between.
+      // Every client joining before the fill ends reads the whole blob from its spool, at its own pace.
       if (running.joinable) {
         this.metrics.served(m.registry, 'blob', 'miss');
         return { size: this.fillSizes.get(key), body: running.reader() };
       }
-      // Too late to read it from the start: wait for the cache.
+      // The fill ended (its spool is no longer offered): the cache has the blob, unless storing it failed.
       const result = await running.done.catch(() => null);
       if (result?.stored) return this.blob(m, name, digest, ask);
       throw new RegistryError('UNAVAILABLE', 'the blob could not be fetched from the upstream registry; retry');
@@ -310,19 +312,27 @@ export class Mirror {
     const size = Number.isSafeInteger(lengthHeader) && lengthHeader >= 0 ? lengthHeader : undefined;
     // Storage's writes are not tied to any client: a fill ends when the upstream's body does.
     const stop = new AbortController();
-    const fill = new Fill(res.body, digest, {
-      maxBytes: m.maxBlobSize,
-      stallMs: m.timeout * 1000,
-      store: (body) => this.store.writeBlob(m.registry, digest, body, size, stop.signal),
-    });
+    let fill: Fill;
+    try {
+      fill = await Fill.start(res.body, digest, {
+        spoolDir: this.spoolDir,
+        maxBytes: m.maxBlobSize,
+        stallMs: m.timeout * 1000,
+        store: (body, bytes) => this.store.writeBlob(m.registry, digest, body, bytes, stop.signal),
+      });
+    } catch (err) {
+      slots.give();
+      this.log.warn({ registry: m.registry, digest, err: (err as Error).message }, 'mirror fill: no spool file');
+      throw new RegistryError('UNAVAILABLE', 'the mirror cannot fetch blobs now; retry later');
+    }
     this.fillSizes.set(key, size);
     this.metrics.fills(m.registry, 1);
     this.metrics.served(m.registry, 'blob', 'miss');
     fill.done.then(
-      ({ stored, bytes }) => {
+      ({ stored, bytes, fetchMs }) => {
         this.metrics.fetched(m.registry, bytes);
         if (!stored) this.metrics.upstreamError(m.registry, 'storage');
-        this.log.info({ registry: m.registry, upstream: res.host, repository: name, digest, bytes, ms: Date.now() - started, stored }, 'mirror fill: blob');
+        this.log.info({ registry: m.registry, upstream: res.host, repository: name, digest, bytes, fetchMs, ms: Date.now() - started, stored }, 'mirror fill: blob');
       },
       (err: unknown) => {
         stop.abort(err);

@@ -43,6 +43,8 @@ export interface FillOptions {
   maxBytes: number;
   /** A client that takes nothing for this long is dropped (0: never). */
   stallMs: number;
+  /** How long the storage write waits at most for the fill's clients to be served (default STORE_DELAY_MS). */
+  storeDelayMs?: number;
   /** Writes the verified blob of `size` bytes to storage; resolves to whether it is stored. */
   store: (body: Readable, size: number) => Promise<boolean>;
 }
@@ -120,6 +122,7 @@ export class Fill {
       destroy: (err, cb) => {
         clearTimeout(stall);
         this.readers.delete(reader);
+        this.progress.emit('reader-closed');
         this.release();
         cb(err);
       },
@@ -155,6 +158,21 @@ export class Fill {
       }
     };
     return reader;
+  }
+
+  /** Resolves when no client reads the spool, or after `ms`. */
+  private clientsServed(ms: number): Promise<void> {
+    if (this.readers.size === 0) return Promise.resolve();
+    return new Promise((resolve) => {
+      const done = () => {
+        clearTimeout(timer);
+        this.progress.off('reader-closed', check);
+        resolve();
+      };
+      const check = () => this.readers.size === 0 && done();
+      const timer = setTimeout(done, ms);
+      this.progress.on('reader-closed', check);
+    });
   }
 
   private release(): void {
@@ -226,9 +244,11 @@ export class Fill {
       this.release();
       throw err;
     }
-    // Storage is written from the spool once the blob is whole and verified: it never sees wrong bytes (nothing to
-    // abandon), and its writes (Swift's CPU on a busy host) do not compete with the clients of the fetch. Clients
-    // that come meanwhile read the spool.
+    // Storage is written from the spool once the blob is whole and verified, so it never sees wrong bytes (nothing
+    // to abandon), and once the fill's clients are served (or STORE_DELAY_MS at most), so its work (a Swift PUT: the
+    // HTTP and md5 here, Swift's own CPU on a shared host) does not slow the pulls waiting on it. Clients that come
+    // meanwhile read the spool.
+    await this.clientsServed(opts.storeDelayMs ?? STORE_DELAY_MS);
     const toStorage = this.open(0);
     const stored = opts.store(toStorage, received);
     // A storage failure ends the cache's copy only: the clients still get their bytes.
@@ -244,6 +264,9 @@ export class Fill {
     return { stored: ok, bytes: received, fetchMs };
   }
 }
+
+/** How long the storage write waits at most for the fill's clients to be served before it starts anyway. */
+export const STORE_DELAY_MS = 10_000;
 
 /** Bytes of upstream pieces waiting for the spool write in flight before the upstream is no longer read. */
 const SPOOL_QUEUE = 2 << 20;

@@ -132,7 +132,7 @@ async function berth(upstreamHost) {
   const file = join(work, `${container}.yaml`);
   await writeFile(file, `registry:\n  address: 127.0.0.1\n  port: 0\n${storage}  mirrors:\n    - {registry: quay.io, url: "http://${upstreamHost}"}\n`);
   let port;
-  const p = await start('node', ['--single-threaded-gc', join(repoRoot, 'dist/cli.js'), '-c', file, 'serve'], (l) => (port = /berth listening on port (\d+)/.exec(l)?.[1]));
+  const p = await start('node', ['--single-threaded-gc', ...(process.env.BENCH_NODE_ARGS ?? '').split(' ').filter(Boolean), join(repoRoot, 'dist/cli.js'), '-c', file, 'serve'], (l) => (port = /berth listening on port (\d+)/.exec(l)?.[1]));
   return { ...p, host: `127.0.0.1:${port}` };
 }
 

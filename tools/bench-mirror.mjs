@@ -150,7 +150,18 @@ const seconds = async (f) => {
 const pull = async (ref) => {
   const out = join(work, `out-${randomBytes(4).toString('hex')}`);
   try {
-    return await seconds(() => skopeo('copy', '--retry-times', '3', '--src-tls-verify=false', ref, `oci:${out}:v1`));
+    // Distribution's proxy answers 500 to some concurrent manifest misses, which skopeo does not retry: the pull is
+    // retried (up to 3 times), its time counting every attempt, as a CI job would see it.
+    return await seconds(async () => {
+      for (let attempt = 1; ; attempt++) {
+        try {
+          return await skopeo('copy', '--retry-times', '3', '--src-tls-verify=false', ref, `oci:${out}:v1`);
+        } catch (err) {
+          if (attempt >= 3) throw err;
+          log(`retrying ${ref}: ${String(err.stderr ?? err).trim().split('\n').pop()}`);
+        }
+      }
+    });
   } finally {
     await rm(out, { recursive: true, force: true });
   }

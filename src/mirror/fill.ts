@@ -1,21 +1,21 @@
 /**
  * One blob fill: the upstream's bytes, hashed as they pass, written to a spool file (the last piece kept from the
- * readers until the digest is known), and read from that file by every client, each at its
- * own pace, and by the storage write once the blob is whole. The upstream is read as fast as it sends and the
- * local disk takes it; a client is not held to the speed of a Swift PUT (the first design wrote to storage and
+ * readers until the digest is known), and read from that file by every client, each at its own pace, and by the
+ * storage write once the blob is verified and its clients are served. The upstream is read as fast as it sends and
+ * the local disk takes it; a client is not held to the speed of a Swift PUT (the first design wrote to storage and
  * clients in lock-step, and measured cold pulls at 0.4-0.5x of Distribution's proxy, which streams upstream to
  * client and stores with a second GET), nor to another client's pace.
  *
  * The spool is unlinked as soon as it is opened: its disk space goes back when the last reader closes, and a
  * crash leaves nothing behind. Clients are readers of the fill, not its owner: one that goes away closes its reader
  * and the fill goes on; one that stops reading for the stall timeout is dropped. Wrong bytes, an upstream failure
- * or a blob over the size cap destroy every reader (clients' connections are cut before their last byte, the
- * storage write is abandoned) and nothing is stored.
+ * or a blob over the size cap destroy every reader (clients' connections are cut before their last byte) and
+ * nothing is stored (the storage write has not started).
  *
  * Memory per fill, whatever the blob's size: upstream pieces queued for the spool or the hash (at most SPOOL_QUEUE
- * each way, 2 MiB, plus the batch being written), and per reader (each client, and the storage write) at most
- * READ_PIECE buffered plus one READ_PIECE being read: about 6 MiB + 2 MiB per reader. Disk: the blob's size, for
- * as long as it is read (at most max-fills spools per upstream).
+ * each way, 2 MiB, plus the batch being written), and per reader (each client, and the storage write) READ_AHEAD
+ * (2 MiB) buffered plus one READ_PIECE being read: about 6 MiB + 2.5 MiB per reader. Disk: the blob's size, for as
+ * long as it is read (at most max-fills spools per upstream).
  */
 import { createHash, randomUUID } from 'node:crypto';
 import { EventEmitter } from 'node:events';
@@ -26,8 +26,13 @@ import { addon, HashKind, PooledHash } from '../registry/native-hash.js';
 import { digestAlgorithm } from '../registry/paths.js';
 import { DigestMismatch } from '../registry/verify.js';
 
-/** What a reader takes from the spool at once, and holds at most in its buffer. */
-export const READ_PIECE = 1 << 20;
+/** What a reader takes from the spool at once. */
+export const READ_PIECE = 512 << 10;
+/**
+ * What a reader holds at most: several pieces, so it reads ahead while its client drains the last ones. With one
+ * piece, each read's round trip through the thread pool (milliseconds on a busy host) stalled the client's socket.
+ */
+const READ_AHEAD = 4 * READ_PIECE;
 
 export interface FillResult {
   /** Stored in the cache (false: prune was deleting it meanwhile, or storage failed; the clients still got it). */
@@ -114,7 +119,7 @@ export class Fill {
     let pumping = false;
     let stall: NodeJS.Timeout | undefined;
     const reader: Readable = new Readable({
-      highWaterMark: READ_PIECE,
+      highWaterMark: READ_AHEAD,
       read: () => {
         clearTimeout(stall);
         void pump();

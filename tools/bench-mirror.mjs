@@ -171,7 +171,8 @@ const fillTimes = (reg, from) =>
   reg.lines.slice(from).flatMap((l) => {
     try {
       const o = JSON.parse(l);
-      return o.msg === 'mirror fill: blob' && o.bytes > 1 << 20 ? [`fetch ${(o.fetchMs / 1000).toFixed(2)} s, stored ${(o.ms / 1000).toFixed(2)} s`] : [];
+      if (o.msg === 'mirror fill: manifest') return [`manifest fetched and stored ${(o.ms / 1000).toFixed(2)} s`];
+      return o.msg === 'mirror fill: blob' && o.bytes > 1 << 20 ? [`layer fetch ${(o.fetchMs / 1000).toFixed(2)} s, stored ${(o.ms / 1000).toFixed(2)} s`] : [];
     } catch {
       return [];
     }
@@ -209,7 +210,7 @@ try {
     // The warm pull should read the cache, not a fill still storing: Berth logs its fill's end; Distribution's
     // background store fetched the layer a second time (its own GET), then commits it, a few seconds more.
     const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-    if (c.name.startsWith('Berth')) for (let i = 0; i < 1200 && fillTimes(reg, 0).length === 0; i++) await sleep(100);
+    if (c.name.startsWith('Berth')) for (let i = 0; i < 1200 && !fillTimes(reg, 0).some((t) => t.startsWith('layer')); i++) await sleep(100);
     else {
       for (let i = 0; i < 1200 && upstreamBytes(upstream, from) < 2 * SIZE * 1024 * 1024; i++) await sleep(100);
       await sleep(5000);

@@ -203,8 +203,11 @@ export class Mirror {
       this.metrics.upstreamError(m.registry, 'invalid');
       throw new RegistryError('UNAVAILABLE', 'the upstream registry sent a manifest Berth cannot serve');
     }
-    await this.store.writeManifest(m.registry, digest, body, mediaType);
-    if (!reference.includes(':')) await this.store.setTag(m.registry, name, reference, { digest, mediaType, size: body.length, checked: Date.now() });
+    // The tag beside the manifest: a reader that finds the tag before the manifest fetches it again, nothing worse.
+    await Promise.all([
+      this.store.writeManifest(m.registry, digest, body, mediaType),
+      reference.includes(':') ? undefined : this.store.setTag(m.registry, name, reference, { digest, mediaType, size: body.length, checked: Date.now() }),
+    ]);
     this.metrics.served(m.registry, 'manifest', 'miss');
     this.metrics.fetched(m.registry, body.length);
     this.log.info({ registry: m.registry, upstream: res.host, repository: name, reference, digest, bytes: body.length, ms: Date.now() - started }, 'mirror fill: manifest');

@@ -54,6 +54,8 @@ export interface MirrorBlob {
 export interface BlobAsk {
   head: boolean;
   client?: string;
+  /** The cache's size of the blob, if the caller already asked (cachedBlobSize); else it is asked here. */
+  cachedSize?: Promise<number | null>;
   /** The range wanted of a blob of `size` bytes, if any (the HTTP layer parses the header). */
   range?: (size: number) => ByteRange | 'unsatisfiable' | undefined;
 }
@@ -92,6 +94,11 @@ export class Mirror {
       this.upstreams.set(m.registry, new Upstream(m));
       this.slots.set(m.registry, new Slots(m.maxFills));
     }
+  }
+
+  /** The cached blob's size, null when not cached (or not a valid digest: the blob request then says BLOB_UNKNOWN). */
+  cachedBlobSize(registry: string, digest: string): Promise<number | null> {
+    return validDigest(digest) ? this.store.blobSize(registry, digest) : Promise.resolve(null);
   }
 
   /** A pull of a mirrored name that local content answered. */
@@ -224,7 +231,7 @@ export class Mirror {
   async blob(m: MirrorConfig, name: string, digest: string, ask: BlobAsk): Promise<MirrorBlob> {
     const { head, client = '' } = ask;
     if (!validDigest(digest)) throw blobUnknown(digest);
-    const size = await this.store.blobSize(m.registry, digest);
+    const size = await (ask.cachedSize ?? this.store.blobSize(m.registry, digest));
     if (size !== null) {
       this.metrics.served(m.registry, 'blob', 'hit');
       // Ranges are answered from the cache only (a fill always sends the whole blob, as it verifies it).
@@ -249,7 +256,7 @@ export class Mirror {
       }
       // The fill ended (its spool is no longer offered): the cache has the blob, unless storing it failed.
       const result = await running.done.catch(() => null);
-      if (result?.stored) return this.blob(m, name, digest, ask);
+      if (result?.stored) return this.blob(m, name, digest, { ...ask, cachedSize: undefined });
       throw new RegistryError('UNAVAILABLE', 'the blob could not be fetched from the upstream registry; retry');
     }
     if (head) return this.headUpstream(m, name, digest);

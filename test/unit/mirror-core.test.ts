@@ -76,6 +76,25 @@ describe('a blob fill', () => {
     expect((await collect(idle)).equals(blob)).toBe(true);
   });
 
+  it("storage is written only after the fill's clients have their bytes (not beside them)", async () => {
+    const driver = new MemoryDriver();
+    const store = new CacheStore(driver, 1000);
+    const blob = data(6 * 1024 * 1024, 13);
+    const digest = sha256(blob);
+    const events: string[] = [];
+    const fill = await Fill.start(pieces(blob), digest, {
+      spoolDir: tmpdir(),
+      maxBytes: 1 << 30,
+      stallMs: 5000,
+      store: (body: Readable, size: number) => (events.push('store'), store.writeBlob(REG, digest, body, size, new AbortController().signal)),
+    });
+    const reader = fill.reader();
+    reader.on('end', () => events.push('client done'));
+    expect((await collect(reader)).equals(blob)).toBe(true);
+    expect((await fill.done).stored).toBe(true);
+    expect(events).toEqual(['client done', 'store']);
+  });
+
   it('the spool is unlinked at once: nothing is left in its directory, even while the fill runs', async () => {
     const dir = await import('node:fs/promises').then((f) => f.mkdtemp(`${tmpdir()}/berth-spool-`));
     const blob = data(2 * 1024 * 1024, 12);

@@ -8,6 +8,7 @@
 // --temp-url: Berth on Swift redirects cached blobs to temp URLs (Distribution's proxy streams them itself).
 // Needs dist/ (npm run build), skopeo and /usr/bin/docker-registry.
 import { execFile, spawn } from 'node:child_process';
+import { createServer } from 'node:net';
 import { createHash, randomBytes } from 'node:crypto';
 import { createReadStream, createWriteStream, readFileSync } from 'node:fs';
 import { mkdir, mkdtemp, rm, stat, writeFile, rename } from 'node:fs/promises';
@@ -96,10 +97,19 @@ function start(cmd, argv, ready) {
   });
 }
 const stop = (child) => new Promise((r) => (child.exitCode !== null || child.signalCode !== null ? r() : (child.once('exit', r), child.kill('SIGTERM'))));
-let nextPort = 20000 + Math.floor(Math.random() * 20000);
+/** A port nothing listens on now (a counter from a random start collided with Berth's own port-0 listeners). */
+const freePort = () =>
+  new Promise((resolve, reject) => {
+    const s = createServer();
+    s.once('error', reject);
+    s.listen(0, '127.0.0.1', () => {
+      const { port } = s.address();
+      s.close(() => resolve(port));
+    });
+  });
 
 async function distribution(extra) {
-  const port = nextPort++;
+  const port = await freePort();
   const container = `bench-mirror-${randomBytes(4).toString('hex')}`;
   const storage =
     backend === 'swift' && extra
@@ -122,16 +132,51 @@ async function berth(upstreamHost) {
   const file = join(work, `${container}.yaml`);
   await writeFile(file, `registry:\n  address: 127.0.0.1\n  port: 0\n${storage}  mirrors:\n    - {registry: quay.io, url: "http://${upstreamHost}"}\n`);
   let port;
-  const p = await start('node', ['--single-threaded-gc', join(repoRoot, 'dist/cli.js'), '-c', file, 'serve'], (l) => (port = /berth listening on port (\d+)/.exec(l)?.[1]));
+  const p = await start('node', ['--single-threaded-gc', ...(process.env.BENCH_NODE_ARGS ?? '').split(' ').filter(Boolean), join(repoRoot, 'dist/cli.js'), '-c', file, 'serve'], (l) => (port = /berth listening on port (\d+)/.exec(l)?.[1]));
   return { ...p, host: `127.0.0.1:${port}` };
 }
 
+/** CPU seconds a process has used (user + system; /proc's clock ticks are 1/100 s on Linux). */
+const cpu = (pid) => {
+  const f = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1].split(' ');
+  return (Number(f[11]) + Number(f[12])) / 100;
+};
 const seconds = async (f) => {
   const t = process.hrtime.bigint();
   await f();
   return Number(process.hrtime.bigint() - t) / 1e9;
 };
-const pull = (ref) => seconds(() => skopeo('copy', '--src-tls-verify=false', ref, `oci:${join(work, `out-${randomBytes(4).toString('hex')}`)}:v1`));
+/** A skopeo pull into a fresh OCI layout, removed afterwards (eight 512 MiB copies would otherwise stay on disk). */
+const pull = async (ref) => {
+  const out = join(work, `out-${randomBytes(4).toString('hex')}`);
+  try {
+    // Distribution's proxy answers 500 to some concurrent manifest misses, which skopeo does not retry: the pull is
+    // retried (up to 3 times), its time counting every attempt, as a CI job would see it.
+    return await seconds(async () => {
+      for (let attempt = 1; ; attempt++) {
+        try {
+          return await skopeo('copy', '--retry-times', '3', '--src-tls-verify=false', ref, `oci:${out}:v1`);
+        } catch (err) {
+          if (attempt >= 3) throw err;
+          log(`retrying ${ref}: ${String(err.stderr ?? err).trim().split('\n').pop()}`);
+        }
+      }
+    });
+  } finally {
+    await rm(out, { recursive: true, force: true });
+  }
+};
+/** Berth's own per-fill figures (its `mirror fill: blob` log lines): upstream fetch and total with storage, in s. */
+const fillTimes = (reg, from) =>
+  reg.lines.slice(from).flatMap((l) => {
+    try {
+      const o = JSON.parse(l);
+      if (o.msg === 'mirror fill: manifest') return [`manifest fetched and stored ${(o.ms / 1000).toFixed(2)} s`];
+      return o.msg === 'mirror fill: blob' && o.bytes > 1 << 20 ? [`layer fetch ${(o.fetchMs / 1000).toFixed(2)} s, stored ${(o.ms / 1000).toFixed(2)} s`] : [];
+    } catch {
+      return [];
+    }
+  });
 /** Bytes the upstream sent in blob GET answers since its log had `from` lines. */
 const upstreamBytes = (up, from) =>
   up.lines.slice(from).map((l) => {
@@ -159,8 +204,22 @@ try {
   for (const c of contenders) {
     const reg = await c.start();
     const from = upstream.lines.length;
+    const cpu0 = cpu(reg.child.pid);
     const cold = await pull(c.ref(reg.host, c.image));
+    const coldCpu = cpu(reg.child.pid) - cpu0;
+    // The warm pull should read the cache, not a fill still storing: Berth logs its fill's end; Distribution's
+    // background store fetched the layer a second time (its own GET), then commits it, a few seconds more.
+    const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+    if (c.name.startsWith('Berth')) for (let i = 0; i < 1200 && !fillTimes(reg, 0).some((t) => t.startsWith('layer')); i++) await sleep(100);
+    else {
+      for (let i = 0; i < 1200 && upstreamBytes(upstream, from) < 2 * SIZE * 1024 * 1024; i++) await sleep(100);
+      await sleep(5000);
+    }
+    const stages = fillTimes(reg, 0);
+    if (stages.length) log(`${c.name} cold fill: ${stages.join('; ')}`);
+    const cpu1 = cpu(reg.child.pid);
     const warm = await pull(c.ref(reg.host, c.image));
+    const warmCpu = cpu(reg.child.pid) - cpu1;
     const fetched = upstreamBytes(upstream, from);
     await stop(reg.child);
     const regC = await c.start();
@@ -168,8 +227,8 @@ try {
     const conc = await seconds(() => Promise.all(Array.from({ length: N }, () => pull(c.ref(regC.host, `${c.image}-conc`)))));
     const fetchedC = upstreamBytes(upstream, fromC);
     await stop(regC.child);
-    rows.push({ name: c.name, cold, warm, fetched, concurrent: conc, concurrentFetched: fetchedC, imageBytes: images[0].bytes });
-    log(`${c.name}: cold ${cold.toFixed(2)} s, warm ${warm.toFixed(2)} s, ${N} concurrent cold ${conc.toFixed(2)} s, upstream ${(fetchedC / images[0].bytes).toFixed(2)} images`);
+    rows.push({ name: c.name, cold, warm, coldCpu, warmCpu, fetched, concurrent: conc, concurrentFetched: fetchedC, imageBytes: images[0].bytes });
+    log(`${c.name}: cold ${cold.toFixed(2)} s (registry CPU ${coldCpu.toFixed(1)} s), warm ${warm.toFixed(2)} s (CPU ${warmCpu.toFixed(1)} s), ${N} concurrent cold ${conc.toFixed(2)} s, upstream ${(fetchedC / images[0].bytes).toFixed(2)} images`);
   }
   const [b, d] = rows;
   const table =

@@ -2,6 +2,8 @@
 // Berth against raw Swift and CNCF Distribution, in one run, on a fresh single-node Swift (tools/swift-aio.sh).
 // usage: tools/bench [--size-mib 512] [--runs 3] [--out .bench/bench.json] [--concurrency 2,4] [--no-distribution]
 //                    [--small-seconds 5] [--only berth-swift,berth-swift-link-curl,raw,...] [--workers N]
+// `mirror` (issue 25): tools/bench-mirror.mjs on Swift, once, after the runs: Berth's pull-through cache against
+// Distribution's proxy mode, cold, warm and 8 concurrent cold pulls of the same layer size, as rows and ratios here.
 // Medians of --runs runs per contender, contenders alternating. Prints one table (seconds, MiB/s, ratios) and
 // writes it as JSON. Not a test: figures drift ±30% between runs on shared machines, compare ratios of one run.
 // Berth on Swift runs in both commit modes (storage.commit: move, the default, and link), side by side.
@@ -45,6 +47,7 @@ const NAMES = [
   ...['berth-swift', 'berth-swift-link', 'berth-swift-tempurl', 'berth-fs', 'dist-swift', 'dist-fs'].flatMap((n) => [n, `${n}-curl`]),
   ...CONCURRENCY.map((n) => `berth-swift-x${n}`),
   'small',
+  'mirror',
 ];
 const unknown = [...(only ?? [])].filter((n) => !NAMES.includes(n));
 if (unknown.length) {
@@ -413,6 +416,17 @@ for (let r = 0; r < RUNS; r++) {
   }
 }
 const small = wanted('small') ? await smallRequests() : null;
+const mirror = wanted('mirror') && haveDistribution ? await mirrorRows() : null;
+
+/** tools/bench-mirror.mjs on Swift with this run's layer size: its rows (seconds) and the upstream bytes. */
+async function mirrorRows() {
+  log('mirror: tools/bench-mirror.mjs');
+  const out = join(work, 'mirror.json');
+  const child = spawn(process.execPath, [join(repoRoot, 'tools/bench-mirror.mjs'), '--size-mib', String(SIZE_MIB), '--backend', 'swift', '--concurrency', '8', '--out', out], { stdio: ['ignore', 'ignore', 'inherit'] });
+  const code = await new Promise((r) => child.once('exit', r));
+  if (code !== 0) throw new Error(`bench-mirror exited with ${code}`);
+  return JSON.parse(await readFile(out, 'utf8'));
+}
 
 // ---------- table ----------
 const med = (name, key) => median((results[name] ?? []).map((x) => x[key]));
@@ -458,6 +472,14 @@ for (const n of CONCURRENT) {
   const wall = med(name, 'wall');
   rows.push({ name: `Berth on Swift, ${n} concurrent pushes`, push: wall, aggregateMiBps: (n * MiB) / wall, rssMB: maxOf(name, 'rssMB') });
 }
+if (mirror) {
+  for (const r of mirror.rows) {
+    const who = r.name.startsWith('Berth') ? 'Berth mirror' : 'Distribution proxy';
+    rows.push({ name: `${who} on Swift, cold pull`, key: `${who}-cold`, pull: r.cold });
+    rows.push({ name: `${who} on Swift, warm pull`, key: `${who}-warm`, pull: r.warm });
+    rows.push({ name: `${who} on Swift, 8 concurrent cold pulls (upstream sent ${(r.concurrentFetched / r.imageBytes).toFixed(2)} images)`, key: `${who}-x8`, pull: r.concurrent });
+  }
+}
 const find = (key) => rows.find((r) => r.key === key);
 const ratios = {};
 if (raw && find('berth-swift')) {
@@ -494,6 +516,14 @@ if (find('dist-fs') && find('berth-fs')) {
   ratios.berthFsPushVsDistribution = find('dist-fs').push / find('berth-fs').push;
   ratios.berthFsPullVsDistribution = find('dist-fs').pull / find('berth-fs').pull;
 }
+if (mirror) {
+  const [b, d] = ['Berth mirror', 'Distribution proxy'];
+  ratios.mirrorColdPullVsDistribution = find(`${d}-cold`).pull / find(`${b}-cold`).pull;
+  ratios.mirrorWarmPullVsDistribution = find(`${d}-warm`).pull / find(`${b}-warm`).pull;
+  ratios.mirror8ConcurrentColdVsDistribution = find(`${d}-x8`).pull / find(`${b}-x8`).pull;
+  const berth = mirror.rows.find((r) => r.name.startsWith('Berth'));
+  ratios.mirror8ConcurrentUpstreamImages = berth.concurrentFetched / berth.imageBytes;
+}
 // commit: link beside move (issue 18), with its targets. Both modes' s/GiB and push/PATCH, so they read side by side.
 const GiB = MiB / 1024;
 const link = find('berth-swift-link');
@@ -529,6 +559,10 @@ const TARGETS = {
   curlBerthSwiftPullVsRawSloGet: ['>=', 0.85],
   curlLinkSwiftPullVsRawSloGet: ['>=', 0.85],
   linkSwiftPullVsMove: ['~', 1],
+  // Issue 25's, the pull-through cache against Distribution's proxy mode.
+  mirrorColdPullVsDistribution: ['>=', 1.0],
+  mirrorWarmPullVsDistribution: ['>=', 2.0],
+  mirror8ConcurrentUpstreamImages: ['<=', 1.0],
   curlLinkSwiftPullVsMove: ['~', 1],
 };
 const targets = {};
@@ -563,7 +597,7 @@ lines.push('|---|---|---|');
 const cpuCell = (c) => (c ? `${f(c.client, 1)} / ${f(c.registry, 1)} / ${f(c.swift, 1)}` : '');
 for (const r of rows) if (r.pushCpu || r.pullCpu) lines.push(`| ${r.name} | ${cpuCell(r.pushCpu)} | ${cpuCell(r.pullCpu)} |`);
 lines.push('');
-lines.push('Ratios are the other side over Berth (higher is better for Berth), except SecondsPerGiB and PushVsPatch (lower is better). Targets are issue 18\'s, judged on this run alone:');
+lines.push('Ratios are the other side over Berth (higher is better for Berth), except SecondsPerGiB and PushVsPatch (lower is better). Targets are issue 18\'s (and 25\'s for the mirror), judged on this run alone:');
 lines.push('');
 lines.push('| ratio | value | target |');
 lines.push('|---|---|---|');
@@ -576,6 +610,6 @@ if (small) {
 const table = lines.join('\n');
 process.stdout.write(table + '\n');
 await mkdir(dirname(args.out), { recursive: true });
-await writeFile(args.out, JSON.stringify({ sizeMiB: MiB, runs: RUNS, rows, ratios, targets, finalPut, small, raw: results }, null, 2));
+await writeFile(args.out, JSON.stringify({ sizeMiB: MiB, runs: RUNS, rows, ratios, targets, finalPut, small, mirror, raw: results }, null, 2));
 log(`wrote ${args.out}`);
 await rm(work, { recursive: true, force: true });

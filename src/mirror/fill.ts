@@ -1,26 +1,57 @@
 /**
- * One blob fill: the upstream's bytes, verified against the digest as they pass (the last batch is held until the
- * digest is known), written to storage and to every client that asked while the fill was young (its first
- * REPLAY_BYTES are kept in memory, so a client that comes a little late gets them replayed). Clients are
- * readers of the fill, not its owner: one that goes away is dropped and the fill goes on for the others and for
- * the cache; one that stops reading without going away is dropped after the stall timeout, so it cannot hold the
- * fill. Wrong bytes, an upstream failure or a blob over the size cap cut every client's stream and store nothing.
+ * One blob fill: the upstream's bytes, hashed as they pass, written to a spool file (the last piece kept from the
+ * readers until the digest is known), and read from that file by every client, each at its own pace, and by the
+ * storage write once the blob is verified and its clients are served. The upstream is read as fast as it sends and
+ * the local disk takes it; a client is not held to the speed of a Swift PUT (the first design wrote to storage and
+ * clients in lock-step, and measured cold pulls at 0.4-0.5x of Distribution's proxy, which streams upstream to
+ * client and stores with a second GET), nor to another client's pace.
+ *
+ * The spool is unlinked as soon as it is opened: its disk space goes back when the last reader closes, and a
+ * crash leaves nothing behind. Clients are readers of the fill, not its owner: one that goes away closes its reader
+ * and the fill goes on; one that stops reading for the stall timeout is dropped. Wrong bytes, an upstream failure
+ * or a blob over the size cap destroy every reader (clients' connections are cut before their last byte) and
+ * nothing is stored (the storage write has not started).
+ *
+ * Memory per fill, whatever the blob's size: upstream pieces queued for the spool or the hash (at most SPOOL_QUEUE
+ * each way, 2 MiB, plus the batch being written), and per reader (each client, and the storage write) READ_AHEAD
+ * (2 MiB) buffered plus one READ_PIECE being read: about 6 MiB + 2.5 MiB per reader. Disk: the blob's size, for as
+ * long as it is read (at most max-fills spools per upstream).
  */
-import { PassThrough, Transform, type Readable } from 'node:stream';
-import { verifying } from '../registry/verify.js';
+import { createHash, randomUUID } from 'node:crypto';
+import { EventEmitter } from 'node:events';
+import { open, unlink, type FileHandle } from 'node:fs/promises';
+import { join } from 'node:path';
+import { Readable } from 'node:stream';
+import { addon, HashKind, PooledHash } from '../registry/native-hash.js';
+import { digestAlgorithm } from '../registry/paths.js';
+import { DigestMismatch } from '../registry/verify.js';
 
+/** What a reader takes from the spool at once. */
+export const READ_PIECE = 512 << 10;
 /**
- * How much of a fill's start is kept for clients that join late. Concurrent pulls of one image reach a layer
- * milliseconds to a second apart; without it every one but the first waits for the whole fill, then reads the
- * cache (measured: 4 concurrent cold skopeo pulls of a 64 MiB layer on Swift took 2.4x one pull). Memory: this
- * much per running fill, at most max-fills of them per upstream.
+ * What a reader holds at most: several pieces, so it reads ahead while its client drains the last ones. With one
+ * piece, each read's round trip through the thread pool (milliseconds on a busy host) stalled the client's socket.
  */
-export const REPLAY_BYTES = 8 * 1024 * 1024;
+const READ_AHEAD = 4 * READ_PIECE;
 
 export interface FillResult {
   /** Stored in the cache (false: prune was deleting it meanwhile, or storage failed; the clients still got it). */
   stored: boolean;
   bytes: number;
+  /** Milliseconds until the upstream's last byte was verified and spooled (the rest of the fill is storage's). */
+  fetchMs: number;
+}
+
+export interface FillOptions {
+  /** Where the spool file is made (and at once unlinked). */
+  spoolDir: string;
+  maxBytes: number;
+  /** A client that takes nothing for this long is dropped (0: never). */
+  stallMs: number;
+  /** How long the storage write waits at most for the fill's clients to be served (default STORE_DELAY_MS). */
+  storeDelayMs?: number;
+  /** Writes the verified blob of `size` bytes to storage; resolves to whether it is stored. */
+  store: (body: Readable, size: number) => Promise<boolean>;
 }
 
 /** The size cap, counted as the bytes pass (a missing or lying Content-Length does not get past it). */
@@ -32,105 +63,253 @@ export class BlobTooLarge extends Error {
 }
 
 export class Fill {
-  private readonly readers = new Set<PassThrough>();
-  private sent = 0;
-  /** What went out so far, while it is at most REPLAY_BYTES (then dropped: later clients wait for the cache). */
-  private history: Buffer[] | null = [];
+  /** Bytes in the spool that readers may take: all spooled but the last piece received, until the digest is known. */
+  private written = 0;
+  /** The upstream's body ended and matched the digest: a reader at `written` has the whole blob. */
+  private ended = false;
+  private failure: Error | null = null;
+  /** The fill's own work is over (stored or not, or failed): clients that come now read the cache. */
+  private finished = false;
+  /** Open readers, and the fill itself while it runs: the spool is closed when none is left. */
+  private refs = 1;
+  private readonly readers = new Set<Readable>();
+  private readonly progress = new EventEmitter().setMaxListeners(0);
   /** Resolves when the fill has ended: stored (or not), or failed (rejects). */
   readonly done: Promise<FillResult>;
+  private readonly stallMs: number;
 
-  constructor(
+  private constructor(
+    private readonly spool: FileHandle,
     source: Readable,
     digest: string,
-    opts: {
-      maxBytes: number;
-      stallMs: number;
-      /** Writes the verified stream to storage; resolves to whether it is stored. */
-      store: (body: Readable) => Promise<boolean>;
-    },
+    opts: FillOptions,
   ) {
-    const capped = cap(opts.maxBytes);
-    source.on('error', (err) => capped.destroy(err));
-    const verified = source.pipe(capped).pipe(verifying(digest));
-    capped.on('error', (err) => verified.destroy(err));
-    this.done = this.run(verified, opts.store, opts.stallMs);
+    this.stallMs = opts.stallMs;
+    this.done = this.run(source, digest, opts);
     this.done.catch(() => {});
   }
 
-  /** Whether a new client can still read the whole blob from this fill (what went out is still in memory). */
+  /** Opens the spool (unlinked at once) and starts reading `source`; a failure to open destroys `source`. */
+  static async start(source: Readable, digest: string, opts: FillOptions): Promise<Fill> {
+    const path = join(opts.spoolDir, `berth-fill-${randomUUID()}`);
+    let spool: FileHandle;
+    try {
+      spool = await open(path, 'wx+', 0o600);
+      await unlink(path);
+    } catch (err) {
+      source.destroy();
+      throw err;
+    }
+    return new Fill(spool, source, digest, opts);
+  }
+
+  /** Whether a new client can still read the blob from this fill. */
   get joinable(): boolean {
-    return this.history !== null;
+    return !this.finished && this.failure === null;
   }
 
   /** A stream of the blob for one more client, from its first byte; only while `joinable`. */
   reader(): Readable {
-    const r = new PassThrough({ highWaterMark: 1 << 20 });
-    for (const piece of this.history ?? []) r.write(piece);
-    this.readers.add(r);
-    r.once('close', () => this.readers.delete(r));
-    return r;
+    return this.open(this.stallMs);
   }
 
-  private async run(verified: Readable, store: (body: Readable) => Promise<boolean>, stallMs: number): Promise<FillResult> {
-    const toStorage = new PassThrough({ highWaterMark: 1 << 20 });
-    const stored = store(toStorage);
-    // A storage failure ends the cache's copy only: the clients still get their bytes.
-    stored.catch(() => toStorage.destroy());
-    let bytes = 0;
-    try {
-      for await (const chunk of verified as AsyncIterable<Buffer>) {
-        bytes += chunk.length;
-        this.sent += chunk.length;
-        if (this.history && this.sent <= REPLAY_BYTES) this.history.push(chunk);
-        else this.history = null;
-        const waits: Promise<void>[] = [];
-        if (!toStorage.destroyed && !toStorage.write(chunk)) waits.push(drained(toStorage, 0));
-        for (const r of this.readers) if (!r.destroyed && !r.write(chunk)) waits.push(drained(r, stallMs));
-        await Promise.all(waits);
+  private open(stallMs: number): Readable {
+    this.refs++;
+    let pos = 0;
+    let pumping = false;
+    let stall: NodeJS.Timeout | undefined;
+    const reader: Readable = new Readable({
+      highWaterMark: READ_AHEAD,
+      read: () => {
+        clearTimeout(stall);
+        void pump();
+      },
+      destroy: (err, cb) => {
+        clearTimeout(stall);
+        this.readers.delete(reader);
+        this.progress.emit('reader-closed');
+        this.release();
+        cb(err);
+      },
+    });
+    this.readers.add(reader);
+    const pump = async () => {
+      if (pumping) return;
+      pumping = true;
+      try {
+        while (!reader.destroyed) {
+          if (this.failure) return void reader.destroy(this.failure);
+          const available = this.written - pos;
+          if (available === 0) {
+            if (this.ended) return void reader.push(null);
+            await new Promise((resolve) => this.progress.once('progress', resolve));
+            continue;
+          }
+          const piece = Buffer.allocUnsafe(Math.min(available, READ_PIECE));
+          const { bytesRead } = await this.spool.read(piece, 0, piece.length, pos);
+          if (reader.destroyed) return;
+          if (bytesRead === 0) throw new Error('the fill spool ended early');
+          pos += bytesRead;
+          if (!reader.push(bytesRead === piece.length ? piece : piece.subarray(0, bytesRead))) {
+            // Full: the consumer must take something within stallMs, or it holds the spool for nothing.
+            if (stallMs > 0) stall = setTimeout(() => reader.destroy(new Error('reader stalled')), stallMs);
+            return;
+          }
+        }
+      } catch (err) {
+        reader.destroy(err as Error);
+      } finally {
+        pumping = false;
       }
+    };
+    return reader;
+  }
+
+  /** Resolves when no client reads the spool, or after `ms`. */
+  private clientsServed(ms: number): Promise<void> {
+    if (this.readers.size === 0) return Promise.resolve();
+    return new Promise((resolve) => {
+      const done = () => {
+        clearTimeout(timer);
+        this.progress.off('reader-closed', check);
+        resolve();
+      };
+      const check = () => this.readers.size === 0 && done();
+      const timer = setTimeout(done, ms);
+      this.progress.on('reader-closed', check);
+    });
+  }
+
+  private release(): void {
+    if (--this.refs === 0) void this.spool.close().catch(() => {});
+  }
+
+  /**
+   * The upstream's pieces go to the spool as they come (batched while a write is in flight) and to the hash; the
+   * readers see all but the last piece received until the digest is known, so wrong bytes never reach a client's
+   * last byte, and the storage write starts only after it. No stream stage in between: every byte is copied once
+   * into the spool and once out of it.
+   */
+  private async run(source: Readable, digest: string, opts: FillOptions): Promise<FillResult> {
+    const started = Date.now();
+    const hash = blobHash(digest);
+    let received = 0;
+    let last = 0;
+    let spooled = 0;
+    let fetchMs = 0;
+    let queue: Buffer[] = [];
+    let queued = 0;
+    let writing: Promise<void> | null = null;
+    const flush = () => {
+      const batch = queue;
+      const at = spooled;
+      queue = [];
+      const size = queued;
+      queued = 0;
+      writing = writeAll(this.spool, batch, at).then(() => {
+        spooled = at + size;
+        // The piece received last stays hidden until the digest is known (never spooled-and-shown unverified).
+        this.written = Math.min(spooled, received - last);
+        this.progress.emit('progress');
+        writing = null;
+        if (queue.length > 0) flush();
+      });
+      // Awaited when the queue is full or at the end; until then a failed write must not count as unhandled.
+      writing.catch(() => {});
+    };
+    try {
+      for await (const piece of source as AsyncIterable<Buffer>) {
+        if (piece.length === 0) continue;
+        received += piece.length;
+        last = piece.length;
+        if (received > opts.maxBytes) throw new BlobTooLarge(opts.maxBytes);
+        const hashing = hash.update(piece);
+        queue.push(piece);
+        queued += piece.length;
+        if (!writing) flush();
+        if (hashing) await hashing;
+        while (queued >= SPOOL_QUEUE && writing) await writing;
+      }
+      while (writing) await writing;
+      if (queue.length > 0) flush();
+      while (writing) await writing;
+      const actual = `${digest.slice(0, digest.indexOf(':'))}:${await hash.hex()}`;
+      if (actual !== digest) throw new DigestMismatch(digest, actual);
+      this.written = received;
+      this.ended = true;
+      fetchMs = Date.now() - started;
+      this.progress.emit('progress');
     } catch (err) {
-      this.history = null;
-      toStorage.destroy(err as Error);
-      for (const r of this.readers) r.destroy(err as Error);
+      source.destroy();
+      this.failure = err as Error;
+      this.finished = true;
+      this.progress.emit('progress');
+      // Paused readers would not look again: cut them now.
+      for (const r of [...this.readers]) r.destroy(err as Error);
+      this.release();
       throw err;
     }
-    // No one joins an ended fill: later clients read the cache.
-    this.history = null;
-    toStorage.end();
-    for (const r of this.readers) r.end();
+    // Storage is written from the spool once the blob is whole and verified, so it never sees wrong bytes (nothing
+    // to abandon), and once the fill's clients are served (or STORE_DELAY_MS at most), so its work (a Swift PUT: the
+    // HTTP and md5 here, Swift's own CPU on a shared host) does not slow the pulls waiting on it. Clients that come
+    // meanwhile read the spool.
+    await this.clientsServed(opts.storeDelayMs ?? STORE_DELAY_MS);
+    const toStorage = this.open(0);
+    const stored = opts.store(toStorage, received);
+    // A storage failure ends the cache's copy only: the clients still get their bytes.
+    stored.catch(() => toStorage.destroy());
     let ok = false;
     try {
       ok = await stored;
     } catch {
       ok = false;
     }
-    return { stored: ok, bytes };
+    this.finished = true;
+    this.release();
+    return { stored: ok, bytes: received, fetchMs };
   }
 }
 
-/** Resolves when `s` drains or closes; a reader that neither reads nor closes within `stallMs` is cut off. */
-function drained(s: PassThrough, stallMs: number): Promise<void> {
-  return new Promise((resolve) => {
-    if (s.destroyed) return resolve();
-    const done = () => {
-      clearTimeout(timer);
-      s.off('drain', done);
-      s.off('close', done);
-      resolve();
-    };
-    const timer = stallMs > 0 ? setTimeout(() => (s.destroy(new Error('reader stalled')), done()), stallMs) : undefined;
-    s.once('drain', done);
-    s.once('close', done);
-  });
+/** How long the storage write waits at most for the fill's clients to be served before it starts anyway. */
+export const STORE_DELAY_MS = 10_000;
+
+/** Bytes of upstream pieces waiting for the spool write in flight before the upstream is no longer read. */
+const SPOOL_QUEUE = 2 << 20;
+
+async function writeAll(file: FileHandle, pieces: Buffer[], position: number): Promise<void> {
+  let { bytesWritten } = await file.writev(pieces, position);
+  // A short write (rare on a regular file): the rest piece by piece.
+  for (const piece of pieces) {
+    if (bytesWritten >= piece.length) {
+      bytesWritten -= piece.length;
+      position += piece.length;
+      continue;
+    }
+    let done = bytesWritten;
+    bytesWritten = 0;
+    while (done < piece.length) {
+      const w = await file.write(piece, done, piece.length - done, position + done);
+      done += w.bytesWritten;
+    }
+    position += piece.length;
+  }
 }
 
-function cap(limit: number): Transform {
-  let seen = 0;
-  return new Transform({
-    transform(chunk: Buffer, _enc, done) {
-      seen += chunk.length;
-      if (seen > limit) return done(new BlobTooLarge(limit));
-      done(null, chunk);
-    },
-  });
+interface BlobHash {
+  /** Takes `piece` by reference; returns a promise only when the caller should wait for the hash to catch up. */
+  update(piece: Buffer): Promise<void> | undefined;
+  hex(): Promise<string>;
+}
+
+/** SHA-256 on the thread pool (beside the event loop) where the addon is there, else on this thread. */
+function blobHash(digest: string): BlobHash {
+  const algorithm = digestAlgorithm(digest);
+  if (algorithm === 'sha256' && addon) {
+    const ctx = addon.init(HashKind.Sha256);
+    // Small bounds: every piece queued is memory held (the same pieces the spool queue holds).
+    const pooled = new PooledHash(HashKind.Sha256, ctx, 1 << 20, SPOOL_QUEUE);
+    return { update: (p) => pooled.update(p), hex: () => pooled.settled().then(() => addon!.final(ctx).toString('hex')) };
+  }
+  const h = createHash(algorithm);
+  return { update: (p) => void h.update(p), hex: async () => h.digest('hex') };
 }

@@ -11,6 +11,7 @@
  *   concurrent misses of one item in this process share one upstream request.
  */
 import { createHash } from 'node:crypto';
+import { tmpdir } from 'node:os';
 import type { Readable } from 'node:stream';
 import type { MirrorConfig } from '../config/mirrors.js';
 import { RegistryError, blobUnknown, manifestUnknown } from '../registry/errors.js';
@@ -53,6 +54,8 @@ export interface MirrorBlob {
 export interface BlobAsk {
   head: boolean;
   client?: string;
+  /** The cache's size of the blob, if the caller already asked (cachedBlobSize); else it is asked here. */
+  cachedSize?: Promise<number | null>;
   /** The range wanted of a blob of `size` bytes, if any (the HTTP layer parses the header). */
   range?: (size: number) => ByteRange | 'unsatisfiable' | undefined;
 }
@@ -80,6 +83,8 @@ export class Mirror {
     private readonly log: MirrorLog,
     /** Seconds a redirect of a cached blob to storage stays valid (Swift temp URLs); undefined: never redirect. */
     private readonly redirectSeconds?: number,
+    /** Where fills spool the blobs they fetch (mirror/fill.ts): local disk, up to max-fills blobs per upstream. */
+    private readonly spoolDir = tmpdir(),
   ) {
     this.names = new MirrorNames(mirrors);
     // The shortest keep decides: a pull must reach storage well before prune could judge the item unpulled.
@@ -89,6 +94,11 @@ export class Mirror {
       this.upstreams.set(m.registry, new Upstream(m));
       this.slots.set(m.registry, new Slots(m.maxFills));
     }
+  }
+
+  /** The cached blob's size, null when not cached (or not a valid digest: the blob request then says BLOB_UNKNOWN). */
+  cachedBlobSize(registry: string, digest: string): Promise<number | null> {
+    return validDigest(digest) ? this.store.blobSize(registry, digest) : Promise.resolve(null);
   }
 
   /** A pull of a mirrored name that local content answered. */
@@ -200,8 +210,11 @@ export class Mirror {
       this.metrics.upstreamError(m.registry, 'invalid');
       throw new RegistryError('UNAVAILABLE', 'the upstream registry sent a manifest Berth cannot serve');
     }
-    await this.store.writeManifest(m.registry, digest, body, mediaType);
-    if (!reference.includes(':')) await this.store.setTag(m.registry, name, reference, { digest, mediaType, size: body.length, checked: Date.now() });
+    // The tag beside the manifest: a reader that finds the tag before the manifest fetches it again, nothing worse.
+    await Promise.all([
+      this.store.writeManifest(m.registry, digest, body, mediaType),
+      reference.includes(':') ? undefined : this.store.setTag(m.registry, name, reference, { digest, mediaType, size: body.length, checked: Date.now() }),
+    ]);
     this.metrics.served(m.registry, 'manifest', 'miss');
     this.metrics.fetched(m.registry, body.length);
     this.log.info({ registry: m.registry, upstream: res.host, repository: name, reference, digest, bytes: body.length, ms: Date.now() - started }, 'mirror fill: manifest');
@@ -218,7 +231,7 @@ export class Mirror {
   async blob(m: MirrorConfig, name: string, digest: string, ask: BlobAsk): Promise<MirrorBlob> {
     const { head, client = '' } = ask;
     if (!validDigest(digest)) throw blobUnknown(digest);
-    const size = await this.store.blobSize(m.registry, digest);
+    const size = await (ask.cachedSize ?? this.store.blobSize(m.registry, digest));
     if (size !== null) {
       this.metrics.served(m.registry, 'blob', 'hit');
       // Ranges are answered from the cache only (a fill always sends the whole blob, as it verifies it).
@@ -235,16 +248,15 @@ export class Mirror {
     const pending = this.fills.get(key);
     if (pending) {
       if (head) return { size: this.fillSizes.get(key) };
-      // Waiters resume in the microtasks after the fill opens, before its first byte can arrive from the socket.
       const running = await pending;
-      // Checked and joined in one step: no byte can go out in between.
+      // Every client joining before the fill ends reads the whole blob from its spool, at its own pace.
       if (running.joinable) {
         this.metrics.served(m.registry, 'blob', 'miss');
         return { size: this.fillSizes.get(key), body: running.reader() };
       }
-      // Too late to read it from the start: wait for the cache.
+      // The fill ended (its spool is no longer offered): the cache has the blob, unless storing it failed.
       const result = await running.done.catch(() => null);
-      if (result?.stored) return this.blob(m, name, digest, ask);
+      if (result?.stored) return this.blob(m, name, digest, { ...ask, cachedSize: undefined });
       throw new RegistryError('UNAVAILABLE', 'the blob could not be fetched from the upstream registry; retry');
     }
     if (head) return this.headUpstream(m, name, digest);
@@ -310,19 +322,27 @@ export class Mirror {
     const size = Number.isSafeInteger(lengthHeader) && lengthHeader >= 0 ? lengthHeader : undefined;
     // Storage's writes are not tied to any client: a fill ends when the upstream's body does.
     const stop = new AbortController();
-    const fill = new Fill(res.body, digest, {
-      maxBytes: m.maxBlobSize,
-      stallMs: m.timeout * 1000,
-      store: (body) => this.store.writeBlob(m.registry, digest, body, size, stop.signal),
-    });
+    let fill: Fill;
+    try {
+      fill = await Fill.start(res.body, digest, {
+        spoolDir: this.spoolDir,
+        maxBytes: m.maxBlobSize,
+        stallMs: m.timeout * 1000,
+        store: (body, bytes) => this.store.writeBlob(m.registry, digest, body, bytes, stop.signal),
+      });
+    } catch (err) {
+      slots.give();
+      this.log.warn({ registry: m.registry, digest, err: (err as Error).message }, 'mirror fill: no spool file');
+      throw new RegistryError('UNAVAILABLE', 'the mirror cannot fetch blobs now; retry later');
+    }
     this.fillSizes.set(key, size);
     this.metrics.fills(m.registry, 1);
     this.metrics.served(m.registry, 'blob', 'miss');
     fill.done.then(
-      ({ stored, bytes }) => {
+      ({ stored, bytes, fetchMs }) => {
         this.metrics.fetched(m.registry, bytes);
         if (!stored) this.metrics.upstreamError(m.registry, 'storage');
-        this.log.info({ registry: m.registry, upstream: res.host, repository: name, digest, bytes, ms: Date.now() - started, stored }, 'mirror fill: blob');
+        this.log.info({ registry: m.registry, upstream: res.host, repository: name, digest, bytes, fetchMs, ms: Date.now() - started, stored }, 'mirror fill: blob');
       },
       (err: unknown) => {
         stop.abort(err);

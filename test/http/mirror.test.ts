@@ -74,6 +74,15 @@ async function startMirror(config: Partial<MirrorConfig>[]): Promise<{ served: S
   return { served, core, metrics: m, root };
 }
 
+/** Resolves once the cache holds the blob (a fill's storage write ends after its clients have their bytes). */
+async function storedBlob(core: Mirror, digest: string, registry = 'quay.io'): Promise<void> {
+  for (let i = 0; i < 200; i++) {
+    if ((await core.store.blobSize(registry, digest)) !== null) return;
+    await new Promise((r) => setTimeout(r, 25));
+  }
+  throw new Error(`${digest} never reached the cache`);
+}
+
 /** Blob GETs the upstream answered with the bytes (a first GET without a token gets 401 and no bytes). */
 const blobGets = (s: Served, digest: string) => s.answered.filter((r) => r.startsWith('GET ') && r.includes(`/blobs/${digest} 200`)).length;
 
@@ -113,6 +122,8 @@ describe('pull-through cache against a Berth upstream with the Bearer flow', () 
     // The token was reused for the blob: one token request for the repository.
     expect(cold.filter((r) => r.startsWith('GET /auth/token')).length).toBe(1);
 
+    // The client had its bytes before the cache finished storing them; a pull from now on is warm.
+    await storedBlob(mirrorCore, sha256(layer));
     const warmFrom = upstream.requests.length;
     const again = await fetch(`${mirror.url}/v2/quay.io/org/app/manifests/v1`);
     expect(again.headers.get('docker-content-digest')).toBe(image.digest);

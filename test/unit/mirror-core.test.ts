@@ -1,8 +1,10 @@
 /** The cache's fill, store and prune over the in-memory driver (and one that cuts blobs into small objects, as Swift does). */
+import { readdir } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
 import { Readable } from 'node:stream';
 import { describe, expect, it } from 'vitest';
 import { MIRROR_DEFAULTS, type MirrorConfig } from '../../src/config/mirrors.js';
-import { BlobTooLarge, Fill, REPLAY_BYTES } from '../../src/mirror/fill.js';
+import { BlobTooLarge, Fill } from '../../src/mirror/fill.js';
 import { pruneMirror } from '../../src/mirror/prune.js';
 import { CacheStore } from '../../src/mirror/store.js';
 import { paths } from '../../src/registry/paths.js';
@@ -37,39 +39,70 @@ describe('a blob fill', () => {
     const store = new CacheStore(driver, 1000);
     const blob = data(3 * 1024 * 1024);
     const digest = sha256(blob);
-    const fill = new Fill(pieces(blob), digest, { maxBytes: 1 << 30, stallMs: 5000, store: (body) => store.writeBlob(REG, digest, body, blob.length, new AbortController().signal) });
+    const fill = await Fill.start(pieces(blob), digest, { spoolDir: tmpdir(), maxBytes: 1 << 30, stallMs: 5000, store: (body: Readable) => store.writeBlob(REG, digest, body, blob.length, new AbortController().signal) });
     const readers = [fill.reader(), fill.reader()];
     const got = await Promise.all(readers.map(collect));
     for (const g of got) expect(g.equals(blob)).toBe(true);
-    expect(await fill.done).toEqual({ stored: true, bytes: blob.length });
+    expect(await fill.done).toMatchObject({ stored: true, bytes: blob.length });
     expect((await driver.read(paths.mirrorBlobData(REG, digest))).equals(blob)).toBe(true);
     expect(await driver.stat(paths.mirrorTouched(REG, digest))).not.toBeNull();
     expect(await driver.stat(paths.mirrorPulled(REG, digest))).not.toBeNull();
   });
 
-  it('a reader that joins after the first bytes went out gets them replayed, while the fill is young', async () => {
+  it('a reader that joins late reads the whole blob from the spool; a reader that does not read holds back neither the others nor storage', async () => {
     const driver = new MemoryDriver();
     const store = new CacheStore(driver, 1000);
-    const blob = data(REPLAY_BYTES + 4 * 1024 * 1024, 11);
+    const blob = data(12 * 1024 * 1024, 11);
     const digest = sha256(blob);
-    const fill = new Fill(pieces(blob, 256 * 1024), digest, { maxBytes: 1 << 30, stallMs: 5000, store: (body) => store.writeBlob(REG, digest, body, blob.length, new AbortController().signal) });
+    // A short store delay: storage does not wait the default 10 s for a client that never reads.
+    const fill = await Fill.start(pieces(blob, 256 * 1024), digest, { spoolDir: tmpdir(), maxBytes: 1 << 30, stallMs: 60_000, storeDelayMs: 300, store: (body: Readable) => store.writeBlob(REG, digest, body, blob.length, new AbortController().signal) });
+    // Never read: in lock-step with its readers, the fill would wait for it forever.
+    const idle = fill.reader();
     const first = fill.reader();
     const got: Buffer[] = [];
     let late: Promise<Buffer> | undefined;
-    let tooLate = false;
     for await (const p of first) {
       got.push(p as Buffer);
-      const sent = got.reduce((n, b) => n + b.length, 0);
-      if (!late && sent >= 2 * 1024 * 1024) {
+      if (!late && got.reduce((n, b) => n + b.length, 0) >= 10 * 1024 * 1024) {
         expect(fill.joinable).toBe(true);
         late = collect(fill.reader());
       }
-      if (sent > REPLAY_BYTES + 1024 * 1024) tooLate ||= !fill.joinable;
     }
     expect(Buffer.concat(got).equals(blob)).toBe(true);
     expect((await late!).equals(blob)).toBe(true);
-    expect(tooLate).toBe(true);
+    expect((await fill.done).stored).toBe(true);
     expect(fill.joinable).toBe(false);
+    // The idle reader still gets everything afterwards, from the (unlinked) spool it holds open.
+    expect((await collect(idle)).equals(blob)).toBe(true);
+  });
+
+  it("storage is written only after the fill's clients have their bytes (not beside them)", async () => {
+    const driver = new MemoryDriver();
+    const store = new CacheStore(driver, 1000);
+    const blob = data(6 * 1024 * 1024, 13);
+    const digest = sha256(blob);
+    const events: string[] = [];
+    const fill = await Fill.start(pieces(blob), digest, {
+      spoolDir: tmpdir(),
+      maxBytes: 1 << 30,
+      stallMs: 5000,
+      store: (body: Readable, size: number) => (events.push('store'), store.writeBlob(REG, digest, body, size, new AbortController().signal)),
+    });
+    const reader = fill.reader();
+    reader.on('end', () => events.push('client done'));
+    expect((await collect(reader)).equals(blob)).toBe(true);
+    expect((await fill.done).stored).toBe(true);
+    expect(events).toEqual(['client done', 'store']);
+  });
+
+  it('the spool is unlinked at once: nothing is left in its directory, even while the fill runs', async () => {
+    const dir = await import('node:fs/promises').then((f) => f.mkdtemp(`${tmpdir()}/berth-spool-`));
+    const blob = data(2 * 1024 * 1024, 12);
+    const digest = sha256(blob);
+    const fill = await Fill.start(pieces(blob), digest, { spoolDir: dir, maxBytes: 1 << 30, stallMs: 5000, store: async (body: Readable) => (await collect(body), true) });
+    expect(await readdir(dir)).toEqual([]);
+    expect((await collect(fill.reader())).equals(blob)).toBe(true);
+    await fill.done;
   });
 
   it('wrong bytes: every reader errors before the last byte and nothing is stored', async () => {
@@ -79,7 +112,7 @@ describe('a blob fill', () => {
     const digest = sha256(blob);
     const corrupt = Buffer.from(blob);
     corrupt[corrupt.length - 10] ^= 1;
-    const fill = new Fill(pieces(corrupt), digest, { maxBytes: 1 << 30, stallMs: 5000, store: (body) => store.writeBlob(REG, digest, body, blob.length, new AbortController().signal) });
+    const fill = await Fill.start(pieces(corrupt), digest, { spoolDir: tmpdir(), maxBytes: 1 << 30, stallMs: 5000, store: (body: Readable) => store.writeBlob(REG, digest, body, blob.length, new AbortController().signal) });
     const reader = fill.reader();
     let received = 0;
     reader.on('data', (p: Buffer) => (received += p.length));
@@ -94,7 +127,7 @@ describe('a blob fill', () => {
     const store = new CacheStore(driver, 1000);
     const blob = data(4 * 1024 * 1024, 9);
     const digest = sha256(blob);
-    const fill = new Fill(pieces(blob), digest, { maxBytes: 1 << 30, stallMs: 5000, store: (body) => store.writeBlob(REG, digest, body, blob.length, new AbortController().signal) });
+    const fill = await Fill.start(pieces(blob), digest, { spoolDir: tmpdir(), maxBytes: 1 << 30, stallMs: 5000, store: (body: Readable) => store.writeBlob(REG, digest, body, blob.length, new AbortController().signal) });
     const leaving = fill.reader();
     leaving.once('data', () => leaving.destroy());
     expect((await fill.done).stored).toBe(true);
@@ -106,7 +139,7 @@ describe('a blob fill', () => {
     const store = new CacheStore(driver, 1000);
     const blob = data(2 * 1024 * 1024);
     const digest = sha256(blob);
-    const fill = new Fill(pieces(blob), digest, { maxBytes: 1024 * 1024, stallMs: 5000, store: (body) => store.writeBlob(REG, digest, body, undefined, new AbortController().signal) });
+    const fill = await Fill.start(pieces(blob), digest, { spoolDir: tmpdir(), maxBytes: 1024 * 1024, stallMs: 5000, store: (body: Readable) => store.writeBlob(REG, digest, body, undefined, new AbortController().signal) });
     fill.reader().resume().on('error', () => {});
     await expect(fill.done).rejects.toBeInstanceOf(BlobTooLarge);
     expect(await driver.stat(paths.mirrorBlobData(REG, digest))).toBeNull();

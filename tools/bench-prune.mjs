@@ -166,11 +166,11 @@ async function pushAll(url, from, to) {
   return out;
 }
 
-/** Every kept image whole: its manifest by tag, and each blob's bytes by digest; 8 images at a time. */
+/** Every kept image whole: its manifest by tag, and each blob's bytes by digest; 16 images at a time. */
 async function verify(url, images) {
   let bad = 0;
   let next = 0;
-  await Promise.all(Array.from({ length: 8 }, async () => {
+  await Promise.all(Array.from({ length: 16 }, async () => {
     while (next < images.length) {
       const img = images[next++];
       const m = await fetch(`${url}/v2/${img.repo}/manifests/${img.tag}`, { headers: { Accept: 'application/vnd.oci.image.manifest.v1+json' } });

@@ -117,14 +117,23 @@ export async function sweepBatch(ctx: SweepContext, batch: Candidate[]): Promise
   const confirmed = batch.filter((c) => outcome.get(c.digest) === 'deleted');
   const owner = new Map<string, string>();
   for (const c of confirmed) for (const o of c.objects) owner.set(o.path, c.digest);
-  const objects = confirmed.flatMap((c) => c.objects);
-  const failures = await deleteAll(driver, objects, ctx.deletes);
-  for (const f of failures) {
-    const digest = owner.get(f.path)!;
-    if (outcome.get(digest) === 'deleted') ctx.failed(digest, 'delete failed', f.error);
-    outcome.set(digest, 'failed');
-  }
-  ctx.deleted(objects.length - failures.length);
+  const isPart = (o: ObjectInfo) => parseBlobPath(ns, o.path)?.rest.startsWith('parts/') === true;
+  // Everything but the parts first, the data as a plain object even where it is a join (an SLO): a multipart delete
+  // costs a request and several of Swift's own steps per blob. Its parts are either the blob's own (move mode), which
+  // go next, once the data that reads from them is gone, or in its upload's directory (link mode), which goes with
+  // the claim in this run (removeClaims; the next run's uploads stage at worst).
+  const remove = async (objects: ObjectInfo[]) => {
+    const failures = await deleteAll(driver, objects.map((o) => ({ path: o.path, joined: false })), ctx.deletes);
+    for (const f of failures) {
+      const digest = owner.get(f.path)!;
+      if (outcome.get(digest) === 'deleted') ctx.failed(digest, 'delete failed', f.error);
+      outcome.set(digest, 'failed');
+    }
+    ctx.deleted(objects.length - failures.length);
+  };
+  await remove(confirmed.flatMap((c) => c.objects.filter((o) => !isPart(o))));
+  // A blob whose data could not be deleted keeps the parts it reads from.
+  await remove(confirmed.filter((c) => outcome.get(c.digest) === 'deleted').flatMap((c) => c.objects.filter(isPart)));
   // Tombstones last: of blobs now gone, and of blobs a push claimed (it is kept, and must not look swept).
   const tombstones = batch
     .filter((c) => outcome.get(c.digest) !== 'failed')

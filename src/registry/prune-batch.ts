@@ -185,9 +185,9 @@ export async function strayParts(
 }
 
 /**
- * With commit: link, a swept blob's segments lay in an upload directory claimed by uploads/<id>/owner.<digest>, and
- * the blob's delete took them; the claim, and whatever else is left there, goes in the same run (one more listing
- * of the uploads) instead of the next. Only claims older than the upload expiry: a younger one is a commit of the
+ * With commit: link, a swept blob's segments lie in an upload directory claimed by uploads/<id>/owner.<digest>
+ * (the sweep deleted only the data, as a plain object); they, the claim and whatever else is left there go in the
+ * same run (one more listing of the uploads) instead of the next. Only claims older than the upload expiry: a younger one is a commit of the
  * same digest in progress (another upload), which keeps its directory. A batch of directories at a time: what is
  * left first, then the claims of those emptied (a directory never loses its claim while something of it stays).
  */

@@ -13,14 +13,13 @@
 import type { DeleteFailure, DeleteTarget, ObjectInfo, StorageDriver } from '../storage/driver.js';
 import { targetPath } from '../storage/delete-many.js';
 import { forEachLimited } from '../util/concurrency.js';
+import { LISTING_AHEAD, PRUNE_REQUESTS, readAhead, type Limiter } from './prune-limit.js';
 import { groups } from './listing.js';
 import { parseBlobPath, parseUploadPath, paths, uploadOwnerOf } from './paths.js';
 import type { PruneReport, Tally } from './prune.js';
 
 /** Objects per `deleteMany`: one Swift bulk request; small enough that a batch's state stays small. */
 export const DELETE_BATCH = 1000;
-/** Blobs tombstoned and re-read at once. */
-export const SWEEP_PARALLELISM = 16;
 /** Blobs swept per batch. */
 export const SWEEP_BATCH = 250;
 
@@ -39,7 +38,14 @@ export class DeleteQueue {
     private readonly deleted: (n: number) => void,
     /** A queue whose deletions must all come first: flushed before each flush of this one. */
     private readonly after?: DeleteQueue,
+    /** Shared by a run's queues and sweeps: one `deleteMany` at a time (each has its own requests in flight). */
+    private readonly gate?: Limiter,
   ) {}
+
+  /** A queue of its own with the same reporting: for work whose flushes must not wait on, or flush, another's. */
+  sibling(): DeleteQueue {
+    return new DeleteQueue(this.driver, this.failed, this.deleted, undefined, this.gate);
+  }
 
   async add(target: DeleteTarget, done?: (ok: boolean) => void): Promise<void> {
     this.pending.push({ target, done });
@@ -51,17 +57,17 @@ export class DeleteQueue {
     const batch = this.pending;
     this.pending = [];
     if (batch.length === 0) return;
-    const bad = new Set((await deleteAll(this.driver, batch.map((q) => q.target))).map((f) => (this.failed(f), f.path)));
+    const bad = new Set((await deleteAll(this.driver, batch.map((q) => q.target), this.gate)).map((f) => (this.failed(f), f.path)));
     this.deleted(batch.length - bad.size);
     for (const q of batch) q.done?.(!bad.has(targetPath(q.target)));
   }
 }
 
-/** `deleteMany`, with a driver that throws counted as failing every target. */
-export async function deleteAll(driver: StorageDriver, targets: DeleteTarget[]): Promise<DeleteFailure[]> {
+/** `deleteMany` (through `gate`, if given), with a driver that throws counted as failing every target. */
+export async function deleteAll(driver: StorageDriver, targets: DeleteTarget[], gate?: Limiter): Promise<DeleteFailure[]> {
   if (targets.length === 0) return [];
   try {
-    return await driver.deleteMany(targets);
+    return await (gate ? gate.run(() => driver.deleteMany(targets)) : driver.deleteMany(targets));
   } catch (err) {
     const error = err instanceof Error ? err : new Error(String(err));
     return targets.map((t) => ({ path: targetPath(t), error }));
@@ -83,6 +89,10 @@ export interface SweepContext {
   driver: StorageDriver;
   ns: string;
   graceCutoff: number;
+  /** Bounds the tombstones and re-reads together with prune's other requests. */
+  limit: Limiter;
+  /** One `deleteMany` of the run at a time (DeleteQueue). */
+  deletes: Limiter;
   /** A step failed for this blob (it is kept; the run goes on). */
   failed(digest: string, what: string, err: Error): void;
   /** Objects deleted (for progress). */
@@ -93,10 +103,11 @@ export interface SweepContext {
 export async function sweepBatch(ctx: SweepContext, batch: Candidate[]): Promise<Map<string, SweepOutcome>> {
   const { driver, ns } = ctx;
   const outcome = new Map<string, SweepOutcome>();
-  await forEachLimited(batch, SWEEP_PARALLELISM, async (c) => {
+  await forEachLimited(batch, PRUNE_REQUESTS, async (c) => {
     try {
-      await driver.put(paths.blobTombstone(ns, c.digest), Buffer.alloc(0));
-      const touched = await driver.stat(paths.blobTouched(ns, c.digest));
+      // The re-read follows its own tombstone's PUT (the protocol's order), whatever else is in flight.
+      await ctx.limit.run(() => driver.put(paths.blobTombstone(ns, c.digest), Buffer.alloc(0)));
+      const touched = await ctx.limit.run(() => driver.stat(paths.blobTouched(ns, c.digest)));
       outcome.set(c.digest, touched && touched.modified.getTime() >= ctx.graceCutoff ? 'claimed' : 'deleted');
     } catch (err) {
       outcome.set(c.digest, 'failed');
@@ -106,19 +117,28 @@ export async function sweepBatch(ctx: SweepContext, batch: Candidate[]): Promise
   const confirmed = batch.filter((c) => outcome.get(c.digest) === 'deleted');
   const owner = new Map<string, string>();
   for (const c of confirmed) for (const o of c.objects) owner.set(o.path, c.digest);
-  const objects = confirmed.flatMap((c) => c.objects);
-  const failures = await deleteAll(driver, objects);
-  for (const f of failures) {
-    const digest = owner.get(f.path)!;
-    if (outcome.get(digest) === 'deleted') ctx.failed(digest, 'delete failed', f.error);
-    outcome.set(digest, 'failed');
-  }
-  ctx.deleted(objects.length - failures.length);
+  const isPart = (o: ObjectInfo) => parseBlobPath(ns, o.path)?.rest.startsWith('parts/') === true;
+  // Everything but the parts first, the data as a plain object even where it is a join (an SLO): a multipart delete
+  // costs a request and several of Swift's own steps per blob. Its parts are either the blob's own (move mode), which
+  // go next, once the data that reads from them is gone, or in its upload's directory (link mode), which goes with
+  // the claim in this run (removeClaims; the next run's uploads stage at worst).
+  const remove = async (objects: ObjectInfo[]) => {
+    const failures = await deleteAll(driver, objects.map((o) => ({ path: o.path, joined: false })), ctx.deletes);
+    for (const f of failures) {
+      const digest = owner.get(f.path)!;
+      if (outcome.get(digest) === 'deleted') ctx.failed(digest, 'delete failed', f.error);
+      outcome.set(digest, 'failed');
+    }
+    ctx.deleted(objects.length - failures.length);
+  };
+  await remove(confirmed.flatMap((c) => c.objects.filter((o) => !isPart(o))));
+  // A blob whose data could not be deleted keeps the parts it reads from.
+  await remove(confirmed.filter((c) => outcome.get(c.digest) === 'deleted').flatMap((c) => c.objects.filter(isPart)));
   // Tombstones last: of blobs now gone, and of blobs a push claimed (it is kept, and must not look swept).
   const tombstones = batch
     .filter((c) => outcome.get(c.digest) !== 'failed')
     .map((c) => ({ path: paths.blobTombstone(ns, c.digest), joined: false, digest: c.digest }));
-  const bad = await deleteAll(driver, tombstones);
+  const bad = await deleteAll(driver, tombstones, ctx.deletes);
   const badPaths = new Set(bad.map((f) => f.path));
   for (const t of tombstones) {
     if (!badPaths.has(t.path)) {
@@ -165,9 +185,9 @@ export async function strayParts(
 }
 
 /**
- * With commit: link, a swept blob's segments lay in an upload directory claimed by uploads/<id>/owner.<digest>, and
- * the blob's delete took them; the claim, and whatever else is left there, goes in the same run (one more listing
- * of the uploads) instead of the next. Only claims older than the upload expiry: a younger one is a commit of the
+ * With commit: link, a swept blob's segments lie in an upload directory claimed by uploads/<id>/owner.<digest>
+ * (the sweep deleted only the data, as a plain object); they, the claim and whatever else is left there go in the
+ * same run (one more listing of the uploads) instead of the next. Only claims older than the upload expiry: a younger one is a commit of the
  * same digest in progress (another upload), which keeps its directory. A batch of directories at a time: what is
  * left first, then the claims of those emptied (a directory never loses its claim while something of it stays).
  */
@@ -179,20 +199,31 @@ export async function removeClaims(
   queue: DeleteQueue,
   claimDeleted: () => void,
 ): Promise<void> {
-  let claimed: { marks: ObjectInfo[]; rest: ObjectInfo[] }[] = [];
-  const settle = async () => {
-    const emptied = claimed.map(() => true);
-    for (const [i, dir] of claimed.entries()) for (const o of dir.rest) await queue.add(o, (ok) => (emptied[i] &&= ok));
-    await queue.flush();
-    for (const [i, dir] of claimed.entries()) {
+  type Dir = { marks: ObjectInfo[]; rest: ObjectInfo[] };
+  let claimed: Dir[] = [];
+  // Each batch of directories on a queue of its own, so that its two steps stay in order while the next batch is
+  // listed and started; two batches in flight at most.
+  const settle = async (dirs: Dir[]) => {
+    const own = queue.sibling();
+    const emptied = dirs.map(() => true);
+    for (const [i, dir] of dirs.entries()) for (const o of dir.rest) await own.add(o, (ok) => (emptied[i] &&= ok));
+    await own.flush();
+    for (const [i, dir] of dirs.entries()) {
       if (!emptied[i]) continue;
-      for (const o of dir.marks) await queue.add(o, (ok) => ok && isClaim(o) && claimDeleted());
+      for (const o of dir.marks) await own.add(o, (ok) => ok && isClaim(o) && claimDeleted());
     }
-    await queue.flush();
+    await own.flush();
+  };
+  const settling: Promise<void>[] = [];
+  const start = async () => {
+    const p = settle(claimed);
     claimed = [];
+    p.catch(() => {});
+    settling.push(p);
+    if (settling.length >= 2) await settling.shift();
   };
   const isClaim = (o: ObjectInfo) => uploadOwnerOf(parseUploadPath(ns, o.path)!.rest) !== null;
-  for await (const { objects } of groups(driver.list(paths.uploads(ns)), (o) => parseUploadPath(ns, o.path)?.id ?? null)) {
+  for await (const { objects } of groups(readAhead(driver.list(paths.uploads(ns)), LISTING_AHEAD), (o) => parseUploadPath(ns, o.path)?.id ?? null)) {
     const claims = objects.filter(isClaim);
     // Every claim of the directory names a blob swept now (two joins may have raced past the seal) and is old.
     const ours = claims.length > 0 && claims.every((c) => swept.has(uploadOwnerOf(parseUploadPath(ns, c.path)!.rest)!) && c.modified.getTime() < graceCutoff);
@@ -200,9 +231,10 @@ export async function removeClaims(
     // The claims and the seal go last, as prune-uploads.ts removes them: never while something they speak for stays.
     const isMark = (o: ObjectInfo) => isClaim(o) || o.path.endsWith('/sealed');
     claimed.push({ marks: objects.filter(isMark), rest: objects.filter((o) => !isMark(o)) });
-    if (claimed.length >= SWEEP_BATCH) await settle();
+    if (claimed.length >= SWEEP_BATCH) await start();
   }
-  await settle();
+  await start();
+  while (settling.length > 0) await settling.shift();
 }
 
 /**

@@ -7,8 +7,8 @@
  *   upload being old says nothing);
  * - with commit: link, the segments of a blob, claimed by uploads/<id>/owner.<digest> (upload-commit.ts). A claim
  *   is judged by its own time: younger than the upload expiry, it is a commit in progress and left alone. An older
- *   one is kept while its blob is stored, at no cost beyond the listing (the claim's name says the blob). Its blob's
- *   delete takes the segments, and the claim goes after the blob stage (prune-batch.ts: removeClaims). Where a
+ *   one is kept while its blob is stored, at no cost beyond the listing (the claim's name says the blob). Once its
+ *   blob is swept, the segments and the claim go after the blob stage (prune-batch.ts: removeClaims). Where a
  *   record survived (a commit that stopped before removing it) or two directories claim one blob (two uploads of
  *   one digest committed at once), the
  *   directory is checked against what the blob reads from (`segments`, one request): the rest goes, the record

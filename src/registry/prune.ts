@@ -24,60 +24,20 @@ import { groups } from './listing.js';
 import { needs } from './manifest-doc.js';
 import { parseBlobPath, parseRepoPath, paths, validDigest, validTag } from './paths.js';
 import { pruneUploads } from './prune-uploads.js';
-import { DeleteQueue, SWEEP_BATCH, SWEEP_PARALLELISM, progressLine, removeClaims, strayParts, sweepBatch, type Candidate, type SweepContext } from './prune-batch.js';
+import { DeleteQueue, SWEEP_BATCH, progressLine, removeClaims, strayParts, sweepBatch, type Candidate, type SweepContext } from './prune-batch.js';
 import { forEachLimited } from '../util/concurrency.js';
-import { UsageTally, writeUsage, type NamespaceUsage } from './usage.js';
+import { LISTING_AHEAD, Limiter, PRUNE_REQUESTS, drainLimited, readAhead } from './prune-limit.js';
+import { UsageTally, writeUsage } from './usage.js';
 
-export interface PruneLog {
-  debug(obj: object, msg: string): void;
-  info(obj: object, msg: string): void;
-  warn(obj: object, msg: string): void;
-}
-
-export interface PruneOptions {
-  /** Seconds after which tags and manifests expire; undefined: nothing expires by age. */
-  expiration?: number;
-  /** Seconds of inactivity after which an upload is abandoned; also the grace period of unreferenced blobs. */
-  uploadExpiry: number;
-  dryRun?: boolean;
-  /** The clock prune judges ages by (tests move it forward instead of waiting). */
-  now?: Date;
-  log: PruneLog;
-  /** Called every few seconds on long runs. */
-  progress?: (line: string) => void;
-  /** A lock older than this belongs to a prune that died; it is taken over. */
-  staleLockSeconds?: number;
-  /** Pause before reading the lock back, where the driver says creates are not atomic (storage/exclusive.ts). */
-  lockSettleMs?: number;
-}
-
-export interface Tally {
-  examined: number;
-  kept: number;
-  deleted: number;
-}
-
-export interface PruneReport {
-  namespace: string;
-  /** Another prune holds the namespace; nothing was done. */
-  refused?: string;
-  uploads: Tally;
-  /** Upload directories that hold a linked blob's segments (commit: link). */
-  linked: Tally;
-  manifests: Tally;
-  tags: Tally;
-  blobs: Tally;
-  bytes: Tally;
-  /** Deletions that failed (the run went on). */
-  failures: number;
-  /** Stored objects deleted (every kind: records, links, blob data, markers). */
-  objects: number;
-  /** What the namespace stores after the run (not on a dry run); also stored at usage/last.json (usage.ts). */
-  usage?: NamespaceUsage;
-}
+import type { PruneOptions, PruneReport, Tally } from './prune-types.js';
+export type { PruneLog, PruneOptions, PruneReport, Tally } from './prune-types.js';
 
 const tally = (): Tally => ({ examined: 0, kept: 0, deleted: 0 });
 const PROGRESS_EVERY_MS = 5000;
+/** Repositories expired and marked at once (memory: their listings); their requests share the run's Limiter. */
+const REPOSITORIES_AT_ONCE = 8;
+/** Sweep batches in flight: the next batch is tombstoned while the last one's deletes run. */
+const SWEEPS_AT_ONCE = 2;
 
 export class Pruner {
   constructor(private readonly driver: StorageDriver) {}
@@ -90,11 +50,11 @@ export class Pruner {
       if (refused) return { ...report, refused };
     }
     try {
-      await run.uploads();
-      const marked = await run.manifests();
-      const swept = await run.blobs(marked);
-      await run.links(marked);
-      await run.claimsOf(swept);
+      await run.stage('uploads', () => run.uploads());
+      const marked = await run.stage('manifests', () => run.manifests());
+      const swept = await run.stage('blobs', () => run.blobs(marked));
+      await run.stage('links', () => run.links(marked));
+      await run.stage('claims', () => run.claimsOf(swept));
       if (!opts.dryRun) await run.recordUsage();
     } finally {
       if (!opts.dryRun) await run.unlock();
@@ -116,6 +76,10 @@ class Run {
   private readonly marks: DeleteQueue;
   private readonly usage = new UsageTally();
   private readonly sweepContext: SweepContext;
+  /** Every request of prune's own (not the batched deletes): PRUNE_REQUESTS in flight at most. */
+  private readonly limit = new Limiter(PRUNE_REQUESTS);
+  /** One batch of deletions at a time (the driver's deleteMany has its own requests in flight). */
+  private readonly deletes = new Limiter(1);
 
   constructor(
     private readonly driver: StorageDriver,
@@ -133,12 +97,16 @@ class Run {
         opts.log.warn({ namespace: ns, path: f.path, err: f.error.message }, 'delete failed');
       },
       (n) => (report.objects += n),
+      undefined,
+      this.deletes,
     );
-    this.marks = new DeleteQueue(driver, (f) => this.queue.failed(f), (n) => (report.objects += n), this.queue);
+    this.marks = new DeleteQueue(driver, (f) => this.queue.failed(f), (n) => (report.objects += n), this.queue, this.deletes);
     this.sweepContext = {
       driver,
       ns,
       graceCutoff: this.graceCutoff,
+      limit: this.limit,
+      deletes: this.deletes,
       failed: (blob, what, err) => {
         report.failures++;
         opts.log.warn({ namespace: ns, blob, err: err.message }, what);
@@ -230,10 +198,21 @@ class Run {
    */
   private async removeIfUnchanged(listed: ObjectInfo, what: object, done: (ok: boolean) => void): Promise<void> {
     if (!this.opts.dryRun) {
-      const now = await this.driver.stat(listed.path);
+      const now = await this.limit.run(() => this.driver.stat(listed.path));
       if (now && now.modified.getTime() > listed.modified.getTime()) return done(false);
     }
     await this.enqueue(listed, what, done);
+  }
+
+  /** One stage, timed: a line on the progress channel when it ends (where a run's time goes). */
+  async stage<T>(name: string, fn: () => Promise<T>): Promise<T> {
+    const started = Date.now();
+    const requests = this.driver.requestCount?.();
+    this.stageStarted = started;
+    const result = await fn();
+    const sent = requests === undefined ? '' : `, ${this.driver.requestCount!() - requests} storage requests`;
+    this.opts.progress?.(`prune ${this.ns}: ${name} done in ${((Date.now() - started) / 1000).toFixed(1)} s${sent}; ${this.report.objects} objects deleted so far`);
+    return result;
   }
 
   /** Progress every few seconds (prune-batch.ts: progressLine). */
@@ -245,7 +224,7 @@ class Run {
 
   private async readText(path: string): Promise<string | null> {
     try {
-      return (await this.driver.read(path)).toString('utf8');
+      return (await this.limit.run(() => this.driver.read(path))).toString('utf8');
     } catch (err) {
       if (err instanceof PathNotFound) return null;
       throw err;
@@ -275,11 +254,11 @@ class Run {
   /** Expire tags and manifests repository by repository; return the digests of every blob a kept one needs. */
   async manifests(): Promise<Set<string>> {
     const marked = new Set<string>();
-    const entries = this.driver.list(paths.repos(this.ns));
-    for await (const { key: repo, objects } of groups(entries, (o) => parseRepoPath(this.ns, o.path)?.repo ?? null)) {
+    const entries = readAhead(this.driver.list(paths.repos(this.ns)), LISTING_AHEAD);
+    await forEachLimited(groups(entries, (o) => parseRepoPath(this.ns, o.path)?.repo ?? null), REPOSITORIES_AT_ONCE, async ({ key: repo, objects }) => {
       await this.repository(repo, objects, marked);
       this.tick('manifests');
-    }
+    });
     await this.queue.flush();
     return marked;
   }
@@ -316,7 +295,7 @@ class Run {
     };
     // Fresh tags read, expired ones checked (and queued for deletion), a few at a time.
     const targets: string[] = [];
-    await forEachLimited(tags, SWEEP_PARALLELISM, async ([tag, o]) => {
+    await forEachLimited(tags, PRUNE_REQUESTS, async ([tag, o]) => {
       this.report.tags.examined++;
       if (o.modified.getTime() >= this.manifestCutoff) {
         targets.push((await this.readText(o.path))?.trim() ?? '');
@@ -335,20 +314,20 @@ class Run {
       const t = o.modified.getTime();
       if ((!isReferrer.has(d) && t >= this.manifestCutoff) || t >= this.graceCutoff) add(d);
     }
-    // Close over index children and referrers of kept manifests; mark the blobs each kept manifest needs.
-    while (queue.length > 0) {
-      const d = queue.pop()!;
+    // Close over index children and referrers of kept manifests; mark the blobs each kept manifest needs. The
+    // bodies are read a few at a time (an index's children join the queue as it is read).
+    await drainLimited(queue, PRUNE_REQUESTS, async (d) => {
       mark(d);
       for (const r of referrersOf.get(d) ?? []) add(r.digest);
       const body = await this.readText(paths.blobData(this.ns, d));
-      if (body === null) continue;
+      if (body === null) return;
       for (const child of needs(body)) {
         mark(child.digest);
         if (child.manifest) add(child.digest);
       }
-    }
+    });
 
-    await forEachLimited(revisions, SWEEP_PARALLELISM, async ([d, o]) => {
+    await forEachLimited(revisions, PRUNE_REQUESTS, async ([d, o]) => {
       this.report.manifests.examined++;
       const kept = () => {
         this.report.manifests.kept++;
@@ -367,9 +346,16 @@ class Run {
     const t = this.report.blobs;
     const swept = new Set<string>();
     let batch: Candidate[] = [];
-    this.stageStarted = Date.now();
+    // Sweeps in flight, oldest first; each is awaited in turn (a failure surfaces there, none goes unhandled).
+    const sweeping: Promise<void>[] = [];
+    const startSweep = async (b: Candidate[]) => {
+      const p = this.sweep(b, swept);
+      p.catch(() => {});
+      sweeping.push(p);
+      if (sweeping.length >= SWEEPS_AT_ONCE) await sweeping.shift();
+    };
     this.usage.startBlobs();
-    for await (const { key: digest, objects } of groups(this.driver.list(paths.blobs(this.ns)), (o) => parseBlobPath(this.ns, o.path)?.digest ?? null)) {
+    for await (const { key: digest, objects } of groups(readAhead(this.driver.list(paths.blobs(this.ns)), LISTING_AHEAD), (o) => parseBlobPath(this.ns, o.path)?.digest ?? null)) {
       const rest = (o: ObjectInfo) => parseBlobPath(this.ns, o.path)!.rest;
       const data = objects.find((o) => rest(o) === 'data');
       const tombstone = objects.find((o) => rest(o) === 'tombstone');
@@ -388,12 +374,13 @@ class Run {
       }
       batch.push({ digest, objects: objects.filter((o) => o !== tombstone), size, dataSize: data?.size });
       if (batch.length >= SWEEP_BATCH) {
-        await this.sweep(batch, swept);
+        await startSweep(batch);
         batch = [];
       }
       this.tick('blobs', digest);
     }
-    await this.sweep(batch, swept);
+    await startSweep(batch);
+    while (sweeping.length > 0) await sweeping.shift();
     await this.queue.flush();
     return swept;
   }
@@ -419,11 +406,11 @@ class Run {
 
   /** Repository links to blobs that are gone (each checked, a few at a time, then deleted in batches). */
   async links(marked: Set<string>): Promise<void> {
-    await forEachLimited(this.driver.list(paths.repos(this.ns)), SWEEP_PARALLELISM, async (o) => {
+    await forEachLimited(readAhead(this.driver.list(paths.repos(this.ns)), LISTING_AHEAD), PRUNE_REQUESTS, async (o) => {
       const parsed = parseRepoPath(this.ns, o.path);
       const rest = parsed?.rest.split('/');
       if (!parsed || !rest || rest[0] !== '_blobs' || rest.length !== 2 || !validDigest(rest[1]) || marked.has(rest[1])) return;
-      if (this.opts.dryRun || (await this.driver.stat(paths.blobData(this.ns, rest[1])))) return;
+      if (this.opts.dryRun || (await this.limit.run(() => this.driver.stat(paths.blobData(this.ns, rest[1]))))) return;
       await this.enqueue(o, { repository: parsed.repo, link: rest[1] }, () => {});
       this.tick('links');
     });

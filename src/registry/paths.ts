@@ -183,6 +183,7 @@ export const paths = {
   usageProcess: (n: string, p: string) => `${ns(n)}/usage/live/${processName(p)}`,
   quarantine: (n: string, d: string) => `${ns(n)}/quarantine/${digest(d)}/data`,
   quarantineNote: (n: string, d: string) => `${ns(n)}/quarantine/${digest(d)}/data.json`,
+  webSummaries: (n: string) => `${ns(n)}/web`,
   webSummary: (n: string, r: string) => `${ns(n)}/web/${name(r)}/_summary`,
 
   repos: (n: string) => `${ns(n)}/repos`,
@@ -258,6 +259,14 @@ export function parseUploadPath(namespace: string, p: string): { id: string; res
 }
 
 /** Parse a path under `<ns>/repos/` back into repository name and the rest; null for anything else. */
+/** The repository of a `<ns>/web/<name>/_summary` path; null for anything else. */
+export function parseWebSummaryPath(namespace: string, p: string): string | null {
+  const prefix = `${ns(namespace)}/web/`;
+  if (!p.startsWith(prefix) || !p.endsWith('/_summary')) return null;
+  const repo = p.slice(prefix.length, -'/_summary'.length);
+  return validName(repo) ? repo : null;
+}
+
 export function parseRepoPath(namespace: string, p: string): { repo: string; rest: string } | null {
   const prefix = `${ns(namespace)}/repos/`;
   if (!p.startsWith(prefix)) return null;

@@ -22,7 +22,7 @@ import { PathNotFound, type ObjectInfo, type StorageDriver } from '../storage/dr
 import { createExclusive } from '../storage/exclusive.js';
 import { groups } from './listing.js';
 import { needs } from './manifest-doc.js';
-import { parseBlobPath, parseRepoPath, paths, validDigest, validTag } from './paths.js';
+import { parseBlobPath, parseRepoPath, parseWebSummaryPath, paths, validDigest, validTag } from './paths.js';
 import { pruneUploads } from './prune-uploads.js';
 import { DeleteQueue, SWEEP_BATCH, progressLine, removeClaims, strayParts, sweepBatch, type Candidate, type SweepContext } from './prune-batch.js';
 import { forEachLimited } from '../util/concurrency.js';
@@ -259,6 +259,11 @@ class Run {
       await this.repository(repo, objects, marked);
       this.tick('manifests');
     });
+    // The web page's summaries (a cache, written at every push) go with the last manifest of their repository.
+    for await (const o of this.driver.list(paths.webSummaries(this.ns))) {
+      const repo = parseWebSummaryPath(this.ns, o.path);
+      if (repo !== null && !this.usage.hasManifests(repo)) await this.enqueue(o, { repository: repo, summary: true }, () => {});
+    }
     await this.queue.flush();
     return marked;
   }

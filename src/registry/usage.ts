@@ -70,6 +70,11 @@ export class UsageTally {
     c.newest = Math.max(c.newest, t);
   }
 
+  /** Did the walk count a (kept) manifest in `repo`? */
+  hasManifests(repo: string): boolean {
+    return (this.repos.get(repo)?.manifests ?? 0) > 0;
+  }
+
   /** The repository's manifests need blob `digest` (a repository's needs come together, so one check dedups). */
   need(repo: string, digest: string): void {
     const list = this.neededBy.get(digest);

@@ -108,6 +108,18 @@ describe.each(IN_PROCESS_BACKENDS)('prune on %s', (backend) => {
     expect(await status(`/v2/race/manifests/${img.digest}`)).toBe(200);
   });
 
+  it("the web page's summary of a repository goes with its last manifest; a kept repository's stays", async () => {
+    await pushImage(s.url, 'gone', 'v1', [randomBytes(100)]);
+    await markTime();
+    await pushImage(s.url, 'kept', 'v1', [randomBytes(100)]);
+    const driver = s.registry.driver;
+    // Written here too (the page writes them after pushes, in the background): the test decides what exists.
+    for (const repo of ['gone', 'kept']) await driver.put(paths.webSummary('_local', repo), Buffer.from('{}'));
+    await prune();
+    expect(await driver.stat(paths.webSummary('_local', 'gone'))).toBeNull();
+    expect(await driver.stat(paths.webSummary('_local', 'kept'))).not.toBeNull();
+  });
+
   it('without an expiration nothing expires by age, and unreferenced old blobs still go', async () => {
     const img = await pushImage(s.url, 'keep', 'v1', [randomBytes(100)]);
     const stray = await pushBlob(s.url, 'keep', randomBytes(100));

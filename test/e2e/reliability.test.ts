@@ -104,7 +104,9 @@ describe.each(BACKENDS)('concurrency and shutdown on %s', (backend) => {
   it('SIGTERM during a PATCH: the server exits 0 and the upload goes on elsewhere from a consistent record', async () => {
     const dir = await mkdtemp(join(tmpdir(), 'berth-term-'));
     const storage = await storageYaml(backend, dir);
-    const config = `registry:\n  address: 127.0.0.1\n  port: 0\n${storage.yaml}`;
+    // idle: 1: the PATCH's keep-alive connection, idle once answered, would hold the draining server up for the
+    // default 5 s (it exits when its last connection closes).
+    const config = `registry:\n  address: 127.0.0.1\n  port: 0\n  timeouts: {idle: 1}\n${storage.yaml}`;
     try {
       const a = await spawnServe(config, dir);
       const data = randomBytes(6 << 20);

@@ -6,7 +6,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { blobDigest, writeLayout, writeMultiArchLayout } from '../helpers/oci-layout.js';
+import { blobDigest, writeLayout, writeMultiArchLayout, type LayoutImage } from '../helpers/oci-layout.js';
 import { spawnServe, type ServeProcess } from '../helpers/server.js';
 import { BACKENDS, storageYaml } from '../helpers/swift.js';
 
@@ -24,6 +24,13 @@ async function layoutManifest(dir: string): Promise<{ layers: { digest: string }
 
 let dir: string;
 let server: ServeProcess;
+/** The 256 MiB image, written (random, gzipped, hashed: seconds) once for both backends; skopeo only reads it. */
+let bigDir: string;
+let big: Promise<LayoutImage> | undefined;
+const bigImage = () => (big ??= mkdtemp(join(tmpdir(), 'berth-e2e-big-')).then((d) => writeLayout((bigDir = d), 'v1', [256 * 1024 * 1024, 1000, 300_000])));
+afterAll(async () => {
+  if (bigDir) await rm(bigDir, { recursive: true, force: true });
+});
 
 describe.each(BACKENDS)('skopeo against berth serve (%s)', (backend) => {
   let storage: { yaml: string; cleanup(): Promise<void> };
@@ -39,7 +46,7 @@ describe.each(BACKENDS)('skopeo against berth serve (%s)', (backend) => {
   });
 
   it('copies a multi-layer image (one layer 256 MiB) in and out byte for byte', async () => {
-    const image = await writeLayout(join(dir, 'src'), 'v1', [256 * 1024 * 1024, 1000, 300_000]);
+    const image = await bigImage();
     const ref = `docker://127.0.0.1:${server.port}/e2e/app:v1`;
     await skopeo('copy', '--dest-tls-verify=false', `oci:${image.dir}:v1`, ref);
     const { stdout } = await skopeo('inspect', '--tls-verify=false', '--raw', ref);

@@ -47,6 +47,9 @@ export async function run(ctx) {
   ctx.log(`login-queue: one check on the idle server ${idle.status} in ${Math.round(idle.ms)} ms; flooding`);
 
   let flooding = true;
+  // Ends the attackers' Retry-After waits as soon as the flood is over (they can be told to wait 30 s and more).
+  let endFlood;
+  const floodOver = new Promise((resolve) => (endFlood = resolve));
   const statuses = {};
   const agents = [];
   const loops = [];
@@ -62,7 +65,11 @@ export async function run(ctx) {
             statuses[r.status] = (statuses[r.status] ?? 0) + 1;
             // A refusal says when to come back (Retry-After, at least 1 s): attackers that ignore it measure how fast
             // the server can say no, which is another attack (connections, requests), not this one.
-            if (r.status === 429 || r.status === 0) await new Promise((resolve) => setTimeout(resolve, 1000 * Math.max(1, r.retryAfter || 1)));
+            if (r.status === 429 || r.status === 0) {
+              let timer;
+              await Promise.race([floodOver, new Promise((resolve) => (timer = setTimeout(resolve, 1000 * Math.max(1, r.retryAfter || 1))))]);
+              clearTimeout(timer);
+            }
           }
         })(),
       );
@@ -80,6 +87,7 @@ export async function run(ctx) {
     await new Promise((resolve) => setTimeout(resolve, 250));
   }
   flooding = false;
+  endFlood();
   ctx.log('login-queue: flood over');
   for (const a of [...agents, legitAgent, idleAgent]) a.destroy();
   await Promise.all(loops);

@@ -156,7 +156,12 @@ async function serve(config: Config, log: Logger): Promise<number> {
       if (stopping) return void log.info({ signal }, 'already shutting down');
       stopping = true;
       log.info({ signal }, 'shutting down');
-      server.close(() => resolve());
+      // Connections busy now go idle as their requests end: each is closed then, not after the idle timeout.
+      const idleSweep = setInterval(() => server.closeIdleConnections(), 100);
+      server.close(() => {
+        clearInterval(idleSweep);
+        resolve();
+      });
       server.closeIdleConnections();
       setTimeout(() => server.closeAllConnections(), DRAIN_MS).unref();
     };

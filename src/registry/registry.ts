@@ -43,7 +43,15 @@ export class Registry {
     return { repositories: after.slice(0, n), more: after.length > n };
   }
 
+  private readonly beforeClose: (() => Promise<void>)[] = [];
+
+  /** Work to finish before storage closes (the web page's pending summary writes). */
+  onClose(fn: () => Promise<void>): void {
+    this.beforeClose.push(fn);
+  }
+
   async close(): Promise<void> {
+    await Promise.all(this.beforeClose.map((fn) => fn().catch(() => {})));
     await this.quotas?.close().catch(() => {});
     return this.driver.close();
   }

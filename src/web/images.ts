@@ -97,6 +97,8 @@ export class ImageReader {
       this.summarizing.add(work);
       void work.finally(() => this.summarizing.delete(work));
     });
+    // A stopping process writes what it summarized; a test's storage is not removed under a late write.
+    registry.onClose(() => this.settled());
   }
 
   /** A manifest just stored: its summary goes to memory and to the repository's stored summaries. */
@@ -109,7 +111,7 @@ export class ImageReader {
     this.store.add(ns, repo, [summary]);
   }
 
-  /** Every pushed manifest's summary written (tests). */
+  /** Every pushed manifest's summary written (tests, and a registry closing). */
   async settled(): Promise<void> {
     await Promise.all(this.summarizing);
     return this.store.settled();

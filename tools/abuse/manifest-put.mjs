@@ -8,6 +8,8 @@
  * status when the runner gives a pid, else from /metrics), and the probe's median stays under 100 ms and its
  * maximum under 100 ms or under the same probe's maximum on the idle server just before (on a machine loaded by
  * other work, the idle maximum alone can pass 100 ms: the attack is then held if it adds nothing beyond that).
+ * At small scale (the suite's run: 4 PUTs in half a second, a handful of probes, on whatever else the machine does)
+ * the probe's bound is 1 s: it checks the probe is served beside the attack, not the latency target.
  *
  * ctx: { url, user?, password?, scale: 'small' | 'full', log, pid? }; returns { attack, held, detail }.
  */
@@ -19,6 +21,7 @@ const OCI_MANIFEST = 'application/vnd.oci.image.manifest.v1+json';
 const LAYER = 'application/vnd.oci.image.layer.v1.tar';
 const UNDER_CAP = 999;
 const PROBE_LIMIT_MS = 100;
+const SMALL_SCALE_PROBE_LIMIT_MS = 1000;
 const RSS_LIMIT = 250 * 1024 * 1024;
 const REQUEST_TIMEOUT_MS = 120_000;
 
@@ -73,7 +76,8 @@ export async function run(ctx) {
   const probeMax = sorted.length ? sorted[sorted.length - 1] : NaN;
   const refused = Object.keys(statuses).every((status) => status === '400');
   const rssKnown = rss.samples > 0;
-  const probeHeld = pct(50) < PROBE_LIMIT_MS && probeMax < Math.max(PROBE_LIMIT_MS, at(idle, 100));
+  const limitMs = full ? PROBE_LIMIT_MS : SMALL_SCALE_PROBE_LIMIT_MS;
+  const probeHeld = pct(50) < limitMs && probeMax < Math.max(limitMs, at(idle, 100));
   const held = refused && probe.failures === 0 && probeHeld && (!rssKnown || rss.peak < RSS_LIMIT);
   const mb = (b) => `${Math.round(b / (1024 * 1024))} MB`;
   const detail =

@@ -9,14 +9,13 @@
 // Needs dist/ (npm run build), skopeo and /usr/bin/docker-registry.
 import { execFile, spawn } from 'node:child_process';
 import { createServer } from 'node:net';
-import { createHash, randomBytes } from 'node:crypto';
-import { createReadStream, createWriteStream, readFileSync } from 'node:fs';
-import { mkdir, mkdtemp, rm, stat, writeFile, rename } from 'node:fs/promises';
+import { randomBytes } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import { mkdtemp, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
-import { pipeline } from 'node:stream/promises';
 import { parseArgs, promisify } from 'node:util';
-import { createGzip } from 'node:zlib';
+import { makeImage } from './oci-image.mjs';
 import { dropContainer, swiftSession } from './swift-lib.mjs';
 
 const run = promisify(execFile);
@@ -34,42 +33,6 @@ const cloudsFile = backend === 'swift' ? (await run(join(repoRoot, 'tools/swift-
 const authUrl = cloudsFile ? /auth_url:\s*(\S+)/.exec(readFileSync(cloudsFile, 'utf8'))[1] : undefined;
 const containers = [];
 const children = [];
-
-/** A one-layer OCI layout: SIZE MiB of random bytes, gzip level 0 (skopeo sends it as is). */
-async function makeImage(dir, sizeMiB) {
-  await mkdir(join(dir, 'blobs/sha256'), { recursive: true });
-  const tmp = join(dir, 'layer.tmp');
-  let left = sizeMiB * 1024 * 1024;
-  async function* random() {
-    while (left > 0) {
-      const n = Math.min(left, 16 << 20);
-      left -= n;
-      yield randomBytes(n);
-    }
-  }
-  await pipeline(random, createGzip({ level: 0 }), createWriteStream(tmp));
-  const hash = createHash('sha256');
-  await pipeline(createReadStream(tmp), hash);
-  const layerHex = hash.digest('hex');
-  const layerSize = (await stat(tmp)).size;
-  await rename(tmp, join(dir, 'blobs/sha256', layerHex));
-  const put = async (obj) => {
-    const data = Buffer.from(JSON.stringify(obj));
-    const hex = createHash('sha256').update(data).digest('hex');
-    await writeFile(join(dir, 'blobs/sha256', hex), data);
-    return { digest: `sha256:${hex}`, size: data.length };
-  };
-  const config = await put({ architecture: 'amd64', os: 'linux', rootfs: { type: 'layers', diff_ids: [] } });
-  const manifest = await put({
-    schemaVersion: 2,
-    mediaType: 'application/vnd.oci.image.manifest.v1+json',
-    config: { mediaType: 'application/vnd.oci.image.config.v1+json', ...config },
-    layers: [{ mediaType: 'application/vnd.oci.image.layer.v1.tar+gzip', digest: `sha256:${layerHex}`, size: layerSize }],
-  });
-  await writeFile(join(dir, 'oci-layout'), '{"imageLayoutVersion":"1.0.0"}');
-  await writeFile(join(dir, 'index.json'), JSON.stringify({ schemaVersion: 2, manifests: [{ mediaType: 'application/vnd.oci.image.manifest.v1+json', ...manifest, annotations: { 'org.opencontainers.image.ref.name': 'v1' } }] }));
-  return { dir, bytes: layerSize + config.size + manifest.size };
-}
 
 function start(cmd, argv, ready) {
   return new Promise((resolve, reject) => {
@@ -193,7 +156,7 @@ try {
   const upstream = await distribution();
   const images = [];
   for (const name of ['berth', 'dist', 'berth-conc', 'dist-conc']) {
-    const image = await makeImage(join(work, `img-${name}`), SIZE);
+    const image = await makeImage(join(work, `img-${name}`), 'v1', SIZE);
     await skopeo('copy', '--dest-tls-verify=false', `oci:${image.dir}:v1`, `docker://${upstream.host}/bench/${name}:v1`);
     images.push(image);
   }

@@ -9,14 +9,13 @@
 // Berth on Swift runs in both commit modes (storage.commit: move, the default, and link), side by side.
 // Layers of more than 2 GiB in all are written to disk rather than /dev/shm (tmpfs is RAM).
 import { execFile, spawn } from 'node:child_process';
-import { createHash, randomBytes } from 'node:crypto';
-import { createReadStream, createWriteStream, existsSync, readdirSync, readFileSync } from 'node:fs';
+import { randomBytes } from 'node:crypto';
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { mkdir, mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { cpus, tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
-import { pipeline } from 'node:stream/promises';
 import { parseArgs, promisify } from 'node:util';
-import { createGzip } from 'node:zlib';
+import { makeImage } from './oci-image.mjs';
 import { dropContainer } from './swift-lib.mjs';
 import { load } from './load.mjs';
 
@@ -80,49 +79,6 @@ if (!existsSync(join(repoRoot, 'dist/cli.js'))) await run('npm', ['run', 'build'
 const cloudsFile = (await run(join(repoRoot, 'tools/swift-aio.sh'), ['start'])).stdout.trim().split('\n').pop();
 const haveDistribution = !args['no-distribution'] && existsSync('/usr/bin/docker-registry');
 if (!args['no-distribution'] && !haveDistribution) log('docker-registry not installed (apt-get install docker-registry): Distribution rows skipped');
-
-/**
- * A pre-gzipped layer of random bytes (skopeo sends it as is) in an OCI layout, and its digest. Streamed to its
- * file 16 MiB at a time, so a 4 GiB layer never sits in memory. Level 0 (stored blocks): deflate cannot shrink
- * random bytes anyway, and level 1 spent about 40 s per GiB here finding that out.
- */
-async function makeImage(dir, tag, sizeMiB) {
-  await mkdir(join(dir, 'blobs/sha256'), { recursive: true });
-  const tmp = join(dir, 'layer.tmp');
-  let left = sizeMiB * 1024 * 1024;
-  async function* random() {
-    while (left > 0) {
-      const n = Math.min(left, 16 << 20);
-      left -= n;
-      yield randomBytes(n);
-    }
-  }
-  await pipeline(random, createGzip({ level: 0 }), createWriteStream(tmp));
-  const hash = createHash('sha256');
-  await pipeline(createReadStream(tmp), hash);
-  const layerHex = hash.digest('hex');
-  const layerSize = (await stat(tmp)).size;
-  await run('mv', [tmp, join(dir, 'blobs/sha256', layerHex)]);
-  const put = async (obj) => {
-    const data = Buffer.from(JSON.stringify(obj));
-    const hex = createHash('sha256').update(data).digest('hex');
-    await writeFile(join(dir, 'blobs/sha256', hex), data);
-    return { digest: `sha256:${hex}`, size: data.length };
-  };
-  const config = await put({ architecture: 'amd64', os: 'linux', rootfs: { type: 'layers', diff_ids: [`sha256:${randomBytes(32).toString('hex')}`] } });
-  const manifest = await put({
-    schemaVersion: 2,
-    mediaType: 'application/vnd.oci.image.manifest.v1+json',
-    config: { mediaType: 'application/vnd.oci.image.config.v1+json', ...config },
-    layers: [{ mediaType: 'application/vnd.oci.image.layer.v1.tar+gzip', digest: `sha256:${layerHex}`, size: layerSize }],
-  });
-  await writeFile(join(dir, 'oci-layout'), JSON.stringify({ imageLayoutVersion: '1.0.0' }));
-  await writeFile(
-    join(dir, 'index.json'),
-    JSON.stringify({ schemaVersion: 2, manifests: [{ mediaType: 'application/vnd.oci.image.manifest.v1+json', ...manifest, annotations: { 'org.opencontainers.image.ref.name': tag } }] }),
-  );
-  return { dir, tag, layerPath: join(dir, 'blobs/sha256', layerHex), layerSize };
-}
 
 log('writing images');
 const images = [];

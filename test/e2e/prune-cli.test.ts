@@ -1,27 +1,16 @@
 /** `berth prune` as cron runs it: the built CLI, its exit codes and its summary. */
-import { execFile } from 'node:child_process';
 import { mkdtemp, readdir, rm, utimes, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { promisify } from 'node:util';
 import { randomBytes } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { FilesystemDriver } from '../../src/storage/filesystem.js';
-import { pushImage, startServer } from '../helpers/server.js';
+import { berthCli, pushImage, startServer } from '../helpers/server.js';
 
-const run = promisify(execFile);
 let dir: string;
 let config: string;
 
-async function berth(...args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-  try {
-    const { stdout, stderr } = await run('node', ['dist/cli.js', '-c', config, ...args]);
-    return { code: 0, stdout, stderr };
-  } catch (err) {
-    const e = err as { code: number; stdout: string; stderr: string };
-    return { code: e.code, stdout: e.stdout, stderr: e.stderr };
-  }
-}
+const berth = (...args: string[]) => berthCli(config, ...args);
 
 /** Age every file under `path` by two hours, as if the pushes happened then. */
 async function age(path: string): Promise<void> {

@@ -3,36 +3,25 @@
  * pushing at once stays within the bound docs/security-storage.md states, a restarted process still counts what
  * the others committed, and the CLI prints the figures prune recorded.
  */
-import { execFile } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadConfig } from '../../src/config/config.js';
 import { computeUsage } from '../../src/registry/usage.js';
 import { openStorage } from '../../src/storage/factory.js';
-import { pushImage, sha256, spawnServe, type ServeProcess } from '../helpers/server.js';
+import { berthCli, pushImage, sha256, spawnServe, type ServeProcess } from '../helpers/server.js';
 import { BACKENDS, storageYaml } from '../helpers/swift.js';
 import { writeFile } from 'node:fs/promises';
 
-const run = promisify(execFile);
 const QUOTA = 8 << 20;
 /** Swift here answers a push in a second or more when the host is busy: fewer, larger blobs fill the quota. */
 const BLOB_OF = { filesystem: 128 << 10, swift: 512 << 10 };
 /** registry.quota-interval: each process writes its commits and re-reads everyone's every second. */
 const INTERVAL_S = 1;
 
-async function berth(config: string, ...args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-  try {
-    const { stdout, stderr } = await run('node', ['dist/cli.js', '-c', config, ...args]);
-    return { code: 0, stdout, stderr };
-  } catch (err) {
-    const e = err as { code: number; stdout: string; stderr: string };
-    return { code: e.code, stdout: e.stdout, stderr: e.stderr };
-  }
-}
+const berth = berthCli;
 
 /** Push BLOB-sized blobs one every `pauseMs` until the first refusal; what was accepted, and over how long. */
 async function pushUntilRefused(url: string, pauseMs: number, BLOB: number): Promise<{ bytes: number; seconds: number; refusal: string }> {

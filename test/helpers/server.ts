@@ -1,11 +1,12 @@
 /** Test servers: the app in-process over a fresh filesystem root, or `berth serve` as a child process. */
-import { spawn, type ChildProcess } from 'node:child_process';
+import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import type { AddressInfo } from 'node:net';
 import http from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { promisify } from 'node:util';
 import { pino } from 'pino';
 import { TokenIssuer } from '../../src/auth/tokens.js';
 import { Users } from '../../src/auth/users.js';
@@ -183,3 +184,14 @@ export function rawGet(url: string, path: string): Promise<{ status: number; bod
 }
 
 export const basic = (user: string, pass: string) => ({ Authorization: `Basic ${Buffer.from(`${user}:${pass}`).toString('base64')}` });
+
+/** `node dist/cli.js -c CONFIG ARGS...` to its end: exit code and output, a failing exit included. */
+export async function berthCli(config: string, ...args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
+  try {
+    const { stdout, stderr } = await promisify(execFile)('node', ['dist/cli.js', '-c', config, ...args]);
+    return { code: 0, stdout, stderr };
+  } catch (err) {
+    const e = err as { code: number; stdout: string; stderr: string };
+    return { code: e.code, stdout: e.stdout, stderr: e.stderr };
+  }
+}

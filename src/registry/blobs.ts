@@ -36,10 +36,15 @@ export class BlobLinks {
     await forEachLimited([...new Set(digests)], 8, async (d) => void (await this.driver.put(paths.blobTouched(ns, d), Buffer.alloc(0))));
   }
 
-  /** The blob's data is stored and prune is not deleting it. */
+  /**
+   * The blob's data is stored and prune is not deleting it. The tombstone is read first, the data after, never
+   * side by side: prune deletes the data before the tombstone, so a tombstone found gone means the data read that
+   * follows sees any deletion. Read together, the data's stat could be answered before prune's delete and the
+   * tombstone's after prune lifted it, and a push would rely on a deleted blob.
+   */
   async intact(ns: string, digest: string): Promise<boolean> {
-    const [data, tombstone] = await Promise.all([this.driver.stat(paths.blobData(ns, digest)), this.driver.stat(paths.blobTombstone(ns, digest))]);
-    return data !== null && tombstone === null;
+    if ((await this.driver.stat(paths.blobTombstone(ns, digest))) !== null) return false;
+    return (await this.driver.stat(paths.blobData(ns, digest))) !== null;
   }
 }
 

@@ -55,3 +55,33 @@ describe('Blobs.read', () => {
     expect((await drain(body)).equals(data.subarray(10, 20))).toBe(true);
   });
 });
+
+describe('BlobLinks.intact, beside a prune sweeping the blob', () => {
+  it("never reports a blob intact that prune deleted while the check's reads were in flight", async () => {
+    const driver = new MemoryDriver();
+    const data = randomBytes(64);
+    const digest = sha256(data);
+    const dataPath = paths.blobData('_local', digest);
+    const tombstone = paths.blobTombstone('_local', digest);
+    await driver.put(dataPath, data);
+    await driver.put(tombstone, Buffer.alloc(0));
+    // The tombstone's stat is held (a slow request) while prune finishes: data deleted first, tombstone last.
+    let release!: () => void;
+    const held = new Promise<void>((r) => (release = r));
+    const stat = driver.stat.bind(driver);
+    driver.stat = async (path: string) => {
+      if (path === tombstone) {
+        await held;
+        return stat(path);
+      }
+      return stat(path);
+    };
+    const check = new BlobLinks(driver).intact('_local', digest);
+    // Let a data stat issued beside the tombstone's be answered before prune deletes (the race this guards).
+    await new Promise((r) => setTimeout(r, 20));
+    await driver.delete(dataPath);
+    await driver.delete(tombstone);
+    release();
+    expect(await check).toBe(false);
+  });
+});

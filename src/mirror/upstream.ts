@@ -5,11 +5,10 @@
  * to a CDN), TLS verified against the system CAs plus the configured one, a deadline for the answer and a stall
  * watch on bodies. Nothing here stores anything; the credentials never reach a log line or an error message.
  */
-import http from 'node:http';
+import http, { type IncomingMessage } from 'node:http';
 import https from 'node:https';
 import { rootCertificates } from 'node:tls';
-import { Transform, type Readable } from 'node:stream';
-import fetch, { type Response } from 'node-fetch';
+import type { Readable } from 'node:stream';
 import type { MirrorConfig } from '../config/mirrors.js';
 
 /** What the manifest endpoint is asked for: every type Berth stores (schema 1 is long gone from registries). */
@@ -46,6 +45,14 @@ export interface UpstreamResponse {
   body: Readable;
   /** The final URL's host, after redirects (for the fill's log line). */
   host: string;
+}
+
+/** One answer as node:http gives it (no fetch layer: a layer's stream hop per 64 KiB piece costs CPU on a cold pull). */
+interface Response {
+  status: number;
+  headers: { get(name: string): string | null };
+  body: IncomingMessage;
+  url: string;
 }
 
 interface Token {
@@ -130,7 +137,7 @@ export class Upstream {
       // Refused credentials or scope: the resource answers 401 again, which the caller maps.
       return undefined;
     }
-    const body = await readLimited(res.body as Readable, MAX_TOKEN_BODY);
+    const body = await readLimited(res.body, MAX_TOKEN_BODY);
     let doc: { token?: unknown; access_token?: unknown; expires_in?: unknown };
     try {
       doc = JSON.parse(body.toString('utf8')) as typeof doc;
@@ -171,65 +178,62 @@ export class Upstream {
   }
 
   /** One HTTP exchange with a deadline for the answer's headers; the body is watched for stalls by `wrap`. */
-  private async fetch(method: string, url: string, headers: Record<string, string>, signal?: AbortSignal): Promise<Response> {
-    const controller = new AbortController();
-    const timer = setTimeout(() => controller.abort(new UpstreamUnavailable(`the upstream did not answer within ${this.config.timeout} s`)), this.config.timeout * 1000);
-    const onAbort = () => controller.abort(signal?.reason);
-    signal?.addEventListener('abort', onAbort, { once: true });
-    try {
-      const res = await fetch(url, {
-        method,
-        headers: { 'User-Agent': 'berth-mirror', ...headers },
-        redirect: 'manual',
-        compress: false,
-        signal: controller.signal as never,
-        agent: (u: URL) => (u.protocol === 'https:' ? this.agents.https : this.agents.http),
+  private fetch(method: string, url: string, headers: Record<string, string>, signal?: AbortSignal): Promise<Response> {
+    const target = new URL(url);
+    const secure = target.protocol === 'https:';
+    const ms = this.config.timeout * 1000;
+    return new Promise((resolve, reject) => {
+      if (signal?.aborted) return reject(signal.reason);
+      // Never an Accept-Encoding: blobs are hashed as sent, and Content-Length must be the blob's size.
+      const req = (secure ? https : http).request(target, { method, headers: { 'User-Agent': 'berth-mirror', ...headers }, agent: secure ? this.agents.https : this.agents.http });
+      const timer = setTimeout(() => req.destroy(new UpstreamUnavailable(`the upstream did not answer within ${this.config.timeout} s`)), ms);
+      const onAbort = () => req.destroy(signal?.reason);
+      signal?.addEventListener('abort', onAbort, { once: true });
+      req.once('response', (body) => {
+        clearTimeout(timer);
+        // The caller's signal still cuts the body, until it is done with.
+        body.once('close', () => signal?.removeEventListener('abort', onAbort));
+        const get = (name: string) => {
+          const v = body.headers[name.toLowerCase()];
+          return v === undefined ? null : Array.isArray(v) ? v.join(', ') : v;
+        };
+        resolve({ status: body.statusCode ?? 0, headers: { get }, body, url });
       });
-      // The deadline now watches the body instead (wrap); the caller's signal still cuts it.
-      return res;
-    } catch (err) {
-      signal?.removeEventListener('abort', onAbort);
-      if (signal?.aborted) throw signal.reason;
-      const reason = controller.signal.reason;
-      if (reason instanceof UpstreamUnavailable) throw reason;
-      // The URL may carry a token realm's query; only the host is named.
-      throw new UpstreamUnavailable(`cannot reach ${new URL(url).host}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).name}`);
-    } finally {
-      clearTimeout(timer);
-    }
+      req.once('error', (err) => {
+        clearTimeout(timer);
+        signal?.removeEventListener('abort', onAbort);
+        if (signal?.aborted) return reject(signal.reason);
+        if (err instanceof UpstreamUnavailable) return reject(err);
+        // The URL may carry a token realm's query; only the host is named.
+        reject(new UpstreamUnavailable(`cannot reach ${target.host}: ${(err as NodeJS.ErrnoException).code ?? err.name}`));
+      });
+      req.end();
+    });
   }
 
-  /** The response with a body that fails when it stalls for longer than the timeout. */
+  /** The response with a body that fails when no byte comes for longer than the timeout (its socket's idle timer). */
   private wrap(res: Response, method: string): UpstreamResponse {
     const host = new URL(res.url).host;
-    const source = res.body as Readable | null;
-    const ms = this.config.timeout * 1000;
-    let timer: NodeJS.Timeout | undefined;
-    const watched = new Transform({
-      transform(chunk: Buffer, _enc, done) {
-        timer?.refresh();
-        done(null, chunk);
-      },
-      flush(done) {
-        clearTimeout(timer);
-        done();
-      },
-      destroy(err, done) {
-        clearTimeout(timer);
-        source?.destroy();
-        done(err);
-      },
-    });
-    if (source && method !== 'HEAD') {
-      timer = setTimeout(() => watched.destroy(new UpstreamUnavailable(`the upstream's body stalled for ${this.config.timeout} s`)), ms);
-      source.on('error', (err) => watched.destroy(err instanceof UpstreamUnavailable ? err : new UpstreamUnavailable(`the upstream's body failed: ${(err as NodeJS.ErrnoException).code ?? err.name}`)));
-      source.pipe(watched);
-    } else {
-      source?.resume();
-      watched.end();
+    const { body } = res;
+    if (method === 'HEAD') {
+      body.resume();
+      return { status: res.status, headers: res.headers, body, host };
     }
-    return { status: res.status, headers: res.headers, body: watched, host };
+    const socket = body.socket;
+    // An empty or short body may be whole already, its socket back in the pool: nothing left to watch.
+    if (body.complete || !socket) return { status: res.status, headers: res.headers, body, host };
+    const stalled = () => body.destroy(new UpstreamUnavailable(`the upstream's body stalled for ${this.config.timeout} s`));
+    socket.setTimeout(this.config.timeout * 1000);
+    socket.on('timeout', stalled);
+    // The socket goes back to the agent's pool (which resets its timer) or is closed: no stall watch after the body.
+    body.once('close', () => socket.off('timeout', stalled));
+    return { status: res.status, headers: res.headers, body, host };
   }
+}
+
+/** A body's failure (a reset, a cut connection) as the upstream's, for the caller's error mapping. */
+function bodyFailure(err: unknown): UpstreamUnavailable {
+  return err instanceof UpstreamUnavailable ? err : new UpstreamUnavailable(`the upstream's body failed: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
 }
 
 /** `Bearer realm="...",service="...",scope="..."` or `Basic realm="..."`; null when unparseable. */
@@ -244,8 +248,7 @@ export function parseChallenge(header: string): { scheme: string; params: Record
 }
 
 async function drain(res: Response): Promise<void> {
-  const body = res.body as Readable | null;
-  if (!body) return;
+  const { body } = res;
   body.resume();
   await new Promise<void>((resolve) => {
     body.once('end', resolve);
@@ -258,13 +261,17 @@ async function drain(res: Response): Promise<void> {
 export async function readLimited(body: Readable, limit: number): Promise<Buffer> {
   const pieces: Buffer[] = [];
   let size = 0;
-  for await (const piece of body as AsyncIterable<Buffer>) {
-    size += piece.length;
-    if (size > limit) {
-      body.destroy();
-      throw new UpstreamUnavailable(`the upstream sent more than ${limit} bytes where a small document was expected`);
+  try {
+    for await (const piece of body as AsyncIterable<Buffer>) {
+      size += piece.length;
+      if (size > limit) {
+        body.destroy();
+        throw new UpstreamUnavailable(`the upstream sent more than ${limit} bytes where a small document was expected`);
+      }
+      pieces.push(piece);
     }
-    pieces.push(piece);
+  } catch (err) {
+    throw bodyFailure(err);
   }
   return Buffer.concat(pieces);
 }

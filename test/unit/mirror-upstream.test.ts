@@ -8,7 +8,7 @@ import { selfSignedCert } from '../helpers/docker.js';
 import type { AddressInfo } from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
 import { MIRROR_DEFAULTS, type MirrorConfig } from '../../src/config/mirrors.js';
-import { Upstream, UpstreamUnavailable, parseChallenge } from '../../src/mirror/upstream.js';
+import { Upstream, UpstreamUnavailable, parseChallenge, readLimited } from '../../src/mirror/upstream.js';
 
 const servers: http.Server[] = [];
 afterEach(async () => {
@@ -142,6 +142,35 @@ describe('upstream client', () => {
       expect(String(err)).not.toMatch(/secret-pw/);
     } finally {
       gone.close();
+    }
+  });
+
+  it('a body that stalls fails with UpstreamUnavailable after the timeout; a body cut short fails as the upstream\'s', async () => {
+    const stalling = await serve((_req, res) => {
+      res.writeHead(200, { 'Content-Length': '1000' });
+      res.write('x'.repeat(100)); // then nothing, the connection left open
+    });
+    const up = new Upstream(config(stalling, { timeout: 1 }));
+    try {
+      const res = await up.blob('a/b', `sha256:${'0'.repeat(64)}`);
+      const err = await text(res).catch((e: unknown) => e);
+      expect(err).toBeInstanceOf(UpstreamUnavailable);
+      expect(String(err)).toMatch(/stalled for 1 s/);
+    } finally {
+      up.close();
+    }
+    const cut = await serve((_req, res) => {
+      res.writeHead(200, { 'Content-Length': '1000', 'Content-Type': 'application/vnd.oci.image.manifest.v1+json' });
+      res.write('{"schemaVersion":', () => res.socket?.destroy());
+    });
+    const up2 = new Upstream(config(cut));
+    try {
+      const res = await up2.manifest('a/b', 'v1', 'GET');
+      const err = await readLimited(res.body, 4096).catch((e: unknown) => e);
+      expect(err).toBeInstanceOf(UpstreamUnavailable);
+      expect(String(err)).toMatch(/the upstream's body failed/);
+    } finally {
+      up2.close();
     }
   });
 

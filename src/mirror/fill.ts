@@ -12,10 +12,15 @@
  * or a blob over the size cap destroy every reader (clients' connections are cut before their last byte) and
  * nothing is stored (the storage write has not started).
  *
- * Memory per fill, whatever the blob's size: upstream pieces queued for the spool or the hash (at most SPOOL_QUEUE
- * each way, 2 MiB, plus the batch being written), and per reader (each client, and the storage write) READ_AHEAD
- * (2 MiB) buffered plus one READ_PIECE being read: about 6 MiB + 2.5 MiB per reader. Disk: the blob's size, for as
- * long as it is read (at most max-fills spools per upstream).
+ * A reader that keeps up with the upstream takes its pieces from memory (the fill's last TAIL_BYTES received), not
+ * back from the spool: a cold pull costs one copy in and one out, as a plain proxy's does, and only a reader that
+ * falls behind (a slow client, a late one, the storage write) reads the file.
+ *
+ * Memory per fill, whatever the blob's size: the tail (TAIL_BYTES, 4 MiB, or the pieces not yet spooled if more:
+ * at most SPOOL_QUEUE, 2 MiB, plus the batch being written), pieces queued for the hash (up to SPOOL_QUEUE), and per
+ * reader (each client, and the storage write) READ_AHEAD (2 MiB) buffered plus one READ_PIECE being read: about
+ * 8 MiB + 2.5 MiB per reader. Disk: the blob's size, for as long as it is read (at most max-fills spools per
+ * upstream).
  */
 import { createHash, randomUUID } from 'node:crypto';
 import { EventEmitter } from 'node:events';
@@ -63,9 +68,12 @@ export class BlobTooLarge extends Error {
 }
 
 export class Fill {
-  /** Bytes in the spool that readers may take: all spooled but the last piece received, until the digest is known. */
-  private written = 0;
-  /** The upstream's body ended and matched the digest: a reader at `written` has the whole blob. */
+  /** Bytes readers may take: all received but the last piece, until the digest is known. */
+  private visible = 0;
+  /** The last pieces received (from offset `tail[0].at` on), kept for readers that keep up; older ones are spooled. */
+  private tail: { at: number; piece: Buffer }[] = [];
+  private tailBytes = 0;
+  /** The upstream's body ended and matched the digest: a reader at `visible` has the whole blob. */
   private ended = false;
   private failure: Error | null = null;
   /** The fill's own work is over (stored or not, or failed): clients that come now read the cache. */
@@ -139,18 +147,22 @@ export class Fill {
       try {
         while (!reader.destroyed) {
           if (this.failure) return void reader.destroy(this.failure);
-          const available = this.written - pos;
+          const available = this.visible - pos;
           if (available === 0) {
             if (this.ended) return void reader.push(null);
             await new Promise((resolve) => this.progress.once('progress', resolve));
             continue;
           }
-          const piece = Buffer.allocUnsafe(Math.min(available, READ_PIECE));
-          const { bytesRead } = await this.spool.read(piece, 0, piece.length, pos);
-          if (reader.destroyed) return;
-          if (bytesRead === 0) throw new Error('the fill spool ended early');
-          pos += bytesRead;
-          if (!reader.push(bytesRead === piece.length ? piece : piece.subarray(0, bytesRead))) {
+          let piece = this.fromTail(pos);
+          if (piece === null) {
+            piece = Buffer.allocUnsafe(Math.min(available, READ_PIECE, this.tailStart - pos));
+            const { bytesRead } = await this.spool.read(piece, 0, piece.length, pos);
+            if (reader.destroyed) return;
+            if (bytesRead === 0) throw new Error('the fill spool ended early');
+            if (bytesRead < piece.length) piece = piece.subarray(0, bytesRead);
+          }
+          pos += piece.length;
+          if (!reader.push(piece)) {
             // Full: the consumer must take something within stallMs, or it holds the spool for nothing.
             if (stallMs > 0) stall = setTimeout(() => reader.destroy(new Error('reader stalled')), stallMs);
             return;
@@ -181,14 +193,38 @@ export class Fill {
   }
 
   private release(): void {
-    if (--this.refs === 0) void this.spool.close().catch(() => {});
+    if (--this.refs > 0) return;
+    this.tail = [];
+    void this.spool.close().catch(() => {});
+  }
+
+  /** Where memory starts: bytes before it are only in the spool (always spooled: see `trimTail`). */
+  private get tailStart(): number {
+    return this.tail.length > 0 ? this.tail[0].at : this.visible;
+  }
+
+  /** The visible bytes from `pos` in the tail piece holding it (no copy), or null when `pos` is before the tail. */
+  private fromTail(pos: number): Buffer | null {
+    for (let i = this.tail.length - 1; i >= 0; i--) {
+      const { at, piece } = this.tail[i];
+      if (at > pos) continue;
+      if (at + piece.length <= pos) return null;
+      return piece.subarray(pos - at, Math.min(piece.length, this.visible - at));
+    }
+    return null;
+  }
+
+  /** Drops the oldest pieces past TAIL_BYTES, but never one not yet in the spool (readers behind read it there). */
+  private trimTail(spooled: number): void {
+    while (this.tail.length > 1 && this.tailBytes - this.tail[0].piece.length >= TAIL_BYTES && this.tail[0].at + this.tail[0].piece.length <= spooled) {
+      this.tailBytes -= this.tail.shift()!.piece.length;
+    }
   }
 
   /**
-   * The upstream's pieces go to the spool as they come (batched while a write is in flight) and to the hash; the
-   * readers see all but the last piece received until the digest is known, so wrong bytes never reach a client's
-   * last byte, and the storage write starts only after it. No stream stage in between: every byte is copied once
-   * into the spool and once out of it.
+   * The upstream's pieces go to the tail, to the spool as they come (batched while a write is in flight) and to the
+   * hash; the readers see all but the last piece received until the digest is known, so wrong bytes never reach a
+   * client's last byte, and the storage write starts only after it.
    */
   private async run(source: Readable, digest: string, opts: FillOptions): Promise<FillResult> {
     const started = Date.now();
@@ -208,9 +244,7 @@ export class Fill {
       queued = 0;
       writing = writeAll(this.spool, batch, at).then(() => {
         spooled = at + size;
-        // The piece received last stays hidden until the digest is known (never spooled-and-shown unverified).
-        this.written = Math.min(spooled, received - last);
-        this.progress.emit('progress');
+        this.trimTail(spooled);
         writing = null;
         if (queue.length > 0) flush();
       });
@@ -224,6 +258,11 @@ export class Fill {
         last = piece.length;
         if (received > opts.maxBytes) throw new BlobTooLarge(opts.maxBytes);
         const hashing = hash.update(piece);
+        this.tail.push({ at: received - piece.length, piece });
+        this.tailBytes += piece.length;
+        // The piece received last stays hidden until the digest is known (never shown unverified).
+        this.visible = received - last;
+        this.progress.emit('progress');
         queue.push(piece);
         queued += piece.length;
         if (!writing) flush();
@@ -235,7 +274,7 @@ export class Fill {
       while (writing) await writing;
       const actual = `${digest.slice(0, digest.indexOf(':'))}:${await hash.hex()}`;
       if (actual !== digest) throw new DigestMismatch(digest, actual);
-      this.written = received;
+      this.visible = received;
       this.ended = true;
       fetchMs = Date.now() - started;
       this.progress.emit('progress');
@@ -272,6 +311,9 @@ export class Fill {
 
 /** How long the storage write waits at most for the fill's clients to be served before it starts anyway. */
 export const STORE_DELAY_MS = 10_000;
+
+/** The upstream's latest bytes kept in memory for the readers that keep up (see the top of this file). */
+const TAIL_BYTES = 4 << 20;
 
 /** Bytes of upstream pieces waiting for the spool write in flight before the upstream is no longer read. */
 const SPOOL_QUEUE = 2 << 20;

@@ -76,6 +76,30 @@ describe('a blob fill', () => {
     expect((await collect(idle)).equals(blob)).toBe(true);
   });
 
+  it('readers joining at any point get exact bytes, whether they read from memory or from the spool, whatever the pieces', async () => {
+    const driver = new MemoryDriver();
+    const store = new CacheStore(driver, 1000);
+    const blob = data(9 * 1024 * 1024 + 123, 5);
+    const digest = sha256(blob);
+    // Odd piece sizes: a reader's position falls inside pieces, never on their edges only.
+    const fill = await Fill.start(pieces(blob, 77_777), digest, { spoolDir: tmpdir(), maxBytes: 1 << 30, stallMs: 60_000, storeDelayMs: 300, store: (body: Readable) => store.writeBlob(REG, digest, body, blob.length, new AbortController().signal) });
+    const first = fill.reader();
+    const joins = [1, 3, 6, 8.9].map((mib) => mib * 1024 * 1024);
+    const late: Promise<Buffer>[] = [];
+    let seen = 0;
+    for await (const p of first) {
+      seen += (p as Buffer).length;
+      while (joins.length > 0 && seen >= joins[0]) {
+        joins.shift();
+        late.push(collect(fill.reader()));
+      }
+    }
+    expect(late).toHaveLength(4);
+    for (const got of await Promise.all(late)) expect(got.equals(blob)).toBe(true);
+    expect((await fill.done).stored).toBe(true);
+    expect((await driver.read(paths.mirrorBlobData(REG, digest))).equals(blob)).toBe(true);
+  });
+
   it("storage is written only after the fill's clients have their bytes (not beside them)", async () => {
     const driver = new MemoryDriver();
     const store = new CacheStore(driver, 1000);

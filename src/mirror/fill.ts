@@ -150,7 +150,10 @@ export class Fill {
           const available = this.visible - pos;
           if (available === 0) {
             if (this.ended) return void reader.push(null);
-            await new Promise((resolve) => this.progress.once('progress', resolve));
+            // Resumed after the poll phase, not at the first new piece: the pieces one socket read burst brings
+            // (up to 32 of 64 KiB) go out in one corked writev rather than one write each (a loopback write of
+            // 1 MiB costs half the CPU of sixteen of 64 KiB).
+            await new Promise((resolve) => this.progress.once('progress', () => setImmediate(resolve)));
             continue;
           }
           let piece = this.fromTail(pos);

@@ -22,6 +22,7 @@ import { createExclusive } from '../storage/exclusive.js';
 import { DELETE_BATCH, deleteAll } from '../registry/prune-batch.js';
 import { drainLimited, Limiter, PRUNE_REQUESTS } from '../registry/prune-limit.js';
 import { forEachLimited } from '../util/concurrency.js';
+import { writeCacheFigure } from './cap.js';
 import { sweepItems, type SweepContext, type SweepItem, type SweepOutcome } from './prune-sweep.js';
 
 export interface MirrorPruneReport {
@@ -72,6 +73,7 @@ export async function pruneMirror(driver: StorageDriver, m: MirrorConfig, opts: 
   };
   try {
     // Every item's last use; then what kept manifests need.
+    const listed = new Date();
     const items = new Map<string, Item>();
     for await (const { key: digest, objects } of groups(driver.list(paths.mirrorBlobs(m.registry)), (o) => parseMirrorBlobPath(m.registry, o.path)?.digest ?? null)) {
       const rest = (o: ObjectInfo) => parseMirrorBlobPath(m.registry, o.path)!.rest;
@@ -161,6 +163,12 @@ export async function pruneMirror(driver: StorageDriver, m: MirrorConfig, opts: 
       const gone = opts.dryRun || outcome.get(d.digest) === 'deleted';
       report.blobs[gone ? 'deleted' : 'kept']++;
       report.bytes[gone ? 'deleted' : 'kept'] += size;
+    }
+    // What is left, for max-size between prunes (cap.ts): fills from `listed` on are counted by the servers.
+    if (!opts.dryRun) {
+      await writeCacheFigure(driver, { registry: m.registry, bytes: report.bytes.kept, asOf: listed.toISOString() }).catch((err: Error) =>
+        opts.log.warn({ registry: m.registry, err: err.message }, 'could not write the cache size'),
+      );
     }
   } finally {
     if (lock) await releaseLock(driver, m.registry, lock);

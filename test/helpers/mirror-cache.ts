@@ -3,8 +3,10 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
+import { afterEach, beforeEach } from 'vitest';
 import { MIRROR_DEFAULTS, type MirrorConfig } from '../../src/config/mirrors.js';
 import { CacheStore } from '../../src/mirror/store.js';
+import { paths } from '../../src/registry/paths.js';
 import type { StorageDriver } from '../../src/storage/driver.js';
 import { FilesystemDriver } from '../../src/storage/filesystem.js';
 import { MemoryDriver } from '../../src/storage/memory.js';
@@ -31,7 +33,7 @@ export const OBJECT = 1 << 20;
 
 export interface CacheBackend {
   driver: StorageDriver;
-  /** Objects written under the cache's prefix, for "nothing is left" checks. */
+  /** The cache's items and tags (its usage/ figures aside), for "nothing is left" checks. */
   left(): Promise<string[]>;
   close(): Promise<void>;
 }
@@ -59,11 +61,23 @@ export async function cacheBackend(backend: InProcessBackend): Promise<CacheBack
     driver,
     async left() {
       const out: string[] = [];
-      for await (const o of driver.list(`mirror.cache/${REG}`)) out.push(o.path);
+      for (const prefix of [paths.mirrorBlobs(REG), paths.mirrorTags(REG)]) for await (const o of driver.list(prefix)) out.push(o.path);
       return out;
     },
     close,
   };
+}
+
+/** Inside a suite over one backend: fresh cache storage for each test, closed after it (call the result in the test). */
+export function freshCacheEach(backend: InProcessBackend): () => CacheBackend {
+  let b: CacheBackend | undefined;
+  beforeEach(async () => {
+    b = await cacheBackend(backend);
+  });
+  afterEach(async () => {
+    await b?.close();
+  });
+  return () => b!;
 }
 
 export const bytes = (n: number, seed = 1): Buffer => {

@@ -5,7 +5,7 @@
  */
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { CacheCap } from '../../src/mirror/cap.js';
 import { mirrorMetrics } from '../../src/mirror/metrics.js';
 import { Mirror } from '../../src/mirror/mirror.js';
@@ -13,7 +13,7 @@ import { pruneMirror } from '../../src/mirror/prune.js';
 import { CacheStore } from '../../src/mirror/store.js';
 import { Metrics } from '../../src/observability/metrics.js';
 import { paths } from '../../src/registry/paths.js';
-import { bytes, cacheBackend, cacheBlob, cacheConfig, quiet, REG, type CacheBackend } from '../helpers/mirror-cache.js';
+import { bytes, freshCacheEach, cacheBlob, cacheConfig, quiet, REG } from '../helpers/mirror-cache.js';
 import { overriding, sha256 } from '../helpers/server.js';
 import { IN_PROCESS_BACKENDS } from '../helpers/swift.js';
 
@@ -56,15 +56,10 @@ async function until(check: () => Promise<boolean> | boolean): Promise<void> {
 const fast = { flushMs: 20, refreshMs: 0, skewMs: 0 };
 
 describe.each(IN_PROCESS_BACKENDS)('max-size between prunes on %s', (backend) => {
-  let b: CacheBackend;
-  beforeEach(async () => {
-    b = await cacheBackend(backend);
-  });
-  afterEach(async () => {
-    await b.close();
-  });
+  const cache = freshCacheEach(backend);
 
   it('a fill that would take the cache over max-size serves its client the whole blob, is not stored, logged once and counted', { timeout: 60_000 }, async () => {
+    const b = cache();
     const [first, second] = [bytes(6000, 1), bytes(6000, 2)];
     const up = await upstream([first, second]);
     const metrics = new Metrics();
@@ -104,6 +99,7 @@ describe.each(IN_PROCESS_BACKENDS)('max-size between prunes on %s', (backend) =>
   });
 
   it('the size is known across processes without listing the cache, and a prune resets it', { timeout: 60_000 }, async () => {
+    const b = cache();
     const m = cacheConfig({ maxSize: 10_000 });
     const store = new CacheStore(b.driver, 1000);
     // Two server processes: two caps with their own tallies on one storage.

@@ -3,14 +3,14 @@
  * protocol (tombstone, re-read, data, tombstones last) with one `deleteMany` per step of a batch, and on Swift a
  * count of its requests.
  */
-import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { pruneMirror } from '../../src/mirror/prune.js';
 import { ITEM_BATCH } from '../../src/mirror/prune-sweep.js';
 import { CacheStore } from '../../src/mirror/store.js';
 import { paths } from '../../src/registry/paths.js';
 import type { DeleteTarget, StorageDriver } from '../../src/storage/driver.js';
 import { MemoryDriver } from '../../src/storage/memory.js';
-import { bytes, cacheBackend, cacheBlob, cacheConfig, cacheManifest, OBJECT, quiet, REG, type CacheBackend } from '../helpers/mirror-cache.js';
+import { bytes, freshCacheEach, cacheBlob, cacheConfig, cacheManifest, OBJECT, quiet, REG } from '../helpers/mirror-cache.js';
 import { overriding } from '../helpers/server.js';
 import { IN_PROCESS_BACKENDS } from '../helpers/swift.js';
 
@@ -35,15 +35,10 @@ function recording(inner: StorageDriver): { driver: StorageDriver; events: strin
 }
 
 describe.each(IN_PROCESS_BACKENDS)('cache prune in batches on %s', (backend) => {
-  let b: CacheBackend;
-  beforeEach(async () => {
-    b = await cacheBackend(backend);
-  });
-  afterEach(async () => {
-    await b.close();
-  });
+  const cache = freshCacheEach(backend);
 
   it('expired items: each tombstoned before its objects go, one deleteMany for the data (another for parts), the tombstones after; nothing left', { timeout: 120_000 }, async () => {
+    const b = cache();
     const store = new CacheStore(b.driver, 1000);
     const layers = Array.from({ length: 12 }, (_, i) => bytes(3000 + i, i));
     // One blob larger than an object: stored as parts joined (an SLO on Swift).
@@ -76,6 +71,7 @@ describe.each(IN_PROCESS_BACKENDS)('cache prune in batches on %s', (backend) => 
   });
 
   it('a failed delete keeps the item and its tombstone and is reported per object; a pull during the run keeps its item', { timeout: 120_000 }, async () => {
+    const b = cache();
     const store = new CacheStore(b.driver, 1000);
     const [stuck, used, gone] = await Promise.all([bytes(1000, 1), bytes(1100, 2), bytes(1200, 3)].map((l) => cacheBlob(store, l)));
     let pulledNow = false;
@@ -114,6 +110,7 @@ describe.each(IN_PROCESS_BACKENDS)('cache prune in batches on %s', (backend) => 
   });
 
   it.runIf(backend === 'swift')('on Swift: about three requests per expired item (a tombstone, two re-reads), the deletes in bulk', { timeout: 300_000 }, async () => {
+    const b = cache();
     const store = new CacheStore(b.driver, 1000);
     for (let i = 0; i < 40; i += 10) await Promise.all(Array.from({ length: 10 }, (_, j) => cacheBlob(store, bytes(2000, i + j))));
     const swift = b.driver as StorageDriver & { requestCount(): number };

@@ -110,9 +110,10 @@ export class Mirror {
     this.metrics.served(registry, kind, 'local');
   }
 
-  close(): void {
+  /** Close the upstream connections and write this process's last fill counts (before storage is closed). */
+  async close(): Promise<void> {
     for (const u of this.upstreams.values()) u.close();
-    this.cap.close().catch((err: Error) => this.log.warn({ err: err.message }, 'mirror: could not write the cache size'));
+    await this.cap.close().catch((err: Error) => this.log.warn({ err: err.message }, 'mirror: could not write the cache size'));
   }
 
   // --- manifests ---

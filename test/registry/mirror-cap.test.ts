@@ -93,7 +93,7 @@ describe.each(IN_PROCESS_BACKENDS)('max-size between prunes on %s', (backend) =>
       expect((await readAll(again.body!)).equals(second)).toBe(true);
       expect(up.gets.filter((d) => d === sha256(second))).toHaveLength(2);
     } finally {
-      mirror.close();
+      await mirror.close();
       await up.close();
     }
   });

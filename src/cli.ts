@@ -179,7 +179,7 @@ async function serve(config: Config, log: Logger): Promise<number> {
   if (!shared) process.stdout.write(`berth listening on port ${port}\n`);
 
   await stopped;
-  mirror?.close();
+  await mirror?.close();
   await registry.close();
   await memcached?.close();
   return 0;

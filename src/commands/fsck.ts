@@ -1,12 +1,14 @@
 /**
  * `berth fsck [--namespace NS]... [--repair] [--parallel N]`: check a store, report each problem with its path.
+ * Without --namespace, each upstream's pull-through cache too (--repair removes its broken items: fetched again).
  * Exit 0 when nothing is wrong, 1 when something is (even if repaired: someone should look), 2 for bad usage.
  */
 import { DEFAULTS } from '../config/defaults.js';
 import { parseArgs } from 'node:util';
 import type { Logger } from 'pino';
 import type { Config } from '../config/config.js';
-import { Fsck } from '../registry/fsck.js';
+import { checkCache, formatCacheReport } from '../mirror/fsck.js';
+import { Fsck, type FsckProblem } from '../registry/fsck.js';
 import { validNamespace } from '../registry/paths.js';
 import { openStorage } from '../storage/factory.js';
 import { configuredNamespaces } from './namespaces.js';
@@ -34,21 +36,31 @@ export async function runFsck(config: Config, args: string[], log: Logger): Prom
   const driver = await openStorage(config.storage);
   const fsck = new Fsck(driver);
   let problems = 0;
+  const print = (found: FsckProblem[], where: object): number => {
+    for (const p of found) {
+      process.stdout.write(`${p.kind.toUpperCase()} ${p.path}: ${p.detail}\n`);
+      log.warn({ ...where, ...p }, 'fsck problem');
+    }
+    return found.length;
+  };
   try {
     for (const ns of namespaces) {
       const started = Date.now();
       const r = await fsck.check(ns, { repair: values.repair, parallel, progress: (line) => process.stderr.write(`${line}\n`) });
-      for (const p of r.problems) {
-        process.stdout.write(`${p.kind.toUpperCase()} ${p.path}: ${p.detail}\n`);
-        log.warn({ namespace: ns, ...p }, 'fsck problem');
-      }
-      problems += r.problems.length;
+      problems += print(r.problems, { namespace: ns });
       process.stdout.write(
         `namespace ${ns}: ${r.blobs} blobs (${(r.bytes / 2 ** 20).toFixed(1)} MiB) and ${r.manifests} manifests checked in ` +
           `${((Date.now() - started) / 1000).toFixed(1)} s; ${r.problems.length} problems` +
           (values.repair ? `, ${r.quarantined} blobs quarantined` : '') +
           '\n',
       );
+    }
+    // The pull-through cache belongs to no namespace: checked on a run over all of them (mirror/fsck.ts).
+    for (const m of values.namespace === undefined ? config.mirrors : []) {
+      const started = Date.now();
+      const r = await checkCache(driver, m, { repair: values.repair, parallel });
+      problems += print(r.problems, { registry: m.registry });
+      process.stdout.write(formatCacheReport(r, values.repair === true, Date.now() - started));
     }
   } finally {
     await driver.close();

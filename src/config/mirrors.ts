@@ -17,8 +17,9 @@
  *       max-blob-size: 10737418240       larger blobs are refused, not fetched
  *       max-fills: 16                    blob fills from this upstream at once; more wait for a slot
  *       max-fills-per-client: 8          fills one client address may have started and running; more get 429
- *       max-size: 107374182400           bytes the cache of this upstream may hold after a prune (least recently
- *                                        pulled first out); default: no cap
+ *       max-size: 107374182400           bytes the cache of this upstream may hold: a fill that would go over is
+ *                                        served, not stored (known across processes within ~10 s, mirror/cap.ts);
+ *                                        prune evicts least recently pulled first; default: no cap
  */
 import { readFileSync } from 'node:fs';
 import { resolve } from 'node:path';
@@ -44,7 +45,7 @@ export interface MirrorConfig {
   maxBlobSize: number;
   maxFills: number;
   maxFillsPerClient: number;
-  /** Bytes `berth prune` leaves in this upstream's cache at most; undefined: no cap. */
+  /** Bytes this upstream's cache may hold (fills over it are not stored; prune evicts down to it); undefined: no cap. */
   maxSize?: number;
 }
 

@@ -14,10 +14,12 @@ export interface MirrorMetrics {
   upstreamError(registry: string, reason: UpstreamFailure): void;
   fetched(registry: string, bytes: number): void;
   fills(registry: string, delta: 1 | -1): void;
+  /** A fill that served its clients but was not stored: the cache was at max-size. */
+  notStored(registry: string): void;
 }
 
 export function mirrorMetrics(metrics: Metrics | undefined): MirrorMetrics {
-  if (!metrics) return { served() {}, upstreamError() {}, fetched() {}, fills() {} };
+  if (!metrics) return { served() {}, upstreamError() {}, fetched() {}, fills() {}, notStored() {} };
   const registers = [metrics.registry];
   const requests = new Counter({
     name: 'berth_mirror_requests_total',
@@ -33,7 +35,14 @@ export function mirrorMetrics(metrics: Metrics | undefined): MirrorMetrics {
   });
   const bytes = new Counter({ name: 'berth_mirror_fetched_bytes_total', help: 'Bytes fetched from upstream registries', labelNames: ['registry'] as const, registers });
   const inProgress = new Gauge({ name: 'berth_mirror_fills_in_progress', help: 'Blob fills from upstream running now', labelNames: ['registry'] as const, registers });
+  const overCap = new Counter({
+    name: 'berth_mirror_fills_not_stored_total',
+    help: 'Blob fills served to their clients but not stored, because the cache was at max-size',
+    labelNames: ['registry'] as const,
+    registers,
+  });
   return {
+    notStored: (registry) => overCap.inc({ registry }),
     served: (registry, kind, result) => requests.inc({ registry, kind, result }),
     upstreamError: (registry, reason) => errors.inc({ registry, reason }),
     fetched: (registry, n) => bytes.inc({ registry }, n),

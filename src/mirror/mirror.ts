@@ -19,6 +19,7 @@ import { parseManifest } from '../registry/manifest-doc.js';
 import { MAX_MANIFEST_SIZE } from '../registry/manifests.js';
 import { digestAlgorithm, validDigest, validTag } from '../registry/paths.js';
 import type { ByteRange, StorageDriver } from '../storage/driver.js';
+import { CacheCap } from './cap.js';
 import { BlobTooLarge, Fill } from './fill.js';
 import type { MirrorMetrics, UpstreamFailure } from './metrics.js';
 import { MirrorNames } from './names.js';
@@ -66,6 +67,8 @@ const PULL_INTERVAL_MS = 3600_000;
 export class Mirror {
   readonly names: MirrorNames;
   readonly store: CacheStore;
+  /** max-size between prunes (cap.ts). */
+  readonly cap: CacheCap;
   private readonly upstreams = new Map<string, Upstream>();
   private readonly slots = new Map<string, Slots>();
   /** Fills by registry and digest, registered before their first await so that concurrent misses find them. */
@@ -90,6 +93,7 @@ export class Mirror {
     // The shortest keep decides: a pull must reach storage well before prune could judge the item unpulled.
     const minKeepMs = Math.min(...mirrors.map((m) => m.keep * 1000), PULL_INTERVAL_MS * 4);
     this.store = new CacheStore(driver, Math.max(1000, Math.floor(minKeepMs / 4)));
+    this.cap = new CacheCap(driver, mirrors);
     for (const m of mirrors) {
       this.upstreams.set(m.registry, new Upstream(m));
       this.slots.set(m.registry, new Slots(m.maxFills));
@@ -106,8 +110,10 @@ export class Mirror {
     this.metrics.served(registry, kind, 'local');
   }
 
-  close(): void {
+  /** Close the upstream connections and write this process's last fill counts (before storage is closed). */
+  async close(): Promise<void> {
     for (const u of this.upstreams.values()) u.close();
+    await this.cap.close().catch((err: Error) => this.log.warn({ err: err.message }, 'mirror: could not write the cache size'));
   }
 
   // --- manifests ---
@@ -212,7 +218,7 @@ export class Mirror {
     }
     // The tag beside the manifest: a reader that finds the tag before the manifest fetches it again, nothing worse.
     await Promise.all([
-      this.store.writeManifest(m.registry, digest, body, mediaType),
+      this.store.writeManifest(m.registry, digest, body, mediaType).then((stored) => stored && this.cap.added(m.registry, body.length)),
       reference.includes(':') ? undefined : this.store.setTag(m.registry, name, reference, { digest, mediaType, size: body.length, checked: Date.now() }),
     ]);
     this.metrics.served(m.registry, 'manifest', 'miss');
@@ -322,13 +328,23 @@ export class Mirror {
     const size = Number.isSafeInteger(lengthHeader) && lengthHeader >= 0 ? lengthHeader : undefined;
     // Storage's writes are not tied to any client: a fill ends when the upstream's body does.
     const stop = new AbortController();
+    let overCap = false;
     let fill: Fill;
     try {
       fill = await Fill.start(res.body, digest, {
         spoolDir: this.spoolDir,
         maxBytes: m.maxBlobSize,
         stallMs: m.timeout * 1000,
-        store: (body, bytes) => this.store.writeBlob(m.registry, digest, body, bytes, stop.signal),
+        store: async (body, bytes) => {
+          const stored = await this.cap.store(m.registry, bytes, () => this.store.writeBlob(m.registry, digest, body, bytes, stop.signal));
+          if (typeof stored === 'boolean') return stored;
+          // Over max-size: the clients have their bytes; the cache does not keep them (logged once, counted).
+          body.destroy();
+          overCap = true;
+          this.metrics.notStored(m.registry);
+          this.log.warn({ registry: m.registry, upstream: res.host, digest, bytes, cacheBytes: stored.usage, maxSize: stored.maxSize }, 'mirror fill: not stored, the cache is at max-size');
+          return false;
+        },
       });
     } catch (err) {
       slots.give();
@@ -341,7 +357,7 @@ export class Mirror {
     fill.done.then(
       ({ stored, bytes, fetchMs }) => {
         this.metrics.fetched(m.registry, bytes);
-        if (!stored) this.metrics.upstreamError(m.registry, 'storage');
+        if (!stored && !overCap) this.metrics.upstreamError(m.registry, 'storage');
         this.log.info({ registry: m.registry, upstream: res.host, repository: name, digest, bytes, fetchMs, ms: Date.now() - started, stored }, 'mirror fill: blob');
       },
       (err: unknown) => {

@@ -3,8 +3,9 @@
  * the namespaces' push-age rules say. An item is kept while its `pulled`, `touched` or data is younger than that,
  * and so is everything a kept manifest needs (an index's children, an image's config and layers), so a client
  * that pulls only the manifest (it has the layers) does not leave the cache with half an image when the upstream
- * is down. An expired item goes by prune's protocol (registry/prune.ts): tombstone, re-read `touched` and
- * `pulled` (a fill or pull meanwhile keeps it), delete the data first and the tombstone last.
+ * is down. Expired items go by prune's protocol in batches (prune-sweep.ts): tombstone, re-read `touched` and
+ * `pulled` (a fill or pull meanwhile keeps it), delete the data in one `deleteMany` per batch, the tombstones in
+ * another after.
  *
  * With `max-size`, kept items then go least recently used first until the cache fits, except those used within
  * SIZE_GRACE_MS (a fill in progress, a pull right now): the cap is met at the next run if they keep it from fitting.
@@ -18,6 +19,11 @@ import { parseMirrorBlobPath, parseMirrorTagPath, paths } from '../registry/path
 import type { PruneLog, Tally } from '../registry/prune.js';
 import type { ObjectInfo, StorageDriver } from '../storage/driver.js';
 import { createExclusive } from '../storage/exclusive.js';
+import { DELETE_BATCH, deleteAll } from '../registry/prune-batch.js';
+import { drainLimited, Limiter, PRUNE_REQUESTS } from '../registry/prune-limit.js';
+import { forEachLimited } from '../util/concurrency.js';
+import { writeCacheFigure } from './cap.js';
+import { sweepItems, type SweepContext, type SweepItem, type SweepOutcome } from './prune-sweep.js';
 
 export interface MirrorPruneReport {
   registry: string;
@@ -53,20 +59,21 @@ export async function pruneMirror(driver: StorageDriver, m: MirrorConfig, opts: 
   const cutoff = now - m.keep * 1000;
   const lock = opts.dryRun ? '' : await takeLock(driver, m.registry, opts);
   if (lock === null) return { ...report, refused: `another prune holds ${paths.mirrorPruneLock(m.registry)}` };
-  const remove = async (path: string, what: object): Promise<boolean> => {
-    if (opts.dryRun) return true;
-    try {
-      await driver.delete(path);
-      opts.log.debug({ registry: m.registry, path, ...what }, 'deleted');
-      return true;
-    } catch (err) {
+  const limit = new Limiter(PRUNE_REQUESTS);
+  const ctx: SweepContext = {
+    driver,
+    registry: m.registry,
+    limit,
+    failed(what, detail, err) {
       report.failures++;
-      opts.log.warn({ registry: m.registry, path, err: (err as Error).message }, 'delete failed');
-      return false;
-    }
+      opts.log.warn({ registry: m.registry, ...detail, err: err.message }, what);
+    },
+    claimed: (blob) => opts.log.info({ registry: m.registry, blob }, 'a pull or fill used the cached item during prune; kept'),
+    deleted: (path, blob) => opts.log.debug({ registry: m.registry, path, blob }, 'deleted'),
   };
   try {
     // Every item's last use; then what kept manifests need.
+    const listed = new Date();
     const items = new Map<string, Item>();
     for await (const { key: digest, objects } of groups(driver.list(paths.mirrorBlobs(m.registry)), (o) => parseMirrorBlobPath(m.registry, o.path)?.digest ?? null)) {
       const rest = (o: ObjectInfo) => parseMirrorBlobPath(m.registry, o.path)!.rest;
@@ -83,17 +90,17 @@ export async function pruneMirror(driver: StorageDriver, m: MirrorConfig, opts: 
     const keep = new Set<string>();
     const queue = [...items.values()].filter((i) => i.lastUse >= cutoff).map((i) => i.digest);
     for (const d of queue) keep.add(d);
-    while (queue.length > 0) {
-      const d = queue.pop()!;
-      if (!items.get(d)?.manifest) continue;
-      const body = await driver.read(paths.mirrorBlobData(m.registry, d)).then((b) => b.toString('utf8'), () => null);
+    // Kept manifests are read side by side (an index's children join the walk as it is read).
+    await drainLimited(queue, PRUNE_REQUESTS, async (d) => {
+      if (!items.get(d)?.manifest) return;
+      const body = await limit.run(() => driver.read(paths.mirrorBlobData(m.registry, d))).then((b) => b.toString('utf8'), () => null);
       for (const child of body === null ? [] : needs(body)) {
         if (!keep.has(child.digest) && items.has(child.digest)) {
           keep.add(child.digest);
           queue.push(child.digest);
         }
       }
-    }
+    });
 
     // Over the size cap: the least recently used kept items go too (judged against the grace, not `keep`).
     const evicted = new Set<string>();
@@ -109,64 +116,64 @@ export async function pruneMirror(driver: StorageDriver, m: MirrorConfig, opts: 
       if (total > m.maxSize) opts.log.warn({ registry: m.registry, bytes: total, maxSize: m.maxSize }, 'the cache stays over max-size: what is left was used within the last ten minutes');
     }
 
-    for await (const o of driver.list(paths.mirrorTags(m.registry))) {
+    // Tags: read a few at a time; an expired one is stat'ed again just before its batch's delete (a revalidation
+    // during the run rewrites it, and keeps it).
+    const expiredTags: { path: string; repository: string; tag: string }[] = [];
+    await forEachLimited(driver.list(paths.mirrorTags(m.registry)), PRUNE_REQUESTS, async (o) => {
       const parsed = parseMirrorTagPath(m.registry, o.path);
-      if (!parsed) continue;
+      if (!parsed) return;
       report.tags.examined++;
-      const target = await driver.read(o.path).then((b) => (JSON.parse(b.toString('utf8')) as { digest?: string }).digest, () => undefined);
+      const target = await limit.run(() => driver.read(o.path)).then((b) => (JSON.parse(b.toString('utf8')) as { digest?: string }).digest, () => undefined);
       if (o.modified.getTime() >= cutoff || (target !== undefined && keep.has(target))) report.tags.kept++;
-      else if (await remove(o.path, { repository: parsed.repo, tag: parsed.tag })) report.tags.deleted++;
-      else report.tags.kept++;
+      else expiredTags.push({ path: o.path, repository: parsed.repo, tag: parsed.tag });
+    });
+    for (let i = 0; i < expiredTags.length; i += DELETE_BATCH) {
+      const batch = expiredTags.slice(i, i + DELETE_BATCH);
+      const still = opts.dryRun ? batch : [];
+      if (!opts.dryRun) {
+        await forEachLimited(batch, PRUNE_REQUESTS, async (t) => {
+          const now = await limit.run(() => driver.stat(t.path)).catch(() => undefined);
+          if (now === null || (now && now.modified.getTime() < cutoff)) still.push(t);
+        });
+      }
+      const bad = new Map((opts.dryRun ? [] : await deleteAll(driver, still.map((t) => ({ path: t.path, joined: false })))).map((f) => [f.path, f.error]));
+      report.tags.kept += batch.length - still.length;
+      for (const t of still) {
+        const err = bad.get(t.path);
+        if (err) ctx.failed('delete failed', { path: t.path }, err);
+        else if (!opts.dryRun) opts.log.debug({ registry: m.registry, path: t.path, repository: t.repository, tag: t.tag }, 'deleted');
+        if (err) report.tags.kept++;
+        else report.tags.deleted++;
+      }
     }
 
+    // Items: the expired and evicted ones by the batched protocol (prune-sweep.ts); dry run: what would go.
+    const doomed: SweepItem[] = [];
     for (const item of items.values()) {
       report.blobs.examined++;
       report.bytes.examined += item.size;
-      const itemCutoff = evicted.has(item.digest) ? now - SIZE_GRACE_MS : cutoff;
-      if (keep.has(item.digest) || !(await sweep(driver, m.registry, item, itemCutoff, opts, remove, report))) {
+      if (keep.has(item.digest)) {
         report.blobs.kept++;
         report.bytes.kept += item.size;
-      } else {
-        report.blobs.deleted++;
-        report.bytes.deleted += item.size;
-      }
+      } else doomed.push({ digest: item.digest, objects: item.objects, cutoff: evicted.has(item.digest) ? now - SIZE_GRACE_MS : cutoff });
+    }
+    const outcome = opts.dryRun ? new Map<string, SweepOutcome>() : await sweepItems(ctx, doomed);
+    for (const d of doomed) {
+      const size = items.get(d.digest)!.size;
+      const gone = opts.dryRun || outcome.get(d.digest) === 'deleted';
+      report.blobs[gone ? 'deleted' : 'kept']++;
+      report.bytes[gone ? 'deleted' : 'kept'] += size;
+    }
+    // What is left, for max-size between prunes (cap.ts): fills from `listed` on are counted by the servers.
+    if (!opts.dryRun) {
+      await writeCacheFigure(driver, { registry: m.registry, bytes: report.bytes.kept, asOf: listed.toISOString() }).catch((err: Error) =>
+        opts.log.warn({ registry: m.registry, err: err.message }, 'could not write the cache size'),
+      );
     }
   } finally {
     if (lock) await releaseLock(driver, m.registry, lock);
   }
   return report;
-}
-
-/** Tombstone, re-check the fill's touch and the last pull, delete (data first, tombstone last). */
-async function sweep(
-  driver: StorageDriver,
-  registry: string,
-  item: Item,
-  cutoff: number,
-  opts: MirrorPruneOptions,
-  remove: (path: string, what: object) => Promise<boolean>,
-  report: MirrorPruneReport,
-): Promise<boolean> {
-  if (opts.dryRun) return true;
-  const tombstone = paths.mirrorTombstone(registry, item.digest);
-  try {
-    await driver.put(tombstone, Buffer.alloc(0));
-    const [touched, pulled] = await Promise.all([driver.stat(paths.mirrorTouched(registry, item.digest)), driver.stat(paths.mirrorPulled(registry, item.digest))]);
-    if (Math.max(touched?.modified.getTime() ?? 0, pulled?.modified.getTime() ?? 0) >= cutoff) {
-      opts.log.info({ registry, blob: item.digest }, 'a pull or fill used the cached item during prune; kept');
-      await driver.delete(tombstone);
-      return false;
-    }
-  } catch (err) {
-    report.failures++;
-    opts.log.warn({ registry, blob: item.digest, err: (err as Error).message }, 'could not tombstone a cached item');
-    return false;
-  }
-  const data = item.objects.find((o) => o.path === paths.mirrorBlobData(registry, item.digest));
-  let ok = data ? await remove(data.path, { blob: item.digest }) : true;
-  for (const o of item.objects) if (ok && o !== data && o.path !== tombstone) ok = await remove(o.path, { blob: item.digest });
-  if (ok) ok = await remove(tombstone, { blob: item.digest });
-  return ok;
 }
 
 async function takeLock(driver: StorageDriver, registry: string, opts: MirrorPruneOptions): Promise<string | null> {

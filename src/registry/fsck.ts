@@ -118,29 +118,8 @@ export class Fsck {
 
   private async blob(ns: string, digest: string, report: FsckReport, opts: FsckOptions): Promise<void> {
     const path = paths.blobData(ns, digest);
-    const found: FsckProblem[] = [];
-    try {
-      for (const detail of (await this.driver.verify?.(path)) ?? []) found.push({ kind: 'segment', path, detail });
-    } catch (err) {
-      // Storage failed to answer: that says nothing about the blob, and the run goes on.
-      found.push({ kind: 'unreadable', path, detail: `segments not checked: ${(err as Error).message}` });
-    }
-    try {
-      const { body, size: expected } = await this.driver.get(path);
-      const hash = createHash(digestAlgorithm(digest));
-      let size = 0;
-      for await (const piece of body as AsyncIterable<Buffer>) {
-        hash.update(piece);
-        size += piece.length;
-      }
-      report.bytes += size;
-      const actual = `${digestAlgorithm(digest)}:${hash.digest('hex')}`;
-      // A short read is a failed read, not evidence that the stored bytes are wrong.
-      if (size !== expected) found.push({ kind: 'unreadable', path, detail: `read ${size} of ${expected} bytes` });
-      else if (actual !== digest) found.push({ kind: 'corrupt', path, detail: `content hashes to ${actual}` });
-    } catch (err) {
-      found.push({ kind: 'unreadable', path, detail: (err as Error).message });
-    }
+    const { problems: found, bytes } = await checkStored(this.driver, path, digest);
+    report.bytes += bytes;
     report.blobs++;
     report.problems.push(...found);
     // Only evidence of damage takes a blob out of service: all its bytes hashing to another digest, or segments
@@ -154,4 +133,37 @@ export class Fsck {
       }
     }
   }
+}
+
+/**
+ * Read a stored object whole and hash it against its digest, and ask the backend what reading cannot show (Swift:
+ * segments against the join's record). `corrupt` and `segment` are evidence of damage; `unreadable` is not (the
+ * next read may succeed). Used for pushed blobs and for the pull-through cache's items (mirror/fsck.ts).
+ */
+export async function checkStored(driver: StorageDriver, path: string, digest: string): Promise<{ problems: FsckProblem[]; bytes: number }> {
+  const found: FsckProblem[] = [];
+  let bytes = 0;
+  try {
+    for (const detail of (await driver.verify?.(path)) ?? []) found.push({ kind: 'segment', path, detail });
+  } catch (err) {
+    // Storage failed to answer: that says nothing about the blob, and the run goes on.
+    found.push({ kind: 'unreadable', path, detail: `segments not checked: ${(err as Error).message}` });
+  }
+  try {
+    const { body, size: expected } = await driver.get(path);
+    const hash = createHash(digestAlgorithm(digest));
+    let size = 0;
+    for await (const piece of body as AsyncIterable<Buffer>) {
+      hash.update(piece);
+      size += piece.length;
+    }
+    bytes = size;
+    const actual = `${digestAlgorithm(digest)}:${hash.digest('hex')}`;
+    // A short read is a failed read, not evidence that the stored bytes are wrong.
+    if (size !== expected) found.push({ kind: 'unreadable', path, detail: `read ${size} of ${expected} bytes` });
+    else if (actual !== digest) found.push({ kind: 'corrupt', path, detail: `content hashes to ${actual}` });
+  } catch (err) {
+    found.push({ kind: 'unreadable', path, detail: (err as Error).message });
+  }
+  return { problems: found, bytes };
 }

@@ -49,6 +49,9 @@
  *     tags/<name>/_tag/<tag>                     JSON {digest, mediaType, size, checked}: the upstream's tag
  *                                                as last seen (<name> is the upstream's repository name)
  *     prune.lock                                 held by a running prune of this upstream's cache
+ *     usage/last.json                            {bytes, asOf}: what the last prune left (mirror/cap.ts)
+ *     usage/live/<process>                       bytes one server process's fills stored since, in time buckets
+ *                                                (quota.ts's tally), so max-size holds between prunes
  */
 import { RegistryError } from './errors.js';
 
@@ -209,6 +212,9 @@ export const paths = {
   mirrorTombstone: (m: string, d: string) => `${mirror(m)}/blobs/${digest(d)}/tombstone`,
   mirrorTags: (m: string) => `${mirror(m)}/tags`,
   mirrorPruneLock: (m: string) => `${mirror(m)}/prune.lock`,
+  mirrorUsageReport: (m: string) => `${mirror(m)}/usage/last.json`,
+  mirrorUsageLive: (m: string) => `${mirror(m)}/usage/live`,
+  mirrorUsageProcess: (m: string, p: string) => `${mirror(m)}/usage/live/${processName(p)}`,
   mirrorTag: (m: string, r: string, t: string) => `${mirror(m)}/tags/${name(r)}/_tag/${tag(t)}`,
 };
 

@@ -39,7 +39,20 @@ export interface QuotaConfig {
   fallback?: number;
   /** Intervals (ms), for tests; the defaults are REFRESH_MS, FLUSH_MS and SKEW_MS. */
   timing?: Partial<Timing>;
+  /** Where the figure and the live objects of a key are: a namespace's usage/ unless given (the mirror's cap has its own). */
+  location?: TallyLocation;
 }
+
+/** The storage a tally of committed bytes lives in, by key (a namespace; an upstream's cache). */
+export interface TallyLocation {
+  /** The last full count: its bytes and the time it counts from (ISO 8601); null before any. */
+  figure(driver: StorageDriver, key: string): Promise<{ bytes: number; asOf: string } | null>;
+  /** The prefix of every process's object, and this process's. */
+  live(key: string): string;
+  process(key: string, name: string): string;
+}
+
+const NAMESPACE_USAGE: TallyLocation = { figure: readUsage, live: paths.usageLive, process: paths.usageProcess };
 
 interface Timing {
   refreshMs: number;
@@ -94,12 +107,14 @@ export class Quotas {
   readonly process = `${hostname().toLowerCase().replace(/[^a-z0-9.-]/g, '-').slice(0, 64) || 'host'}.${process.pid}.${randomBytes(4).toString('hex')}`;
 
   private readonly timing: Timing;
+  private readonly location: TallyLocation;
 
   constructor(
     private readonly driver: StorageDriver,
     private readonly config: QuotaConfig,
   ) {
     this.timing = { refreshMs: REFRESH_MS, flushMs: FLUSH_MS, skewMs: SKEW_MS, ...config.timing };
+    this.location = config.location ?? NAMESPACE_USAGE;
   }
 
   /** Open uploads are counted from the listing that limits their number (upload-limits.ts). */
@@ -209,7 +224,7 @@ export class Quotas {
 
   private async refresh(ns: string, old: NamespaceView | undefined): Promise<NamespaceView> {
     const started = Date.now();
-    const [figure, listing] = await Promise.all([readUsage(this.driver, ns), this.open?.listing(ns, this.timing.refreshMs)]);
+    const [figure, listing] = await Promise.all([this.location.figure(this.driver, ns), this.open?.listing(ns, this.timing.refreshMs)]);
     const asOf = figure ? Date.parse(figure.asOf) : -Infinity;
     const covered = (b: Bucket) => b.to < asOf - this.timing.skewMs;
     const v = old ?? blankView();
@@ -236,8 +251,8 @@ export class Quotas {
   /** Other processes' uncovered bytes: one listing of usage/live/ and one read per process. */
   private async othersSince(ns: string, covered: (b: Bucket) => boolean): Promise<number> {
     let sum = 0;
-    const own = paths.usageProcess(ns, this.process);
-    for await (const o of this.driver.list(paths.usageLive(ns))) {
+    const own = this.location.process(ns, this.process);
+    for await (const o of this.driver.list(this.location.live(ns))) {
       if (o.path === own) continue;
       let buckets: Bucket[];
       try {
@@ -286,7 +301,7 @@ export class Quotas {
         v.buckets.unshift({ from: Math.min(a.from, b.from), to: Math.max(a.to, b.to), bytes: a.bytes + b.bytes });
       }
       v.dirty = false;
-      const path = paths.usageProcess(ns, this.process);
+      const path = this.location.process(ns, this.process);
       try {
         if (v.buckets.length === 0) await this.driver.delete(path);
         else await this.driver.put(path, Buffer.from(JSON.stringify({ process: this.process, updated: new Date().toISOString(), buckets: v.buckets })), { contentType: 'application/json' });

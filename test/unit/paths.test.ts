@@ -75,6 +75,8 @@ describe('storage paths', () => {
     expect(paths.mirrorTombstone('quay.io', D)).toBe(`mirror.cache/quay.io/blobs/${D}/tombstone`);
     expect(paths.mirrorTag('quay.io', 'org/app', 'v1')).toBe('mirror.cache/quay.io/tags/org/app/_tag/v1');
     expect(paths.mirrorPruneLock('quay.io')).toBe('mirror.cache/quay.io/prune.lock');
+    expect(paths.mirrorUsageReport('quay.io')).toBe('mirror.cache/quay.io/usage/last.json');
+    expect(paths.mirrorUsageProcess('quay.io', 'host.1.ab')).toBe('mirror.cache/quay.io/usage/live/host.1.ab');
     // The root cannot be a namespace, so no tenant's paths reach the cache.
     expect(validNamespace('mirror.cache')).toBe(false);
     expect(parseMirrorBlobPath('quay.io', `mirror.cache/quay.io/blobs/${D}/pulled`)).toEqual({ digest: D, rest: 'pulled' });

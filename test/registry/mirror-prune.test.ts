@@ -109,7 +109,8 @@ describe.each(IN_PROCESS_BACKENDS)('cache prune in batches on %s', (backend) => 
     expect(await b.left()).toEqual([]);
   });
 
-  it.runIf(backend === 'swift')('on Swift: about three requests per expired item (a tombstone, two re-reads), the deletes in bulk', { timeout: 300_000 }, async () => {
+  // Registered on Swift only (request counts are Swift's), rather than reported as skipped elsewhere.
+  if (backend === 'swift') it('on Swift: about three requests per expired item (a tombstone, two re-reads), the deletes in bulk', { timeout: 300_000 }, async () => {
     const b = cache();
     const store = new CacheStore(b.driver, 1000);
     for (let i = 0; i < 40; i += 10) await Promise.all(Array.from({ length: 10 }, (_, j) => cacheBlob(store, bytes(2000, i + j))));

@@ -26,7 +26,7 @@ import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs, promisify } from 'node:util';
-import { swiftSession } from './swift-lib.mjs';
+import { swiftRates, swiftSession } from './swift-lib.mjs';
 
 const run = promisify(execFile);
 const root = new URL('..', import.meta.url).pathname;
@@ -232,6 +232,9 @@ async function contender(name, berth, store) {
     await writeFile(pcfg, configYaml(container, counter.clouds, 'via-proxy'));
     usage = await timed(berth, pcfg, counter, 'usage', '--fresh');
   }
+  // The floor, through the same proxy, just before (and before the expiry is computed, which must be last): what
+  // Swift alone needs to delete as many objects.
+  const swift = await swiftRates(await swiftSession(`http://127.0.0.1:${counter.port}/auth/v1.0`));
   await sleep(3000); // container listings settle (Swift updates them asynchronously)
   const objectsBefore = await objectCount(container);
   const expiry = expirySeconds(store);
@@ -254,6 +257,7 @@ async function contender(name, berth, store) {
     usage: usage && { seconds: usage.seconds, requests: usage.requests, rssMb: usage.rssMb, exit: usage.code },
     prune: { seconds: prune.seconds, requests: prune.requests, perDeleted: +(prune.requests / deleted).toFixed(2), rssMb: prune.rssMb, exit: prune.code, summary: prune.stdout.trim() },
     fsck: { seconds: fsck.seconds, requests: fsck.requests, exit: fsck.code },
+    swift: { ...swift, floorSeconds: +(deleted / swift.deletes).toFixed(1) },
     keptImagesBroken: badKept, keptImages: store.kept.length, verifySeconds, expiredSampledGone: `${goneOld}/${store.old.length}`, container,
   };
 }
@@ -360,6 +364,7 @@ for (const r of results) {
   console.log(`${r.name}: ${r.manifests} manifests, objects ${r.objectsBefore} -> ${r.objectsAfter} (store built in ${r.buildSeconds.toFixed(0)} s)`);
   if (r.usage) console.log(`  usage --fresh ${r.usage.seconds.toFixed(1)} s, ${r.usage.requests} Swift requests, peak RSS ${r.usage.rssMb} MB, exit ${r.usage.exit}`);
   console.log(`  prune ${r.prune.seconds.toFixed(1)} s, ${r.prune.requests} Swift requests, ${r.prune.perDeleted} per deleted object, peak RSS ${r.prune.rssMb} MB, exit ${r.prune.exit}`);
+  console.log(`  Swift alone (same proxy, just before): ${r.swift.deletes} bulk deletes/s, ${r.swift.puts} PUTs/s; deleting these ${r.deleted} objects takes it ${r.swift.floorSeconds} s: prune = ${(r.prune.seconds / r.swift.floorSeconds).toFixed(2)}x that floor`);
   console.log(`  fsck ${r.fsck.seconds.toFixed(1)} s, ${r.fsck.requests} requests, exit ${r.fsck.exit}; kept images broken: ${r.keptImagesBroken} of ${r.keptImages} (verified in ${r.verifySeconds.toFixed(0)} s); expired sampled gone: ${r.expiredSampledGone}`);
 }
 console.log(`load average at the end: ${load}; containers left for inspection: ${results.map((r) => r.container).join(', ')}`);

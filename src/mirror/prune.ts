@@ -140,10 +140,13 @@ export async function pruneMirror(driver: StorageDriver, m: MirrorConfig, opts: 
       report.tags.kept += batch.length - still.length;
       for (const t of still) {
         const err = bad.get(t.path);
-        if (err) ctx.failed('delete failed', { path: t.path }, err);
-        else if (!opts.dryRun) opts.log.debug({ registry: m.registry, path: t.path, repository: t.repository, tag: t.tag }, 'deleted');
-        if (err) report.tags.kept++;
-        else report.tags.deleted++;
+        if (err) {
+          ctx.failed('delete failed', { path: t.path }, err);
+          report.tags.kept++;
+        } else {
+          report.tags.deleted++;
+          if (!opts.dryRun) opts.log.debug({ registry: m.registry, path: t.path, repository: t.repository, tag: t.tag }, 'deleted');
+        }
       }
     }
 

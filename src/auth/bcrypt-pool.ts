@@ -33,6 +33,8 @@ export interface PoolOptions {
   size?: number;
   /** Checks allowed to wait; more are refused with PoolBusy (default 1024). */
   maxWaiting?: number;
+  /** The clock prefixes' failures decay by (tests hold it still, so equal failures stay equal). */
+  now?: () => number;
 }
 
 /** Too many checks already waiting: the caller answers "try again" instead of queueing without end. */
@@ -69,7 +71,7 @@ export class BcryptPool {
   constructor(opts: PoolOptions = {}) {
     this.size = Math.max(1, opts.size ?? Math.min(2, availableParallelism() - 1));
     this.maxWaiting = opts.maxWaiting ?? 1024;
-    this.queue = new LoginQueue(this.maxWaiting);
+    this.queue = new LoginQueue(this.maxWaiting, opts.now);
   }
 
   /** A check from `address` failed: its prefix's later checks wait behind other prefixes' (and go first when full). */

@@ -1,10 +1,11 @@
 #!/usr/bin/env node
 // Pull-through caches side by side: Berth with `mirrors:` against CNCF Distribution 2.8 in proxy mode, both in front
 // of one Distribution upstream (filesystem) on loopback, on the filesystem or on the Swift of tools/swift-aio.sh.
-// For each: a cold skopeo pull of a one-layer image (the cache fills), a warm one (from the cache), and N concurrent
+// For each: cold skopeo pulls of a one-layer image (the cache fills), a warm one (from the cache), and N concurrent
 // cold pulls of a fresh image through a fresh cache, with the bytes the upstream sent for them (its access log).
 //
-// usage: node tools/bench-mirror.mjs [--size-mib 512] [--backend filesystem|swift] [--concurrency 8] [--temp-url] [--out FILE]
+// usage: node tools/bench-mirror.mjs [--size-mib 512] [--backend filesystem|swift] [--concurrency 8] [--trials 3] [--temp-url] [--out FILE]
+// --trials: cold pulls per contender (each through a fresh cache, taking turns to go first); the median is reported.
 // --temp-url: Berth on Swift redirects cached blobs to temp URLs (Distribution's proxy streams them itself).
 // Needs dist/ (npm run build), skopeo and /usr/bin/docker-registry.
 import { execFile, spawn } from 'node:child_process';
@@ -20,10 +21,11 @@ import { dropContainer, swiftSession } from './swift-lib.mjs';
 
 const run = promisify(execFile);
 const { values: args } = parseArgs({
-  options: { 'size-mib': { type: 'string', default: '512' }, backend: { type: 'string', default: 'filesystem' }, concurrency: { type: 'string', default: '8' }, 'temp-url': { type: 'boolean' }, out: { type: 'string' } },
+  options: { 'size-mib': { type: 'string', default: '512' }, backend: { type: 'string', default: 'filesystem' }, concurrency: { type: 'string', default: '8' }, trials: { type: 'string', default: '3' }, 'temp-url': { type: 'boolean' }, out: { type: 'string' } },
 });
 const SIZE = Number(args['size-mib']);
 const N = Number(args.concurrency);
+const TRIALS = Number(args.trials);
 const backend = args.backend;
 const repoRoot = join(dirname(new URL(import.meta.url).pathname), '..');
 const work = await mkdtemp(join(tmpdir(), 'berth-bench-mirror-'));
@@ -104,6 +106,13 @@ const cpu = (pid) => {
   const f = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1].split(' ');
   return (Number(f[11]) + Number(f[12])) / 100;
 };
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+const median = (xs) => xs.slice().sort((a, b) => a - b)[Math.floor(xs.length / 2)];
+/** Dirty pages written back (sync) and a moment for the writeback's tail, so no pull pays for an earlier one's disk. */
+const settle = async () => {
+  await run('sync');
+  await sleep(1000);
+};
 const seconds = async (f) => {
   const t = process.hrtime.bigint();
   await f();
@@ -164,38 +173,56 @@ try {
     { name: 'Berth mirror', start: () => berth(upstream.host), ref: (h, n) => `docker://${h}/quay.io/bench/${n}:v1`, image: 'berth' },
     { name: 'Distribution proxy', start: () => distribution(`proxy:\n  remoteurl: http://${upstream.host}\n`), ref: (h, n) => `docker://${h}/bench/${n}:v1`, image: 'dist' },
   ];
-  for (const c of contenders) {
-    const reg = await c.start();
-    const from = upstream.lines.length;
-    const cpu0 = cpu(reg.child.pid);
-    const cold = await pull(c.ref(reg.host, c.image));
-    const coldCpu = cpu(reg.child.pid) - cpu0;
-    // The warm pull should read the cache, not a fill still storing: Berth logs its fill's end; Distribution's
-    // background store fetched the layer a second time (its own GET), then commits it, a few seconds more.
-    const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-    if (c.name.startsWith('Berth')) for (let i = 0; i < 1200 && !fillTimes(reg, 0).some((t) => t.startsWith('layer')); i++) await sleep(100);
-    else {
-      for (let i = 0; i < 1200 && upstreamBytes(upstream, from) < 2 * SIZE * 1024 * 1024; i++) await sleep(100);
-      await sleep(5000);
+  const results = contenders.map(() => ({ cold: [], coldCpu: [] }));
+  // Cold pulls, each through a fresh cache, the contenders taking turns to go first; the disk is synced before
+  // each timed pull (building and pushing the images leaves gigabytes to write back, which the first pull would pay).
+  for (let trial = 0; trial < TRIALS; trial++) {
+    const order = trial % 2 === 0 ? [0, 1] : [1, 0];
+    for (const i of order) {
+      const c = contenders[i];
+      const r = results[i];
+      const reg = await c.start();
+      const from = upstream.lines.length;
+      await settle();
+      const cpu0 = cpu(reg.child.pid);
+      r.cold.push(await pull(c.ref(reg.host, c.image)));
+      r.coldCpu.push(cpu(reg.child.pid) - cpu0);
+      if (trial < TRIALS - 1) {
+        await stop(reg.child);
+        continue;
+      }
+      // The last trial's cache serves the warm pull, which should read the cache, not a fill still storing: Berth
+      // logs its fill's end; Distribution's background store fetched the layer a second time (its own GET), then
+      // commits it, a few seconds more.
+      if (c.name.startsWith('Berth')) for (let k = 0; k < 1200 && !fillTimes(reg, 0).some((t) => t.startsWith('layer')); k++) await sleep(100);
+      else {
+        for (let k = 0; k < 1200 && upstreamBytes(upstream, from) < 2 * SIZE * 1024 * 1024; k++) await sleep(100);
+        await sleep(5000);
+      }
+      const stages = fillTimes(reg, 0);
+      if (stages.length) log(`${c.name} cold fill: ${stages.join('; ')}`);
+      await settle();
+      const cpu1 = cpu(reg.child.pid);
+      r.warm = await pull(c.ref(reg.host, c.image));
+      r.warmCpu = cpu(reg.child.pid) - cpu1;
+      r.fetched = upstreamBytes(upstream, from);
+      await stop(reg.child);
     }
-    const stages = fillTimes(reg, 0);
-    if (stages.length) log(`${c.name} cold fill: ${stages.join('; ')}`);
-    const cpu1 = cpu(reg.child.pid);
-    const warm = await pull(c.ref(reg.host, c.image));
-    const warmCpu = cpu(reg.child.pid) - cpu1;
-    const fetched = upstreamBytes(upstream, from);
-    await stop(reg.child);
+  }
+  for (const [i, c] of contenders.entries()) {
+    const r = results[i];
     const regC = await c.start();
     const fromC = upstream.lines.length;
+    await settle();
     const conc = await seconds(() => Promise.all(Array.from({ length: N }, () => pull(c.ref(regC.host, `${c.image}-conc`)))));
     const fetchedC = upstreamBytes(upstream, fromC);
     await stop(regC.child);
-    rows.push({ name: c.name, cold, warm, coldCpu, warmCpu, fetched, concurrent: conc, concurrentFetched: fetchedC, imageBytes: images[0].bytes });
-    log(`${c.name}: cold ${cold.toFixed(2)} s (registry CPU ${coldCpu.toFixed(1)} s), warm ${warm.toFixed(2)} s (CPU ${warmCpu.toFixed(1)} s), ${N} concurrent cold ${conc.toFixed(2)} s, upstream ${(fetchedC / images[0].bytes).toFixed(2)} images`);
+    rows.push({ name: c.name, cold: median(r.cold), coldTrials: r.cold, warm: r.warm, coldCpu: median(r.coldCpu), warmCpu: r.warmCpu, fetched: r.fetched, concurrent: conc, concurrentFetched: fetchedC, imageBytes: images[0].bytes });
+    log(`${c.name}: cold ${median(r.cold).toFixed(2)} s (median of ${r.cold.map((x) => x.toFixed(2)).join(', ')}; registry CPU ${median(r.coldCpu).toFixed(1)} s), warm ${r.warm.toFixed(2)} s (CPU ${r.warmCpu.toFixed(1)} s), ${N} concurrent cold ${conc.toFixed(2)} s, upstream ${(fetchedC / images[0].bytes).toFixed(2)} images`);
   }
   const [b, d] = rows;
   const table =
-    `| ${SIZE} MiB layer, ${backend} | cold pull s | warm pull s | upstream bytes (cold+warm) | ${N} concurrent cold pulls s | upstream bytes for them (images) |\n|---|---|---|---|---|---|\n` +
+    `| ${SIZE} MiB layer, ${backend} | cold pull s (median of ${TRIALS}) | warm pull s | upstream bytes (cold+warm) | ${N} concurrent cold pulls s | upstream bytes for them (images) |\n|---|---|---|---|---|---|\n` +
     rows.map((r) => `| ${r.name} | ${r.cold.toFixed(2)} | ${r.warm.toFixed(2)} | ${r.fetched} | ${r.concurrent.toFixed(2)} | ${r.concurrentFetched} (${(r.concurrentFetched / r.imageBytes).toFixed(2)}) |`).join('\n') +
     `\n\nBerth / Distribution speed: cold ${(d.cold / b.cold).toFixed(2)}x, warm ${(d.warm / b.warm).toFixed(2)}x, concurrent ${(d.concurrent / b.concurrent).toFixed(2)}x\n`;
   process.stdout.write(table);

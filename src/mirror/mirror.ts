@@ -20,7 +20,7 @@ import { MAX_MANIFEST_SIZE } from '../registry/manifests.js';
 import { digestAlgorithm, validDigest, validTag } from '../registry/paths.js';
 import type { ByteRange, StorageDriver } from '../storage/driver.js';
 import { CacheCap } from './cap.js';
-import { BlobTooLarge, Fill } from './fill.js';
+import { BlobTooLarge, Fill, ReaderActivity } from './fill.js';
 import type { MirrorMetrics, UpstreamFailure } from './metrics.js';
 import { MirrorNames } from './names.js';
 import { CacheStore, type CachedTag } from './store.js';
@@ -73,6 +73,8 @@ export class Mirror {
   private readonly slots = new Map<string, Slots>();
   /** Fills by registry and digest, registered before their first await so that concurrent misses find them. */
   private readonly fills = new Map<string, Promise<Fill>>();
+  /** Every fill's clients: storage writes wait until none has read for a moment. */
+  private readonly readers = new ReaderActivity();
   /** The Content-Length of each running fill, for the clients that join it. */
   private readonly fillSizes = new Map<string, number | undefined>();
   /** Fills each client address started that are still running. */
@@ -335,6 +337,7 @@ export class Mirror {
         spoolDir: this.spoolDir,
         maxBytes: m.maxBlobSize,
         stallMs: m.timeout * 1000,
+        activity: this.readers,
         store: async (body, bytes) => {
           const stored = await this.cap.store(m.registry, bytes, () => this.store.writeBlob(m.registry, digest, body, bytes, stop.signal));
           if (typeof stored === 'boolean') return stored;

@@ -4,7 +4,7 @@ import { tmpdir } from 'node:os';
 import { Readable } from 'node:stream';
 import { describe, expect, it } from 'vitest';
 import { MIRROR_DEFAULTS, type MirrorConfig } from '../../src/config/mirrors.js';
-import { BlobTooLarge, Fill } from '../../src/mirror/fill.js';
+import { BlobTooLarge, Fill, ReaderActivity } from '../../src/mirror/fill.js';
 import { pruneMirror } from '../../src/mirror/prune.js';
 import { CacheStore } from '../../src/mirror/store.js';
 import { paths } from '../../src/registry/paths.js';
@@ -117,6 +117,26 @@ describe('a blob fill', () => {
     expect((await collect(reader)).equals(blob)).toBe(true);
     expect((await fill.done).stored).toBe(true);
     expect(events).toEqual(['client done', 'store']);
+  });
+
+  it("storage waits while a client of another fill still reads (one activity per process), then starts", async () => {
+    const activity = new ReaderActivity();
+    const events: string[] = [];
+    const a = data(2 * 1024 * 1024, 14);
+    const b = data(2 * 1024 * 1024, 15);
+    // A minute's cap: only the other fill's client can hold the store back here.
+    const opts = (label: string) => ({ spoolDir: tmpdir(), maxBytes: 1 << 30, stallMs: 60_000, storeDelayMs: 60_000, activity, store: async (body: Readable) => (events.push(`store ${label}`), await collect(body), true) });
+    const fillA = await Fill.start(pieces(a), sha256(a), opts('a'));
+    const fillB = await Fill.start(pieces(b), sha256(b), opts('b'));
+    const readerB = fillB.reader();
+    expect((await collect(fillA.reader())).equals(a)).toBe(true);
+    events.push('client a done');
+    await new Promise((r) => setTimeout(r, 1500)); // longer than the settle time: A's store would have started
+    events.push("client b reads");
+    expect((await collect(readerB)).equals(b)).toBe(true);
+    await Promise.all([fillA.done, fillB.done]);
+    expect(events.slice(0, 2)).toEqual(['client a done', 'client b reads']);
+    expect(events.slice(2).sort()).toEqual(['store a', 'store b']);
   });
 
   it('the spool is unlinked at once: nothing is left in its directory, even while the fill runs', async () => {

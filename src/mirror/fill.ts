@@ -20,7 +20,7 @@
  * at most SPOOL_QUEUE, 2 MiB, plus the batch being written), pieces queued for the hash (up to SPOOL_QUEUE), and per
  * reader (each client, and the storage write) READ_AHEAD (2 MiB) buffered plus one READ_PIECE being read: about
  * 8 MiB + 2.5 MiB per reader. Disk: the blob's size, for as long as it is read (at most max-fills spools per
- * upstream).
+ * upstream: a fill holds its slot until stored, and a fill waiting for a slot ends the others' wait for quiet).
  */
 import { createHash, randomUUID } from 'node:crypto';
 import { EventEmitter } from 'node:events';
@@ -86,6 +86,9 @@ export class Fill {
   private readonly progress = new EventEmitter().setMaxListeners(0);
   /** Resolves when the fill has ended: stored (or not), or failed (rejects). */
   readonly done: Promise<FillResult>;
+  /** Resolves when the upstream's part is over (the blob verified and spooled, or the fill failed); never rejects. */
+  readonly fetched: Promise<void>;
+  private fetchOver!: () => void;
   private readonly stallMs: number;
   private readonly activity: ReaderActivity;
 
@@ -97,8 +100,9 @@ export class Fill {
   ) {
     this.stallMs = opts.stallMs;
     this.activity = opts.activity ?? new ReaderActivity();
+    this.fetched = new Promise((resolve) => (this.fetchOver = resolve));
     this.done = this.run(source, digest, opts);
-    this.done.catch(() => {});
+    void this.done.catch(() => {}).finally(this.fetchOver);
   }
 
   /** Opens the spool (unlinked at once) and starts reading `source`; a failure to open destroys `source`. */
@@ -156,12 +160,11 @@ export class Fill {
           if (available === 0) {
             if (this.ended) return void reader.push(null);
             // Resumed after the poll phase, not at the first new piece: the pieces one socket read burst brings
-            // (up to 32 of 64 KiB) go out in one corked writev rather than one write each (a loopback write of
-            // 1 MiB costs half the CPU of sixteen of 64 KiB).
+            // (up to 32 of 64 KiB) go out joined, in one write (see fromTail).
             await new Promise((resolve) => this.progress.once('progress', () => setImmediate(resolve)));
             continue;
           }
-          let piece = this.fromTail(pos);
+          let piece = this.fromTail(pos, READ_PIECE);
           if (piece === null) {
             piece = Buffer.allocUnsafe(Math.min(available, READ_PIECE, this.tailStart - pos));
             const { bytesRead } = await this.spool.read(piece, 0, piece.length, pos);
@@ -196,15 +199,27 @@ export class Fill {
     return this.tail.length > 0 ? this.tail[0].at : this.visible;
   }
 
-  /** The visible bytes from `pos` in the tail piece holding it (no copy), or null when `pos` is before the tail. */
-  private fromTail(pos: number): Buffer | null {
-    for (let i = this.tail.length - 1; i >= 0; i--) {
+  /**
+   * The visible bytes from `pos` in memory, up to `max`: the tail piece holding `pos` as it is, or the pieces from it
+   * on joined into one buffer when more are there (one socket write of up to `max` costs far less CPU than one per
+   * 64 KiB piece: a copy against a system call and a trip through the HTTP response each); null when `pos` is
+   * before the tail.
+   */
+  private fromTail(pos: number, max: number): Buffer | null {
+    let i = this.tail.length - 1;
+    while (i >= 0 && this.tail[i].at > pos) i--;
+    if (i < 0 || this.tail[i].at + this.tail[i].piece.length <= pos) return null;
+    const parts: Buffer[] = [];
+    let bytes = 0;
+    for (; i < this.tail.length && bytes < max; i++) {
       const { at, piece } = this.tail[i];
-      if (at > pos) continue;
-      if (at + piece.length <= pos) return null;
-      return piece.subarray(pos - at, Math.min(piece.length, this.visible - at));
+      const from = Math.max(0, pos + bytes - at);
+      const part = piece.subarray(from, Math.min(piece.length, this.visible - at, from + max - bytes));
+      if (part.length === 0) break;
+      parts.push(part);
+      bytes += part.length;
     }
-    return null;
+    return parts.length === 1 ? parts[0] : Buffer.concat(parts, bytes);
   }
 
   /** Drops the oldest pieces past TAIL_BYTES, but never one not yet in the spool (readers behind read it there). */
@@ -270,6 +285,7 @@ export class Fill {
       this.visible = received;
       this.ended = true;
       fetchMs = Date.now() - started;
+      this.fetchOver();
       this.progress.emit('progress');
     } catch (err) {
       source.destroy();
@@ -318,6 +334,8 @@ export const STORE_SETTLE_MS = 1_000;
 export class ReaderActivity {
   private open = 0;
   private lastClosed = 0;
+  /** Fills waiting for a slot (the spools of fills waiting to store may be what holds them). */
+  private pressing = 0;
   private readonly changed = new EventEmitter().setMaxListeners(0);
 
   opened(): void {
@@ -330,9 +348,16 @@ export class ReaderActivity {
     this.changed.emit('closed');
   }
 
-  /** Resolves once no client has read for `settleMs`, or at `deadline` (ms since the epoch). */
+  /** A fill waits for a slot: no storage write waits for quiet until the returned function is called. */
+  press(): () => void {
+    this.pressing++;
+    this.changed.emit('closed');
+    return () => void this.pressing--;
+  }
+
+  /** Resolves once no client has read for `settleMs`, or at `deadline` (ms since the epoch), or while pressed. */
   async quiet(settleMs: number, deadline: number): Promise<void> {
-    for (let now = Date.now(); now < deadline; now = Date.now()) {
+    for (let now = Date.now(); now < deadline && this.pressing === 0; now = Date.now()) {
       const wait = this.open > 0 ? deadline - now : this.lastClosed + settleMs - now;
       if (wait <= 0) return;
       await new Promise<void>((resolve) => {

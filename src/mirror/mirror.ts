@@ -18,6 +18,7 @@ import { RegistryError, blobUnknown, manifestUnknown } from '../registry/errors.
 import { parseManifest } from '../registry/manifest-doc.js';
 import { MAX_MANIFEST_SIZE } from '../registry/manifests.js';
 import { digestAlgorithm, validDigest, validTag } from '../registry/paths.js';
+import { Limiter } from '../registry/prune-limit.js';
 import type { ByteRange, StorageDriver } from '../storage/driver.js';
 import { CacheCap } from './cap.js';
 import { BlobTooLarge, Fill, ReaderActivity } from './fill.js';
@@ -70,7 +71,7 @@ export class Mirror {
   /** max-size between prunes (cap.ts). */
   readonly cap: CacheCap;
   private readonly upstreams = new Map<string, Upstream>();
-  private readonly slots = new Map<string, Slots>();
+  private readonly slots = new Map<string, Limiter>();
   /** Fills by registry and digest, registered before their first await so that concurrent misses find them. */
   private readonly fills = new Map<string, Promise<Fill>>();
   /** Every fill's clients: storage writes wait until none has read for a moment. */
@@ -98,7 +99,7 @@ export class Mirror {
     this.cap = new CacheCap(driver, mirrors);
     for (const m of mirrors) {
       this.upstreams.set(m.registry, new Upstream(m));
-      this.slots.set(m.registry, new Slots(m.maxFills));
+      this.slots.set(m.registry, new Limiter(m.maxFills));
     }
   }
 
@@ -130,7 +131,7 @@ export class Mirror {
         await this.store.pulled(m.registry, reference);
         return { digest: reference, mediaType: cached.mediaType, size: cached.body.length, body: cached.body };
       }
-      return this.once(`${m.registry}@${reference}`, () => this.fetchManifest(m, name, reference));
+      return this.once(`${m.registry}@${reference}`, (hold) => this.fetchManifest(m, name, reference, hold));
     }
     if (!validTag(reference)) throw manifestUnknown(reference);
     const tag = await this.store.tag(m.registry, name, reference);
@@ -142,11 +143,11 @@ export class Mirror {
         return { digest: tag.digest, mediaType: cached.mediaType, size: cached.body.length, body: cached.body };
       }
     }
-    return this.once(`${m.registry}/${name}:${reference}`, () => this.revalidate(m, name, reference, tag));
+    return this.once(`${m.registry}/${name}:${reference}`, (hold) => this.revalidate(m, name, reference, tag, hold));
   }
 
   /** A tag past its TTL (or never seen): one HEAD when something is cached, a GET when it is new. */
-  private async revalidate(m: MirrorConfig, name: string, tag: string, known: CachedTag | null): Promise<MirrorManifest> {
+  private async revalidate(m: MirrorConfig, name: string, tag: string, known: CachedTag | null, hold: Hold): Promise<MirrorManifest> {
     const upstream = this.upstreams.get(m.registry)!;
     const cached = known ? await this.store.readManifest(m.registry, known.digest) : null;
     if (known && cached) {
@@ -166,7 +167,7 @@ export class Mirror {
       if (res.status !== 200 && res.status !== 404) return this.stale(m, name, tag, known, cached, this.statusError(m, res.status, manifestUnknown(tag)));
       // A new digest (or none said): fetched below; a 404 is the upstream's word that the tag is gone.
     }
-    return this.fetchManifest(m, name, tag, (err) => (known && cached ? this.stale(m, name, tag, known, cached, err) : undefined));
+    return this.fetchManifest(m, name, tag, hold, (err) => (known && cached ? this.stale(m, name, tag, known, cached, err) : undefined));
   }
 
   private stale(m: MirrorConfig, name: string, tag: string, known: CachedTag, cached: { body: Buffer; mediaType: string }, err: unknown): MirrorManifest {
@@ -178,10 +179,11 @@ export class Mirror {
 
   /**
    * GET a manifest upstream, verify it (by digest: against the digest; by tag: against the digest the upstream
-   * names, if it names one), validate it as Berth validates a push, store it. `onUnavailable` may turn an
-   * upstream failure into an answer (a stale tag).
+   * names, if it names one), validate it as Berth validates a push, and answer; the cache's copy is written
+   * meanwhile (`hold` keeps concurrent misses on this fetch until it is). `onUnavailable` may turn an upstream
+   * failure into an answer (a stale tag).
    */
-  private async fetchManifest(m: MirrorConfig, name: string, reference: string, onUnavailable?: (err: unknown) => MirrorManifest | undefined): Promise<MirrorManifest> {
+  private async fetchManifest(m: MirrorConfig, name: string, reference: string, hold: Hold, onUnavailable?: (err: unknown) => MirrorManifest | undefined): Promise<MirrorManifest> {
     const started = Date.now();
     const upstream = this.upstreams.get(m.registry)!;
     let res: UpstreamResponse;
@@ -218,15 +220,23 @@ export class Mirror {
       this.metrics.upstreamError(m.registry, 'invalid');
       throw new RegistryError('UNAVAILABLE', 'the upstream registry sent a manifest Berth cannot serve');
     }
-    // The tag beside the manifest: a reader that finds the tag before the manifest fetches it again, nothing worse.
-    await Promise.all([
+    // Answered now, not after the cache's copy is written (three Swift round trips, about 50 ms here, on every cold
+    // pull): the copy follows the same protocol either way, and a failure to write it costs the next pull a fetch.
+    // Until it is written, misses by tag and by digest (containerd asks by digest next) share this fetch.
+    const answer: MirrorManifest = { digest, mediaType, size: body.length, body };
+    const answerMs = Date.now() - started;
+    const stored = Promise.all([
       this.store.writeManifest(m.registry, digest, body, mediaType).then((stored) => stored && this.cap.added(m.registry, body.length)),
       reference.includes(':') ? undefined : this.store.setTag(m.registry, name, reference, { digest, mediaType, size: body.length, checked: Date.now() }),
-    ]);
+    ]).then(
+      () => this.log.info({ registry: m.registry, upstream: res.host, repository: name, reference, digest, bytes: body.length, answerMs, ms: Date.now() - started }, 'mirror fill: manifest'),
+      (err: Error) => (this.metrics.upstreamError(m.registry, 'storage'), this.log.warn({ registry: m.registry, repository: name, digest, err: err.message }, 'mirror fill: manifest served, not stored')),
+    );
+    hold(stored);
+    if (!reference.includes(':')) void this.once(`${m.registry}@${digest}`, (holdByDigest) => (holdByDigest(stored), Promise.resolve(answer)));
     this.metrics.served(m.registry, 'manifest', 'miss');
     this.metrics.fetched(m.registry, body.length);
-    this.log.info({ registry: m.registry, upstream: res.host, repository: name, reference, digest, bytes: body.length, ms: Date.now() - started }, 'mirror fill: manifest');
-    return { digest, mediaType, size: body.length, body };
+    return answer;
   }
 
   // --- blobs ---
@@ -279,7 +289,8 @@ export class Mirror {
       else this.clientFills.delete(client);
     };
     const opening = this.startFill(m, name, digest, key);
-    opening.then((fill) => fill.done, () => undefined).then(release, release);
+    // Counted while the upstream is read (the storage write after it waits for a quiet moment, not for this client).
+    opening.then((fill) => fill.fetched, () => undefined).then(release, release);
     this.fills.set(key, opening);
     // A fill that never opened (404, upstream down) is forgotten at once; one that opened, when it ends.
     opening.catch(() => this.fills.delete(key));
@@ -317,7 +328,9 @@ export class Mirror {
 
   private async startFill(m: MirrorConfig, name: string, digest: string, key: string): Promise<Fill> {
     const slots = this.slots.get(m.registry)!;
-    await slots.take();
+    // Every slot taken: fills waiting for a quiet moment to store (holding their slots and spools) store now.
+    const unpress = slots.full ? this.readers.press() : undefined;
+    await slots.take().finally(unpress);
     let res: UpstreamResponse;
     try {
       res = await this.askBlob(m, name, digest);
@@ -380,12 +393,14 @@ export class Mirror {
 
   // --- helpers ---
 
-  /** Concurrent misses of one item share one upstream request. */
-  private once(key: string, fetch: () => Promise<MirrorManifest>): Promise<MirrorManifest> {
+  /** Concurrent misses of one item share one upstream request, until what it `hold`s (the cache's copy) is written. */
+  private once(key: string, fetch: (hold: Hold) => Promise<MirrorManifest>): Promise<MirrorManifest> {
     const running = this.manifestFlights.get(key);
     if (running) return running;
-    const flight = fetch().finally(() => this.manifestFlights.delete(key));
+    const held: Promise<unknown>[] = [];
+    const flight = fetch((p) => held.push(p));
     this.manifestFlights.set(key, flight);
+    void flight.then(() => Promise.allSettled(held), () => undefined).finally(() => this.manifestFlights.delete(key));
     return flight;
   }
 
@@ -416,23 +431,5 @@ function unavailable(err: unknown): Error {
   return err as Error;
 }
 
-/** A counting semaphore: at most `n` fills of one upstream at once. */
-class Slots {
-  private free: number;
-  private readonly waiting: (() => void)[] = [];
-  constructor(n: number) {
-    this.free = n;
-  }
-  take(): Promise<void> {
-    if (this.free > 0) {
-      this.free--;
-      return Promise.resolve();
-    }
-    return new Promise((resolve) => this.waiting.push(resolve));
-  }
-  give(): void {
-    const next = this.waiting.shift();
-    if (next) next();
-    else this.free++;
-  }
-}
+/** Keeps a shared fetch's entry until `p` settles. */
+type Hold = (p: Promise<unknown>) => void;

@@ -18,16 +18,30 @@ export class Limiter {
   constructor(readonly max: number) {}
 
   async run<T>(fn: () => Promise<T>): Promise<T> {
-    // A released slot is handed to the next waiter as is (active stays counted), so none can jump the queue.
-    if (this.active < this.max) this.active++;
-    else await new Promise<void>((resolve) => this.waiting.push(resolve));
+    await this.take();
     try {
       return await fn();
     } finally {
-      const next = this.waiting.shift();
-      if (next) next();
-      else this.active--;
+      this.give();
     }
+  }
+
+  /** Waits for a slot, held until `give` (for work that ends elsewhere than where it starts: a mirror's fill). */
+  async take(): Promise<void> {
+    // A released slot is handed to the next waiter as is (active stays counted), so none can jump the queue.
+    if (this.active < this.max) this.active++;
+    else await new Promise<void>((resolve) => this.waiting.push(resolve));
+  }
+
+  /** Every slot is held: a `take` now would wait. */
+  get full(): boolean {
+    return this.active >= this.max;
+  }
+
+  give(): void {
+    const next = this.waiting.shift();
+    if (next) next();
+    else this.active--;
   }
 }
 

@@ -20,7 +20,7 @@ import { Mirror } from '../../src/mirror/mirror.js';
 import { mirrorMetrics } from '../../src/mirror/metrics.js';
 import { pruneMirror } from '../../src/mirror/prune.js';
 import { Metrics } from '../../src/observability/metrics.js';
-import { DEFAULT_NAMESPACE } from '../../src/registry/paths.js';
+import { DEFAULT_NAMESPACE, paths } from '../../src/registry/paths.js';
 import { Registry } from '../../src/registry/registry.js';
 import { FilesystemDriver } from '../../src/storage/filesystem.js';
 import { basic, pushBlob, pushImage, sha256 } from '../helpers/server.js';
@@ -81,6 +81,15 @@ async function storedBlob(core: Mirror, digest: string, registry = 'quay.io'): P
     await new Promise((r) => setTimeout(r, 25));
   }
   throw new Error(`${digest} never reached the cache`);
+}
+
+/** Resolves once the cache holds the tag at `digest` (a fetched manifest is answered before it is written). */
+async function storedTag(core: Mirror, name: string, tag: string, digest: string): Promise<void> {
+  for (let i = 0; i < 200; i++) {
+    if ((await core.store.tag('quay.io', name, tag))?.digest === digest) return;
+    await new Promise((r) => setTimeout(r, 25));
+  }
+  throw new Error(`${name}:${tag} never reached the cache`);
 }
 
 /** Blob GETs the upstream answered with the bytes (a first GET without a token gets 401 and no bytes). */
@@ -153,6 +162,46 @@ describe('pull-through cache against a Berth upstream with the Bearer flow', () 
     const local = await fetch(`${mirror.url}/v2/org/app/manifests/v1`);
     expect(local.status).toBe(404);
     expect(upstream.requests.slice(before).filter((r) => r.includes('/manifests/v1'))).toEqual([]);
+  });
+
+  it('a cold manifest is answered before its cached copy is written; misses by tag and by digest meanwhile share that fetch', async () => {
+    const image = await pushImage(upstream.url, 'org/early', 'v1', [Buffer.alloc(1000, 3)], {}, UP);
+    const fs = await FilesystemDriver.open(await mkdtemp(join(dir, 'mirror-held-')));
+    // The cache's write of the manifest's bytes waits until released.
+    let release!: () => void;
+    const released = new Promise<void>((resolve) => (release = resolve));
+    const driver = new Proxy(fs, {
+      get: (target, prop) =>
+        prop === 'put'
+          ? async (...args: Parameters<FilesystemDriver['put']>) => (args[0] === paths.mirrorBlobData('quay.io', image.digest) && (await released), target.put(...args))
+          : Reflect.get(target, prop, target),
+    });
+    const core = new Mirror([{ registry: 'quay.io', url: upstream.url, username: 'up', password: 'up-password', tagTtl: 300, keep: MIRROR_DEFAULTS.keep, unprefixed: [], timeout: 5, maxBlobSize: MIRROR_DEFAULTS.maxBlobSize, maxFills: 4, maxFillsPerClient: 8 }], driver, mirrorMetrics(new Metrics()), log);
+    const served = await listen(createApp(new Registry(driver), { log, mirror: mirrorHook(core) }));
+    try {
+      const manifestGets = () => upstream.answered.filter((r) => r.startsWith('GET /v2/org/early/manifests/') && r.endsWith(' 200')).length;
+      const before = manifestGets();
+      const cold = await fetch(`${served.url}/v2/quay.io/org/early/manifests/v1`);
+      expect(cold.status).toBe(200);
+      expect(Buffer.from(await cold.arrayBuffer()).equals(image.body)).toBe(true);
+      expect(await core.store.readManifest('quay.io', image.digest)).toBeNull();
+      // containerd asks by digest next; another client by tag: neither goes upstream again.
+      const byDigest = fetch(`${served.url}/v2/quay.io/org/early/manifests/${image.digest}`);
+      const byTag = fetch(`${served.url}/v2/quay.io/org/early/manifests/v1`);
+      release();
+      for (const r of await Promise.all([byDigest, byTag])) {
+        expect(r.status).toBe(200);
+        expect(Buffer.from(await r.arrayBuffer()).equals(image.body)).toBe(true);
+      }
+      expect(manifestGets() - before).toBe(1);
+      // Written after the answers, not before them.
+      let cached = await core.store.readManifest('quay.io', image.digest);
+      for (let i = 0; i < 200 && !cached; i++) cached = await new Promise((r) => setTimeout(r, 25)).then(() => core.store.readManifest('quay.io', image.digest));
+      expect(cached?.body.equals(image.body)).toBe(true);
+    } finally {
+      await served.close();
+      await core.close();
+    }
   });
 
   it('concurrent cold pulls of one blob share one upstream GET, and every client gets the bytes', async () => {
@@ -286,12 +335,14 @@ describe('tags, TTL and a failing upstream', () => {
       const first = await pushImage(upstream.url, 'org/moving', 'latest', [layer], {}, UP);
       const get = () => fetch(`${started.served.url}/v2/quay.io/org/moving/manifests/latest`);
       expect((await get()).headers.get('docker-content-digest')).toBe(first.digest);
+      await storedTag(started.core, 'org/moving', 'latest', first.digest);
       // Same digest: one HEAD revalidates, nothing is fetched again.
       const before = upstream.requests.length;
       expect((await get()).headers.get('docker-content-digest')).toBe(first.digest);
       expect(upstream.requests.slice(before).filter((r) => !r.startsWith('GET /auth/'))).toEqual(['HEAD /v2/org/moving/manifests/latest']);
       const second = await pushImage(upstream.url, 'org/moving', 'latest', [Buffer.from('second layer of moving')], {}, UP);
       expect((await get()).headers.get('docker-content-digest')).toBe(second.digest);
+      await storedTag(started.core, 'org/moving', 'latest', second.digest);
 
       // Warm the blob, then stop the upstream.
       const blob = await fetch(`${started.served.url}/v2/quay.io/org/moving/blobs/${sha256(Buffer.from('second layer of moving'))}`);

@@ -139,6 +139,24 @@ describe('a blob fill', () => {
     expect(events.slice(2).sort()).toEqual(['store a', 'store b']);
   });
 
+  it('a fill waiting for a slot ends the wait for quiet at once (the waiting stores hold the slots)', async () => {
+    const activity = new ReaderActivity();
+    activity.opened(); // a client of some fill reads on
+    let over = false;
+    const waiting = activity.quiet(1000, Date.now() + 60_000).then(() => (over = true));
+    await new Promise((r) => setTimeout(r, 100));
+    expect(over).toBe(false);
+    const unpress = activity.press();
+    await waiting;
+    unpress();
+    // Unpressed, a wait for quiet waits again.
+    let second = false;
+    void activity.quiet(1000, Date.now() + 60_000).then(() => (second = true));
+    await new Promise((r) => setTimeout(r, 100));
+    expect(second).toBe(false);
+    activity.closed();
+  });
+
   it('the spool is unlinked at once: nothing is left in its directory, even while the fill runs', async () => {
     const dir = await import('node:fs/promises').then((f) => f.mkdtemp(`${tmpdir()}/berth-spool-`));
     const blob = data(2 * 1024 * 1024, 12);

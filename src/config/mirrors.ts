@@ -16,7 +16,7 @@
  *       timeout: 30                      seconds an upstream request may wait for an answer or stall its body
  *       max-blob-size: 10737418240       larger blobs are refused, not fetched
  *       max-fills: 16                    blob fills from this upstream at once; more wait for a slot
- *       max-fills-per-client: 8          fills one client address may have started and running; more get 429
+ *       max-fills-per-client: 8          fills one client address started that still read the upstream; more get 429
  *       max-size: 107374182400           bytes the cache of this upstream may hold: a fill that would go over is
  *                                        served, not stored (known across processes within ~10 s, mirror/cap.ts);
  *                                        prune evicts least recently pulled first; default: no cap

@@ -160,11 +160,12 @@ export class Fill {
           if (available === 0) {
             if (this.ended) return void reader.push(null);
             // Resumed after the poll phase, not at the first new piece: the pieces one socket read burst brings
-            // (up to 32 of 64 KiB) go out joined, in one write (see fromTail).
+            // are pushed in one go. (Joining them into one write cut the write calls by three quarters but not
+            // the time, and cost a copy per reader: 8 concurrent pulls 15.4-16.1 s joined, 13.8-14.1 s not.)
             await new Promise((resolve) => this.progress.once('progress', () => setImmediate(resolve)));
             continue;
           }
-          let piece = this.fromTail(pos, READ_PIECE);
+          let piece = this.fromTail(pos);
           if (piece === null) {
             piece = Buffer.allocUnsafe(Math.min(available, READ_PIECE, this.tailStart - pos));
             const { bytesRead } = await this.spool.read(piece, 0, piece.length, pos);
@@ -199,27 +200,15 @@ export class Fill {
     return this.tail.length > 0 ? this.tail[0].at : this.visible;
   }
 
-  /**
-   * The visible bytes from `pos` in memory, up to `max`: the tail piece holding `pos` as it is, or the pieces from it
-   * on joined into one buffer when more are there (one socket write of up to `max` costs far less CPU than one per
-   * 64 KiB piece: a copy against a system call and a trip through the HTTP response each); null when `pos` is
-   * before the tail.
-   */
-  private fromTail(pos: number, max: number): Buffer | null {
-    let i = this.tail.length - 1;
-    while (i >= 0 && this.tail[i].at > pos) i--;
-    if (i < 0 || this.tail[i].at + this.tail[i].piece.length <= pos) return null;
-    const parts: Buffer[] = [];
-    let bytes = 0;
-    for (; i < this.tail.length && bytes < max; i++) {
+  /** The visible bytes from `pos` in the tail piece holding it (no copy), or null when `pos` is before the tail. */
+  private fromTail(pos: number): Buffer | null {
+    for (let i = this.tail.length - 1; i >= 0; i--) {
       const { at, piece } = this.tail[i];
-      const from = Math.max(0, pos + bytes - at);
-      const part = piece.subarray(from, Math.min(piece.length, this.visible - at, from + max - bytes));
-      if (part.length === 0) break;
-      parts.push(part);
-      bytes += part.length;
+      if (at > pos) continue;
+      if (at + piece.length <= pos) return null;
+      return piece.subarray(pos - at, Math.min(piece.length, this.visible - at));
     }
-    return parts.length === 1 ? parts[0] : Buffer.concat(parts, bytes);
+    return null;
   }
 
   /** Drops the oldest pieces past TAIL_BYTES, but never one not yet in the spool (readers behind read it there). */

@@ -1,7 +1,7 @@
 /**
  * One blob fill: the upstream's bytes, hashed as they pass, written to a spool file (the last piece kept from the
  * readers until the digest is known), and read from that file by every client, each at its own pace, and by the
- * storage write once the blob is verified and its clients are served. The upstream is read as fast as it sends and
+ * storage write once the blob is verified, at a quiet moment (see `run`). The upstream is read as fast as it sends and
  * the local disk takes it; a client is not held to the speed of a Swift PUT (the first design wrote to storage and
  * clients in lock-step, and measured cold pulls at 0.4-0.5x of Distribution's proxy, which streams upstream to
  * client and stores with a second GET), nor to another client's pace.

@@ -334,13 +334,13 @@ export class ReaderActivity {
   closed(): void {
     this.open--;
     this.lastClosed = Date.now();
-    this.changed.emit('closed');
+    this.changed.emit('change');
   }
 
   /** A fill waits for a slot: no storage write waits for quiet until the returned function is called. */
   press(): () => void {
     this.pressing++;
-    this.changed.emit('closed');
+    this.changed.emit('change');
     return () => void this.pressing--;
   }
 
@@ -352,11 +352,11 @@ export class ReaderActivity {
       await new Promise<void>((resolve) => {
         const done = () => {
           clearTimeout(timer);
-          this.changed.off('closed', done);
+          this.changed.off('change', done);
           resolve();
         };
         const timer = setTimeout(done, Math.min(wait, deadline - now));
-        this.changed.on('closed', done);
+        this.changed.on('change', done);
       });
     }
   }

@@ -78,7 +78,7 @@ export class Mirror {
   private readonly readers = new ReaderActivity();
   /** The Content-Length of each running fill, for the clients that join it. */
   private readonly fillSizes = new Map<string, number | undefined>();
-  /** Fills each client address started that are still running. */
+  /** Fills each client address started that still read the upstream. */
   private readonly clientFills = new Map<string, number>();
   private readonly manifestFlights = new Map<string, Promise<MirrorManifest>>();
 

@@ -8,6 +8,8 @@
  * updateAsync hashes a list of received pieces on the libuv thread pool, holding references to them instead of
  * copying: the request thread neither hashes nor copies. The JS side runs one job per context at a time and does
  * not touch the context or the pieces until the callback.
+ *
+ * keepFreed sets glibc's trim and mmap thresholds (see keepFreedHeap in src/registry/native-hash.ts for why).
  */
 #define OPENSSL_SUPPRESS_DEPRECATED 1
 #include <node_api.h>
@@ -15,6 +17,9 @@
 #include <openssl/md5.h>
 #include <stdlib.h>
 #include <string.h>
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
 
 static napi_value throw_type(napi_env env, const char *msg) {
   napi_throw_type_error(env, NULL, msg);
@@ -137,14 +142,32 @@ static napi_value update_async(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
+/* keepFreed(trimThreshold, mmapThreshold): glibc's M_TRIM_THRESHOLD and M_MMAP_THRESHOLD; true when glibc took both
+ * (false elsewhere: another C library has no such knobs). */
+static napi_value keep_freed(napi_env env, napi_callback_info info) {
+  size_t argc = 2; napi_value argv[2];
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  int32_t trim, mmap;
+  if (argc < 2 || napi_get_value_int32(env, argv[0], &trim) != napi_ok || napi_get_value_int32(env, argv[1], &mmap) != napi_ok || trim < 0 || mmap < 0)
+    return throw_type(env, "thresholds must be non-negative int32s");
+  int ok = 0;
+#ifdef __GLIBC__
+  ok = mallopt(M_TRIM_THRESHOLD, trim) == 1 && mallopt(M_MMAP_THRESHOLD, mmap) == 1;
+#endif
+  napi_value result;
+  napi_get_boolean(env, ok, &result);
+  return result;
+}
+
 static napi_value module_init(napi_env env, napi_value exports) {
   napi_property_descriptor props[] = {
     {"init", NULL, init_ctx, NULL, NULL, NULL, napi_default, NULL},
     {"update", NULL, update, NULL, NULL, NULL, napi_default, NULL},
     {"final", NULL, final_, NULL, NULL, NULL, napi_default, NULL},
     {"updateAsync", NULL, update_async, NULL, NULL, NULL, napi_default, NULL},
+    {"keepFreed", NULL, keep_freed, NULL, NULL, NULL, napi_default, NULL},
   };
-  napi_define_properties(env, exports, 4, props);
+  napi_define_properties(env, exports, 5, props);
   napi_value size; napi_create_uint32(env, sizeof(SHA256_CTX), &size);
   napi_set_named_property(env, exports, "contextSize", size);
   return exports;

@@ -19,6 +19,7 @@ import { Users } from './auth/users.js';
 import { Access } from './http/auth.js';
 import { createApp } from './http/app.js';
 import { createServer } from './http/server.js';
+import { keepFreedHeap } from './registry/native-hash.js';
 import { ClientAddresses } from './http/client-address.js';
 import { DEFAULT_NAMESPACE } from './registry/paths.js';
 import { Registry } from './registry/registry.js';
@@ -115,6 +116,7 @@ async function main(argv: string[]): Promise<number> {
 const DRAIN_MS = 10_000;
 
 async function serve(config: Config, log: Logger): Promise<number> {
+  keepFreedHeap();
   // workers: N > 1: this process only forks and supervises; each worker runs the rest of this function.
   if (config.workers > 1 && cluster.isPrimary) return runPrimary({ workers: config.workers, log, drainMs: DRAIN_MS + 10_000 });
   let tls: { cert: Buffer; key: Buffer } | undefined;

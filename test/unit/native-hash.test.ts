@@ -1,6 +1,6 @@
 import { createHash, randomBytes } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
-import { addon, inlineMd5, md5Job } from '../../src/registry/native-hash.js';
+import { addon, inlineMd5, keepFreedHeap, md5Job } from '../../src/registry/native-hash.js';
 import { createBackgroundSha256, createSha256, parseSha256State } from '../../src/registry/sha256state.js';
 
 const md5 = (b: Buffer) => createHash('md5').update(b).digest('hex');
@@ -57,5 +57,26 @@ describe('hashing on the thread pool', () => {
     const inline = inlineMd5();
     inline.update(data);
     expect(await inline.digest()).toBe(md5(data));
+  });
+});
+
+describe('freed memory kept for reuse', () => {
+  it('the addon sets glibc thresholds, unless GLIBC_TUNABLES sets them', () => {
+    const before = process.env.GLIBC_TUNABLES;
+    try {
+      delete process.env.GLIBC_TUNABLES;
+      // Debian's glibc takes them; without the addon there is nothing to set them with.
+      expect(keepFreedHeap()).toBe(addon !== null);
+      process.env.GLIBC_TUNABLES = 'glibc.malloc.trim_threshold=1048576';
+      expect(keepFreedHeap()).toBe(false);
+      delete process.env.GLIBC_TUNABLES;
+      process.env.BERTH_KEEP_FREED_HEAP = '0';
+      expect(keepFreedHeap()).toBe(false);
+    } finally {
+      delete process.env.BERTH_KEEP_FREED_HEAP;
+      if (before === undefined) delete process.env.GLIBC_TUNABLES;
+      else process.env.GLIBC_TUNABLES = before;
+    }
+    if (addon) expect(() => addon!.keepFreed!(-1, 0)).toThrow(/non-negative/);
   });
 });

@@ -151,7 +151,7 @@ start() {
   ensure_packages
   ensure_swift_conf
   local before
-  before=$(cat "$ETC/proxy-server.conf" 2>/dev/null | md5sum)
+  before=$({ cat "$ETC/proxy-server.conf" 2>/dev/null || true; } | md5sum)
   configure
   # A proxy running with an older configuration (the reason it is unhealthy, perhaps) starts again with this one.
   if [ "$before" != "$(md5sum <"$ETC/proxy-server.conf")" ] && [ -f "$RUN/proxy.pid" ]; then

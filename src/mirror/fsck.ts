@@ -16,7 +16,8 @@
 import type { MirrorConfig } from '../config/mirrors.js';
 import { checkStored, type FsckProblem } from '../registry/fsck.js';
 import { groups } from '../registry/listing.js';
-import { Limiter, PRUNE_REQUESTS } from '../registry/prune-limit.js';
+import { PRUNE_REQUESTS } from '../registry/prune-limit.js';
+import { Limiter } from '../util/concurrency.js';
 import { parseMirrorBlobPath, parseMirrorTagPath, paths, validDigest } from '../registry/paths.js';
 import { PathNotFound, type ObjectInfo, type StorageDriver } from '../storage/driver.js';
 import { forEachLimited } from '../util/concurrency.js';

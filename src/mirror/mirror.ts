@@ -18,7 +18,7 @@ import { RegistryError, blobUnknown, manifestUnknown } from '../registry/errors.
 import { parseManifest } from '../registry/manifest-doc.js';
 import { MAX_MANIFEST_SIZE } from '../registry/manifests.js';
 import { digestAlgorithm, validDigest, validTag } from '../registry/paths.js';
-import { Limiter } from '../registry/prune-limit.js';
+import { Limiter } from '../util/concurrency.js';
 import type { ByteRange, StorageDriver } from '../storage/driver.js';
 import { CacheCap } from './cap.js';
 import { BlobTooLarge, Fill, ReaderActivity } from './fill.js';

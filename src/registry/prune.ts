@@ -26,7 +26,8 @@ import { parseBlobPath, parseRepoPath, parseWebSummaryPath, paths, validDigest, 
 import { pruneUploads } from './prune-uploads.js';
 import { DeleteQueue, SWEEP_BATCH, progressLine, removeClaims, strayParts, sweepBatch, type Candidate, type SweepContext } from './prune-batch.js';
 import { forEachLimited } from '../util/concurrency.js';
-import { LISTING_AHEAD, Limiter, PRUNE_REQUESTS, drainLimited, readAhead } from './prune-limit.js';
+import { LISTING_AHEAD, PRUNE_REQUESTS, readAhead } from './prune-limit.js';
+import { Limiter, drainLimited } from '../util/concurrency.js';
 import { UsageTally, writeUsage } from './usage.js';
 
 import type { PruneOptions, PruneReport, Tally } from './prune-types.js';

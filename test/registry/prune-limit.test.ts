@@ -1,5 +1,6 @@
 import { describe, expect, it } from 'vitest';
-import { Limiter, drainLimited, readAhead } from '../../src/registry/prune-limit.js';
+import { readAhead } from '../../src/registry/prune-limit.js';
+import { Limiter, drainLimited } from '../../src/util/concurrency.js';
 
 const tick = () => new Promise((r) => setImmediate(r));
 

@@ -126,10 +126,13 @@ describe('a blob fill', () => {
     const b = data(2 * 1024 * 1024, 15);
     // A minute's cap: only the other fill's client can hold the store back here.
     const opts = (label: string) => ({ spoolDir: tmpdir(), maxBytes: 1 << 30, stallMs: 60_000, storeDelayMs: 60_000, activity, store: async (body: Readable) => (events.push(`store ${label}`), await collect(body), true) });
+    // Each client joins as its fill starts, as the mirror's first client does: on a loaded machine fill A can be
+    // fetched while fill B's spool opens, and with no client yet it would store and close at once.
     const fillA = await Fill.start(pieces(a), sha256(a), opts('a'));
+    const readerA = fillA.reader();
     const fillB = await Fill.start(pieces(b), sha256(b), opts('b'));
     const readerB = fillB.reader();
-    expect((await collect(fillA.reader())).equals(a)).toBe(true);
+    expect((await collect(readerA)).equals(a)).toBe(true);
     events.push('client a done');
     await new Promise((r) => setTimeout(r, 1500)); // longer than the settle time: A's store would have started
     events.push("client b reads");

@@ -116,7 +116,7 @@ async function main(argv: string[]): Promise<number> {
 const DRAIN_MS = 10_000;
 
 async function serve(config: Config, log: Logger): Promise<number> {
-  keepFreedHeap();
+  const freedMemory = keepFreedHeap() ? 'kept' : 'glibc defaults';
   // workers: N > 1: this process only forks and supervises; each worker runs the rest of this function.
   if (config.workers > 1 && cluster.isPrimary) return runPrimary({ workers: config.workers, log, drainMs: DRAIN_MS + 10_000 });
   let tls: { cert: Buffer; key: Buffer } | undefined;
@@ -176,7 +176,7 @@ async function serve(config: Config, log: Logger): Promise<number> {
   });
   const address = server.address();
   const port = typeof address === 'object' && address ? address.port : config.port;
-  log.info({ address: config.address, port, worker: shared?.slot, storage: config.storage.driver, commit: config.storage.driver === 'swift' ? (config.storage.commit ?? 'move') : 'move', tls: Boolean(tls), timeouts: config.timeouts, gc: gcMode() }, 'berth listening');
+  log.info({ address: config.address, port, worker: shared?.slot, storage: config.storage.driver, commit: config.storage.driver === 'swift' ? (config.storage.commit ?? 'move') : 'move', tls: Boolean(tls), timeouts: config.timeouts, gc: gcMode(), freedMemory }, 'berth listening');
   // Test harnesses read the port from this line when the config asks for port 0 (with workers, the primary writes it).
   if (!shared) process.stdout.write(`berth listening on port ${port}\n`);
 

@@ -17,10 +17,9 @@ import type { MirrorConfig } from '../config/mirrors.js';
 import { checkStored, type FsckProblem } from '../registry/fsck.js';
 import { groups } from '../registry/listing.js';
 import { PRUNE_REQUESTS } from '../registry/prune-limit.js';
-import { Limiter } from '../util/concurrency.js';
 import { parseMirrorBlobPath, parseMirrorTagPath, paths, validDigest } from '../registry/paths.js';
 import { PathNotFound, type ObjectInfo, type StorageDriver } from '../storage/driver.js';
-import { forEachLimited } from '../util/concurrency.js';
+import { forEachLimited, Limiter } from '../util/concurrency.js';
 import { sweepItems, type SweepItem } from './prune-sweep.js';
 
 export interface CacheFsckReport {

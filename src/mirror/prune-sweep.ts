@@ -2,8 +2,8 @@
  * Removal of cached items in batches, with the strength of the registry's prune (docs/internals.md "Prune beside
  * live pushes"; registry/prune-batch.ts does the same for a namespace's blobs). Per batch:
  * 1. every item gets its tombstone, then (for prune) its fill's `touched` and its `pulled` re-read: a fill or pull
- *    that came after the listing keeps it. A bounded number of these requests are in flight (a Limiter, util/concurrency.ts), and
- *    an item's re-read always follows its own tombstone;
+ *    that came after the listing keeps it. A bounded number of these requests are in flight (a Limiter,
+ *    util/concurrency.ts), and an item's re-read always follows its own tombstone;
  * 2. the items whose re-read passed lose every object but their parts and tombstone in one `deleteMany` (the data
  *    as a plain object even where it is a join: on Swift a multipart delete costs a request per item), then, in a
  *    second one, their parts (Swift segments), once the data that reads from them is gone;
@@ -13,10 +13,9 @@
  */
 import { deleteAll } from '../registry/prune-batch.js';
 import { PRUNE_REQUESTS } from '../registry/prune-limit.js';
-import type { Limiter } from '../util/concurrency.js';
 import { parseMirrorBlobPath, paths } from '../registry/paths.js';
 import type { ObjectInfo, StorageDriver } from '../storage/driver.js';
-import { forEachLimited } from '../util/concurrency.js';
+import { forEachLimited, type Limiter } from '../util/concurrency.js';
 
 export interface SweepItem {
   digest: string;

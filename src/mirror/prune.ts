@@ -21,8 +21,7 @@ import type { ObjectInfo, StorageDriver } from '../storage/driver.js';
 import { createExclusive } from '../storage/exclusive.js';
 import { DELETE_BATCH, deleteAll } from '../registry/prune-batch.js';
 import { PRUNE_REQUESTS } from '../registry/prune-limit.js';
-import { drainLimited, Limiter } from '../util/concurrency.js';
-import { forEachLimited } from '../util/concurrency.js';
+import { drainLimited, forEachLimited, Limiter } from '../util/concurrency.js';
 import { writeCacheFigure } from './cap.js';
 import { sweepItems, type SweepContext, type SweepItem, type SweepOutcome } from './prune-sweep.js';
 

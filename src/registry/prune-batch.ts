@@ -12,9 +12,8 @@
  */
 import type { DeleteFailure, DeleteTarget, ObjectInfo, StorageDriver } from '../storage/driver.js';
 import { targetPath } from '../storage/delete-many.js';
-import { forEachLimited } from '../util/concurrency.js';
+import { forEachLimited, type Limiter } from '../util/concurrency.js';
 import { LISTING_AHEAD, PRUNE_REQUESTS, readAhead } from './prune-limit.js';
-import type { Limiter } from '../util/concurrency.js';
 import { groups } from './listing.js';
 import { parseBlobPath, parseUploadPath, paths, uploadOwnerOf } from './paths.js';
 import type { PruneReport, Tally } from './prune.js';

@@ -25,9 +25,8 @@ import { needs } from './manifest-doc.js';
 import { parseBlobPath, parseRepoPath, parseWebSummaryPath, paths, validDigest, validTag } from './paths.js';
 import { pruneUploads } from './prune-uploads.js';
 import { DeleteQueue, SWEEP_BATCH, progressLine, removeClaims, strayParts, sweepBatch, type Candidate, type SweepContext } from './prune-batch.js';
-import { forEachLimited } from '../util/concurrency.js';
 import { LISTING_AHEAD, PRUNE_REQUESTS, readAhead } from './prune-limit.js';
-import { Limiter, drainLimited } from '../util/concurrency.js';
+import { Limiter, drainLimited, forEachLimited } from '../util/concurrency.js';
 import { UsageTally, writeUsage } from './usage.js';
 
 import type { PruneOptions, PruneReport, Tally } from './prune-types.js';

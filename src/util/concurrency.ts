@@ -1,4 +1,4 @@
-/** Bounded concurrency: storage requests a few at a time, whatever the size of the work. */
+/** Bounded concurrency: work a few at a time, whatever its size (storage requests, prune's stages, a mirror's fills). */
 
 /**
  * Run `fn` on every item, at most `limit` at a time. Items are taken as workers free up, so a streamed listing is

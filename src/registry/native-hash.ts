@@ -1,5 +1,5 @@
 /**
- * The native addon (native/sha256.c): hashing on the libuv thread pool, and the allocator's trim threshold.
+ * The native addon (native/sha256.c): hashing on the libuv thread pool, and glibc's trim and mmap thresholds.
  *
  * A PooledHash takes each received piece by reference and hashes queued pieces on a pool thread, one job per hash
  * at a time, in order: the request thread neither hashes nor copies, and an upload's SHA-256 and md5 run on two
@@ -42,13 +42,11 @@ export const addon = loadAddon();
 
 /**
  * Freed memory glibc keeps for reuse instead of handing it back to the kernel. By default it gave back the memory of
- * socket reads and blob pieces after each garbage collection (its trim threshold: 128 KiB, raised only by freed
- * mmap'd chunks), and the next pieces faulted in fresh zeroed pages. Fixing the trim threshold also fixes the mmap
- * threshold at 128 KiB, so a reader's 512 KiB spool reads would each be a fresh mmap: it is set too. Measured (cold
- * 512 MiB blob through the mirror, scratch A/B runs taking turns): curl as the client 2.0-2.7 CPU-s and 28,000-49,000
- * page faults by default, 1.5-1.6 CPU-s and about 9,800 faults with these; skopeo on Swift 2.0-3.0 CPU-s and 3.00-4.33 s
- * by default, 1.64-2.15 CPU-s and 2.92-3.14 s with these. A 4 MiB trim threshold did not help, 16 MiB did.
- * The cost: up to KEEP_FREED_HEAP of freed memory stays in the process (per malloc arena).
+ * socket reads and blob pieces after each garbage collection (trim threshold 128 KiB), and the next pieces faulted in
+ * fresh zeroed pages: tens of thousands per 512 MiB blob. Fixing the trim threshold also stops glibc raising the mmap
+ * threshold, so that is set too (a reader's 512 KiB spool reads would each be a fresh mmap). Figures (a cold GET
+ * through the cache 1.95x less CPU, a pull 1.72x) and the sizes tried: docs/performance.md. The cost: up to
+ * KEEP_FREED_HEAP of freed memory stays in the process (per malloc arena).
  */
 export const KEEP_FREED_HEAP = 32 << 20;
 /** Allocations up to this size come from the heap, not a fresh mmap of their own. */
@@ -59,7 +57,8 @@ export const HEAP_ALLOCATIONS_UP_TO = 4 << 20;
  * (glibc's defaults: tools/bench-heap.mjs compares the two); whether they were set.
  */
 export function keepFreedHeap(): boolean {
-  if (process.env.BERTH_KEEP_FREED_HEAP === '0' || /trim_threshold|mmap_threshold/.test(process.env.GLIBC_TUNABLES ?? '')) return false;
+  const operatorSet = /trim_threshold|mmap_threshold/.test(process.env.GLIBC_TUNABLES ?? '');
+  if (operatorSet || process.env.BERTH_KEEP_FREED_HEAP === '0') return false;
   return addon?.keepFreed?.(KEEP_FREED_HEAP, HEAP_ALLOCATIONS_UP_TO) ?? false;
 }
 

@@ -4,8 +4,12 @@
 // For each: cold skopeo pulls of a one-layer image (the cache fills), a warm one (from the cache), and N concurrent
 // cold pulls of a fresh image through a fresh cache, with the bytes the upstream sent for them (its access log).
 //
-// usage: node tools/bench-mirror.mjs [--size-mib 512] [--backend filesystem|swift] [--concurrency 8] [--trials 3] [--temp-url] [--out FILE]
+// usage: node tools/bench-mirror.mjs [--size-mib 512] [--backend filesystem|swift] [--concurrency 8] [--trials 3] [--warm-process] [--temp-url] [--out FILE]
 // --trials: cold pulls per contender (each through a fresh cache, taking turns to go first); the median is reported.
+// --warm-process: each cold pull is of an image the cache has not seen, through one registry process per contender
+//   that has already filled and stored one image (untimed), as a mirror that has been up for a while meets a new
+//   image; by default each cold pull goes through a freshly started registry, whose first transfer also pays for its
+//   start (Node's compiler and heap warming up: Berth's first 300 ms of a layer ran at a third of its later speed).
 // --temp-url: Berth on Swift redirects cached blobs to temp URLs (Distribution's proxy streams them itself).
 // Needs dist/ (npm run build), skopeo and /usr/bin/docker-registry.
 import { execFile, spawn } from 'node:child_process';
@@ -21,11 +25,12 @@ import { dropContainer, swiftSession } from './swift-lib.mjs';
 
 const run = promisify(execFile);
 const { values: args } = parseArgs({
-  options: { 'size-mib': { type: 'string', default: '512' }, backend: { type: 'string', default: 'filesystem' }, concurrency: { type: 'string', default: '8' }, trials: { type: 'string', default: '3' }, 'temp-url': { type: 'boolean' }, out: { type: 'string' } },
+  options: { 'size-mib': { type: 'string', default: '512' }, backend: { type: 'string', default: 'filesystem' }, concurrency: { type: 'string', default: '8' }, trials: { type: 'string', default: '3' }, 'warm-process': { type: 'boolean' }, 'temp-url': { type: 'boolean' }, out: { type: 'string' } },
 });
 const SIZE = Number(args['size-mib']);
 const N = Number(args.concurrency);
 const TRIALS = Number(args.trials);
+const WARM_PROCESS = Boolean(args['warm-process']);
 const backend = args.backend;
 const repoRoot = join(dirname(new URL(import.meta.url).pathname), '..');
 const work = await mkdtemp(join(tmpdir(), 'berth-bench-mirror-'));
@@ -164,51 +169,80 @@ try {
   log(`work ${work}; layer ${SIZE} MiB; backend ${backend}; ${N} concurrent`);
   const upstream = await distribution();
   const images = [];
-  for (const name of ['berth', 'dist', 'berth-conc', 'dist-conc']) {
+  const push = async (name) => {
     const image = await makeImage(join(work, `img-${name}`), 'v1', SIZE);
     await skopeo('copy', '--dest-tls-verify=false', `oci:${image.dir}:v1`, `docker://${upstream.host}/bench/${name}:v1`);
-    images.push(image);
-  }
+    await rm(image.dir, { recursive: true, force: true });
+    return image;
+  };
+  for (const name of ['berth', 'dist', 'berth-conc', 'dist-conc']) images.push(await push(name));
   const contenders = [
     { name: 'Berth mirror', start: () => berth(upstream.host), ref: (h, n) => `docker://${h}/quay.io/bench/${n}:v1`, image: 'berth' },
     { name: 'Distribution proxy', start: () => distribution(`proxy:\n  remoteurl: http://${upstream.host}\n`), ref: (h, n) => `docker://${h}/bench/${n}:v1`, image: 'dist' },
   ];
+  // --warm-process: the first image of each process (untimed), then one new image per trial.
+  if (WARM_PROCESS) for (const c of contenders) for (let k = 0; k <= TRIALS; k++) await push(`${c.image}-p${k}`);
   const results = contenders.map(() => ({ cold: [], coldCpu: [] }));
-  // Cold pulls, each through a fresh cache, the contenders taking turns to go first; the disk is synced before
-  // each timed pull (building and pushing the images leaves gigabytes to write back, which the first pull would pay).
+  /** Until the fill of a cold pull that started when `reg` had logged `at` lines and the upstream `from` is stored. */
+  const stored = async (c, reg, at, from) => {
+    // Berth logs its fill's end; Distribution's background store fetched the layer a second time (its own GET),
+    // then commits it: a few seconds more on Swift, a rename on the filesystem.
+    if (c.name.startsWith('Berth')) for (let k = 0; k < 1200 && !fillTimes(reg, at).some((t) => t.startsWith('layer')); k++) await sleep(100);
+    else {
+      for (let k = 0; k < 1200 && upstreamBytes(upstream, from) < 2 * SIZE * 1024 * 1024; k++) await sleep(100);
+      await sleep(backend === 'swift' ? 5000 : 1000);
+    }
+  };
+  /**
+   * One timed cold pull of `image` through `reg`; the last trial's cache then serves the warm pull, once the fill is
+   * stored (a warm pull should read the cache, not a fill still storing). In a warm process every fill is let store
+   * before the next pull.
+   */
+  const coldPull = async (c, r, reg, image, last) => {
+    const from = upstream.lines.length;
+    const at = reg.lines.length;
+    await settle();
+    const cpu0 = cpu(reg.child.pid);
+    r.cold.push(await pull(c.ref(reg.host, image)));
+    r.coldCpu.push(cpu(reg.child.pid) - cpu0);
+    if (!last && !WARM_PROCESS) return;
+    await stored(c, reg, at, from);
+    if (!last) return;
+    const stages = fillTimes(reg, at);
+    if (stages.length) log(`${c.name} cold fill: ${stages.join('; ')}`);
+    await settle();
+    const cpu1 = cpu(reg.child.pid);
+    r.warm = await pull(c.ref(reg.host, image));
+    r.warmCpu = cpu(reg.child.pid) - cpu1;
+    r.fetched = upstreamBytes(upstream, from);
+  };
+  // Cold pulls, the contenders taking turns to go first; the disk is synced before each timed pull (building and
+  // pushing the images leaves gigabytes to write back, which the first pull would pay).
+  const running = [];
+  if (WARM_PROCESS) {
+    for (const c of contenders) {
+      const reg = await c.start();
+      running.push(reg);
+      const from = upstream.lines.length;
+      await pull(c.ref(reg.host, `${c.image}-p0`));
+      await stored(c, reg, 0, from);
+    }
+  }
   for (let trial = 0; trial < TRIALS; trial++) {
     const order = trial % 2 === 0 ? [0, 1] : [1, 0];
     for (const i of order) {
       const c = contenders[i];
-      const r = results[i];
-      const reg = await c.start();
-      const from = upstream.lines.length;
-      await settle();
-      const cpu0 = cpu(reg.child.pid);
-      r.cold.push(await pull(c.ref(reg.host, c.image)));
-      r.coldCpu.push(cpu(reg.child.pid) - cpu0);
-      if (trial < TRIALS - 1) {
-        await stop(reg.child);
+      if (WARM_PROCESS) {
+        await coldPull(c, results[i], running[i], `${c.image}-p${trial + 1}`, trial === TRIALS - 1);
         continue;
       }
-      // The last trial's cache serves the warm pull, which should read the cache, not a fill still storing: Berth
-      // logs its fill's end; Distribution's background store fetched the layer a second time (its own GET), then
-      // commits it, a few seconds more.
-      if (c.name.startsWith('Berth')) for (let k = 0; k < 1200 && !fillTimes(reg, 0).some((t) => t.startsWith('layer')); k++) await sleep(100);
-      else {
-        for (let k = 0; k < 1200 && upstreamBytes(upstream, from) < 2 * SIZE * 1024 * 1024; k++) await sleep(100);
-        await sleep(5000);
-      }
-      const stages = fillTimes(reg, 0);
-      if (stages.length) log(`${c.name} cold fill: ${stages.join('; ')}`);
-      await settle();
-      const cpu1 = cpu(reg.child.pid);
-      r.warm = await pull(c.ref(reg.host, c.image));
-      r.warmCpu = cpu(reg.child.pid) - cpu1;
-      r.fetched = upstreamBytes(upstream, from);
+      // Each through a fresh cache: a registry started for this pull.
+      const reg = await c.start();
+      await coldPull(c, results[i], reg, c.image, trial === TRIALS - 1);
       await stop(reg.child);
     }
   }
+  for (const reg of running) await stop(reg.child);
   for (const [i, c] of contenders.entries()) {
     const r = results[i];
     const regC = await c.start();
@@ -222,11 +256,11 @@ try {
   }
   const [b, d] = rows;
   const table =
-    `| ${SIZE} MiB layer, ${backend} | cold pull s (median of ${TRIALS}) | warm pull s | upstream bytes (cold+warm) | ${N} concurrent cold pulls s | upstream bytes for them (images) |\n|---|---|---|---|---|---|\n` +
+    `| ${SIZE} MiB layer, ${backend} | cold pull s (median of ${TRIALS}${WARM_PROCESS ? ', warm process' : ''}) | warm pull s | upstream bytes (cold+warm) | ${N} concurrent cold pulls s | upstream bytes for them (images) |\n|---|---|---|---|---|---|\n` +
     rows.map((r) => `| ${r.name} | ${r.cold.toFixed(2)} | ${r.warm.toFixed(2)} | ${r.fetched} | ${r.concurrent.toFixed(2)} | ${r.concurrentFetched} (${(r.concurrentFetched / r.imageBytes).toFixed(2)}) |`).join('\n') +
     `\n\nBerth / Distribution speed: cold ${(d.cold / b.cold).toFixed(2)}x, warm ${(d.warm / b.warm).toFixed(2)}x, concurrent ${(d.concurrent / b.concurrent).toFixed(2)}x\n`;
   process.stdout.write(table);
-  if (args.out) await writeFile(args.out, JSON.stringify({ sizeMiB: SIZE, backend, concurrency: N, rows }, null, 2));
+  if (args.out) await writeFile(args.out, JSON.stringify({ sizeMiB: SIZE, backend, concurrency: N, warmProcess: WARM_PROCESS, rows }, null, 2));
   await stop(upstream.child);
 } finally {
   for (const c of children) await stop(c);

@@ -35,6 +35,7 @@ import { runPrimary } from './cluster/primary.js';
 import { joinCluster, leaveCluster, type WorkerShare } from './cluster/worker.js';
 import { Mirror } from './mirror/mirror.js';
 import { mirrorMetrics } from './mirror/metrics.js';
+import { warmUpStreams } from './mirror/warm-up.js';
 import { mirrorHook } from './http/mirror.js';
 
 const USAGE = `usage: berth [-c FILE] [-d] [command]
@@ -148,6 +149,10 @@ async function serve(config: Config, log: Logger): Promise<number> {
   const tempUrlSeconds = config.storage.driver === 'swift' && config.storage.tempUrlKey ? (config.storage.tempUrlExpiry ?? DEFAULTS.swift.tempUrlExpiry) : undefined;
   const mirror = config.mirrors.length > 0 ? new Mirror(config.mirrors, driver, mirrorMetrics(metrics), log, tempUrlSeconds) : undefined;
   if (mirror) log.info({ mirrors: config.mirrors.map((m) => ({ registry: m.registry, url: m.url, login: m.username !== undefined })) }, 'pull-through cache enabled');
+  if (mirror && process.env.BERTH_MIRROR_WARM_UP !== '0') {
+    const started = Date.now();
+    log.info({ bytes: await warmUpStreams(), ms: Date.now() - started }, 'mirror: stream path warmed up');
+  }
   const app = createApp(registry, { log, access, metrics, clientAddresses, web, mirror: mirror && mirrorHook(mirror) });
   const server = createServer(app, { tls, timeouts: config.timeouts, log, clientAddresses });
   // Signals are taken before the port opens: a SIGTERM right after start-up still shuts down cleanly.

@@ -85,6 +85,8 @@ export interface ServeProcess {
   url: string;
   port: number;
   child: ChildProcess;
+  /** Everything the process has written to stdout so far (its log lines). */
+  output(): string;
   stop(signal?: NodeJS.Signals): Promise<number | null>;
 }
 
@@ -95,8 +97,8 @@ export async function spawnServe(configYaml: string, dir: string): Promise<Serve
   const child = spawn(process.execPath, ['--single-threaded-gc', 'dist/cli.js', '-c', file, 'serve'], { stdio: ['ignore', 'pipe', 'pipe'] });
   let stderr = '';
   child.stderr!.on('data', (d) => (stderr += d));
+  let out = '';
   const port = await new Promise<number>((resolve, reject) => {
-    let out = '';
     child.stdout!.on('data', (d: Buffer) => {
       out += d;
       const m = /berth listening on port (\d+)/.exec(out);
@@ -108,6 +110,7 @@ export async function spawnServe(configYaml: string, dir: string): Promise<Serve
     url: `http://127.0.0.1:${port}`,
     port,
     child,
+    output: () => out,
     stop: (signal = 'SIGTERM') =>
       new Promise((resolve) => {
         if (child.exitCode !== null) return resolve(child.exitCode);

@@ -7,7 +7,7 @@
  * ~300 ms (5.8, 13.5, 30.0 MiB received after 100, 200, 300 ms, against 22.4, 57.6, 88.7 once the process had pulled
  * an image), and a plain node:http GET in a fresh process showed the same ramp (10 MiB in its first 100 ms; curl: 2
  * GB/s from the start). With this warm-up a fresh process's first fill received 64-77 MiB after 300 ms, and its
- * skopeo pull took 3.43 s against 3.56 (medians of five alternating trials, 512 MiB on Swift; docs/mirrors.md).
+ * skopeo pull took 3.43 s against 3.56 (medians of five trials each, alternating, 512 MiB on Swift; docs/mirrors.md).
  * The cost: 0.25-0.4 s of CPU before a mirroring process listens. BERTH_MIRROR_WARM_UP=0 skips it.
  */
 import http from 'node:http';
